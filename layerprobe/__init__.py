@@ -1,0 +1,40 @@
+"""layerprobe: see, layer by layer, what fine-tuning does to a language model.
+
+Public names are imported lazily, so ``import layerprobe`` (and the plotting code) stays free of torch.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "diff_checkpoints": "layerprobe.diff",
+    "DiffConfig": "layerprobe.diff",
+    "parse_name": "layerprobe.names",
+    "ParamName": "layerprobe.names",
+    "load_records": "layerprobe.records",
+    "RecordWriter": "layerprobe.records",
+    "COLUMNS": "layerprobe.records",
+    "every": "layerprobe.schedules",
+    "logspaced": "layerprobe.schedules",
+    "RecorderCallback": "layerprobe.recorder",
+    "Recorder": "layerprobe.recorder",
+    "heatmap_layer_step": "layerprobe.plot",
+    "heatmap_layer_module": "layerprobe.plot",
+    "plot_run": "layerprobe.plot",
+    "parse_selector": "layerprobe.select",
+    "select_params": "layerprobe.select",
+    "Selection": "layerprobe.select",
+    "apply_requires_grad": "layerprobe.select",
+    "lora_targets": "layerprobe.select",
+    "audit_trainable": "layerprobe.select",
+    "frozen_unchanged": "layerprobe.select",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'layerprobe' has no attribute {name!r}")

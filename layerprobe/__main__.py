@@ -1,0 +1,5 @@
+import sys
+
+from layerprobe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""Thin CLI: each subcommand lives in ``layerprobe/commands/<name>.py`` and calls one library function.
+
+A command module defines ``HELP`` (one line), ``EXAMPLE`` (shown in --help), ``add_arguments(parser)``
+and ``run(args) -> int``; it imports torch only inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerprobe",
+        description="See, layer by layer, what fine-tuning does to a language model.",
+        epilog="example:\n  layerprobe train --record        # CPT -> merge -> SFT -> eval on the built-in toy world",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:  # TEMPORARY during parallel development; removed before commit
+            mod = importlib.import_module(f"layerprobe.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"layerprobe.commands.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog="example:\n  " + mod.EXAMPLE,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, OSError) as e:
+        if os.environ.get("LAYERPROBE_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"layerprobe {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"layerprobe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The recorder: per-(layer, module) gradient norms, update ratios and drift during training.
+
+``Recorder`` is the plain-PyTorch entry; ``RecorderCallback`` adapts it to ``transformers.Trainer`` (and
+``trl.SFTTrainer`` and their subclasses)::
+
+    trainer = Trainer(model, args, train_dataset=ds, callbacks=[RecorderCallback("runs/a", phase="cpt")])
+
+Hand-written loop::
+
+    rec = Recorder(model, "runs/a", phase="cpt")
+    for batch in loader:
+        model(**batch).loss.backward()
+        rec.before_step(max_grad_norm=1.0)   # records pre-clip gradient norms, then clips like clip_grad_norm_
+        opt.step()
+        rec.after_step()                     # update ratio, drift, weight norm on their schedules
+        opt.zero_grad()
+    rec.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from transformers import TrainerCallback
+
+from layerprobe.quantities import QUANTITIES, DriftRatio, GradNorm, Row, UpdateRatio, WeightNorm
+from layerprobe.records import RecordWriter, write_meta
+from layerprobe.schedules import Schedule, parse_schedule
+from layerprobe.tracking import Units, find_units, label
+
+logger = logging.getLogger("layerprobe")
+
+
+def _rank() -> tuple[int, bool]:
+    """(rank, distributed initialised)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), True
+    return int(os.environ.get("RANK", 0)), False
+
+
+class Recorder:
+    """Records gradient norms, weight norms, update ratios and drift of a model's trainable weights.
+
+    Args:
+        model: the model being trained (plain or peft-wrapped).
+        out_dir: run folder; records go to ``<out_dir>/records/`` as Parquet parts.
+        run: run name written in every row (default: the folder's name).
+        phase: phase name (``cpt``, ``sft``, ...).
+        grad_every / update_every / drift_every / weight_every: schedules: an interval in steps, ``"every:N"``,
+            ``"log:K"`` (K log-spaced steps, needs ``max_steps``), ``"never"`` or a ``Callable[[int], bool]``.
+        quantities: which quantities to record (default all of ``grad_norm, weight_norm, update_ratio, drift_ratio``).
+        per_param: also write one row per parameter (aggregated (layer, block, module) rows are always written).
+        max_steps: the number of optimizer steps, for log-spaced schedules.
+        flush_every_s: write a Parquet part at least this often, so a killed job loses little.
+        meta: extra run metadata written to ``records/meta-<phase>.json``.
+    """
+
+    def __init__(self, model: torch.nn.Module, out_dir: str | os.PathLike, *, run: str | None = None,
+                 phase: str = "train", grad_every: int | str | Schedule = 1,
+                 update_every: int | str | Schedule = 25, drift_every: int | str | Schedule = 25,
+                 weight_every: int | str | Schedule = 25, quantities: Iterable[str] | None = None,
+                 per_param: bool = True, max_steps: int | None = None, flush_every_s: float = 30.0,
+                 meta: dict | None = None):
+        wanted = tuple(quantities) if quantities is not None else QUANTITIES
+        unknown = [q for q in wanted if q not in QUANTITIES]
+        if unknown:
+            raise ValueError(f"unknown quantity {unknown[0]!r}: expected some of {', '.join(QUANTITIES)}")
+        self.model, self.out_dir = model, Path(out_dir)
+        self.run = run or self.out_dir.resolve().name
+        self.phase, self.per_param = phase, per_param
+        self.rank, self.distributed = _rank()
+        self.active = self.rank == 0  # every rank sees the same all-reduced gradients; rank 0 writes
+        sched = {"grad_norm": grad_every, "update_ratio": update_every, "drift_ratio": drift_every,
+                 "weight_norm": weight_every}
+        s = {q: parse_schedule(sched[q], max_steps) if q in wanted else parse_schedule("never") for q in QUANTITIES}
+        self.grad = GradNorm(s["grad_norm"])
+        self.update = UpdateRatio(s["update_ratio"])
+        ref_name = f".reference-{phase}-r{self.rank}.safetensors"
+        self.drift = DriftRatio(s["drift_ratio"], self.out_dir / "records" / ref_name)
+        self.weight = WeightNorm(s["weight_norm"])
+        self.units: Units = find_units(model)
+        if not self.units.dense:
+            raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to record; "
+                             "unfreeze parameters or add an adapter before creating the recorder")
+        self.step = 1  # the optimizer step being taken: rows at step s describe the s-th update
+        self.summary: dict[str, float] = {}
+        self._warned_nonfinite = False
+        self.writer = None
+        if self.active:
+            self.writer = RecordWriter(self.out_dir, self.run, phase, rank=self.rank, flush_every_s=flush_every_s)
+            write_meta(self.out_dir, phase, {"run": self.run, "model": type(model).__name__,
+                                            "quantities": list(wanted), "meta": meta or {},
+                                            "schedules": {q: getattr(s[q], "__name__", str(s[q])) for q in s}})
+            self._write_audit()
+        self._drift_ready = self.active and "drift_ratio" in wanted and drift_every != "never"
+        if self._drift_ready:
+            self.drift.start(self.units)
+        self._frozen_fingerprint = _fingerprint(model) if self.active else {}
+
+    # -- the two points of a training step -----------------------------------------------------------
+
+    def before_step(self, max_grad_norm: float | None = None, step: int | None = None) -> float:
+        """Call after backward, before the optimizer step. Records pre-clip gradient norms, clips when
+        ``max_grad_norm`` is given (exactly as ``torch.nn.utils.clip_grad_norm_``) and returns the clip factor."""
+        if step is not None:
+            self.step = step
+        clip = max_grad_norm is not None and max_grad_norm > 0
+        factor = 1.0
+        if clip or (self.active and self.grad.due(self.step)):
+            norms = GradNorm.norms(self.units)
+            total = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+            if clip:
+                coef = max_grad_norm / (total + 1e-6)
+                if coef < 1.0 or not math.isfinite(coef):
+                    grads = [d.param.grad for d in self.units.dense if d.param.grad is not None]
+                    torch._foreach_mul_(grads, coef)
+                    factor = coef
+            if self.active and self.grad.due(self.step):
+                self._check_finite(total)
+                self._emit(self.grad.name, self.grad.rows(self.units, norms))
+                self._emit_scalar("grad_norm_total", total)
+                if clip:
+                    self._emit_scalar("clip_factor", min(factor, 1.0))
+        if self.active and self.update.due(self.step):
+            self.update.snapshot(self.units)
+        return factor
+
+    def after_step(self, step: int | None = None) -> None:
+        """Call after the optimizer step (before or after zero_grad)."""
+        if step is not None:
+            self.step = step
+        if self.active:
+            if self.update.due(self.step) and self.update._buf is not None:
+                self._emit(self.update.name, self.update.rows(self.units))
+            if self._drift_ready and self.drift.due(self.step):
+                self._emit(self.drift.name, self.drift.rows(self.units))
+            if self.weight.due(self.step):
+                self._emit(self.weight.name, self.weight.rows(self.units))
+            self.writer.maybe_flush()
+        self.step += 1
+
+    def close(self) -> None:
+        """Record the end of the phase (final drift of all trainable weights, frozen weights unchanged) and flush."""
+        if not self.active or self.writer is None:
+            return
+        last = self.step - 1
+        if self._drift_ready and last >= 1 and not self.drift.due(last):
+            self.step = last
+            self._emit(self.drift.name, self.drift.rows(self.units))
+            self.step = last + 1
+        moved = _fingerprint(self.model, only=self._frozen_fingerprint)
+        for name, (layer, block, module, before) in self._frozen_fingerprint.items():
+            self.writer.add(max(last, 0), layer, block, module, name, "frozen_moved",
+                            float(moved[name][3] != before))
+        self.writer.flush()
+        self.drift.close()
+        self.writer = None
+
+    # -- output ---------------------------------------------------------------------------------------
+
+    def _emit(self, quantity: str, rows: list[Row]) -> None:
+        """Write per-parameter rows and ratios of summed squares per (layer, block, module), per (layer, block)
+        (module "") and per block (into the log summary)."""
+        step, w = self.step, self.writer
+        sums: dict[tuple, list] = defaultdict(lambda: [0.0, 0.0, False])
+        for name, layer, block, module, num, den in rows:
+            if self.per_param:
+                w.add(step, layer, block, module, name, quantity, num if den is None else _ratio(num, den))
+            for key in ((layer, block, module), (layer, block, ""), ("summary", block)):
+                acc = sums[key]
+                acc[0] += num * num
+                acc[1] += den * den if den is not None else 0.0
+                acc[2] = den is not None
+        for key, (n2, d2, has_den) in sums.items():
+            value = _ratio(n2 ** 0.5, d2 ** 0.5) if has_den else n2 ** 0.5
+            if key[0] == "summary":
+                self.summary[f"layerprobe/{quantity}/{key[1]}"] = value
+            else:
+                w.add(step, *key, "", quantity, value)
+
+    def _emit_scalar(self, quantity: str, value: float) -> None:
+        self.writer.add(self.step, -1, "", "", "", quantity, value)
+        self.summary[f"layerprobe/{quantity}"] = value
+
+    def _write_audit(self) -> None:
+        """Parameter counts per (layer, block, module), trainable and total: the audit of what can train."""
+        from layerprobe.names import parse_name
+
+        counts: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        seen = set()
+        for name, p in self.model.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            pn = parse_name(name)
+            c = counts[(pn.layer, pn.block, pn.module)]
+            c[0] += p.numel()
+            c[1] += p.numel() if p.requires_grad else 0
+        for (layer, block, module), (n, t) in counts.items():
+            self.writer.add(0, layer, block, module, "", "n_params", n)
+            self.writer.add(0, layer, block, module, "", "n_trainable", t)
+        total = sum(c[0] for c in counts.values())
+        trainable = sum(c[1] for c in counts.values())
+        self.writer.add(0, -1, "", "", "", "trainable_share", trainable / max(total, 1))
+        self.summary["layerprobe/trainable_share"] = trainable / max(total, 1)
+
+    def _check_finite(self, total: float) -> None:
+        if not math.isfinite(total) and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(f"layerprobe: non-finite gradient norm ({total}) at step {self.step}; recorded as such "
+                          "(further occurrences are recorded without a warning)", RuntimeWarning, stacklevel=3)
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def _fingerprint(model: torch.nn.Module, only: dict | None = None) -> dict[str, tuple[int, str, str, bytes]]:
+    """A hash of each frozen parameter's bytes, to prove afterwards that it did not move."""
+    import hashlib
+
+    from layerprobe.names import parse_name
+
+    out, seen = {}, set()
+    for name, p in model.named_parameters():
+        if id(p) in seen or (only is None and p.requires_grad):
+            continue
+        seen.add(id(p))
+        pn, key = parse_name(name), label(name)
+        if only is not None and key not in only:
+            continue
+        t = p.detach().contiguous().cpu()
+        digest = hashlib.blake2b(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"",
+                                 digest_size=16).digest()
+        out[key] = (pn.layer, pn.block, pn.module, digest)
+    return out
+
+
+class RecorderCallback(TrainerCallback):
+    """A ``transformers.TrainerCallback`` that runs a :class:`Recorder` inside ``Trainer``/``SFTTrainer``.
+
+    Gradient norms are recorded *before* clipping: the callback takes clipping over from the Trainer for the
+    duration of training (it sets ``args.max_grad_norm`` to 0, clips in ``on_pre_optimizer_step`` with the same
+    formula, and restores the value at the end), because Trainer's hooks only ever see clipped gradients.
+    A few per-block summary scalars are added to the Trainer's logs, so any ``report_to`` backend shows them.
+
+    Args:
+        out_dir: run folder; records go to ``<out_dir>/records/``.
+        **kwargs: passed to :class:`Recorder` (``run``, ``phase``, ``grad_every``, ``update_every``,
+            ``drift_every``, ``weight_every``, ``quantities``, ``per_param``, ``flush_every_s``, ``meta``).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, **kwargs):
+        self.out_dir = Path(out_dir)
+        self.kwargs = kwargs
+        probe_unknown = set(kwargs) - {"run", "phase", "grad_every", "update_every", "drift_every", "weight_every",
+                                       "quantities", "per_param", "flush_every_s", "meta"}
+        if probe_unknown:
+            raise TypeError(f"RecorderCallback got unknown keyword(s) {sorted(probe_unknown)}")
+        self.recorder: Recorder | None = None
+        self._max_norm: float | None = None
+        self._restore_norm = None
+        self._args = None
+        self._t_record = 0.0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._move_to_front()
+        _warn_if_torchrun_without_ddp(args)
+        self.recorder = Recorder(model, self.out_dir, max_steps=state.max_steps or None,
+                                 meta={"trainer_args": {k: str(v) for k, v in args.to_dict().items()}},
+                                 **self.kwargs)
+        self.recorder.step = state.global_step + 1
+        self._args = args
+        managed = getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
+        if args.max_grad_norm and args.max_grad_norm > 0 and not managed:
+            self._max_norm, self._restore_norm = args.max_grad_norm, args.max_grad_norm
+            args.max_grad_norm = 0.0
+        elif managed and args.max_grad_norm:
+            warnings.warn("layerprobe: DeepSpeed/FSDP clip inside their own step; grad_norm is recorded after "
+                          "clipping there", RuntimeWarning, stacklevel=2)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        t = time.perf_counter()
+        self.recorder.before_step(self._max_norm, step=state.global_step + 1)
+        self._t_record += time.perf_counter() - t
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        t = time.perf_counter()
+        self.recorder.after_step(step=state.global_step + 1)
+        self._t_record += time.perf_counter() - t
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.recorder is not None and self.recorder.active and "loss" in logs:
+            logs.update({k: round(v, 6) for k, v in self.recorder.summary.items()})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._restore_norm is not None:
+            args.max_grad_norm = self._restore_norm
+            self._restore_norm = None
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _move_to_front(self):
+        """Run this callback's ``on_log`` before the reporting callbacks (W&B, TensorBoard, MLflow), so they see
+        the summaries it adds. Trainer puts user callbacks last; the handler is the caller of this event."""
+        handler = sys._getframe(2).f_locals.get("self")
+        callbacks = getattr(handler, "callbacks", None)
+        if isinstance(callbacks, list) and self in callbacks:
+            callbacks.remove(self)
+            callbacks.insert(0, self)
+
+
+def _warn_if_torchrun_without_ddp(args) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and getattr(args, "world_size", world) < world:
+        warnings.warn(f"layerprobe: torchrun started {world} processes but the Trainer is not running distributed "
+                      f"(its world size is {args.world_size}), so each process trains its own copy of the model; "
+                      "on CPU pass use_cpu=True to TrainingArguments for gloo DDP", RuntimeWarning, stacklevel=3)

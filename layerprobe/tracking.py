@@ -1,0 +1,105 @@
+"""What the recorder tracks in a model: dense trainable parameters and LoRA pairs, under canonical names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from layerprobe.names import parse_name
+
+
+@dataclass
+class Dense:
+    """A trainable parameter updated directly (full fine-tuning, LoRA factors, modules_to_save copies)."""
+
+    name: str  # canonical name, or `<target>.lora_A` / `.lora_B` for LoRA factors
+    layer: int
+    block: str
+    module: str
+    param: torch.nn.Parameter
+
+
+@dataclass
+class LoraPair:
+    """One adapted module: the effective weight is base + scale * B @ A (transposed for embeddings and Conv1D)."""
+
+    name: str  # canonical name of the adapted weight
+    layer: int
+    block: str
+    module: str
+    a: torch.nn.Parameter
+    b: torch.nn.Parameter
+    scale: float
+    base: torch.Tensor
+    transposed: bool
+    base_norm_sq: float = field(default=0.0)
+
+
+@dataclass
+class Units:
+    dense: list[Dense]
+    lora: list[LoraPair]
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [d.param for d in self.dense]
+
+
+def find_units(model: torch.nn.Module) -> Units:
+    """Collect the trainable parameters of ``model`` (a plain or peft-wrapped module), deduplicating tied ones."""
+    lora, lora_params = [], set()
+    for mod_name, mod in model.named_modules():
+        pair = _lora_pair(mod_name, mod)
+        for p in pair:
+            lora.append(p)
+            lora_params.update({id(p.a), id(p.b)})
+    dense, seen = [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        pn = parse_name(name)
+        dense.append(Dense(label(name), pn.layer, pn.block, pn.module, p))
+    return Units(dense=dense, lora=lora)
+
+
+def label(name: str) -> str:
+    """The records' ``param`` for a parameter: its canonical name; LoRA factors get ``<target>.lora_A``/``_B``."""
+    pn = parse_name(name)
+    if pn.lora:
+        return pn.canonical.removesuffix(".weight") + f".lora_{pn.lora}"
+    return pn.canonical
+
+
+def _lora_pair(mod_name: str, mod: torch.nn.Module) -> list[LoraPair]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is a dependency, but keep plain-torch use possible
+        return []
+    if not isinstance(mod, LoraLayer):
+        return []
+    base = mod.get_base_layer()
+    weight = getattr(base, "weight", None)
+    if weight is None:
+        return []
+    pairs = []
+    for adapter in mod.active_adapters:
+        if adapter in getattr(mod, "lora_A", {}):
+            a, b = mod.lora_A[adapter].weight, mod.lora_B[adapter].weight
+            transposed = bool(getattr(mod, "fan_in_fan_out", False))
+        elif adapter in getattr(mod, "lora_embedding_A", {}):
+            a, b = mod.lora_embedding_A[adapter], mod.lora_embedding_B[adapter]
+            transposed = True  # embedding weight is (num_embeddings x d); dW = (B @ A).T
+        else:
+            continue
+        if not (a.requires_grad or b.requires_grad):
+            continue
+        if getattr(mod, "use_dora", {}).get(adapter, False):
+            raise ValueError(f"{mod_name}: DoRA adapters are not supported by the recorder (dW is not s*B*A); "
+                             "train with use_dora=False or record the factors only")
+        pn = parse_name(mod_name + ".weight")
+        norm_sq = float(torch.linalg.vector_norm(weight.detach(), dtype=torch.float32).double() ** 2)
+        pairs.append(LoraPair(pn.canonical, pn.layer, pn.block, pn.module, a, b, float(mod.scaling[adapter]),
+                              weight, transposed, norm_sq))
+    return pairs

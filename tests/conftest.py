@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny models built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def make_tiny_llama(hidden: int = 32, layers: int = 2, vocab: int = 64, seed: int = 0, tie: bool = False):
+    """A Llama-architecture causal LM small enough to check every number by hand."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=tie)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
