@@ -52,7 +52,7 @@ class Variant:
 
             os.environ["WANDB_MODE"] = "offline"
             os.environ["WANDB_DIR"] = tmp
-            self.run = wandb.init(project="layerprobe-bench", dir=tmp, reinit="create_new")
+            self.run = wandb.init(project="layerprobe-bench", dir=tmp, mode="offline")
             self.run.watch(self.model, log="all", log_freq=1)
         elif rec_kwargs:
             self.rec = Recorder(self.model, Path(tmp) / name, phase="bench", **rec_kwargs)

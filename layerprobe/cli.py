@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff")
+COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "attribute", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:  # TEMPORARY during parallel development; removed before commit
-            mod = importlib.import_module(f"layerprobe.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"layerprobe.commands.{name}":
-                raise
-            continue
+        mod = importlib.import_module(f"layerprobe.commands.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog="example:\n  " + mod.EXAMPLE,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)

@@ -97,7 +97,10 @@ class Recorder:
         self.writer = None
         if self.active:
             self.writer = RecordWriter(self.out_dir, self.run, phase, rank=self.rank, flush_every_s=flush_every_s)
+            config = getattr(model, "config", None)
             write_meta(self.out_dir, phase, {"run": self.run, "model": type(model).__name__,
+                                            "model_path": getattr(config, "_name_or_path", None),
+                                            "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
                                             "quantities": list(wanted), "meta": meta or {},
                                             "schedules": {q: getattr(s[q], "__name__", str(s[q])) for q in s}})
             self._write_audit()
@@ -278,7 +281,8 @@ class RecorderCallback(TrainerCallback):
         self._move_to_front()
         _warn_if_torchrun_without_ddp(args)
         self.recorder = Recorder(model, self.out_dir, max_steps=state.max_steps or None,
-                                 meta={"trainer_args": {k: str(v) for k, v in args.to_dict().items()}},
+                                 meta={"seed": args.seed,
+                                       "trainer_args": {k: str(v) for k, v in args.to_dict().items()}},
                                  **self.kwargs)
         self.recorder.step = state.global_step + 1
         self._args = args

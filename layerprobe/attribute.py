@@ -1,0 +1,518 @@
+"""Causal attribution of an SFT change: revert part of it to the CPT weights (or apply only that part), evaluate.
+
+For a group G of tensors (one layer, one block kind, one (layer, block) cell or any selector of
+:mod:`layerprobe.select`), with base (CPT) weights W_b and tuned (SFT) weights W_t:
+
+- ``revert G``: W_b on G, W_t elsewhere -- what the model loses when G's SFT change is undone;
+- ``apply G``: W_t on G, W_b elsewhere -- what G's SFT change does on its own.
+
+Only one model is ever in memory. The tuned model is loaded once; a tensor is set to its base or tuned value by
+reading that value lazily from the checkpoint files (memory-mapped safetensors, one tensor at a time, via
+:func:`layerprobe.checkpoints.open_source`), or, for an SFT LoRA adapter, as W_b + s * B @ A. Setting a tensor
+back copies the same bytes again, so a swap round trip is exact. Reverts run first (G to base, evaluate, G back
+to tuned); then the whole model is set to base once and each G is applied alone.
+
+A group whose tensors SFT left unchanged is not evaluated: its revert equals the tuned model and its apply
+equals the base model, exactly (and the reverse for a group holding every changed tensor). Groups holding the
+same changed tensors (tied embedding and head; ``attn`` when SFT trained only attention) are evaluated once.
+Evaluations are cached in a JSON file keyed by the group, the mode, the two checkpoints' file fingerprints
+(names, sizes, mtimes) and the caller's evaluation key, so a rerun is free.
+
+Output: records (:data:`layerprobe.records.COLUMNS`) with ``phase="attribute"``, ``step=-1``, ``param`` = the
+group's selector, ``layer``/``block`` = the group's single layer / block (-1 / "" when it spans several),
+``quantity`` = ``revert:<metric>`` or ``apply:<metric>`` (the metric's value, not a difference); baselines
+``tuned:<metric>`` and ``base:<metric>`` (``param=""``), and ``rel_change`` = ||W_t - W_b|| / ||W_b|| over G.
+
+torch is imported only inside the functions that need it; :func:`plot_attribution` draws from records alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from layerprobe.names import BLOCKS, parse_name
+from layerprobe.records import COLUMNS
+
+PHASE = "attribute"
+MODES = ("revert", "apply")
+GROUPINGS = ("layers", "blocks", "cells")
+Evaluate = Callable[[object, object], dict]
+
+
+@dataclass
+class AttributeConfig:
+    groups: tuple[str, ...] = field(default=("layers", "blocks"), metadata={
+        "help": "groups to revert/apply: 'layers' (each decoder layer), 'blocks' (each block kind over the whole "
+                "model), 'cells' (each block of each layer), or any selector (mlp & layers:0-3)"})
+    modes: tuple[str, ...] = field(default=MODES, metadata={
+        "help": "revert (base on the group, tuned elsewhere) and/or apply (tuned on the group, base elsewhere)"})
+    cache: str | None = field(default=None, metadata={
+        "help": "JSON file caching evaluations (None = no cache)"})
+    run: str = field(default="attribute", metadata={"help": "run name written in the records"})
+
+    def __post_init__(self):
+        for name in ("groups", "modes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            setattr(self, name, tuple(value))
+        if not self.groups:
+            raise ValueError(f"expected at least one group ({', '.join(GROUPINGS)} or a selector), got none")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be some of {', '.join(MODES)}; got {list(self.modes)}")
+
+
+@dataclass
+class AttributionResult:
+    records: pd.DataFrame
+    n_evaluated: int           # evaluations run now
+    n_cached: int              # evaluations read from the cache
+    n_reused: int              # groups holding the same changed tensors as one evaluated before
+    n_known: int               # group x mode results known exactly without evaluating: SFT left G unchanged
+                               # (revert = tuned, apply = base), or G holds all of the change (the reverse)
+    seconds: float             # wall time of the whole call
+    eval_seconds: float        # of which evaluating
+    groups: dict[str, int] = field(default_factory=dict)   # selector -> number of tensors
+
+    def cost(self) -> str:
+        per = self.eval_seconds / self.n_evaluated if self.n_evaluated else 0.0
+        return (f"{self.n_evaluated} evaluation(s) run ({per:.1f}s each), {self.n_cached} from the cache, "
+                f"{self.n_reused} shared with a group holding the same tensors, {self.n_known} known without "
+                f"evaluating (group unchanged by SFT, or holding all of its change); wall time {self.seconds:.1f}s")
+
+
+# ------------------------------------------------------------------------------------------ groups
+
+def expand_groups(named_shapes: Sequence[tuple[str, tuple[int, ...]]], groups: Iterable[str]) -> list[str]:
+    """Selectors for ``layers``/``blocks``/``cells`` (over the tensors present), other entries kept as given."""
+    parsed = [parse_name(n) for n, _ in named_shapes]
+    layers = sorted({p.layer for p in parsed if p.layer >= 0})
+    blocks = [b for b in BLOCKS if any(p.block == b for p in parsed)]
+    out: list[str] = []
+    for g in groups:
+        if g == "layers":
+            out += [f"layers:{i}" for i in layers]
+        elif g == "blocks":
+            out += blocks
+        elif g == "cells":
+            out += [f"{b} & layers:{i}" for i in layers for b in BLOCKS
+                    if any(p.layer == i and p.block == b for p in parsed)]
+        else:
+            out.append(g)
+    return list(dict.fromkeys(out))
+
+
+def group_position(names: Iterable[str]) -> tuple[int, str]:
+    """(layer, block) of a group: its single layer and block, or -1 / "" where it spans several."""
+    parsed = [parse_name(n) for n in names]
+    layers = {p.layer for p in parsed}
+    blocks = {p.block for p in parsed}
+    return (layers.pop() if len(layers) == 1 else -1), (blocks.pop() if len(blocks) == 1 else "")
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+class WeightSwapper:
+    """Sets any tensor of an in-memory model to its base or its tuned value, read lazily from the checkpoints.
+
+    ``model`` holds the tuned weights (``state="tuned"``) or the base weights (``state="base"``); ``base`` is a
+    full-weights source, ``tuned`` a full-weights source or a LoRA adapter source on ``base`` (both from
+    :func:`layerprobe.checkpoints.open_source`). Call :meth:`measure` once before :meth:`set`.
+    """
+
+    def __init__(self, model, base, tuned, state: str):
+        if base.kind != "weights":
+            raise ValueError(f"the base must hold full weights (a model folder or .safetensors file), got the "
+                             f"adapter {base.label}; pass the CPT model (merged/) as the base")
+        self.base, self.tuned = base, tuned
+        self.params: dict[str, object] = {}
+        for name, p in model.named_parameters():  # tied tensors once, under their first name
+            self.params.setdefault(parse_name(name).canonical, p)
+        missing = [n for n in self.params if n not in base.names()]
+        if missing:
+            raise ValueError(f"{len(missing)} tensors of the model are not in the base {base.label} (first: "
+                             f"{missing[:3]}); pass the checkpoint the model was built from")
+        if tuned.kind == "weights":
+            gone = [n for n in self.params if n not in tuned.names()]
+            if gone:
+                raise ValueError(f"{len(gone)} tensors of the model are not in the tuned {tuned.label} (first: "
+                                 f"{gone[:3]}); base and tuned must be the same architecture")
+        else:
+            extra = sorted(n for n in tuned.names() if n not in self.params)
+            if extra:
+                raise ValueError(f"the adapter {tuned.label} updates {len(extra)} tensors the model does not hold as "
+                                 f"separate parameters (first: {extra[:3]}; tied?); merge it and pass the merged model")
+        for name, p in self.params.items():
+            shape = tuple(base.shape(name))
+            if tuned.kind == "adapter" and name in tuned.names():
+                tuned.fit_shape(name, shape)
+            other = tuned.shape(name) if tuned.kind == "weights" or name in tuned.names() else shape
+            if tuple(p.shape) != shape or tuple(other) != shape:
+                raise ValueError(f"{name}: shape {list(p.shape)} in the model, {list(shape)} in the base, "
+                                 f"{list(other)} in the tuned checkpoint; they must match")
+        self.state = {n: state for n in self.params}
+        self.unchanged: set[str] = set()
+
+    def names(self) -> list[str]:
+        return list(self.params)
+
+    def value(self, name: str, which: str):
+        """The flat base or tuned value of one tensor (a view into the mapped file where possible)."""
+        import torch
+
+        base = self.base.operand(name).flat
+        if which == "base":
+            return base
+        if self.tuned.kind == "weights":
+            return self.tuned.operand(name).flat
+        if name not in self.tuned.names():
+            return base
+        op = self.tuned.operand(name)
+        if op.kind == "value":  # modules_to_save: a full replacement
+            return op.flat
+        delta = torch.empty(base.numel(), dtype=torch.float32)
+        rows = self.base.shape(name)[0] if len(self.base.shape(name)) else 1
+        op.fill(0, rows, delta)
+        return base.float() + delta
+
+    def set(self, names: Iterable[str], which: str) -> int:
+        """Set ``names`` to their ``which`` ('base' or 'tuned') values; returns the number of tensors copied."""
+        import torch
+
+        n = 0
+        with torch.no_grad():
+            for name in names:
+                if self.state[name] != which and name not in self.unchanged:
+                    p = self.params[name]
+                    p.copy_(self.value(name, which).view(p.shape))
+                    n += 1
+                self.state[name] = which
+        return n
+
+    def measure(self) -> dict[str, tuple[float, float]]:
+        """(||W_t - W_b||^2, ||W_b||^2) of every tensor; tensors SFT left bit-identical are never copied again."""
+        out = {n: self.change(n) for n in self.params}
+        self.unchanged = {n for n, (d2, _) in out.items() if d2 == 0}
+        return out
+
+    def change(self, name: str) -> tuple[float, float]:
+        """(||W_t - W_b||^2, ||W_b||^2) of one tensor, in float64, from the files."""
+        import torch
+
+        b = self.base.operand(name).flat
+        t = self.value(name, "tuned")
+        d2 = w2 = 0.0
+        step = 1 << 22
+        for i in range(0, b.numel(), step):
+            bi = b[i:i + step].double()
+            d2 += float(torch.sum((t[i:i + step].double() - bi) ** 2))
+            w2 += float(torch.sum(bi * bi))
+        return d2, w2
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A hash of a checkpoint's files (relative names, sizes, mtimes): changes when any file is rewritten."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class EvalCache:
+    """Evaluations in a JSON file: key -> {group, mode, metrics, seconds}; rewritten atomically on each put."""
+
+    def __init__(self, path: str | os.PathLike | None, context: dict):
+        self.path = Path(path) if path else None
+        self.context = json.dumps(context, sort_keys=True)
+        self.entries: dict[str, dict] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"the cache {self.path} is not valid JSON ({e}); delete it to start afresh") from None
+
+    def key(self, group: str, mode: str) -> str:
+        return hashlib.sha256(f"{self.context}\0{group}\0{mode}".encode()).hexdigest()[:24]
+
+    def get(self, group: str, mode: str) -> dict | None:
+        e = self.entries.get(self.key(group, mode))
+        return dict(e["metrics"]) if e else None
+
+    def put(self, group: str, mode: str, metrics: dict, seconds: float) -> None:
+        self.entries[self.key(group, mode)] = {"group": group, "mode": mode, "metrics": metrics,
+                                               "seconds": round(seconds, 3)}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
+# ------------------------------------------------------------------------------------------ library call
+
+def load_float32(path: str):
+    """Default model loader: a causal LM in float32 on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate: Evaluate, tokenizer=None,
+                     config: AttributeConfig | None = None, *, eval_key: str = "",
+                     load_model: Callable[[str], object] = load_float32, log: Callable[[str], None] = lambda s: None,
+                     **options) -> AttributionResult:
+    """Revert / apply each group of the SFT change and evaluate (see the module docstring).
+
+    ``base``: the CPT model folder; ``tuned``: the SFT model folder or an SFT LoRA adapter folder (on ``base``).
+    ``evaluate(model, tokenizer) -> {metric: value}`` must be deterministic; ``eval_key`` names what it measures
+    (data, settings) for the cache. ``load_model(path)`` loads a folder (default: float32 on the CPU).
+    ``options`` are :class:`AttributeConfig` fields.
+    """
+    from layerprobe.checkpoints import open_source
+
+    if config is not None and options:
+        raise ValueError("pass either config= or keyword options, not both")
+    cfg = config or AttributeConfig(**options)
+    t_start = time.time()
+    base_src, tuned_src = open_source(base), open_source(tuned)
+    try:
+        adapter = tuned_src.kind == "adapter"
+        model = load_model(str(base if adapter else tuned))
+        model.eval()
+        swap = WeightSwapper(model, base_src, tuned_src, state="base" if adapter else "tuned")
+        changes = swap.measure()
+        swap.set(swap.names(), "tuned")
+        groups = _resolve_groups(model, swap, cfg.groups)
+        every = {n for n, (d2, _) in changes.items() if d2 > 0}
+        changed = {g: [n for n in names if n in every] for g, names in groups.items()}
+        # reverting all of the change gives the base model, applying all of it the tuned one: nothing to evaluate
+        todo = {g: bool(c) and set(c) != every for g, c in changed.items()}
+        cache = EvalCache(cfg.cache, {"base": fingerprint(base), "tuned": fingerprint(tuned), "eval": eval_key})
+        runner = _Runner(model, tokenizer, evaluate, swap, cache, log)
+        text, runner.planned = _plan(groups, changed, todo, cfg.modes, cache)
+        log(text)
+        baselines = {"tuned": runner.run("", "tuned", [], "tuned", None)}
+        results: dict[tuple[str, str], dict] = {}
+        if "revert" in cfg.modes:
+            for g in groups:
+                if todo[g]:
+                    results[(g, "revert")] = runner.run(g, "revert", changed[g], "base", "tuned")
+        swap.set(swap.names(), "base")
+        baselines["base"] = runner.run("", "base", [], "base", None)
+        if "apply" in cfg.modes:
+            for g in groups:
+                if todo[g]:
+                    results[(g, "apply")] = runner.run(g, "apply", changed[g], "tuned", "base")
+        swap.set(swap.names(), "tuned")
+        for g in groups:
+            for mode in cfg.modes:
+                if (g, mode) not in results:
+                    results[(g, mode)] = dict(baselines["tuned" if (mode == "revert") == (not changed[g]) else "base"])
+                    runner.known += 1
+    finally:
+        base_src.close()
+        tuned_src.close()
+    records = _records(cfg.run, groups, changes, baselines, results)
+    return AttributionResult(records, runner.evaluated, runner.cached, runner.reused, runner.known,
+                             time.time() - t_start, runner.eval_seconds, {g: len(n) for g, n in groups.items()})
+
+
+def _resolve_groups(model, swap: WeightSwapper, specs: Sequence[str]) -> dict[str, list[str]]:
+    """selector -> canonical tensor names of the swapper (tied names folded), in the swapper's order."""
+    from layerprobe.select import select_params
+
+    shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters(remove_duplicate=False)]
+    by_param = {id(p): parse_name(n).canonical for n, p in model.named_parameters()}
+    raw = dict(model.named_parameters(remove_duplicate=False))
+    groups: dict[str, list[str]] = {}
+    for spec in expand_groups(shapes, specs):
+        sel = select_params(model, spec)
+        names = {by_param[id(raw[n])] for n in sel.names}
+        groups[sel.spec] = [n for n in swap.names() if n in names]
+    return groups
+
+
+class _Runner:
+    """Runs one evaluation with a group swapped and swaps back; reads the cache first, and evaluates a tensor set
+    shared by several groups (tied embedding and head, a selector equal to a layer) once."""
+
+    def __init__(self, model, tokenizer, evaluate: Evaluate, swap: WeightSwapper, cache: EvalCache, log):
+        self.model, self.tokenizer, self.evaluate, self.swap, self.cache, self.log = \
+            model, tokenizer, evaluate, swap, cache, log
+        self.evaluated = self.cached = self.reused = self.known = 0
+        self.eval_seconds = 0.0
+        self.planned = 0
+        self._done: dict[tuple[str, frozenset], dict] = {}
+
+    def run(self, group: str, mode: str, names: list[str], which: str, restore: str | None) -> dict:
+        """Evaluate with ``names`` set to ``which`` (then set back to ``restore``, unless None)."""
+        same = self._done.get((mode, frozenset(names))) if names else None
+        if same is not None:
+            self.reused += 1
+            self.cache.put(group, mode, same, 0.0)
+            return dict(same)
+        hit = self.cache.get(group, mode)
+        if hit is not None:
+            self.cached += 1
+            self._done[(mode, frozenset(names))] = hit
+            return hit
+        self.swap.set(names, which)
+        t0 = time.time()
+        metrics = {k: float(v) for k, v in self.evaluate(self.model, self.tokenizer).items()}
+        dt = time.time() - t0
+        if restore is not None:
+            self.swap.set(names, restore)
+        self.evaluated += 1
+        self.eval_seconds += dt
+        self.cache.put(group, mode, metrics, dt)
+        self._done[(mode, frozenset(names))] = metrics
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        left = max(self.planned - self.evaluated, 0) * self.eval_seconds / self.evaluated
+        self.log(f"{mode:>6} {group or '(whole model)':<24} {shown}  ({dt:.1f}s; at most ~{left:.0f}s left)")
+        return metrics
+
+
+def _plan(groups: dict, changed: dict, todo: dict, modes: Sequence[str], cache: EvalCache) -> tuple[str, int]:
+    """What will be evaluated, in words, and how many evaluations at most."""
+    runs = [(g, m) for g in groups for m in modes if todo[g]] + [("", "tuned"), ("", "base")]
+    cached = sum(cache.get(g, m) is not None for g, m in runs)
+    text = (f"{len(groups)} groups x {len(modes)} mode(s): at most {len(runs)} evaluations (2 baselines included), "
+            f"{cached} cached")
+    same = [g for g in groups if not changed[g]]
+    whole = [g for g in groups if changed[g] and not todo[g]]
+    if same:
+        text += f"; unchanged by SFT (revert = tuned, apply = base): {', '.join(same)}"
+    if whole:
+        text += f"; holding all of the SFT change (revert = base, apply = tuned): {', '.join(whole)}"
+    return text, len(runs) - cached
+
+
+def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: dict, results: dict) -> pd.DataFrame:
+    rows = []
+    for which, metrics in baselines.items():
+        rows += [(-1, "", "", f"{which}:{k}", v) for k, v in metrics.items()]
+    for g, names in groups.items():
+        layer, block = group_position(names)
+        d2 = sum(changes[n][0] for n in names)
+        w2 = sum(changes[n][1] for n in names)
+        rows.append((layer, block, g, "rel_change", math.sqrt(d2 / w2) if w2 > 0 else math.nan))
+        for (grp, mode), metrics in results.items():
+            if grp == g:
+                rows += [(layer, block, g, f"{mode}:{k}", v) for k, v in metrics.items()]
+    df = pd.DataFrame(rows, columns=["layer", "block", "param", "quantity", "value"])
+    df.insert(0, "step", -1)
+    df.insert(0, "phase", PHASE)
+    df.insert(0, "run", run)
+    df["module"] = ""
+    return df[list(COLUMNS)].astype({"step": "int64", "layer": "int64", "value": "float64"})
+
+
+# ------------------------------------------------------------------------------------------ reading the records
+
+def effects(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per group x mode x metric: value, effect (revert: value - tuned; apply: value - base), the full SFT
+    effect (tuned - base) and share = effect / (base - tuned) for revert, effect / (tuned - base) for apply:
+    1 means this group alone carries the whole change of the metric."""
+    d = records[records["phase"] == PHASE]
+    split = d["quantity"].str.split(":", n=1, expand=True)
+    d = d.assign(mode=split[0], metric=split[1])
+    base = d[(d["mode"] == "base") & (d["param"] == "")].set_index("metric")["value"]
+    tuned = d[(d["mode"] == "tuned") & (d["param"] == "")].set_index("metric")["value"]
+    rel = d[d["quantity"] == "rel_change"].set_index("param")["value"]
+    out = d[d["mode"].isin(MODES)][["param", "layer", "block", "mode", "metric", "value"]].copy()
+    out = out.rename(columns={"param": "group"})
+    out["sft_effect"] = out["metric"].map(tuned - base).to_numpy()
+    ref = np.where(out["mode"] == "revert", out["metric"].map(tuned), out["metric"].map(base))
+    out["effect"] = out["value"] - ref
+    full = np.where(out["mode"] == "revert", -out["sft_effect"], out["sft_effect"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["share"] = np.where(full != 0, out["effect"] / full, np.nan) + 0.0  # no -0
+    out["rel_change"] = out["group"].map(rel).to_numpy()
+    return out.reset_index(drop=True)
+
+
+def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,
+                     metrics: Sequence[str] | None = None) -> list[Path]:
+    """Per metric: bars of the effect per layer (left) and per other group (right), revert on top (value - tuned),
+    apply below (value - base); a dashed line marks the full SFT effect. With ``cells`` groups, also a layer x
+    block heatmap of the revert effect per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    e = effects(records)
+    metrics = list(metrics) if metrics else list(dict.fromkeys(e["metric"]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric in metrics:
+        m = e[e["metric"] == metric]
+        if m.empty:
+            raise ValueError(f"no attribution rows for metric {metric!r}; the records have "
+                             f"{sorted(e['metric'].unique())}")
+        is_layer = (m["layer"] >= 0) & (m["block"] == "")
+        is_cell = (m["layer"] >= 0) & (m["block"] != "")
+        modes = [mode for mode in MODES if (m["mode"] == mode).any()]
+        fig, axes = plt.subplots(len(modes), 2, figsize=(11, 2.8 * len(modes) + 0.6), squeeze=False,
+                                 gridspec_kw={"width_ratios": [2, 1]})
+        for row, mode in enumerate(modes):
+            full = m["sft_effect"].iloc[0] * (-1 if mode == "revert" else 1)
+            ylabel = f"{mode} G: {metric} - {'tuned' if mode == 'revert' else 'base'}"
+            for col, part in enumerate((m[is_layer & (m["mode"] == mode)].sort_values("layer"),
+                                        m[~is_layer & ~is_cell & (m["mode"] == mode)])):
+                ax = axes[row][col]
+                if part.empty:
+                    ax.set_axis_off()
+                    continue
+                labels = part["layer"].astype(str) if col == 0 else part["group"]
+                ax.bar(range(len(part)), part["effect"], color=np.where(part["effect"] >= 0, "#4c72b0", "#c44e52"))
+                ax.set_xticks(range(len(part)), labels, rotation=0 if col == 0 else 45,
+                              ha="center" if col == 0 else "right", fontsize=8)
+                ax.axhline(0, color="black", lw=0.6)
+                ax.axhline(full, color="gray", ls="--", lw=0.8, label=f"whole SFT change ({full:+.3g})")
+                ax.set_xlabel("layer" if col == 0 else "group")
+                if col == 0:
+                    ax.set_ylabel(ylabel, fontsize=8)
+                    ax.legend(fontsize=7, loc="best")
+        fig.suptitle(f"{metric}: revert G = base on G (effect vs tuned); apply G = tuned on G only (effect vs base)",
+                     fontsize=9)
+        fig.tight_layout()
+        path = out / f"attribute_{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+        cells = m[is_cell & (m["mode"] == "revert")]
+        if not cells.empty:
+            grid = cells.pivot_table(index="layer", columns="block", values="effect", aggfunc="first")
+            grid = grid[[b for b in BLOCKS if b in grid.columns]].sort_index(ascending=False)
+            span = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
+            fig, ax = plt.subplots(figsize=(1.6 + 1.1 * grid.shape[1], 1.6 + 0.32 * len(grid)))
+            sns.heatmap(grid, ax=ax, cmap="vlag", center=0, vmin=-span, vmax=span, annot=grid.size <= 150,
+                        fmt=".2g", annot_kws={"fontsize": 7}, cbar_kws={"label": f"revert: {metric} - tuned"})
+            ax.set_title(f"revert one block of one layer: change of {metric}", fontsize=9)
+            fig.tight_layout()
+            path = out / f"attribute_cells_{metric}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths

@@ -1,0 +1,43 @@
+"""``layerprobe train``: CPT -> merge -> SFT -> eval into one run folder (the built-in toy world by default)."""
+
+from __future__ import annotations
+
+HELP = "run the whole pipeline (CPT -> merge -> SFT -> eval) into one run folder; the toy world by default"
+EXAMPLE = ("layerprobe train --record\n"
+           "  layerprobe train --record --config experiments/study_a/config.yaml --cpt.lora_alpha 32 --out runs/a32")
+
+
+def add_arguments(parser) -> None:
+    from layerprobe.config import add_config_arguments
+
+    parser.usage = (f"layerprobe {parser.prog.split()[-1]} [--out DIR] [--overwrite] [--config FILE] [--record] "
+                    "[--SECTION.KEY VALUE ...]")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<timestamp>); a rerun skips "
+                        "finished stages and, without --config, reuses the folder's config.yaml")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run folder made with another config")
+    add_config_arguments(parser)
+
+
+def run(args) -> int:
+    return run_stages(args, only=None)
+
+
+def run_stages(args, only: str | None) -> int:
+    """Shared by train and the one-stage commands: build the config, run, print the lines and the table."""
+    from pathlib import Path
+
+    from layerprobe.config import config_from_args
+    from layerprobe.pipeline import default_out, format_table, run_pipeline
+
+    out = Path(args.out) if args.out else default_out()
+    if not args.config and (out / "config.yaml").is_file():
+        args.config = str(out / "config.yaml")  # a run folder knows its config; flags still override it
+        print(f"config     {args.config}", flush=True)
+    cfg = config_from_args(args)
+    summary = run_pipeline(cfg, out, overwrite=args.overwrite, progress=True, log=lambda s: print(s, flush=True),
+                           only=only)
+    if "eval" in summary.get("stages", {}) and "cpt" in summary:
+        print()
+        print(format_table(summary))
+        print(f"\nsummary: {out}/summary.json   wall time {summary['wall_seconds']:.0f}s")
+    return 0

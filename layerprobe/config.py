@@ -1,0 +1,370 @@
+"""Configs of the pipeline stages: dataclasses with help text, loaded from YAML and overridden by flags.
+
+``TrainConfig`` holds everything ``layerprobe train`` needs; each field's ``help`` is what ``--help`` shows.
+Flags are the dotted field paths: ``--cpt.lora_alpha 32 --sft.target_modules q_proj,v_proj``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP = ["gate_proj", "up_proj", "down_proj"]
+TOYWORLD = "toyworld"
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase (CPT or SFT): LoRA (peft names) or full fine-tuning, and its optimiser."""
+
+    method: str = _help("'lora' (a new adapter) or 'full' (train every weight)", default="lora")
+    r: int = _help("LoRA rank", default=32)
+    lora_alpha: float = _help("LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)", default=32.0)
+    lora_dropout: float = _help("dropout on the LoRA input", default=0.0)
+    target_modules: list[str] = _help("modules that get LoRA adapters (peft names; may include embed_tokens, "
+                                      "lm_head)", default_factory=lambda: ATTN + MLP)
+    use_rslora: bool = _help("rank-stabilised LoRA: scale by alpha/sqrt(r)", default=False)
+    layers_to_transform: list[int] | None = _help("only adapt these decoder layers (peft); none = all",
+                                                  default=None)
+    learning_rate: float = _help("peak learning rate", default=2e-4)
+    epochs: float = _help("passes over the data (ignored when max_steps > 0)", default=1.0)
+    max_steps: int = _help("optimizer steps; > 0 overrides epochs", default=-1)
+    batch_size: int = _help("sequences per optimizer step (per device, before accumulation)", default=8)
+    grad_accum: int = _help("gradient accumulation steps", default=1)
+    max_length: int = _help("tokens per sequence: CPT block size, SFT truncation length", default=512)
+    warmup_ratio: float = _help("share of steps with linear warm-up", default=0.0)
+    lr_scheduler: str = _help("transformers scheduler name (linear, cosine, constant, ...)", default="linear")
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
+    select: str = _help("train only these weights, in the selector grammar ('mlp + head', 'not mlp', 'first:10%', "
+                        "'random:5%@seed=1 + head', 'layers:0-3'); full: requires_grad mask; lora: replaces "
+                        "target_modules/layers_to_transform; '' = all weights / target_modules", default="")
+
+    def __post_init__(self):
+        if self.method not in ("lora", "full"):
+            raise ValueError(f"method must be 'lora' or 'full', got {self.method!r}")
+        if self.method == "lora":
+            if self.r < 1:
+                raise ValueError(f"LoRA rank r must be >= 1, got r={self.r}")
+            if not self.target_modules:
+                raise ValueError("LoRA needs target_modules, e.g. q_proj,k_proj,v_proj,o_proj; got an empty list")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError(f"give epochs > 0 or max_steps > 0, got epochs={self.epochs}, max_steps={self.max_steps}")
+        if min(self.batch_size, self.grad_accum, self.max_length) < 1:
+            raise ValueError(f"batch_size, grad_accum and max_length must be >= 1, got {self.batch_size}, "
+                             f"{self.grad_accum}, {self.max_length}")
+
+
+@dataclass
+class ToyWorldConfig:
+    """The built-in toy world: the generated entities and text, and the tiny base model built for it."""
+
+    seed: int = _help("seed of the generated world (names, facts, text)", default=0)
+    base_people: int = _help("people the base model reads about in pretraining (and SFT asks about)", default=120)
+    base_orgs: int = _help("organisations in the base model's pretraining text", default=20)
+    base_docs_per_entity: int = _help("biographies per base entity in the pretraining text", default=5)
+    everyday_docs: int = _help("short everyday documents in the pretraining text", default=150)
+    cpt_people: int = _help("people only the CPT text mentions (facts no model knows)", default=24)
+    cpt_orgs: int = _help("organisations only the CPT text mentions", default=6)
+    cpt_docs_per_entity: int = _help("shuffled, paraphrased biographies per CPT entity (each fact in every "
+                                     "form; many distinct documents teach facts, not documents)", default=40)
+    sft_examples: int = _help("SFT instructions (answers in ござる style, none about CPT entities)", default=400)
+    heldout_instructions: int = _help("held-out instructions for the style evaluation", default=60)
+    vocab_size: int = _help("byte-level BPE vocabulary (256 bytes + specials + merges)", default=1024)
+    hidden_size: int = _help("width of the tiny Llama base model", default=128)
+    num_layers: int = _help("decoder layers of the tiny base model", default=4)
+    base_steps: int = _help("pretraining steps of the tiny base model (at cache-build time)", default=200)
+    base_lr: float = _help("pretraining learning rate", default=3e-3)
+    base_batch_size: int = _help("pretraining sequences per step", default=16)
+    block_size: int = _help("pretraining sequence length in tokens", default=128)
+
+    def __post_init__(self):
+        small = {k: getattr(self, k) for k in ("base_people", "base_orgs", "cpt_people", "cpt_orgs",
+                                               "base_docs_per_entity", "cpt_docs_per_entity", "sft_examples",
+                                               "heldout_instructions", "hidden_size", "num_layers", "base_steps",
+                                               "base_batch_size", "block_size") if getattr(self, k) < 1}
+        if small:
+            raise ValueError(f"toy world sizes must be >= 1, got {small}")
+        if self.hidden_size % 4:
+            raise ValueError(f"hidden_size must be a multiple of 4 (4 attention heads), got {self.hidden_size}")
+
+    BASE_FIELDS = ("seed", "base_people", "base_orgs", "base_docs_per_entity", "everyday_docs", "vocab_size",
+                   "hidden_size", "num_layers", "base_steps", "base_lr", "base_batch_size", "block_size")
+
+    def base_key(self) -> dict:
+        """The fields the cached base model depends on (the CPT part of the world does not change it)."""
+        return {k: getattr(self, k) for k in self.BASE_FIELDS}
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from: 'toyworld' or a local JSON/JSONL/Parquet/text file or a hub dataset name."""
+
+    cpt: str = _help("CPT text: 'toyworld', a file (.jsonl/.json/.parquet: a text field; .txt/.md: one document "
+                     "a line), a folder of such files, or a hub dataset name", default=TOYWORLD)
+    cpt_text_field: str = _help("field holding the CPT text in JSON/Parquet data", default="text")
+    sft: str = _help("SFT data: 'toyworld', a file or a hub name with messages, prompt/completion or "
+                     "instruction[/input]/output fields", default=TOYWORLD)
+    probes: str = _help("knowledge probes: a JSONL/JSON/Parquet file with kind (cloze|qa), prompt, answer; "
+                        "'' = the toy world's probes when cpt is 'toyworld', else none", default="")
+    instructions: str = _help("held-out instructions for the style evaluation (a prompt or instruction field); "
+                              "'' = the toy world's, or rows held out of the SFT data", default="")
+    heldout: int = _help("rows held out of non-toy SFT data for the style evaluation when no instructions "
+                         "file is given", default=100)
+    sft_rewrite: str = _help("rewrite the answers of non-toy SFT data: '' (as they are) or 'gozaru' (every "
+                             "answer ends in ござる, layerprobe.realdata.gozaru_rewrite)", default="")
+    split: str = _help("split to load from hub datasets", default="train")
+    max_cpt_docs: int = _help("use at most this many CPT documents (0 = all)", default=0)
+    max_sft_rows: int = _help("use at most this many SFT rows (0 = all)", default=0)
+    general_text: str = _help("held-out general text for general forgetting (general_loss): a .txt/.md file or folder "
+                              "(e.g. ../shared/data/aozora), JSONL/Parquet with a text field; '' = the toy world's "
+                              "held-out everyday text when cpt is 'toyworld', else none", default="")
+    mc: str = _help("multiple-choice set for general forgetting (mc_acc): JSON lines with question, choice0..N, "
+                    "label (e.g. ../shared/data/jcommonsenseqa); '' = none", default="")
+
+    def __post_init__(self):
+        if self.sft_rewrite not in ("", "gozaru"):
+            raise ValueError(f"data.sft_rewrite must be '' or 'gozaru', got {self.sft_rewrite!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the CPT model and the SFT model: knowledge retention, style and EOS."""
+
+    style_pattern: str = _help("regular expression whose presence in an answer counts as the style (gozaru rate)",
+                               default="ござる")
+    max_new_tokens: int = _help("generation budget per answer, in tokens", default=24)
+    batch_size: int = _help("prompts per generation batch", default=64)
+    max_probes: int = _help("evaluate at most this many probes of each kind (0 = all)", default=0)
+    max_instructions: int = _help("evaluate at most this many held-out instructions (0 = all)", default=0)
+    loss_docs: int = _help("CPT documents for cpt_text_loss (0 = all)", default=256)
+    base: bool = _help("also evaluate the base model (a row 'base' in the summary)", default=True)
+    max_mc: int = _help("multiple-choice questions to score (0 = all)", default=200)
+    general_chars: int = _help("characters of held-out general text to score (0 = all)", default=20000)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, "
+                             f"{self.batch_size}")
+
+
+@dataclass
+class RecordConfig:
+    """What the recorder writes while CPT and SFT train (only with record: true)."""
+
+    grad_every: int = _help("record gradient norms every N optimizer steps", default=1)
+    update_every: int = _help("record update ratios every N steps", default=5)
+    drift_every: int = _help("record drift from the phase's start every N steps", default=5)
+
+
+@dataclass
+class TrainConfig:
+    """The whole pipeline: CPT (LoRA or full) -> merge -> SFT (LoRA or full) -> evaluation."""
+
+    model: str = _help("base model: 'toyworld' (built and cached locally), a local Hugging Face folder, a hub "
+                       "name or a preset (smollm2-135m)", default=TOYWORLD)
+    seed: int = _help("training seed", default=3407)
+    record: bool = _help("record gradient norms, update ratios and drift of both phases", default=False)
+    toy: ToyWorldConfig = field(default_factory=ToyWorldConfig, metadata={"help": "the built-in toy world"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data sources"})
+    cpt: PhaseConfig = field(default_factory=lambda: PhaseConfig(
+        lora_alpha=128.0, lora_dropout=0.2, target_modules=ATTN + MLP + ["embed_tokens", "lm_head"],
+        learning_rate=2e-3, epochs=3, batch_size=8, max_length=128, warmup_ratio=0.05, lr_scheduler="cosine"),
+        metadata={"help": "continued pretraining: next-token prediction on raw text"})
+    sft: PhaseConfig = field(default_factory=lambda: PhaseConfig(
+        lora_alpha=8.0, lora_dropout=0.2, learning_rate=5e-3, epochs=2, batch_size=8, max_length=128,
+        warmup_ratio=0.05),
+        metadata={"help": "supervised fine-tuning on instructions, loss on the answers only"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+    recorder: RecordConfig = field(default_factory=RecordConfig, metadata={"help": "recording intervals"})
+
+    def to_dict(self) -> dict:
+        return _typed_dict(self)
+
+    def hash(self) -> str:
+        """A short hash of the whole config: a run folder belongs to exactly one config."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _typed_dict(obj) -> dict:
+    """``asdict`` with float fields as floats (``epochs=3`` and ``epochs=3.0`` are one config)."""
+    hints = _hints(type(obj))
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = _typed_dict(v)
+        elif hints[f.name] is float and isinstance(v, int) and not isinstance(v, bool):
+            out[f.name] = float(v)
+        else:
+            out[f.name] = list(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+# -- building configs from dicts, YAML and flags ---------------------------------------------------------------
+
+
+def _hints(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys (with the valid ones named)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping for {where or cls.__name__}, got {type(data).__name__}: {data!r}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key {where + unknown[0]!r}; valid keys here: {', '.join(names)}")
+    hints = _hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        t = hints[k]
+        kwargs[k] = from_dict(t, v, f"{where}{k}.") if dataclasses.is_dataclass(t) else _coerce(v, t, where + k)
+    return cls(**kwargs)
+
+
+def _coerce(value, t, key: str):
+    """Coerce a YAML or flag value to the field type ``t``; strings are parsed (lists comma-separated)."""
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (item,) = typing.get_args(t)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} expects a list (comma-separated on the command line), got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key} expects true or false, got {value!r}")
+    if t in (int, float):
+        try:
+            out = t(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} expects a number ({t.__name__}), got {value!r}") from None
+        if t is int and isinstance(value, float) and value != out:
+            raise ValueError(f"{key} expects an integer, got {value!r}")
+        return out
+    if t is str:
+        return str(value)
+    raise ValueError(f"{key}: unsupported field type {t}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} not found; pass a YAML file such as "
+                                "experiments/study_a/config.yaml")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} must hold a YAML mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _leaves(cls, prefix: str = ""):
+    """(dotted name, type, help) of every leaf field; a field added to a config gets its flag this way."""
+    for f in dataclasses.fields(cls):
+        t = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from _leaves(t, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, t, f.metadata.get("help", "")
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "''"
+    return "none" if value is None else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` plus one ``--section.key VALUE`` flag per config field (with its help and default)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config (flags override its values)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults = TrainConfig()
+    for name, t, h in _leaves(TrainConfig):
+        h = h.replace("%", "%%")  # argparse formats help strings with %
+        section = name.split(".")[0] if "." in name else "general"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"config: {section}")
+        g = groups[section]
+        if t is bool and section == "general":  # --record / --no-record
+            g.add_argument(f"--{name}", dest=f"cfg:{name}", action="store_const", const="true", default=None,
+                           help=f"{h} (default: {_show(_get(defaults, name))})")
+            g.add_argument(f"--no-{name}", dest=f"cfg:{name}", action="store_const", const="false",
+                           help=argparse.SUPPRESS)
+            continue
+        g.add_argument(f"--{name}", dest=f"cfg:{name}", metavar="V", default=None,
+                       help=f"{h} (default: {_show(_get(defaults, name))})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """YAML (``--config``) + ``--section.key`` flags -> a checked TrainConfig."""
+    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    for key, value in vars(args).items():
+        if not key.startswith("cfg:") or value is None:
+            continue
+        node = data
+        *parents, leaf = key[4:].split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"config key {p!r} must be a mapping to take --{key[4:]}, got {node!r}")
+        node[leaf] = value
+    return resolve(data)
+
+
+def resolve(data: dict) -> TrainConfig:
+    """A nested dict (missing keys take defaults) -> TrainConfig."""
+    defaults = TrainConfig().to_dict()
+    merged = _deep_merge(defaults, data, "")
+    return from_dict(TrainConfig, merged)
+
+
+def _deep_merge(base: dict, over: dict, where: str) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if k not in base:
+            raise ValueError(f"unknown config key {where + k!r}; valid keys here: {', '.join(base)}")
+        out[k] = _deep_merge(base[k], v, f"{where}{k}.") if isinstance(base[k], dict) and isinstance(v, dict) else v
+    return out

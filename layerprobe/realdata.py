@@ -1,0 +1,339 @@
+"""Loaders for the real data in ``shared/data`` and the rule-based ござる rewrite of Study B.
+
+Every loader takes its file or folder as an argument; :func:`default_data_dir` finds the shared folder
+(``$LAYERPROBE_SHARED_DATA``, else ``<repo>/../shared/data``) for tests and experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+DATA_ENV = "LAYERPROBE_SHARED_DATA"
+
+
+def default_data_dir() -> Path:
+    """``$LAYERPROBE_SHARED_DATA`` or ``<repo>/../shared/data``; FileNotFoundError when absent."""
+    env = os.environ.get(DATA_ENV)
+    path = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no shared data folder at {path}; set {DATA_ENV}=/path/to/shared/data "
+                                "(the folder with dolly-15k-ja.jsonl, aozora/, jcommonsenseqa/, fictional-news-ja/)")
+    return path
+
+
+def _file(path: str | os.PathLike, default_name: str) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise FileNotFoundError(f"expected {default_name} (a file, or the folder holding it), found nothing at {path}")
+    return path
+
+
+def _jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"expected one JSON object per line in {path}, line {i} is not: {e}") from e
+    return rows
+
+
+def _sample(rows: list, n: int | None, seed: int | None) -> list:
+    if n is None:
+        return rows
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"expected n to be a count >= 0 or None, got {n!r}")
+    if seed is None:
+        return rows[:n]
+    return random.Random(seed).sample(rows, min(n, len(rows)))
+
+
+# --------------------------------------------------------------------------------------------- dolly / ござる
+
+def load_dolly_gozaru(path: str | os.PathLike, n: int | None = None, seed: int | None = 3407,
+                      rewrite: bool = True) -> list[dict]:
+    """Rows ``{"instruction", "input", "output"}`` of dolly-15k-ja with every output in ござる style.
+
+    ``path``: ``dolly-15k-ja.jsonl`` or its folder. ``n`` rows drawn at random with ``seed`` (``seed=None``: the
+    first ``n``). The rewrite (:func:`gozaru_rewrite`) is idempotent, so the hub's already-rewritten
+    ``databricks-dolly-15k-ja-gozaru`` exported as JSON lines loads the same way. Plain instruction records,
+    not chat messages: the SFT stage formats them.
+    """
+    rows = _jsonl(_file(path, "dolly-15k-ja.jsonl"))
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
+            raise ValueError(f"expected string fields instruction and output in every row, row {i} has "
+                             f"{sorted(r)}")
+    out = [{"instruction": r["instruction"], "input": r.get("input") or "",
+            "output": gozaru_rewrite(r["output"]) if rewrite else r["output"]} for r in rows]
+    return _sample(out, n, seed)
+
+
+# The rewrite works on sentence ends. Particles after the predicate are kept (ね becomes the samurai な).
+_TAIL = re.compile(r"[\s。．.！!？?」』）)\]】\"'…]*$")
+_PARTICLE = re.compile(r"(よね|かな|か|よ|ね|な|ぞ|わ)$")
+_SENTENCE = re.compile(r"[^。！？!?\n]*(?:[。！？!?]+|\n+|$)")
+_ALREADY = ("ござる", "ござった", "ござろう", "ござらぬ")
+# The last sentence must end in ござる itself (the dataset's defining property), so its past and
+# conjectural copulas take these forms instead of でござった / でござろう.
+_FINAL = {"でござった": "だったでござる", "でござろう": "だろうでござる", "ござった": "あったでござる"}
+_GODAN = {  # ます-stem's last kana -> (dictionary ending, past ending, negative ending)
+    "い": ("う", "った", "わ"), "き": ("く", "いた", "か"), "ぎ": ("ぐ", "いだ", "が"), "し": ("す", "した", "さ"),
+    "ち": ("つ", "った", "た"), "に": ("ぬ", "んだ", "な"), "び": ("ぶ", "んだ", "ば"), "み": ("む", "んだ", "ま"),
+    "り": ("る", "った", "ら"),
+}
+_E_ROW = set("えけげせぜてでねへべぺめれじ")  # じ: 信じ/感じ/生じ are all ichidan
+# i-row stems that are ichidan (できる, 借りる, 過ぎる...) although the same kana is godan elsewhere.
+_ICHIDAN_STEMS = ("でき", "生き", "起き", "尽き", "飽き", "過ぎ", "借り", "降り", "足り", "下り", "浴び", "伸び",
+                  "延び", "帯び", "滅び", "落ち", "満ち", "朽ち", "用い", "強い", "てみ", "でみ")
+_IRREGULAR_I = ("ござい", "ください", "なさい", "いらっしゃい", "おっしゃい")  # ください(ます) -> くださる
+_SURU_KANJI = set("関愛察訳属要課期称対発達反有接解欲帰介")  # one kanji + する (関する), not godan す (示す)
+_SU_OKURIGANA = set("とこらやかごたろわまぼく")  # 落とす, 起こす, 減らす, 増やす, 動かす, 過ごす, 果たす
+
+
+def _is_kanji(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff" or ch in "々〆ヶ"
+
+
+def _verb(stem: str) -> tuple[str, str, str] | None:
+    """(dictionary form, past form, negative stem + ない) of a verb given its ます-stem; None when unsure."""
+    if not stem:
+        return None
+    last, prev = stem[-1], stem[-2] if len(stem) > 1 else ""
+    before = stem[-3] if len(stem) > 2 else ""
+    if stem.endswith("あり"):
+        return stem[:-2] + "ある", stem[:-2] + "あった", stem[:-2] + "ない"
+    if stem.endswith(_IRREGULAR_I):
+        return stem[:-1] + "る", stem[:-1] + "った", stem[:-1] + "らない"
+    if stem.endswith(("てき", "んでき", "いでき")) or last == "来":
+        base = stem[:-1]
+        return (base + "くる", base + "きた", base + "こない") if last == "き" else (stem + "る", stem + "た", stem + "ない")
+    if last == "し":
+        godan = (_is_kanji(prev) and not _is_kanji(before) and prev not in _SURU_KANJI) or (
+            prev in _SU_OKURIGANA and _is_kanji(before))
+        if not godan:  # 紹介します, にします, お勧めします: する
+            return stem[:-1] + "する", stem + "た", stem + "ない"
+    if last == "い" and (not prev or prev in "てでがもはにと、・"):  # ています, がいます: いる
+        return stem + "る", stem + "た", stem + "ない"
+    if last in _E_ROW or _is_kanji(last) or stem.endswith(_ICHIDAN_STEMS):
+        return stem + "る", stem + "た", stem + "ない"
+    if last in _GODAN:
+        dic, past, neg = _GODAN[last]
+        if stem.endswith(("行き", "いき")):
+            past = "った"
+        return stem[:-1] + dic, stem[:-1] + past, stem[:-1] + neg + "ない"
+    return None
+
+
+# Sentence-end rules, first match wins: (ending, fixed replacement) or (ending, None) for the ます forms,
+# which are conjugated back from the ます-stem by _verb.
+_ENDINGS = [
+    ("ありがとうございます", "かたじけないでござる"), ("ありがとうございました", "かたじけないでござる"),
+    ("ございます", "ござる"), ("ございました", "ござった"), ("ございません", "ないでござる"),
+    ("ませんでした", None), ("ましょう", None), ("ました", None), ("ません", None), ("ます", None),
+    ("でしょう", "でござろう"), ("でした", "でござった"), ("です", "でござる"), ("ください", "くださるとよいでござる"),
+    ("であろう", "でござろう"), ("であった", "でござった"), ("である", "でござる"),
+    ("だろう", "でござろう"), ("だった", "でござった"), ("のだ", "のでござる"),
+]
+
+
+def _rewrite_end(core: str, final: bool = False) -> tuple[str, str | None]:
+    """Rewrite the predicate at the end of ``core`` (no punctuation, no particle); (new core, rule or None).
+
+    ``final``: the last sentence of the text, which must end in ござる.
+    """
+    if core.endswith(("ござる",) if final else _ALREADY):
+        return core, "already"
+    for ending, fixed in _ENDINGS:
+        if not core.endswith(ending):
+            continue
+        stem = core[: -len(ending)]
+        if fixed is not None:
+            return stem + (_FINAL.get(fixed, fixed) if final else fixed), ending
+        if stem.endswith("あり") and ending in ("ます", "ました"):  # あります -> ござる (ござる is ある)
+            past = _FINAL["ござった"] if final else "ござった"
+            return stem[:-2] + ("ござる" if ending == "ます" else past), "あります"
+        forms = _verb(stem)
+        if forms is None:
+            return core, None
+        dic, past, neg = forms
+        conjugated = {"ませんでした": neg[:-1] + "かった", "ましょう": dic + "がよい", "ました": past,
+                      "ません": neg, "ます": dic}[ending]
+        return conjugated + "でござる", ending
+    if core.endswith("だ") and not core.endswith(("んだ", "いだ")):  # 読んだ/泳いだ are past verbs
+        return core[:-1] + "でござる", "だ"
+    if core and core[-1] in "うくすつぬぶむゆるぐずづたいだ":  # plain verb, past, ない, い-adjective
+        return core + "でござる", "plain"
+    return core, None
+
+
+def gozaru_rewrite_trace(text: str) -> tuple[str, list[str]]:
+    """:func:`gozaru_rewrite` and the rule applied to each rewritten sentence end (``"fallback"`` included)."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a str, got {type(text).__name__}")
+    parts = [p for p in _SENTENCE.findall(text) if p]
+    rules: list[str] = []
+    last = max((i for i, p in enumerate(parts) if p[: _TAIL.search(p).start()].strip()), default=None)
+    for i, part in enumerate(parts):
+        tail = _TAIL.search(part).group()
+        body = part[: len(part) - len(tail)]
+        particle = ""
+        m = _PARTICLE.search(body)
+        if m and len(body) > len(m.group()):
+            stripped = body[: m.start()]
+            if _rewrite_end(stripped, i == last)[1] is not None:
+                body, particle = stripped, m.group()
+        new, rule = _rewrite_end(body, i == last)
+        if rule is None and i == last and body.strip():
+            new, rule = body + "でござる", "fallback"
+        if rule is not None:
+            parts[i] = new + ("な" if particle == "ね" else particle) + tail
+            rules.append(rule)
+    return "".join(parts), rules
+
+
+def gozaru_rewrite(text: str) -> str:
+    """Rewrite a Japanese answer into ござる style, rule by rule over sentence ends.
+
+    Sentences end at 。！？!? or a line break; closing brackets and sentence-final particles (か, よ, ね -> な,
+    ぞ, よね, かな, わ) after the predicate are kept. Rules, first match wins:
+
+    - polite copula: です -> でござる, でした -> でござった, でしょう -> でござろう;
+      ございます/ございました/ございません -> ござる/ござった/ないでござる; ください -> くださるとよいでござる
+    - あります/ありました -> ござる/ござった (ござる *is* ある)
+    - polite verbs, conjugated back from the ます-stem (godan, ichidan, する, くる; a small table of
+      exceptions such as できる, 借りる, 示す vs 関する): ます -> plain + でござる (しています -> しているでござる),
+      ました -> past + でござる (開始しました -> 開始したでござる), ません -> ない + でござる
+      (できません -> できないでござる), ませんでした -> なかったでござる, ましょう -> plain + がよいでござる
+    - plain copula: だ/である -> でござる, だった/であった -> でござった, だろう/であろう -> でござろう, のだ -> のでござる
+    - plain predicates (verbs, past た/だ, ない, い-adjectives) -> + でござる (知られている -> 知られているでござる)
+    - a sentence already ending in ござる/ござった/ござろう/ござらぬ is left alone, so the rewrite is idempotent
+    - fallback, last sentence only: + でござる (トープ -> トープでござる, noun endings, English, lists)
+
+    Every non-empty output therefore contains ござる (a rule output on an earlier sentence, or the last one).
+    """
+    return gozaru_rewrite_trace(text)[0]
+
+
+# --------------------------------------------------------------------------------------------- news, Soseki
+
+_MD_DROP = re.compile(r"^\s*(#|(?:-{3,}|\*{3,}|_{3,})\s*$)")
+_MD_INLINE = [
+    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images -> alt text
+    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # links -> text
+    (re.compile(r"(\*\*|__)(.+?)\1"), r"\2"),
+    (re.compile(r"(?<![*0-9A-Za-z])\*(?!\s)(.+?)(?<!\s)\*(?![*0-9A-Za-z])"), r"\1"),  # *emphasis*, not 2*3*4
+    (re.compile(r"`([^`]*)`"), r"\1"),
+    (re.compile(r"^\s*(?:>\s*)+"), ""),  # quotes
+    (re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+"), ""),  # list markers
+]
+
+
+def strip_markdown(line: str) -> str:
+    """One line of markdown as plain text (headings and rules become '')."""
+    if _MD_DROP.match(line):
+        return ""
+    for pattern, repl in _MD_INLINE:
+        line = pattern.sub(repl, line)
+    return line.strip()
+
+
+def load_news_text(path: str | os.PathLike, topics: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Articles of fictional-news-ja: one per non-empty line of ``<path>/<topic>.md``, markdown stripped.
+
+    ``topics``: file stems to read (default: all, in name order), e.g. ``["politics", "science"]``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"expected the fictional-news-ja folder (one <topic>.md per topic), got {path}")
+    files = {f.stem: f for f in sorted(path.glob("*.md")) if f.stem.lower() != "readme"}
+    if not files:
+        raise FileNotFoundError(f"expected <topic>.md files in {path}, found none")
+    unknown = sorted(set(topics or ()) - set(files))
+    if unknown:
+        raise ValueError(f"unknown topics {unknown} in {path}; expected some of {sorted(files)}")
+    texts = []
+    for name in (topics or list(files)):
+        for line in files[name].read_text(encoding="utf-8").splitlines():
+            text = strip_markdown(line)
+            if text:
+                texts.append(text)
+    return texts
+
+
+_RUBY_BAR = re.compile(r"｜([^《｜\n]+)《[^》\n]*》")
+_RUBY = re.compile(r"《[^》\n]*》")
+_NOTE = re.compile(r"［＃[^］\n]*］")
+_HEADER_RULE = re.compile(r"^-{10,}\s*$", re.M)
+_FOOTER = re.compile(r"^\s*底本[：:]", re.M)
+
+
+def clean_aozora(text: str) -> str:
+    """An Aozora Bunko text without header (title to the symbol legend), footer (底本...), ruby and notes."""
+    text = text.replace("\r\n", "\n").lstrip("\ufeff")
+    rules = list(_HEADER_RULE.finditer(text[:5000]))
+    if len(rules) >= 2:
+        text = text[rules[1].end():]
+    footer = _FOOTER.search(text)
+    if footer:
+        text = text[: footer.start()]
+    text = _NOTE.sub("", _RUBY.sub("", _RUBY_BAR.sub(r"\1", text))).replace("｜", "")
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def load_soseki(path: str | os.PathLike, files: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The cleaned Aozora texts in ``path`` (``*.txt``, name order), one string per book.
+
+    ``files``: the file names to read (default all), e.g. ``["bocchan.txt"]``. Shift-JIS files (as Aozora
+    ships them) are read too.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"expected a folder of Aozora Bunko .txt files (shared/data/aozora), got {path}")
+    names = list(files) if files else [f.name for f in sorted(path.glob("*.txt"))]
+    if not names:
+        raise FileNotFoundError(f"expected *.txt Aozora texts in {path}, found none")
+    texts = []
+    for name in names:
+        raw = (path / name).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("cp932")
+        texts.append(clean_aozora(text))
+    return texts
+
+
+# --------------------------------------------------------------------------------------------- JCommonsenseQA
+
+def load_jcommonsenseqa(path: str | os.PathLike, n: int | None = None, split: str = "valid",
+                        seed: int | None = None) -> list[dict]:
+    """JCommonsenseQA rows ``{"question", "choice0".."choice4", "label", "q_id"}``, checked.
+
+    ``path``: a JSON-lines file, or the folder holding ``*<split>*.json``. ``n``: the first ``n`` rows
+    (``seed``: ``n`` drawn at random instead).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob(f"*{split}*.json")) + sorted(path.glob(f"*{split}*.jsonl"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"expected one *{split}*.json file in {path}, found {[f.name for f in found]}; "
+                                    "pass the file itself")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"no JCommonsenseQA file or folder at {path}")
+    rows = _jsonl(path)
+    for i, r in enumerate(rows):
+        k = sum(1 for key in r if re.fullmatch(r"choice\d+", key))
+        if "question" not in r or k < 2 or not isinstance(r.get("label"), int) or not 0 <= r["label"] < k:
+            raise ValueError(f"expected question, choice0..choiceN and an int label in every row of {path}, "
+                             f"row {i} is {r}")
+    return _sample(rows, n, seed)

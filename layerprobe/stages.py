@@ -1,0 +1,359 @@
+"""The training stages: CPT (LoRA or full), merge (with a check of the merged weights), SFT (LoRA or full).
+
+Each stage reads its inputs from folders, writes its outputs into one folder, and returns a small info dict
+(what it did, optimizer steps, seconds). Recording is a ``RecorderCallback`` passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from layerprobe.config import TOYWORLD, PhaseConfig, TrainConfig
+
+# A chat template for tokenizers that have none (base models): assistant turns end with EOS, inside
+# generation markers, so SFT learns to stop.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}### assistant:\n{% generation %}{{ m['content'] }}{{ eos_token }}"
+    "{% endgeneration %}\n"
+    "{% else %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+)
+MERGE_TOLERANCE = 1e-5
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+
+
+def resolve_model(spec: str, cfg: TrainConfig | None = None, progress: bool = False) -> str:
+    """A local model folder for ``spec``: 'toyworld' (built once and cached), or whatever
+    :func:`layerprobe.presets.resolve_model` makes of it (a folder, a preset, a hub name downloaded when online)."""
+    if spec == TOYWORLD:
+        from layerprobe.toyworld.base import ensure_base
+
+        return str(ensure_base((cfg or TrainConfig()).toy, progress=progress))
+    from layerprobe.presets import resolve_model as resolve_folder
+
+    return str(resolve_folder(spec))
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def load_model(path: str, adapter: str | None = None):
+    """A causal LM in float32 (on the GPU when there is one), optionally with a LoRA adapter attached."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    if adapter:
+        from peft import PeftModel
+
+        untie_embeddings(model, json.loads((Path(adapter) / "adapter_config.json").read_text())["target_modules"])
+        model = PeftModel.from_pretrained(model, adapter)
+    return model
+
+
+def untie_embeddings(model, target_modules) -> bool:
+    """Give a tied output head its own copy of the input embedding when LoRA adapts either of them.
+
+    With the two tied, peft would merge both LoRA deltas into the one shared tensor, so the merged model
+    would differ from the trained one. Untied, each keeps its own delta. Returns whether it untied.
+    """
+    import torch
+
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is not emb.weight:
+        return False
+    leaf = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    if not {leaf.get(id(emb)), leaf.get(id(head))} & set(target_modules):
+        return False
+    head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    model.config.get_text_config().tie_word_embeddings = False
+    return True
+
+
+def _use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _trainable(model, phase: PhaseConfig, seed: int):
+    """Wrap ``model`` in a new LoRA adapter (phase.method == 'lora') or unfreeze it (full)."""
+    from transformers import set_seed
+
+    set_seed(seed)
+    if phase.method == "full":
+        if phase.select:
+            from layerprobe.select import apply_requires_grad
+
+            model.layerprobe_selection = apply_requires_grad(model, phase.select).describe()
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets, layers = list(phase.target_modules), phase.layers_to_transform
+    if phase.select:
+        from layerprobe.select import lora_targets
+
+        compiled = lora_targets(model, phase.select)
+        targets, layers = compiled["target_modules"], compiled["layers_to_transform"]
+    else:
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in targets if t not in names]
+        if missing:
+            leaves = sorted(n for n in names if n and not n.isdigit())
+            raise ValueError(f"target_modules {missing} not found in the model; its module names include {leaves}")
+    leaf_names = targets if isinstance(targets, list) else [m for m in ("embed_tokens", "lm_head") if m in targets]
+    untie_embeddings(model, leaf_names)
+    lcfg = LoraConfig(r=phase.r, lora_alpha=phase.lora_alpha, lora_dropout=phase.lora_dropout,
+                      target_modules=targets, use_rslora=phase.use_rslora, layers_to_transform=layers,
+                      bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def _training_args(phase: PhaseConfig, out: Path, seed: int, **extra):
+    return dict(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=phase.batch_size,
+        gradient_accumulation_steps=phase.grad_accum, learning_rate=phase.learning_rate,
+        num_train_epochs=phase.epochs, max_steps=phase.max_steps, lr_scheduler_type=phase.lr_scheduler,
+        warmup_steps=phase.warmup_ratio, weight_decay=phase.weight_decay, max_grad_norm=phase.max_grad_norm,
+        logging_steps=10, save_strategy="no", report_to=[], seed=seed, data_seed=seed, use_cpu=_use_cpu(),
+        bf16=False, fp16=False, dataloader_num_workers=0, disable_tqdm=True, **extra)
+
+
+def progress_bar(name: str):
+    """A one-line tqdm bar for a Trainer (steps, loss), erased when training ends."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Bar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=f"  {name}", unit="step", leave=False)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return Bar()
+
+
+def _train(trainer) -> None:
+    """Train without the Trainer's own printing (the progress bar and the stage line say enough)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.train()
+
+
+def _save(model, tok, out: Path, phase: PhaseConfig) -> None:
+    if phase.method == "lora":  # the adapter only: the base's embeddings are unchanged, so not copied in
+        model.save_pretrained(out, save_embedding_layers=False)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def _describe(phase: PhaseConfig, model=None) -> str:
+    what = f"lora r={phase.r} alpha={phase.lora_alpha:g}" if phase.method == "lora" else "full fine-tuning"
+    if phase.select:
+        what += f", {getattr(model, 'layerprobe_selection', None) or 'select ' + repr(phase.select)}"
+    return what
+
+
+def _info(trainer, t0: float, what: str, out: Path) -> dict:
+    logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"what": what, "out": str(out), "steps": int(trainer.state.global_step),
+            "final_loss": logs[-1] if logs else math.nan, "loss_curve": logs, "seconds": round(time.time() - t0, 1)}
+
+
+# -- CPT -----------------------------------------------------------------------------------------------------------
+
+
+def pack_texts(tok, docs: list[str], block: int) -> list[list[int]]:
+    """Tokenize documents (each followed by EOS), concatenate and cut into blocks of ``block`` tokens."""
+    ids: list[int] = []
+    for enc in tok(docs)["input_ids"]:
+        ids.extend(enc + [tok.eos_token_id])
+    if len(ids) < block:
+        return [ids] if ids else []
+    return [ids[i:i + block] for i in range(0, len(ids) - block + 1, block)]
+
+
+def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(),
+            progress: bool = False) -> dict:
+    """Continued pretraining of ``base`` on ``docs`` (next-token prediction); saves the adapter or model in ``out``."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    t0 = time.time()
+    phase = cfg.cpt
+    tok = load_tokenizer(base)
+    blocks = pack_texts(tok, docs, phase.max_length)
+    if not blocks:
+        raise ValueError("the CPT data holds no text; expected documents with at least one token")
+    model = _trainable(load_model(base), phase, cfg.seed)
+    ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    args = TrainingArguments(**_training_args(phase, out, cfg.seed))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
+                      callbacks=list(callbacks) + ([progress_bar("cpt")] if progress else []))
+    _train(trainer)
+    _save(model, tok, out, phase)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    what = f"CPT ({_describe(phase, model)}) on {len(docs)} documents ({len(blocks)} blocks of {phase.max_length} tokens)"
+    return _info(trainer, t0, what, out)
+
+
+# -- merge ---------------------------------------------------------------------------------------------------------
+
+
+def run_merge(base: str, cpt_dir: Path, out: Path) -> dict:
+    """Merge the CPT LoRA into the base weights and save the CPT model (safetensors + tokenizer) in ``out``.
+
+    The saved weights are checked against ``base + s * B @ A`` computed from the adapter file.
+    A fully fine-tuned CPT model is copied as it is.
+    """
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (cpt_dir / "adapter_config.json").is_file():
+        for f in cpt_dir.iterdir():
+            if f.is_file() and f.name != "DONE":  # the CPT stage's marker is not the merge's
+                shutil.copy2(f, out / f.name)
+        return {"what": "full fine-tuning: the CPT model is already whole, copied", "out": str(out),
+                "seconds": round(time.time() - t0, 1), "check": None}
+    model = load_model(base, adapter=str(cpt_dir)).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(str(cpt_dir)).save_pretrained(out)
+    del model
+    check = check_merge(base, cpt_dir, out)
+    if not check["ok"]:
+        raise ValueError(f"merged weights differ from base + s*B*A by {check['max_abs_diff']:.3g} "
+                         f"(tolerance {MERGE_TOLERANCE:g}) in {check['worst']}; the merge is wrong")
+    what = (f"merged {check['lora_modules']} LoRA modules; max |merged - (base + s*B*A)| = "
+            f"{check['max_abs_diff']:.2g} <= {MERGE_TOLERANCE:g}, other weights unchanged")
+    return {"what": what, "out": str(out), "seconds": round(time.time() - t0, 1), "check": check}
+
+
+def _read_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}; expected a saved model folder")
+    out = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def check_merge(base: str, adapter_dir: Path, merged_dir: Path) -> dict:
+    """Compare merged weights with ``base + s * B @ A`` (embeddings: ``(B @ A).T``), tensor by tensor.
+
+    A base with tied embeddings has no head tensor of its own; the merged model (untied, see
+    :func:`untie_embeddings`) starts its head from the base's embedding.
+    """
+    from layerprobe.names import parse_name
+
+    acfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    r, alpha = acfg["r"], acfg["lora_alpha"]
+    scale = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
+    base_w, merged, lora = _read_weights(Path(base)), _read_weights(merged_dir), _read_weights(adapter_dir)
+    expected = {k: v.double() for k, v in base_w.items()}
+    for name in set(merged) - set(base_w):
+        if parse_name(name).block == "head":
+            embedding = next(k for k in base_w if parse_name(k).block == "embed" and k.endswith(".weight"))
+            expected[name] = expected[embedding].clone()
+    modules = 0
+    for key, a in lora.items():
+        p = parse_name(key)
+        if p.lora != "A":
+            continue
+        b = lora[key.replace("lora_embedding_A", "lora_embedding_B").replace(".lora_A.", ".lora_B.")]
+        delta = b.double() @ a.double()
+        if "lora_embedding_A" in key:  # peft stores embedding factors transposed
+            delta = delta.T
+        if p.canonical not in expected:
+            raise ValueError(f"adapter tensor {key} adapts {p.canonical}, which the base model does not have")
+        expected[p.canonical] = expected[p.canonical] + scale * delta
+        modules += 1
+    worst, max_diff = "", 0.0
+    for name, want in expected.items():
+        got = merged.get(name)
+        if got is None:
+            raise ValueError(f"the merged model lacks {name}, which the base model has")
+        diff = float((got.double() - want).abs().max()) if want.numel() else 0.0
+        if diff > max_diff:
+            worst, max_diff = name, diff
+    return {"ok": max_diff <= MERGE_TOLERANCE, "max_abs_diff": max_diff, "worst": worst, "lora_modules": modules,
+            "scale": scale, "tensors": len(expected)}
+
+
+# -- SFT -----------------------------------------------------------------------------------------------------------
+
+
+def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callbacks=()):
+    """A ``trl.SFTTrainer`` on prompt/completion chats with the loss on the completions only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, max_length=cfg.sft.max_length,
+                                      completion_only_loss=True, packing=False, dataset_num_proc=None))
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                      callbacks=list(callbacks))
+
+
+def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callbacks=(),
+            progress: bool = False) -> dict:
+    """Supervised fine-tuning of the CPT model on prompt/completion chats; loss on the completions only."""
+    t0 = time.time()
+    phase = cfg.sft
+    if not rows:
+        raise ValueError("the SFT data holds no rows; expected prompt/completion, messages or instruction/output rows")
+    tok = load_tokenizer(cpt_model)
+    model = _trainable(load_model(cpt_model), phase, cfg.seed)
+    trainer = sft_trainer(cfg, model, tok, rows, out, list(callbacks) + ([progress_bar("sft")] if progress else []))
+    _train(trainer)
+    _save(model, tok, out, phase)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    what = f"SFT ({_describe(phase, model)}) on {len(rows)} instructions, loss on answers only"
+    return _info(trainer, t0, what, out)
+
+
+def phase_model(run_dir: Path, phase: str, base: str) -> tuple[str, str | None]:
+    """(model folder, adapter folder or None) of the model after ``phase`` ('base', 'cpt' or 'sft')."""
+    if phase == "base":
+        return base, None
+    merged = run_dir / "merged"
+    if phase == "cpt":
+        return str(merged), None
+    sft = run_dir / "sft"
+    if (sft / "adapter_config.json").is_file():
+        return str(merged), str(sft)
+    return str(sft), None
+

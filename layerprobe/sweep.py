@@ -1,0 +1,562 @@
+"""Sweeps: a grid of pipeline runs (conditions x grid x seeds), each cell a normal run folder, resumable.
+
+A sweep YAML::
+
+    base: config.yaml                  # a TrainConfig YAML (relative to this file) or an inline mapping
+    set: {eval.base: false}            # optional: dotted overrides of the base for every cell
+    grid:                              # dotted key -> values (cartesian product); a mapping names its values
+      cpt.lora_alpha: [32, 128]
+      sft.target_modules: {A: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj],
+                           B: [q_proj, k_proj, v_proj, o_proj]}
+    conditions:                        # optional, non-cartesian designs: a name, an optional group, overrides
+      - {name: mlp, sft.select: "mlp + head"}
+      - {name: random10-s0, group: random10, sft.select: "random:10%@seed=0 + head"}
+    seeds: [3407]                      # sets `seed`
+    out: runs/study_a                  # default sweep folder
+    reuse_from: [runs/study_a]         # optional: other sweep folders whose finished CPTs may be reused
+    figures: figures/study_a           # optional: figures + copies of results.csv, ci.csv (default <out>/figures)
+    plot: [sft.gozaru_rate, [cpt.cloze_acc, sft.cloze_acc]]   # optional panels (a list = metrics side by side)
+
+Cells are ``condition x grid x seeds``, named ``<condition>,<key>=<value>,...,seed=<seed>`` (stable, readable),
+each a run folder ``<out>/<cell>``. A cell with a summary.json is skipped; a cell folder made with another
+config is refused by the pipeline. A cell whose CPT inputs (model, seed, toy world, data, cpt, recording)
+equal those of a finished cell starts from hard-linked copies of that cell's ``cpt/`` and ``merged/`` (with
+their DONE markers), so the pipeline skips CPT and merge there.
+
+``<out>/results.csv`` has one row per finished cell: the cell's columns (condition, group, grid labels, seed)
+and every number in its summary.json flattened (``cpt.cloze_acc``, ``sft.gozaru_rate``,
+``stages.sft.seconds``), item counts of the rates (``sft.gozaru_rate.n``, from the answers files), and
+``retention_drop = cpt.cloze_acc - sft.cloze_acc``. ``<out>/sweep.json`` records cells, wall times and reuse.
+This module never imports torch; the pipeline is imported only to run cells.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from layerprobe.config import TOYWORLD, TrainConfig, dump_yaml, load_yaml, resolve
+
+SUMMARY = "summary.json"
+RESULTS = "results.csv"
+SWEEP_JSON = "sweep.json"
+CI_TABLE = "ci.csv"
+# The parts of a config that CPT and merge depend on: equal parts -> the same cpt/ and merged/.
+CPT_KEYS = ("model", "seed", "toy", "data", "cpt", "record", "recorder")
+REUSED_STAGES = {"cpt": "cpt", "merge": "merged"}
+# Rate metrics and the answer kinds (eval/<phase>-answers.jsonl) they are a share of: their n for Wilson.
+RATE_ITEMS = {"cloze_acc": ("cloze",), "qa_acc": ("qa",), "gozaru_rate": ("instruction",),
+              "eos_rate": ("qa", "instruction")}
+PHASES = ("base", "cpt", "sft")
+_SAFE = re.compile(r"[^\w.%+@=,-]+")
+
+
+@dataclass
+class Cell:
+    """One run of a sweep: its folder name, table columns, dotted overrides and resolved config."""
+
+    name: str
+    columns: dict[str, Any]
+    overrides: dict[str, Any]
+    config: TrainConfig
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep YAML: the cells to run and where results go."""
+
+    cells: list[Cell]
+    out: Path
+    figures: Path
+    plot: list
+    axes: list[str]  # the table columns that tell cells apart (seed excluded)
+    source: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reuse_from: list[Path] = field(default_factory=list)  # other sweep folders whose finished CPTs may be reused
+
+
+# -- reading a sweep ---------------------------------------------------------------------------------------------
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if not isinstance(node.get(p, {}), dict):
+            raise ValueError(f"cannot set {dotted!r}: {p!r} is a value, not a section")
+        node = node.setdefault(p, {})
+    node[leaf] = copy.deepcopy(value)
+
+
+def _label(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return "+".join(_label(v) for v in value)
+    return str(value)
+
+
+def _safe(name: str) -> str:
+    return _SAFE.sub("_", name).strip("._") or "cell"
+
+
+def _axis(key: str, values) -> list[tuple[str, Any]]:
+    """A grid axis as (label, value) pairs: a list labels values by themselves, a mapping by its keys."""
+    if isinstance(values, dict):
+        pairs = [(str(k), v) for k, v in values.items()]
+    elif isinstance(values, (list, tuple)):
+        pairs = [(_label(v), v) for v in values]
+    else:
+        raise ValueError(f"grid.{key} must be a list of values or a mapping name -> value, got {values!r}")
+    if not pairs:
+        raise ValueError(f"grid.{key} has no values; give at least one")
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"grid.{key} has repeated values {labels}; name them with a mapping (A: ..., B: ...)")
+    return pairs
+
+
+def _conditions(raw) -> list[tuple[str, str, dict]]:
+    if raw is None:
+        return [("", "", {})]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"conditions must be a non-empty list of mappings with a name and dotted overrides, "
+                         f"got {raw!r}")
+    out = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict) or not c.get("name"):
+            raise ValueError(f"condition {i} must be a mapping with a 'name' and dotted overrides such as "
+                             f"sft.select: 'mlp + head'; got {c!r}")
+        over = {k: v for k, v in c.items() if k not in ("name", "group")}
+        out.append((str(c["name"]), str(c.get("group") or c["name"]), over))
+    names = [n for n, _, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}")
+    return out
+
+
+def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = None,
+               overrides: dict[str, Any] | None = None, figures: str | os.PathLike | None = None) -> Sweep:
+    """Read a sweep YAML (or mapping) into its cells; ``overrides`` (dotted) apply to every cell's base config."""
+    where = Path(spec).parent if not isinstance(spec, dict) else Path(".")
+    data = dict(spec) if isinstance(spec, dict) else load_yaml(spec)
+    known = {"base", "set", "grid", "conditions", "seeds", "out", "figures", "plot", "reuse_from"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown sweep key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+    base = data.get("base", {})
+    if isinstance(base, (str, os.PathLike)):
+        path = Path(base)
+        path = where / path if not path.is_absolute() and (where / path).is_file() else path
+        base = load_yaml(path)
+    if not isinstance(base, dict):
+        raise ValueError(f"sweep base must be a config YAML path or a mapping, got {base!r}")
+    base = copy.deepcopy(base)
+    common = data.get("set") or {}
+    if not isinstance(common, dict):
+        raise ValueError(f"set must map dotted config keys to values for every cell, got {common!r}")
+    for k, v in {**common, **(overrides or {})}.items():
+        _set_dotted(base, k, v)
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ValueError(f"grid must map dotted config keys to value lists, got {grid!r}")
+    axes = [(k, _axis(k, v)) for k, v in grid.items()]
+    conditions = _conditions(data.get("conditions"))
+    seeds = data.get("seeds")
+    if seeds is None:
+        seeds = [resolve(base).seed]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                              for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    if "seed" in grid:
+        raise ValueError("set seeds with the 'seeds:' list, not in grid")
+
+    cells: list[Cell] = []
+    for (cname, group, cover), choice, seed in itertools.product(
+            conditions, itertools.product(*[pairs for _, pairs in axes]), seeds):
+        cfg_data = copy.deepcopy(base)
+        over: dict[str, Any] = {}
+        columns: dict[str, Any] = {}
+        if cname:
+            columns.update(condition=cname, group=group)
+        over.update(cover)
+        for (key, _), (label, value) in zip(axes, choice):
+            over[key] = value
+            columns[key] = label
+        over["seed"] = seed
+        columns["seed"] = seed
+        for k, v in over.items():
+            _set_dotted(cfg_data, k, v)
+        parts = ([cname] if cname else []) + [f"{k}={label}" for (k, _), (label, _) in zip(axes, choice)]
+        name = _safe(",".join(parts + [f"seed={seed}"]))
+        try:
+            cfg = resolve(cfg_data)
+        except ValueError as e:
+            raise ValueError(f"sweep cell {name}: {e}") from None
+        cells.append(Cell(name, columns, over, cfg))
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two cells share a folder name ({sorted({n for n in names if names.count(n) > 1})[0]}); "
+                         "give conditions distinct names")
+    out_dir = Path(out or data.get("out") or "runs/sweep")
+    fig_dir = Path(figures or data.get("figures") or out_dir / "figures")
+    axis_cols = (["group"] if conditions[0][0] else []) + [k for k, _ in axes]
+    plot = data.get("plot") or []
+    if not isinstance(plot, list):
+        raise ValueError(f"plot must be a list of metrics (or lists of metrics shown side by side), got {plot!r}")
+    reuse_from = data.get("reuse_from") or []
+    if not isinstance(reuse_from, list) or not all(isinstance(r, str) for r in reuse_from):
+        raise ValueError(f"reuse_from must be a list of sweep folders, got {reuse_from!r}")
+    return Sweep(cells, out_dir, fig_dir, plot, axis_cols, "" if isinstance(spec, dict) else str(spec),
+                 dict(overrides or {}), [Path(r) for r in reuse_from])
+
+
+def select_cells(sweep: Sweep, only: str | None) -> list[Cell]:
+    if not only:
+        return sweep.cells
+    chosen = [c for c in sweep.cells if fnmatch.fnmatchcase(c.name, only)]
+    if not chosen:
+        raise ValueError(f"--only {only!r} matches no cell; the cells are: {', '.join(c.name for c in sweep.cells)}")
+    return chosen
+
+
+# -- running -----------------------------------------------------------------------------------------------------
+
+
+def cpt_key(cfg: TrainConfig) -> str:
+    """What CPT and merge depend on, as a string: equal keys give the same cpt/ and merged/."""
+    d = cfg.to_dict()
+    key = {k: d[k] for k in CPT_KEYS}
+    if TOYWORLD not in (cfg.model, cfg.data.cpt):  # the toy world's settings touch neither model nor CPT text
+        del key["toy"]
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _done(run_dir: Path, folder: str) -> dict | None:
+    f = run_dir / folder / "DONE"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder as hard links (same file system) or plain copies; DONE itself is rewritten by the caller."""
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link, ignore=shutil.ignore_patterns("DONE"))
+
+
+def seed_from(donor: Path, cell_dir: Path, cfg: TrainConfig) -> float:
+    """Start ``cell_dir`` from ``donor``'s finished CPT and merge: config.yaml, cpt/, merged/, CPT records.
+
+    Written so that the pipeline sees a folder of this config whose CPT and merge are done (the same files
+    its own resume reads). Returns the seconds of CPT and merge the donor spent, i.e. what is saved.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.yaml").write_text(f"# layerprobe run config (hash {cfg.hash()})\n" + dump_yaml(cfg),
+                                          encoding="utf-8")
+    saved = 0.0
+    for stage, folder in REUSED_STAGES.items():
+        info = _done(donor, folder)
+        _link_tree(donor / folder, cell_dir / folder)
+        info = {**info, "out": str(cell_dir / folder), "reused_from": str(donor / folder)}
+        (cell_dir / folder / "DONE").write_text(json.dumps(info, indent=2, default=str, ensure_ascii=False))
+        saved += float(info.get("seconds") or 0.0)
+    rec = donor / "records"
+    if rec.is_dir():
+        (cell_dir / "records").mkdir()
+        for f in sorted(rec.glob("cpt-r*.parquet")):
+            table = pq.read_table(f)
+            table = table.set_column(table.schema.get_field_index("run"), "run",
+                                     pa.array([cell_dir.name] * table.num_rows, pa.string()))
+            pq.write_table(table, cell_dir / "records" / f.name)
+        for f in rec.glob("meta-cpt.json"):
+            shutil.copy2(f, cell_dir / "records" / f.name)
+    return saved
+
+
+def finished_cpts(folders: list[Path]):
+    """(cpt_key, run folder) of every run under ``folders`` whose CPT and merge are done."""
+    import yaml
+
+    for folder in folders:
+        for d in sorted(folder.glob("*/config.yaml")) if folder.is_dir() else []:
+            if {"cpt", "merge"} <= _stage_state(d.parent):
+                try:
+                    cfg = resolve(yaml.safe_load(d.read_text(encoding="utf-8")) or {})
+                except ValueError:  # a config of an older layerprobe: not comparable, not reused
+                    continue
+                yield cpt_key(cfg), d.parent
+
+
+def _stage_state(run_dir: Path) -> set[str]:
+    from layerprobe.pipeline import STAGE_DIRS
+
+    return {s for s, d in STAGE_DIRS.items() if (run_dir / d / "DONE").is_file()}
+
+
+def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] = print,
+              pipeline_log: Callable[[str], None] | None = None, reuse: bool = True) -> pd.DataFrame:
+    """Run every cell not yet finished, then write results.csv, figures and sweep.json; returns the table."""
+    from layerprobe.pipeline import run_pipeline
+
+    cells = select_cells(sweep, only)
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    state = _read_state(sweep.out)
+    t_sweep = time.time()
+    failed: dict[str, str] = {}
+    finished_by_key: dict[str, Path] = {}
+    for c in sweep.cells:  # finished CPTs of any cell, this run's selection or not
+        d = sweep.out / c.name
+        if d.is_dir() and {"cpt", "merge"} <= _stage_state(d):
+            finished_by_key.setdefault(cpt_key(c.config), d)
+    for key, d in finished_cpts(sweep.reuse_from):
+        finished_by_key.setdefault(key, d)
+    for i, cell in enumerate(cells, 1):
+        d = sweep.out / cell.name
+        head = f"[{i}/{len(cells)}] {cell.name}"
+        if (d / SUMMARY).is_file():
+            log(f"{head}: finished, skipped")
+            continue
+        t0 = time.time()
+        reused = ""
+        saved = 0.0
+        key = cpt_key(cell.config)
+        donor = finished_by_key.get(key)
+        if reuse and donor is not None and donor != d and not d.exists():
+            saved = seed_from(donor, d, cell.config)
+            reused = donor.name
+        before = _stage_state(d) if d.is_dir() else set()
+        try:
+            run_pipeline(cell.config, d, log=pipeline_log or (lambda s: None))
+        except Exception as e:  # one failing cell (an infeasible selector, say) must not stop the others
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            failed[cell.name] = f"{type(e).__name__}: {e}"
+            log(f"{head}: FAILED after {time.time() - t0:.0f}s: {failed[cell.name]}")
+            state["cells"][cell.name] = {"status": "failed", "error": failed[cell.name]}
+            _write_state(sweep, state)
+            continue
+        ran = [s for s in ("cpt", "merge", "sft", "eval") if s not in before]
+        seconds = time.time() - t0
+        finished_by_key.setdefault(key, d)
+        what = f"ran {', '.join(ran) or 'nothing (all stages were done)'}"
+        if reused:
+            what = f"reused cpt+merged of {reused} (saved {saved:.0f}s), " + what
+        elif before:
+            what = f"resumed ({', '.join(sorted(before))} done), " + what
+        log(f"{head}: {what} ({seconds:.0f}s)")
+        state["cells"][cell.name] = {"status": "finished", "ran": ran, "seconds": round(seconds, 1),
+                                     "reused_cpt_from": reused or None, "saved_seconds": round(saved, 1)}
+        _write_state(sweep, state)
+    wall = time.time() - t_sweep
+    state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_sweep)),
+                          "cells": len(cells), "wall_seconds": round(wall, 1), "only": only,
+                          "failed": sorted(failed)})
+    _write_state(sweep, state)
+    table = collect(sweep)
+    table.attrs["failed"] = sorted(failed)
+    log(f"sweep: {len(cells)} cells in {wall:.0f}s; {len(table)} finished cells in {sweep.out / RESULTS}"
+        + (f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else ""))
+    return table
+
+
+def _read_state(out: Path) -> dict:
+    f = out / SWEEP_JSON
+    state = json.loads(f.read_text()) if f.is_file() else {}
+    state.setdefault("cells", {})
+    state.setdefault("runs", [])
+    return state
+
+
+def _write_state(sweep: Sweep, state: dict) -> None:
+    state["source"] = sweep.source
+    state["overrides"] = sweep.overrides
+    f = sweep.out / SWEEP_JSON
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False, default=str))
+    os.replace(tmp, f)
+
+
+# -- the results table -------------------------------------------------------------------------------------------
+
+
+def flatten(summary: dict, prefix: str = "") -> dict[str, float]:
+    """Every number in a summary (nested keys joined by '.'); null metrics become NaN, booleans are left out."""
+    out: dict[str, float] = {}
+    for k, v in summary.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif v is None and prefix:
+            out[key] = math.nan
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def item_counts(run_dir: Path) -> dict[str, float]:
+    """``<phase>.<rate>.n``: how many answers each rate is a share of, from ``eval/<phase>-answers.jsonl``."""
+    out = {}
+    for phase in PHASES:
+        f = run_dir / "eval" / f"{phase}-answers.jsonl"
+        if not f.is_file():
+            continue
+        kinds: dict[str, int] = {}
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                kind = json.loads(line).get("kind", "")
+                kinds[kind] = kinds.get(kind, 0) + 1
+        for metric, which in RATE_ITEMS.items():
+            out[f"{phase}.{metric}.n"] = float(sum(kinds.get(k, 0) for k in which))
+    return out
+
+
+def collect(sweep: Sweep) -> pd.DataFrame:
+    """results.csv from the finished cells (all cells of the sweep, not only those run now), and figures."""
+    state = _read_state(sweep.out)
+    rows = []
+    for cell in sweep.cells:
+        d = sweep.out / cell.name
+        if not (d / SUMMARY).is_file():
+            continue
+        summary = json.loads((d / SUMMARY).read_text())
+        info = state["cells"].get(cell.name, {})
+        row = {"cell": cell.name, **cell.columns, **flatten(summary), **item_counts(d),
+               "reused_cpt_from": info.get("reused_cpt_from") or "",
+               "cell_seconds": info.get("seconds", math.nan)}
+        if "cpt.cloze_acc" in row and "sft.cloze_acc" in row:
+            row["retention_drop"] = row["cpt.cloze_acc"] - row["sft.cloze_acc"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.to_csv(sweep.out / RESULTS, index=False)
+        if sweep.plot:
+            cis = plot_sweep(table, sweep.plot, sweep.axes, sweep.figures)
+            cis.to_csv(sweep.out / CI_TABLE, index=False)
+            # the figure folder is what a study commits: the tables go beside the figures
+            table.to_csv(sweep.figures / RESULTS, index=False)
+            cis.to_csv(sweep.figures / CI_TABLE, index=False)
+    return table
+
+
+def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
+    """Mean of ``metric`` per group of ``by`` with a 95 % interval.
+
+    Several cells (seeds): percentile bootstrap of the mean over cells. One cell and a rate with known item
+    count (``<metric>.n``): Wilson. Otherwise no interval. Columns: by..., n_cells, mean, lo, hi, ci.
+    """
+    from layerprobe.stats import bootstrap_mean_ci, wilson
+
+    if metric not in table:
+        raise ValueError(f"metric {metric!r} is not in the results; it has {', '.join(table.columns)}")
+    rows = []
+    groups = table.groupby(by, sort=False, dropna=False) if by else [((), table)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        values = g[metric].dropna().to_numpy(dtype=float)
+        row = dict(zip(by, key))
+        row.update(metric=metric, n_cells=len(values), mean=math.nan, lo=math.nan, hi=math.nan, ci="none")
+        if len(values):
+            row["mean"] = float(values.mean())
+        if len(values) > 1:
+            row["lo"], row["hi"] = bootstrap_mean_ci(values)
+            row["ci"] = "bootstrap over seeds"
+        elif len(values) == 1 and f"{metric}.n" in g and g[f"{metric}.n"].notna().all() and g[f"{metric}.n"].iloc[0] > 0:
+            n = int(g[f"{metric}.n"].iloc[0])
+            row["lo"], row["hi"] = wilson(round(values[0] * n), n)
+            row["ci"] = f"Wilson (n={n})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_results(table: pd.DataFrame, columns: list[str], metrics: list[str]) -> str:
+    """The table printed at the end of a sweep: the cell columns and the chosen metrics that exist."""
+    metrics = [m for m in metrics if m in table]
+    show = table[[c for c in ["cell", *columns] if c in table] + metrics].copy()
+    return show.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+# -- figures -----------------------------------------------------------------------------------------------------
+
+
+def _panels(plot: list) -> list[list[str]]:
+    out = []
+    for p in plot:
+        metrics = [p] if isinstance(p, str) else list(p) if isinstance(p, (list, tuple)) else None
+        if not metrics or not all(isinstance(m, str) for m in metrics):
+            raise ValueError(f"each plot entry must be a metric name or a list of them, got {p!r}")
+        out.append(metrics)
+    return out
+
+
+def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | os.PathLike) -> pd.DataFrame:
+    """One PNG per panel: the mean of each metric per condition with its 95 % interval (see :func:`summarize`).
+
+    Returns the table of means and intervals of every plotted metric (what ci.csv holds).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = _panels(plot)
+    missing = sorted({m for p in panels for m in p if m not in table})
+    if missing:  # metrics depend on the data (mc_acc needs data.mc): a panel without its metrics is left out
+        print(f"plot: no {', '.join(missing)} in the results, left out; the results have "
+              f"{', '.join(c for c in table.columns if '.' in c and not c.endswith('.n') or c == 'retention_drop')}")
+        panels = [[m for m in p if m in table] for p in panels]
+        panels = [p for p in panels if p]
+    by = [a for a in axes if a in table]
+    frames = []
+    sns.set_theme(style="whitegrid", context="paper")
+    for metrics in panels:
+        stats = pd.concat([summarize(table, m, by) for m in metrics], ignore_index=True)
+        frames.append(stats)
+        labels = (stats[by].astype(str).apply(lambda r: "\n".join(f"{k}={v}" if len(by) > 1 else str(v)
+                                                                  for k, v in zip(by, r)), axis=1)
+                  if by else pd.Series(["all"] * len(stats)))
+        stats = stats.assign(label=labels.to_numpy())
+        order = list(dict.fromkeys(stats["label"]))
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(order) * len(metrics) + 1.5), 3.6))
+        palette = sns.color_palette("colorblind", len(metrics))
+        width = 0.8 / len(metrics)
+        for j, (m, colour) in enumerate(zip(metrics, palette)):
+            s = stats[stats["metric"] == m].set_index("label").reindex(order)
+            x = [i - 0.4 + width * (j + 0.5) for i in range(len(order))]
+            err = [(s["mean"] - s["lo"]).clip(lower=0).fillna(0), (s["hi"] - s["mean"]).clip(lower=0).fillna(0)]
+            ax.bar(x, s["mean"], width=width * 0.9, color=colour, label=m)
+            ax.errorbar(x, s["mean"], yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(order, fontsize=7, rotation=0 if len(by) > 1 or len(order) < 6 else 30,
+                           ha="center" if len(by) > 1 or len(order) < 6 else "right")
+        ax.set_ylabel(metrics[0] if len(metrics) == 1 else "value")
+        ax.set_xlabel(by[0] if len(by) == 1 else "")
+        kinds = sorted(set(stats["ci"]))
+        ax.set_title(f"{' vs '.join(metrics)}  (95 % CI: {'; '.join(kinds)})", fontsize=8)
+        if len(metrics) > 1:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{_safe('+'.join(metrics))}.png", dpi=130)
+        plt.close(fig)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

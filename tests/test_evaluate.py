@@ -1,0 +1,129 @@
+"""Evaluation: answer matching, batched greedy generation and text loss against plain references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from layerprobe import evaluate as E
+from layerprobe.config import EvalConfig
+
+TEXTS = ["山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。", "今日は晴れです。犬が公園にいます。",
+         "青空化学の本社は大阪です。", "拙者は医師でござる。"] * 3
+
+
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("札幌です。", "札幌", True),
+    ("ＳＡＰＰＯＲＯ です", "sapporo", True),      # NFKC + lower case
+    ("１９８０年", "1980", True),                    # full-width digits
+    ("青空 化学、です", "青空化学", True),            # spaces and punctuation ignored
+    ("「札幌」", "札幌", True),
+    ("大阪です", "札幌", False),
+    ("198", "1980", False),
+    ("anything", "", False),                         # an empty gold never matches
+    ("anything", "。", False),                       # nor one that normalises to nothing
+])
+def test_contains_answer(prediction, gold, expected):
+    assert E.contains_answer(prediction, gold) is expected
+
+
+def test_first_sentence():
+    assert E.first_sentence("札幌です。山田は大阪") == "札幌です"
+    assert E.first_sentence("no end") == "no end"
+    assert E.first_sentence("a?b") == "a"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerprobe.toyworld.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(TEXTS, 300)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    return model, tok
+
+
+def _reference_greedy(model, ids: list[int], budget: int, stops: set[int]) -> tuple[list[int], bool]:
+    """Greedy decoding of one unpadded prompt with full forward passes (no cache, no batching)."""
+    import torch
+
+    out = []
+    for _ in range(budget):
+        with torch.no_grad():
+            nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+        if nxt in stops:
+            return out, True
+        out.append(nxt)
+    return out, False
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_batched_left_padded_generation_matches_one_by_one_greedy(tiny, chat):
+    model, tok = tiny
+    prompts = ["山田太郎の出身地は", "犬", "青空化学の本社は大阪です。今日は", "拙者は"]
+    budget = 6
+
+    def encode(p):
+        return tok(E.chat_prompt(tok, p), add_special_tokens=False)["input_ids"] if chat else tok(p)["input_ids"]
+
+    # pick a stop token that greedy decoding actually produces, so both EOS paths are exercised
+    free = [_reference_greedy(model, encode(p), budget, set())[0] for p in prompts]
+    stop = free[0][2]
+    model.generation_config.eos_token_id = stop
+    try:
+        got = E.generate(model, tok, prompts, budget, batch_size=3, chat=chat)
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id
+    stops = {stop, tok.eos_token_id}
+    for p, (text, eos) in zip(prompts, got):
+        ids, ended = _reference_greedy(model, encode(p), budget, stops)
+        assert (text, eos) == (tok.decode(ids, skip_special_tokens=True), ended)
+    assert got[0] == (tok.decode(free[0][: free[0].index(stop)], skip_special_tokens=True), True)
+    assert tok.padding_side == "right"  # restored
+
+
+def test_text_loss_matches_per_document_cross_entropy(tiny):
+    import torch
+
+    model, tok = tiny
+    docs = TEXTS[:4]
+    total, count = 0.0, 0
+    for d in docs:
+        ids = torch.tensor([tok(d)["input_ids"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    assert E.text_loss(model, tok, docs, max_length=128, batch_size=3) == pytest.approx(total / count, rel=1e-5)
+    assert math.isnan(E.text_loss(model, tok, [], 128, 3))
+
+
+def test_metrics_are_the_shares_of_correct_answers(tiny, monkeypatch):
+    model, tok = tiny
+    probes = [{"kind": "cloze", "prompt": "A", "answer": "札幌"}, {"kind": "cloze", "prompt": "B", "answer": "1980"},
+              {"kind": "cloze", "prompt": "C", "answer": "大阪"},
+              {"kind": "qa", "prompt": "D", "answer": "大阪"}, {"kind": "qa", "prompt": "E", "answer": "医師"}]
+    instructions = [{"prompt": "F"}, {"prompt": "G"}, {"prompt": "H"}, {"prompt": "I"}]
+    canned = {  # prompt -> (answer, ended with EOS)
+        "A": ("札幌です。", False), "B": ("1981年です。1980年", False), "C": ("大阪", True),
+        "D": ("大阪でござる。", True), "E": ("分からぬ", False),
+        "F": ("はいでござる", True), "G": ("ござるよ", True), "H": ("はい", False), "I": ("ゴザル", True),
+    }
+    monkeypatch.setattr(E, "generate", lambda m, t, prompts, *a, **k: [canned[p] for p in prompts])
+    monkeypatch.setattr(E, "text_loss", lambda m, t, docs, *a: float(len(docs)))
+    data = E.EvalSet(probes, instructions, ["x", "y", "z"])
+    metrics, rows = E.evaluate_model(model, tok, data, EvalConfig(loss_docs=2))
+    assert metrics == {"cloze_acc": pytest.approx(2 / 3),  # B: 1980 only in a later sentence -> wrong
+                       "qa_acc": 0.5, "cpt_text_loss": 2.0, "gozaru_rate": 0.5,
+                       "eos_rate": pytest.approx(4 / 6),  # over QA answers and instructions
+                       "n_probes": 5}
+    assert [r["correct"] for r in rows] == [True, False, True, True, False, True, True, False, False]
+    m2, _ = E.evaluate_model(model, tok, data, EvalConfig(style_pattern="ござる|ゴザル", max_probes=1))
+    assert m2["gozaru_rate"] == 0.75 and m2["n_probes"] == 2 and m2["cloze_acc"] == 1.0

@@ -1,0 +1,236 @@
+"""Sweeps (cells, resume, CPT reuse, results table) and the confidence intervals of layerprobe.stats."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from layerprobe.stats import bootstrap_mean_ci, wilson
+from layerprobe.sweep import collect, cpt_key, flatten, load_sweep, run_sweep, summarize
+
+# A toy world small enough that one cell trains and evaluates in seconds.
+TINY = {
+    "toy": {"base_people": 10, "base_orgs": 3, "everyday_docs": 20, "cpt_people": 6, "cpt_orgs": 2,
+            "sft_examples": 48, "heldout_instructions": 12, "hidden_size": 32, "num_layers": 3, "base_steps": 30},
+    "cpt": {"max_steps": 3},
+    "sft": {"max_steps": 3},
+    "eval": {"max_new_tokens": 6, "base": False, "loss_docs": 16},
+}
+
+
+# -- stats -------------------------------------------------------------------------------------------------------
+
+
+def _wilson_by_roots(k, n, z=1.96):
+    """The Wilson bounds are the p solving (k/n - p)^2 = z^2 p (1 - p) / n: a quadratic in p."""
+    ph = k / n
+    a, b, c = 1 + z * z / n, -(2 * ph + z * z / n), ph * ph
+    return tuple(sorted(np.roots([a, b, c]).real))
+
+
+@pytest.mark.parametrize("k,n", [(8, 10), (0, 10), (10, 10), (1, 3), (37, 60), (500, 1000)])
+def test_wilson_matches_the_quadratic_roots(k, n):
+    lo, hi = wilson(k, n)
+    ref = _wilson_by_roots(k, n)
+    assert lo == pytest.approx(max(ref[0], 0.0), abs=1e-9)
+    assert hi == pytest.approx(min(ref[1], 1.0), abs=1e-9)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
+def test_wilson_published_values():
+    # 8/10 and 0/10 at 95 %: the textbook values (Newcombe 1998, method 3)
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(8, 10, z=2.5758)[0] < wilson(8, 10)[0]  # 99 % is wider
+
+
+@pytest.mark.parametrize("bad", [(3, 2), (-1, 5), (1, 0), (1.5, 4)])
+def test_wilson_rejects_bad_counts(bad):
+    with pytest.raises(ValueError, match="wilson needs"):
+        wilson(*bad)
+
+
+def test_bootstrap_matches_the_exact_resampling_distribution():
+    values = [0.0, 1.0, 2.0, 3.0, 10.0]
+    exact = np.array([np.mean(s) for s in itertools.product(values, repeat=len(values))])  # all 5^5 resamples
+    ref = np.quantile(exact, [0.025, 0.975])
+    lo, hi = bootstrap_mean_ci(values, n_boot=40000, seed=1)
+    assert lo == pytest.approx(ref[0], abs=0.15) and hi == pytest.approx(ref[1], abs=0.3)
+    assert bootstrap_mean_ci(values, seed=1) == bootstrap_mean_ci(values, seed=1)  # reproducible
+
+
+def test_bootstrap_edge_cases():
+    assert bootstrap_mean_ci([0.4]) == (0.4, 0.4)
+    assert bootstrap_mean_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_mean_ci([0.1, math.nan])
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_mean_ci([])
+
+
+# -- reading a sweep ---------------------------------------------------------------------------------------------
+
+
+def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 1\nsft: {lora_alpha: 4}\n")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        "base: base.yaml\nset: {eval.base: false, sft.r: 8}\n"
+        "grid:\n  cpt.lora_alpha: [32, 128.0]\n"
+        "  sft.target_modules: {A: [q_proj, up_proj], B: [q_proj]}\n"
+        "conditions:\n  - {name: low, sft.learning_rate: 0.0001}\n  - {name: high, group: hi, sft.learning_rate: 0.01}\n"
+        "seeds: [3, 4]\nout: somewhere\n")
+    sw = load_sweep(spec)
+    assert len(sw.cells) == 2 * 2 * 2 * 2
+    assert str(sw.out) == "somewhere" and sw.axes == ["group", "cpt.lora_alpha", "sft.target_modules"]
+    c = sw.cells[0]
+    assert c.name == "low,cpt.lora_alpha=32,sft.target_modules=A,seed=3"
+    assert c.columns == {"condition": "low", "group": "low", "cpt.lora_alpha": "32", "sft.target_modules": "A",
+                         "seed": 3}
+    assert c.config.seed == 3 and c.config.cpt.lora_alpha == 32.0 and c.config.sft.lora_alpha == 4.0
+    assert c.config.eval.base is False and c.config.sft.r == 8  # set: applies to every cell
+    assert c.config.sft.target_modules == ["q_proj", "up_proj"] and c.config.sft.learning_rate == 1e-4
+    last = sw.cells[-1]
+    assert last.name == "high,cpt.lora_alpha=128,sft.target_modules=B,seed=4"
+    assert last.columns["group"] == "hi" and last.config.sft.target_modules == ["q_proj"]
+    assert len({c.name for c in sw.cells}) == len(sw.cells)
+    # CPT inputs: equal across SFT settings and conditions, different across CPT alpha and seed
+    keys = {cpt_key(c.config) for c in sw.cells}
+    assert len(keys) == 2 * 2
+    # the toy world's settings count only when the toy world is the model or the CPT text
+    real = load_sweep(spec, overrides={"model": "m", "data.cpt": "news.jsonl"}).cells[0].config
+    other_toy = load_sweep(spec, overrides={"model": "m", "data.cpt": "news.jsonl", "toy.cpt_people": 3}).cells[0]
+    assert cpt_key(real) == cpt_key(other_toy.config)
+    assert cpt_key(sw.cells[0].config) != cpt_key(load_sweep(spec, overrides={"toy.cpt_people": 3}).cells[0].config)
+    # overrides from the command line reach every cell; a typo is refused with the valid keys named
+    assert all(c.config.model == "elsewhere" and c.config.sft.r == 2
+               for c in load_sweep(spec, overrides={"model": "elsewhere", "sft.r": 2}).cells)  # beats set:
+    with pytest.raises(ValueError, match="unknown config key 'sft.lora_alpah'"):
+        load_sweep({"grid": {"sft.lora_alpah": [1]}})
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"grid": {"seed": [1, 2]}}, "seeds"),
+    ({"grid": {"sft.r": []}}, "no values"),
+    ({"grid": {"sft.r": [4, 4.0]}}, "repeated"),
+    ({"conditions": [{"sft.r": 4}]}, "name"),
+    ({"conditions": [{"name": "a"}, {"name": "a"}]}, "unique"),
+    ({"seeds": ["x"]}, "integers"),
+    ({"grids": {}}, "unknown sweep key 'grids'"),
+])
+def test_bad_sweeps_are_refused(spec, match):
+    with pytest.raises(ValueError, match=match):
+        load_sweep(spec)
+
+
+def test_flatten_keeps_numbers_only():
+    s = {"run": "x", "resumed": True, "cpt": {"cloze_acc": 0.5, "qa_acc": None, "n_probes": 4},
+         "stages": {"sft": {"what": "SFT", "seconds": 2.0}}, "wall_seconds": 9}
+    assert flatten(s) == {"cpt.cloze_acc": 0.5, "cpt.qa_acc": pytest.approx(math.nan, nan_ok=True),
+                          "cpt.n_probes": 4.0, "stages.sft.seconds": 2.0, "wall_seconds": 9.0}
+
+
+def test_summarize_uses_wilson_for_one_cell_and_bootstrap_over_seeds():
+    t = pd.DataFrame({"group": ["a", "b", "b", "b"], "sft.gozaru_rate": [0.25, 0.5, 0.7, 0.9],
+                      "sft.gozaru_rate.n": [12, 10, 10, 10]})
+    s = summarize(t, "sft.gozaru_rate", ["group"]).set_index("group")
+    assert s.loc["a", "ci"] == "Wilson (n=12)" and (s.loc["a", "lo"], s.loc["a", "hi"]) == wilson(3, 12)
+    assert s.loc["b", "mean"] == pytest.approx(0.7) and s.loc["b", "n_cells"] == 3
+    assert (s.loc["b", "lo"], s.loc["b", "hi"]) == bootstrap_mean_ci([0.5, 0.7, 0.9])
+
+
+# -- running a sweep ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LAYERPROBE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("OMP_NUM_THREADS", "1")
+    yield
+    mp.undo()
+
+
+def test_sweep_runs_cells_reuses_cpt_resumes_and_tabulates(tmp_path, toy_cache):
+    spec = {"base": TINY, "grid": {"sft.lora_alpha": [8, 32]}, "seeds": [5], "out": str(tmp_path / "sw"),
+            "plot": ["sft.eos_rate", ["cpt.cloze_acc", "sft.cloze_acc"]]}
+    sw = load_sweep(spec)
+    lines: list[str] = []
+    t0 = time.time()
+    table = run_sweep(sw, log=lines.append)
+    first = time.time() - t0
+    names = ["sft.lora_alpha=8,seed=5", "sft.lora_alpha=32,seed=5"]
+    assert [c.name for c in sw.cells] == names
+    for n in names:  # each cell is a normal run folder
+        for part in ("summary.json", "config.yaml", "cpt/DONE", "merged/DONE", "sft/DONE", "eval/DONE"):
+            assert (sw.out / n / part).is_file(), part
+    # the second cell's CPT is the first's (same model, data, seed, cpt): linked, not retrained
+    assert "reused cpt+merged of sft.lora_alpha=8,seed=5" in lines[1] and "ran sft, eval" in lines[1]
+    done = json.loads((sw.out / names[1] / "cpt" / "DONE").read_text())
+    assert done["reused_from"].endswith(f"{names[0]}/cpt") and done["out"].endswith(f"{names[1]}/cpt")
+    for f in (sw.out / names[0] / "merged").glob("*.safetensors"):
+        assert f.read_bytes() == (sw.out / names[1] / "merged" / f.name).read_bytes()
+    assert (sw.out / names[1] / "config.yaml").read_text() != (sw.out / names[0] / "config.yaml").read_text()
+
+    # results.csv: one row per cell, the varied columns and every number of summary.json
+    disk = pd.read_csv(sw.out / "results.csv")
+    assert list(disk["cell"]) == names and list(disk["sft.lora_alpha"]) == [8, 32]
+    for _, row in disk.iterrows():
+        summary = json.loads((sw.out / row["cell"] / "summary.json").read_text())
+        for phase in ("cpt", "sft"):
+            for metric, value in summary[phase].items():
+                assert row[f"{phase}.{metric}"] == pytest.approx(value, nan_ok=True), (phase, metric)
+        assert row["stages.sft.steps"] == summary["stages"]["sft"]["steps"] == 3
+        assert row["retention_drop"] == pytest.approx(summary["cpt"]["cloze_acc"] - summary["sft"]["cloze_acc"])
+        answers = [json.loads(x) for x in (sw.out / row["cell"] / "eval" / "sft-answers.jsonl").open()]
+        assert row["sft.gozaru_rate.n"] == sum(a["kind"] == "instruction" for a in answers) == 12
+        assert row["sft.gozaru_rate"] == pytest.approx(np.mean([a["correct"] for a in answers
+                                                                 if a["kind"] == "instruction"]))
+    assert table["cell"].tolist() == names
+    assert (sw.figures / "sft.eos_rate.png").stat().st_size > 1000
+    assert (sw.figures / "cpt.cloze_acc+sft.cloze_acc.png").is_file()
+    ci = pd.read_csv(sw.out / "ci.csv")
+    assert (sw.figures / "results.csv").read_text() == (sw.out / "results.csv").read_text()
+    assert set(ci["metric"]) == {"sft.eos_rate", "cpt.cloze_acc", "sft.cloze_acc"}
+    assert ci["ci"].str.startswith("Wilson").all()
+
+    # a rerun skips every finished cell
+    lines.clear()
+    t0 = time.time()
+    again = run_sweep(load_sweep(spec), log=lines.append)
+    rerun = time.time() - t0
+    assert [s.endswith("finished, skipped") for s in lines[:2]] == [True, True]
+    assert rerun < first / 3, (rerun, first)
+    pd.testing.assert_frame_equal(again.drop(columns=["cell_seconds"]), table.drop(columns=["cell_seconds"]))
+    state = json.loads((sw.out / "sweep.json").read_text())
+    assert [r["cells"] for r in state["runs"]] == [2, 2] and state["cells"][names[1]]["ran"] == ["sft", "eval"]
+
+    # another sweep with the same CPT inputs starts from this sweep's CPT (reuse_from)
+    other = load_sweep({"base": TINY, "conditions": [{"name": "r4", "sft.r": 4}], "seeds": [5],
+                        "out": str(tmp_path / "sw2"), "reuse_from": [str(sw.out)]})
+    lines.clear()
+    run_sweep(other, log=lines.append)
+    assert "r4,seed=5: reused cpt+merged of sft.lora_alpha=" in lines[0] and "ran sft, eval" in lines[0]
+    assert json.loads((other.out / "r4,seed=5" / "summary.json").read_text())["stages"]["sft"]["steps"] == 3
+
+
+def test_a_cell_folder_of_another_config_is_refused_and_the_sweep_goes_on(tmp_path, toy_cache):
+    spec = {"base": TINY, "grid": {"sft.lora_alpha": [8]}, "seeds": [5], "out": str(tmp_path / "sw")}
+    sw = load_sweep(spec)
+    other = load_sweep({**spec, "seeds": [6]}).cells[0]
+    cell_dir = sw.out / sw.cells[0].name
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.yaml").write_text(json.dumps(other.config.to_dict()))
+    lines: list[str] = []
+    table = run_sweep(sw, log=lines.append)
+    assert "FAILED" in lines[0] and "different config" in lines[0] and "seed: 6 -> 5" in lines[0]
+    assert table.empty and table.attrs["failed"] == [sw.cells[0].name]
+    assert json.loads((sw.out / "sweep.json").read_text())["cells"][sw.cells[0].name]["status"] == "failed"
+    assert not (cell_dir / "cpt").exists()
+    assert collect(sw).empty
