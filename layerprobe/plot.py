@@ -76,7 +76,7 @@ def heatmap_layer_step(df: pd.DataFrame, quantity: str, out_png: str | os.PathLi
         grid = part.pivot_table(index=rows, columns="step", values="value", aggfunc="mean")
         grid = grid.sort_index(ascending=False)
         sns.heatmap(grid, ax=ax, cmap="viridis", norm=norm, vmin=None if norm else vmin, vmax=None if norm else vmax,
-                    cbar=i == len(panels) - 1, cbar_kws={"label": LABELS.get(quantity, quantity)},
+                    cbar=i == len(panels) - 1, cbar_kws={"label": quantity},
                     xticklabels=max(1, grid.shape[1] // 8), yticklabels=True)
         ax.set_title(name)
         ax.set_xlabel("optimizer step")
@@ -99,7 +99,8 @@ def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.Path
     order = {b: i for i, b in enumerate(BLOCK_ORDER)}
     d["column"] = d["block"] + "." + d["module"]
     cols = sorted(d["column"].unique(), key=lambda c: (order.get(c.split(".")[0], 9), c))
-    grid = d.pivot_table(index="layer", columns="column", values="value", aggfunc="mean")[cols]
+    grid = d.pivot_table(index="layer", columns="column", values="value", aggfunc="mean", dropna=False)
+    grid = grid.reindex(columns=cols).dropna(axis=1, how="all")  # e.g. undo_frac is undefined where dCPT = 0
     grid = grid.sort_index(ascending=False)
     grid.index = ["outside" if i < 0 else str(i) for i in grid.index]
     vals = grid.to_numpy()
@@ -110,7 +111,7 @@ def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.Path
         kw = {"center": center, "vmin": center - span, "vmax": center + span}
     fig, ax = plt.subplots(figsize=(0.75 * len(cols) + 3, 0.32 * len(grid) + 2.2))
     sns.heatmap(grid, ax=ax, cmap="vlag" if center is not None else "viridis", norm=norm,
-                cbar_kws={"label": LABELS.get(quantity, quantity)}, annot=grid.size <= 120, fmt=".2g",
+                cbar_kws={"label": quantity}, annot=grid.size <= 120, fmt=".2g",
                 annot_kws={"fontsize": 7}, yticklabels=True, **kw)
     ax.set_xlabel("block.module")
     ax.set_ylabel("layer")
