@@ -65,19 +65,12 @@ def _load_file(p: Path) -> list:
 
         return pq.read_table(p).to_pylist()  # nested fields (messages) stay Python lists
     if suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{i} is not valid JSON ({e.msg}); expected one JSON object a line") from None
-        return rows
+        return json_lines(p)
     if suffix == ".json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError:  # JSON lines saved as .json
-            return _json_lines(p)
+            return json_lines(p)
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))
         if not isinstance(data, list):
@@ -86,11 +79,18 @@ def _load_file(p: Path) -> list:
     raise ValueError(f"unsupported data file {p}: expected {', '.join(TABLE_SUFFIXES + TEXT_SUFFIXES)}")
 
 
-def _json_lines(p: Path) -> list:
-    try:
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is neither a JSON list nor JSON lines ({e.msg})") from None
+def json_lines(p: Path) -> list:
+    """One JSON value per non-empty line; a bad line is a one-line error naming the file and line."""
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}:{i} is not valid JSON ({e.msg}); expected a JSON list or one JSON "
+                                     "object a line") from None
+    return rows
 
 
 def _fields(rows: list) -> list[str]:

@@ -82,7 +82,7 @@ def heatmap_layer_step(df: pd.DataFrame, quantity: str, out_png: str | os.PathLi
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(rows if i in (0, len(panels) - 1) else "")
     fig.suptitle(title or f"{LABELS.get(quantity, quantity)}{f' — {phase}' if phase else ''}")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.PathLike, *, step: int | None = None,
@@ -118,7 +118,7 @@ def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.Path
     ax.tick_params(axis="x", rotation=60)
     where = "" if step < 0 else f" at step {step}"
     ax.set_title(title or f"{LABELS.get(quantity, quantity)}{f' — {phase}' if phase else ''}{where}")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -143,7 +143,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     return paths
 
 
-def _save(fig, out_png) -> Path:
+def save_figure(fig, out_png) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

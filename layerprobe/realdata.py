@@ -6,11 +6,12 @@ Every loader takes its file or folder as an argument; :func:`default_data_dir` f
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 from pathlib import Path
+
+from layerprobe.data import json_lines
 
 DATA_ENV = "LAYERPROBE_SHARED_DATA"
 
@@ -34,18 +35,6 @@ def _file(path: str | os.PathLike, default_name: str) -> Path:
     return path
 
 
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"expected one JSON object per line in {path}, line {i} is not: {e}") from e
-    return rows
-
-
 def _sample(rows: list, n: int | None, seed: int | None) -> list:
     if n is None:
         return rows
@@ -67,7 +56,7 @@ def load_dolly_gozaru(path: str | os.PathLike, n: int | None = None, seed: int |
     ``databricks-dolly-15k-ja-gozaru`` exported as JSON lines loads the same way. Plain instruction records,
     not chat messages: the SFT stage formats them.
     """
-    rows = _jsonl(_file(path, "dolly-15k-ja.jsonl"))
+    rows = json_lines(_file(path, "dolly-15k-ja.jsonl"))
     for i, r in enumerate(rows):
         if not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
             raise ValueError(f"expected string fields instruction and output in every row, row {i} has "
@@ -330,7 +319,7 @@ def load_jcommonsenseqa(path: str | os.PathLike, n: int | None = None, split: st
         path = found[0]
     elif not path.is_file():
         raise FileNotFoundError(f"no JCommonsenseQA file or folder at {path}")
-    rows = _jsonl(path)
+    rows = json_lines(path)
     for i, r in enumerate(rows):
         k = sum(1 for key in r if re.fullmatch(r"choice\d+", key))
         if "question" not in r or k < 2 or not isinstance(r.get("label"), int) or not 0 <= r["label"] < k:

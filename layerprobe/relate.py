@@ -383,13 +383,10 @@ def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out
                 alpha: float = 0.05) -> Path:
     """Layer x block heatmap of rho for one (feature, phase, outcome); '*' marks q < alpha. Layer -1 = outside
     the decoder stack (embeddings, final norm, head)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from layerprobe.plot import BLOCK_ORDER
+    from layerprobe.plot import BLOCK_ORDER, save_figure  # selects the Agg backend
 
     d = table[(table["feature"] == feature) & (table["phase"] == phase) & (table["outcome"] == outcome)]
     if d.empty:
@@ -408,12 +405,7 @@ def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out
     ax.set_title(f"{feature} ({phase}) vs {outcome}, {n} runs; * q < {alpha}", fontsize=9)
     ax.set_xlabel("block")
     ax.set_ylabel("layer")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def write_outputs(result: RelateResult, out_dir: str | os.PathLike, alpha: float = 0.05) -> list[Path]:

@@ -523,8 +523,7 @@ def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | 
     panels = _panels(plot)
     missing = sorted({m for p in panels for m in p if m not in table})
     if missing:  # metrics depend on the data (mc_acc needs data.mc): a panel without its metrics is left out
-        print(f"plot: no {', '.join(missing)} in the results, left out; the results have "
-              f"{', '.join(c for c in table.columns if '.' in c and not c.endswith('.n') or c == 'retention_drop')}")
+        print(f"plot: {', '.join(missing)} not in the results (not measured with this data), left out")
         panels = [[m for m in p if m in table] for p in panels]
         panels = [p for p in panels if p]
     by = [a for a in axes if a in table]
