@@ -47,6 +47,10 @@ _EXPORTS = {
     "PhaseConfig": "layerprobe.config",
     "run_pipeline": "layerprobe.pipeline",
     "evaluate_model": "layerprobe.evaluate",
+    "load_sweep": "layerprobe.sweep",
+    "run_sweep": "layerprobe.sweep",
+    "wilson": "layerprobe.stats",
+    "bootstrap_mean_ci": "layerprobe.stats",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -82,6 +82,11 @@ class UpdateRatio(Quantity):
         self._buf: list[torch.Tensor] | None = None
         self._lora_norm_before: list[float] = []
 
+    @property
+    def ready(self) -> bool:
+        """Whether a snapshot was taken (``before_step`` ran for this step)."""
+        return self._buf is not None
+
     def snapshot(self, units: Units) -> None:
         params = [d.param.detach() for d in units.dense]
         if self._buf is None:

@@ -142,7 +142,7 @@ class Recorder:
         if step is not None:
             self.step = step
         if self.active:
-            if self.update.due(self.step) and self.update._buf is not None:
+            if self.update.due(self.step) and self.update.ready:
                 self._emit(self.update.name, self.update.rows(self.units))
             if self._drift_ready and self.drift.due(self.step):
                 self._emit(self.drift.name, self.drift.rows(self.units))
