@@ -277,7 +277,7 @@ def choose_threads() -> str | None:
         return None
     cores = os.cpu_count() or 1
     busy = os.getloadavg()[0]
-    threads = max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
+    threads = max(1, min(torch.get_num_threads(), cores - int(busy)))  # only whole busy cores count
     if threads >= torch.get_num_threads():
         return None
     torch.set_num_threads(threads)
