@@ -50,7 +50,11 @@ _EXPORTS = {
     "load_sweep": "layerprobe.sweep",
     "run_sweep": "layerprobe.sweep",
     "wilson": "layerprobe.stats",
-    "bootstrap_mean_ci": "layerprobe.stats",
+    "t_mean_ci": "layerprobe.stats",
+    "paired_t": "layerprobe.stats",
+    "Anchor": "layerprobe.anchor",
+    "AnchorCallback": "layerprobe.anchor",
+    "add_replay": "layerprobe.stages",
 }
 
 __all__ = sorted(_EXPORTS)

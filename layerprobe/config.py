@@ -50,6 +50,13 @@ class PhaseConfig:
     select: str = _help("train only these weights, in the selector grammar ('mlp + head', 'not mlp', 'first:10%', "
                         "'random:5%@seed=1 + head', 'layers:0-3'); full: requires_grad mask; lora: replaces "
                         "target_modules/layers_to_transform; '' = all weights / target_modules", default="")
+    replay: float = _help("SFT only: share of the SFT training rows that are CPT documents (replay; loss on all "
+                          "their tokens), in [0, 1); 0 = off", default=0.0)
+    l2sp: float = _help("decoupled L2-SP: after each step the change since the phase's start shrinks by "
+                        "(1 - learning rate * l2sp); for LoRA the change s*B*A does (layerprobe.anchor); 0 = off",
+                        default=0.0)
+    drift_cap: float = _help("cap on every weight's drift_ratio ||W - W_start|| / ||W_start|| after each step "
+                             "(LoRA: of s*B*A), so no layer drifts further; 0 = off", default=0.0)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):
@@ -68,6 +75,11 @@ class PhaseConfig:
         if min(self.batch_size, self.grad_accum, self.max_length) < 1:
             raise ValueError(f"batch_size, grad_accum and max_length must be >= 1, got {self.batch_size}, "
                              f"{self.grad_accum}, {self.max_length}")
+        if not 0.0 <= self.replay < 1.0:
+            raise ValueError(f"replay is the share of SFT rows that are CPT documents, in [0, 1); got {self.replay}")
+        if self.l2sp < 0 or self.drift_cap < 0:
+            raise ValueError(f"l2sp and drift_cap must be >= 0 (0 = off), got l2sp={self.l2sp}, "
+                             f"drift_cap={self.drift_cap}")
 
 
 @dataclass
@@ -192,6 +204,11 @@ class TrainConfig:
         metadata={"help": "supervised fine-tuning on instructions, loss on the answers only"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
     recorder: RecordConfig = field(default_factory=RecordConfig, metadata={"help": "recording intervals"})
+
+    def __post_init__(self):
+        if self.cpt.replay:
+            raise ValueError(f"cpt.replay must be 0 (replay mixes CPT text into SFT), got {self.cpt.replay}; "
+                             "set sft.replay instead")
 
     def to_dict(self) -> dict:
         return _typed_dict(self)

@@ -341,7 +341,8 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
         elif stage == "merge":
             info = run_merge(base, run_dir / "cpt", out)
         elif stage == "sft":
-            info = run_sft(cfg, str(run_dir / "merged"), data.sft_rows, out, _recorder(cfg, run_dir, "sft"), progress)
+            info = run_sft(cfg, str(run_dir / "merged"), data.sft_rows, out, _recorder(cfg, run_dir, "sft"), progress,
+                           replay_docs=data.cpt_docs)
         else:
             steps = {p: infos[p]["steps"] for p in ("cpt", "sft")}
             info = _eval_stage(cfg, run_dir, base, data, steps, progress)

@@ -172,12 +172,18 @@ class Recorder:
 
     def _emit(self, quantity: str, rows: list[Row]) -> None:
         """Write per-parameter rows and ratios of summed squares per (layer, block, module), per (layer, block)
-        (module "") and per block (into the log summary)."""
+        (module "") and per block (into the log summary).
+
+        LoRA factors get their own per-parameter rows, but the aggregates of the weight-space quantities
+        (weight norm, update ratio, drift) sum only the effective weights W0 + s*B*A, so they are in the units of
+        full fine-tuning. Gradients exist only for the factors, so gradient-norm aggregates sum those."""
         step, w = self.step, self.writer
         sums: dict[tuple, list] = defaultdict(lambda: [0.0, 0.0, False])
         for name, layer, block, module, num, den in rows:
             if self.per_param:
                 w.add(step, layer, block, module, name, quantity, num if den is None else _ratio(num, den))
+            if quantity != GradNorm.name and name.endswith((".lora_A", ".lora_B")):
+                continue
             for key in ((layer, block, module), (layer, block, ""), ("summary", block)):
                 acc = sums[key]
                 acc[0] += num * num

@@ -184,7 +184,21 @@ def _describe(phase: PhaseConfig, model=None) -> str:
     what = f"lora r={phase.r} alpha={phase.lora_alpha:g}" if phase.method == "lora" else "full fine-tuning"
     if phase.select:
         what += f", {getattr(model, 'layerprobe_selection', None) or 'select ' + repr(phase.select)}"
+    if phase.l2sp:
+        what += f", l2sp={phase.l2sp:g}"
+    if phase.drift_cap:
+        what += f", drift_cap={phase.drift_cap:g}"
     return what
+
+
+def _phase_callbacks(phase: PhaseConfig, callbacks, name: str, progress: bool) -> list:
+    """The caller's callbacks, the anchor when the phase asks for one, and a progress bar."""
+    out = list(callbacks)
+    if phase.l2sp or phase.drift_cap:
+        from layerprobe.anchor import AnchorCallback
+
+        out.append(AnchorCallback(l2sp=phase.l2sp, drift_cap=phase.drift_cap))
+    return out + ([progress_bar(name)] if progress else [])
 
 
 def _info(trainer, t0: float, what: str, out: Path) -> dict:
@@ -222,7 +236,7 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
     ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     args = TrainingArguments(**_training_args(phase, out, cfg.seed))
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
-                      callbacks=list(callbacks) + ([progress_bar("cpt")] if progress else []))
+                      callbacks=_phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
     _save(model, tok, out, phase)
     shutil.rmtree(out / "trainer", ignore_errors=True)
@@ -317,19 +331,48 @@ def check_merge(base: str, adapter_dir: Path, merged_dir: Path) -> dict:
 # -- SFT -----------------------------------------------------------------------------------------------------------
 
 
-def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callbacks=()):
-    """A ``trl.SFTTrainer`` on prompt/completion chats with the loss on the completions only."""
+def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callbacks=(), replay_docs=()):
+    """A ``trl.SFTTrainer`` on prompt/completion chats with the loss on the completions only, plus
+    ``cfg.sft.replay`` as a share of CPT documents (see :func:`add_replay`)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, max_length=cfg.sft.max_length,
                                       completion_only_loss=True, packing=False, dataset_num_proc=None))
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                      callbacks=list(callbacks))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=list(callbacks))
+    trainer.replayed = add_replay(trainer, tok, list(replay_docs), cfg.sft.replay, cfg.sft.max_length,
+                                  cfg.seed) if cfg.sft.replay else 0
+    return trainer
+
+
+def add_replay(trainer, tok, docs: list[str], share: float, max_length: int, seed: int) -> int:
+    """Append CPT documents to the SFT trainer's tokenized rows so they make up ``share`` of them.
+
+    Each document is one row tokenized as CPT reads it (its tokens, then EOS, cut at ``max_length``) with the
+    loss on every token; the SFT rows stay exactly as trl prepared them. Documents are drawn without
+    replacement (cycled when more are needed than there are). Returns the number of rows added.
+    """
+    import random
+
+    from datasets import Dataset, concatenate_datasets
+
+    if not docs:
+        raise ValueError(f"sft.replay={share} needs CPT documents to replay, got none; set sft.replay to 0 "
+                         "or give CPT data")
+    sft = trainer.train_dataset.select_columns(["input_ids", "labels"])
+    n = round(len(sft) * share / (1.0 - share))
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    picked = [docs[order[i % len(order)]] for i in range(n)]
+    ids = [(enc + [tok.eos_token_id])[:max_length] for enc in tok(picked)["input_ids"]] if n else []
+    extra = Dataset.from_dict({"input_ids": ids, "labels": ids}, features=sft.features)
+    trainer.train_dataset = concatenate_datasets([sft, extra])
+    return n
 
 
 def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callbacks=(),
-            progress: bool = False) -> dict:
+            progress: bool = False, replay_docs=()) -> dict:
     """Supervised fine-tuning of the CPT model on prompt/completion chats; loss on the completions only."""
     t0 = time.time()
     phase = cfg.sft
@@ -337,11 +380,14 @@ def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callb
         raise ValueError("the SFT data holds no rows; expected prompt/completion, messages or instruction/output rows")
     tok = load_tokenizer(cpt_model)
     model = _trainable(load_model(cpt_model), phase, cfg.seed)
-    trainer = sft_trainer(cfg, model, tok, rows, out, list(callbacks) + ([progress_bar("sft")] if progress else []))
+    trainer = sft_trainer(cfg, model, tok, rows, out, _phase_callbacks(phase, callbacks, "sft", progress),
+                          replay_docs)
     _train(trainer)
     _save(model, tok, out, phase)
     shutil.rmtree(out / "trainer", ignore_errors=True)
     what = f"SFT ({_describe(phase, model)}) on {len(rows)} instructions, loss on answers only"
+    if phase.replay:
+        what += f", plus {trainer.replayed} replayed CPT documents ({phase.replay:.0%} of the rows)"
     return _info(trainer, t0, what, out)
 
 

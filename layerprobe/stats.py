@@ -1,7 +1,5 @@
-"""95 % confidence intervals for the studies: Wilson intervals for rates, percentile bootstrap over seeds.
-
-Plain numpy; no torch, no scipy needed.
-"""
+"""95 % confidence intervals for the studies: Wilson intervals for one cell's rates, Student t over seeds,
+and paired differences against a baseline with the same seeds."""
 
 from __future__ import annotations
 
@@ -27,21 +25,34 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 10000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one value per seed), resampling with replacement.
+def t_mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (one value per seed): mean +- t(n-1) * sd / sqrt(n).
 
-    With one value the interval is that value (no spread to resample); NaNs are an error, not dropped.
+    With a handful of seeds a percentile bootstrap cannot be wider than the values themselves and so
+    under-covers; the t interval accounts for the few values. One value has no interval: (nan, nan).
+    NaNs are an error, not dropped.
     """
+    from scipy import stats
+
     x = np.asarray(list(values), dtype=float)
     if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"bootstrap_mean_ci needs a non-empty list of numbers, got {list(values)!r}")
+        raise ValueError(f"t_mean_ci needs a non-empty list of numbers, got {list(values)!r}")
     if np.isnan(x).any():
-        raise ValueError(f"bootstrap_mean_ci got NaN in {x.tolist()}; drop the cells without this metric first")
-    if n_boot < 1 or not 0 < level < 1:
-        raise ValueError(f"bootstrap_mean_ci needs n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+        raise ValueError(f"t_mean_ci got NaN in {x.tolist()}; drop the cells without this metric first")
+    if not 0 < level < 1:
+        raise ValueError(f"t_mean_ci needs 0 < level < 1, got level={level}")
+    if x.size == 1:
+        return math.nan, math.nan
+    half = stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def paired_t(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean of paired differences (treatment - baseline, one per seed) with its t interval and the two-sided
+    p-value of a paired t-test (nan for fewer than 2 pairs or no spread)."""
+    from scipy import stats
+
+    x = np.asarray(list(diffs), dtype=float)
+    lo, hi = t_mean_ci(x, level)
+    p = float(stats.ttest_1samp(x, 0.0).pvalue) if x.size > 1 and x.std() > 0 else math.nan
+    return {"n_pairs": int(x.size), "mean_diff": float(x.mean()), "lo": lo, "hi": hi, "p": p}

@@ -16,6 +16,7 @@ A sweep YAML::
     reuse_from: [runs/study_a]         # optional: other sweep folders whose finished CPTs may be reused
     figures: figures/study_a           # optional: figures + copies of results.csv, ci.csv (default <out>/figures)
     plot: [sft.gozaru_rate, [cpt.cloze_acc, sft.cloze_acc]]   # optional panels (a list = metrics side by side)
+    baseline: none                     # optional: a condition; every other one is compared with it seed by seed
 
 Cells are ``condition x grid x seeds``, named ``<condition>,<key>=<value>,...,seed=<seed>`` (stable, readable),
 each a run folder ``<out>/<cell>``. A cell with a summary.json is skipped; a cell folder made with another
@@ -26,7 +27,10 @@ their DONE markers), so the pipeline skips CPT and merge there.
 ``<out>/results.csv`` has one row per finished cell: the cell's columns (condition, group, grid labels, seed)
 and every number in its summary.json flattened (``cpt.cloze_acc``, ``sft.gozaru_rate``,
 ``stages.sft.seconds``), item counts of the rates (``sft.gozaru_rate.n``, from the answers files), and
-``retention_drop = cpt.cloze_acc - sft.cloze_acc``. ``<out>/sweep.json`` records cells, wall times and reuse.
+``retention_drop = cpt.cloze_acc - sft.cloze_acc``. ``<out>/ci.csv`` has each plotted metric's mean per
+condition with a 95 % interval; with ``baseline:``, ``<out>/paired.csv`` has each condition's paired difference
+from the baseline (same seed and grid values) with a t interval and p-value, and ``paired.png`` shows them.
+``<out>/sweep.json`` records cells, wall times and reuse.
 This module never imports torch; the pipeline is imported only to run cells.
 """
 
@@ -53,6 +57,7 @@ SUMMARY = "summary.json"
 RESULTS = "results.csv"
 SWEEP_JSON = "sweep.json"
 CI_TABLE = "ci.csv"
+PAIRED_TABLE = "paired.csv"
 # The parts of a config that CPT and merge depend on: equal parts -> the same cpt/ and merged/.
 CPT_KEYS = ("model", "seed", "toy", "data", "cpt", "record", "recorder")
 REUSED_STAGES = {"cpt": "cpt", "merge": "merged"}
@@ -85,6 +90,7 @@ class Sweep:
     source: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     reuse_from: list[Path] = field(default_factory=list)  # other sweep folders whose finished CPTs may be reused
+    baseline: str = ""  # a condition every other one is compared with, seed by seed
 
 
 # -- reading a sweep ---------------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
     """Read a sweep YAML (or mapping) into its cells; ``overrides`` (dotted) apply to every cell's base config."""
     where = Path(spec).parent if not isinstance(spec, dict) else Path(".")
     data = dict(spec) if isinstance(spec, dict) else load_yaml(spec)
-    known = {"base", "set", "grid", "conditions", "seeds", "out", "figures", "plot", "reuse_from"}
+    known = {"base", "set", "grid", "conditions", "seeds", "out", "figures", "plot", "reuse_from", "baseline"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown sweep key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
@@ -219,8 +225,12 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
     reuse_from = data.get("reuse_from") or []
     if not isinstance(reuse_from, list) or not all(isinstance(r, str) for r in reuse_from):
         raise ValueError(f"reuse_from must be a list of sweep folders, got {reuse_from!r}")
+    baseline = data.get("baseline") or ""
+    if baseline and baseline not in [c[0] for c in conditions]:
+        raise ValueError(f"baseline {baseline!r} is not a condition; the conditions are "
+                         f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}")
     return Sweep(cells, out_dir, fig_dir, plot, axis_cols, "" if isinstance(spec, dict) else str(spec),
-                 dict(overrides or {}), [Path(r) for r in reuse_from])
+                 dict(overrides or {}), [Path(r) for r in reuse_from], baseline)
 
 
 def select_cells(sweep: Sweep, only: str | None) -> list[Cell]:
@@ -454,16 +464,23 @@ def collect(sweep: Sweep) -> pd.DataFrame:
             # the figure folder is what a study commits: the tables go beside the figures
             table.to_csv(sweep.figures / RESULTS, index=False)
             cis.to_csv(sweep.figures / CI_TABLE, index=False)
+            if sweep.baseline:
+                metrics = [m for p in _panels(sweep.plot) for m in p if m in table]
+                keys = ["seed"] + [a for a in sweep.axes if a != "group"]
+                paired = paired_table(table, metrics, sweep.baseline, keys)
+                for folder in (sweep.out, sweep.figures):
+                    paired.to_csv(folder / PAIRED_TABLE, index=False)
+                plot_paired(paired, sweep.figures / "paired.png")
     return table
 
 
 def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
     """Mean of ``metric`` per group of ``by`` with a 95 % interval.
 
-    Several cells (seeds): percentile bootstrap of the mean over cells. One cell and a rate with known item
+    Several cells (seeds): Student t interval of the mean over cells. One cell and a rate with known item
     count (``<metric>.n``): Wilson. Otherwise no interval. Columns: by..., n_cells, mean, lo, hi, ci.
     """
-    from layerprobe.stats import bootstrap_mean_ci, wilson
+    from layerprobe.stats import t_mean_ci, wilson
 
     if metric not in table:
         raise ValueError(f"metric {metric!r} is not in the results; it has {', '.join(table.columns)}")
@@ -477,14 +494,76 @@ def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
         if len(values):
             row["mean"] = float(values.mean())
         if len(values) > 1:
-            row["lo"], row["hi"] = bootstrap_mean_ci(values)
-            row["ci"] = "bootstrap over seeds"
+            lo, hi = t_mean_ci(values)
+            if f"{metric}.n" in g:  # a rate: the interval stays inside [0, 1]
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
+            row["lo"], row["hi"], row["ci"] = lo, hi, f"t over {len(values)} cells"
         elif len(values) == 1 and f"{metric}.n" in g and g[f"{metric}.n"].notna().all() and g[f"{metric}.n"].iloc[0] > 0:
             n = int(g[f"{metric}.n"].iloc[0])
             row["lo"], row["hi"] = wilson(round(values[0] * n), n)
             row["ci"] = f"Wilson (n={n})"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: list[str]) -> pd.DataFrame:
+    """Each condition minus ``baseline`` on the cells that share ``keys`` (seed and grid values), per metric: the
+    mean difference with a t interval and a paired t-test's p-value. Columns: condition, metric, baseline_mean,
+    mean, n_pairs, mean_diff, lo, hi, p."""
+    from layerprobe.stats import paired_t
+
+    base = table[table["condition"] == baseline].set_index(keys)
+    rows = []
+    for cond in dict.fromkeys(table["condition"]):
+        if cond == baseline:
+            continue
+        other = table[table["condition"] == cond].set_index(keys)
+        shared = other.index.intersection(base.index)
+        for m in metrics:
+            pairs = pd.DataFrame({"b": base.loc[shared, m], "t": other.loc[shared, m]}).dropna()
+            if pairs.empty:
+                continue
+            rows.append({"condition": cond, "metric": m, "baseline_mean": float(pairs["b"].mean()),
+                         "mean": float(pairs["t"].mean()), **paired_t((pairs["t"] - pairs["b"]).to_numpy())})
+    return pd.DataFrame(rows)
+
+
+def plot_paired(paired: pd.DataFrame, path: Path) -> None:
+    """One panel per metric: each condition's mean difference from the baseline with its 95 % t interval.
+    Metrics equal in every pair (those of a shared CPT) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    moved = paired.groupby("metric", sort=False)["mean_diff"].apply(lambda d: (d != 0).any())
+    metrics = [m for m, any_moved in moved.items() if any_moved]
+    if not metrics:
+        return
+    sns.set_theme(style="whitegrid", context="paper")
+    conds = list(dict.fromkeys(paired["condition"]))
+    cols = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols + 1.2, (0.3 * len(conds) + 1.0) * rows),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, metrics):
+        d = paired[paired["metric"] == m].set_index("condition").reindex(conds)
+        y = range(len(conds))
+        err = [(d["mean_diff"] - d["lo"]).fillna(0), (d["hi"] - d["mean_diff"]).fillna(0)]
+        ax.errorbar(d["mean_diff"], y, xerr=err, fmt="o", color="black", ecolor="grey", capsize=3, ms=4)
+        ax.axvline(0, color="tab:red", lw=1)
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(conds, fontsize=7)
+        ax.set_title(m, fontsize=8)
+        ax.set_xlabel("difference from baseline", fontsize=7)
+    axes.flat[0].invert_yaxis()  # the axes share y: the conditions read top-down in sweep order
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def format_results(table: pd.DataFrame, columns: list[str], metrics: list[str]) -> str:

@@ -175,6 +175,15 @@ def test_lora_effective_update_and_drift_match_materialised_product(tmp_path, rs
             assert drift[(step, name)] == pytest.approx(float((enow[name] - e0[name]).norm() / e0[name].norm()),
                                                         rel=1e-4, abs=1e-10)
             assert wn[(step, name)] == pytest.approx(float(enow[name].norm()), rel=1e-5)
+    # aggregates are in effective-weight units: the factors' own rows do not enter them
+    agg = _agg(df, "drift_ratio")
+    for step in (1, 2, 3):
+        e0, enow = snaps.eff[0], snaps.eff[step]
+        for key in {(parse_name(n).layer, parse_name(n).block) for n in e0}:
+            names = [n for n in e0 if (parse_name(n).layer, parse_name(n).block) == key]
+            num = sum(float((enow[n] - e0[n]).norm() ** 2) for n in names)
+            den = sum(float(e0[n].norm() ** 2) for n in names)
+            assert agg[(step, *key, "")] == pytest.approx(math.sqrt(num / den), rel=1e-4)
     # the adapter's own factors get gradient norms; the frozen base weights are proven unchanged
     grads = _per_param(df, "grad_norm")
     assert (1, "model.layers.0.self_attn.q_proj.lora_A") in grads

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerprobe.stats import bootstrap_mean_ci, wilson
+from layerprobe.stats import paired_t, t_mean_ci, wilson
 from layerprobe.sweep import collect, cpt_key, flatten, load_sweep, run_sweep, summarize
 
 # A toy world small enough that one cell trains and evaluates in seconds.
@@ -56,22 +56,30 @@ def test_wilson_rejects_bad_counts(bad):
         wilson(*bad)
 
 
-def test_bootstrap_matches_the_exact_resampling_distribution():
-    values = [0.0, 1.0, 2.0, 3.0, 10.0]
-    exact = np.array([np.mean(s) for s in itertools.product(values, repeat=len(values))])  # all 5^5 resamples
-    ref = np.quantile(exact, [0.025, 0.975])
-    lo, hi = bootstrap_mean_ci(values, n_boot=40000, seed=1)
-    assert lo == pytest.approx(ref[0], abs=0.15) and hi == pytest.approx(ref[1], abs=0.3)
-    assert bootstrap_mean_ci(values, seed=1) == bootstrap_mean_ci(values, seed=1)  # reproducible
+def test_t_interval_matches_the_textbook_formula():
+    values = [0.5, 0.7, 0.9]  # mean 0.7, sd 0.2; t(0.975, df=2) = 4.3027 from a printed table
+    lo, hi = t_mean_ci(values)
+    half = 4.3027 * 0.2 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.7 - half, 0.7 + half), abs=1e-4)
+    lo, hi = t_mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])  # sd sqrt(2.5), t(0.975, df=4) = 2.7764
+    assert hi - lo == pytest.approx(2 * 2.7764 * math.sqrt(2.5) / math.sqrt(5), abs=1e-4)
 
 
-def test_bootstrap_edge_cases():
-    assert bootstrap_mean_ci([0.4]) == (0.4, 0.4)
-    assert bootstrap_mean_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
+def test_t_interval_edge_cases_and_paired_test():
+    assert all(math.isnan(v) for v in t_mean_ci([0.4]))
+    assert t_mean_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
     with pytest.raises(ValueError, match="NaN"):
-        bootstrap_mean_ci([0.1, math.nan])
+        t_mean_ci([0.1, math.nan])
     with pytest.raises(ValueError, match="non-empty"):
-        bootstrap_mean_ci([])
+        t_mean_ci([])
+    d = [0.1, 0.3, 0.2, 0.4]  # t = mean / (sd / sqrt n) by hand; p from the t distribution with 3 df
+    t = np.mean(d) / (np.std(d, ddof=1) / 2)
+    from scipy import stats
+
+    r = paired_t(d)
+    assert r["n_pairs"] == 4 and r["mean_diff"] == pytest.approx(0.25)
+    assert r["p"] == pytest.approx(2 * stats.t.sf(t, 3)) and r["p"] < 0.05
+    assert math.isnan(paired_t([0.1, 0.1])["p"])
 
 
 # -- reading a sweep ---------------------------------------------------------------------------------------------
@@ -123,6 +131,8 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
     ({"conditions": [{"name": "a"}, {"name": "a"}]}, "unique"),
     ({"seeds": ["x"]}, "integers"),
     ({"grids": {}}, "unknown sweep key 'grids'"),
+    ({"conditions": [{"name": "a"}, {"name": "b"}], "baseline": "c"}, "baseline 'c' is not a condition; the "
+                                                                      "conditions are a, b"),
 ])
 def test_bad_sweeps_are_refused(spec, match):
     with pytest.raises(ValueError, match=match):
@@ -136,13 +146,33 @@ def test_flatten_keeps_numbers_only():
                           "cpt.n_probes": 4.0, "stages.sft.seconds": 2.0, "wall_seconds": 9.0}
 
 
-def test_summarize_uses_wilson_for_one_cell_and_bootstrap_over_seeds():
+def test_summarize_uses_wilson_for_one_cell_and_t_over_seeds():
     t = pd.DataFrame({"group": ["a", "b", "b", "b"], "sft.gozaru_rate": [0.25, 0.5, 0.7, 0.9],
                       "sft.gozaru_rate.n": [12, 10, 10, 10]})
     s = summarize(t, "sft.gozaru_rate", ["group"]).set_index("group")
     assert s.loc["a", "ci"] == "Wilson (n=12)" and (s.loc["a", "lo"], s.loc["a", "hi"]) == wilson(3, 12)
     assert s.loc["b", "mean"] == pytest.approx(0.7) and s.loc["b", "n_cells"] == 3
-    assert (s.loc["b", "lo"], s.loc["b", "hi"]) == bootstrap_mean_ci([0.5, 0.7, 0.9])
+    assert (s.loc["b", "lo"], s.loc["b", "hi"]) == t_mean_ci([0.5, 0.7, 0.9]) and s.loc["b", "ci"] == "t over 3 cells"
+    t["sft.gozaru_rate"] = [0.25, 0.9, 1.0, 1.0]  # a rate's interval is clipped to [0, 1]
+    s = summarize(t, "sft.gozaru_rate", ["group"]).set_index("group")
+    assert s.loc["b", "hi"] == 1.0 and s.loc["b", "lo"] == pytest.approx(t_mean_ci([0.9, 1.0, 1.0])[0])
+
+
+def test_paired_table_compares_each_condition_with_the_baseline_seed_by_seed(tmp_path):
+    from layerprobe.sweep import paired_table, plot_paired
+
+    t = pd.DataFrame({"condition": ["base", "base", "base", "a", "a", "a", "b", "b"],
+                      "seed": [1, 2, 3, 1, 2, 3, 2, 9],
+                      "m": [0.5, 0.6, 0.7, 0.6, 0.8, 0.8, 0.1, 0.9]})
+    p = paired_table(t, ["m"], "base", ["seed"]).set_index("condition")
+    assert p.loc["a", "n_pairs"] == 3 and p.loc["a", "mean_diff"] == pytest.approx((0.1 + 0.2 + 0.1) / 3)
+    assert p.loc["a", "baseline_mean"] == pytest.approx(0.6) and p.loc["a", "mean"] == pytest.approx(2.2 / 3)
+    assert (p.loc["a", "lo"], p.loc["a", "hi"]) == pytest.approx(t_mean_ci([0.1, 0.2, 0.1]))
+    # b shares only seed 2 with the baseline: one pair, no interval
+    assert p.loc["b", "n_pairs"] == 1 and p.loc["b", "mean_diff"] == pytest.approx(0.1 - 0.6)
+    assert math.isnan(p.loc["b", "lo"])
+    plot_paired(p.reset_index(), tmp_path / "paired.png")
+    assert (tmp_path / "paired.png").stat().st_size > 1000
 
 
 # -- running a sweep ---------------------------------------------------------------------------------------------
