@@ -5,8 +5,8 @@ from __future__ import annotations
 HELP = "run a sweep (conditions x grid x seeds, each cell a run folder); resumable; writes results.csv and figures"
 EXAMPLE = ("layerprobe sweep experiments/study_a/sweep.yaml --dry-run\n"
            "  layerprobe sweep experiments/study_b/sweep.yaml --only 'random*' --set sft.max_steps=20")
-SHOWN = ("cpt.cloze_acc", "sft.cloze_acc", "retention_drop", "sft.gozaru_rate", "sft.eos_rate", "cpt.heldout_loss",
-         "sft.heldout_loss", "cell_seconds")
+SHOWN = ("cpt.cloze_acc", "sft.cloze_acc", "retention_drop", "sft.gozaru_rate", "sft.eos_rate", "cpt.general_loss",
+         "sft.general_loss", "cell_seconds")
 
 
 def add_arguments(parser) -> None:
