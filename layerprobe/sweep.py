@@ -16,7 +16,7 @@ A sweep YAML::
     reuse_from: [runs/study_a]         # optional: other sweep folders whose finished CPTs may be reused
     figures: figures/study_a           # optional: figures + copies of results.csv, ci.csv (default <out>/figures)
     plot: [sft.gozaru_rate, [cpt.cloze_acc, sft.cloze_acc]]   # optional panels (a list = metrics side by side)
-    baseline: none                     # optional: a condition; every other one is compared with it seed by seed
+    baseline: mlp                      # optional: a condition; every other one is compared with it seed by seed
 
 Cells are ``condition x grid x seeds``, named ``<condition>,<key>=<value>,...,seed=<seed>`` (stable, readable),
 each a run folder ``<out>/<cell>``. A cell with a summary.json is skipped; a cell folder made with another
@@ -537,6 +537,8 @@ def plot_paired(paired: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    if paired.empty:
+        return
     moved = paired.groupby("metric", sort=False)["mean_diff"].apply(lambda d: (d != 0).any())
     metrics = [m for m, any_moved in moved.items() if any_moved]
     if not metrics:

@@ -173,6 +173,8 @@ def test_paired_table_compares_each_condition_with_the_baseline_seed_by_seed(tmp
     assert math.isnan(p.loc["b", "lo"])
     plot_paired(p.reset_index(), tmp_path / "paired.png")
     assert (tmp_path / "paired.png").stat().st_size > 1000
+    plot_paired(pd.DataFrame(), tmp_path / "none.png")  # no pairs yet (baseline cells unfinished): no figure
+    assert not (tmp_path / "none.png").exists()
 
 
 # -- running a sweep ---------------------------------------------------------------------------------------------
