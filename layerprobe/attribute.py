@@ -454,16 +454,14 @@ def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,
     """Per metric: bars of the effect per layer (left) and per other group (right), revert on top (value - tuned),
     apply below (value - base); a dashed line marks the full SFT effect. With ``cells`` groups, also a layer x
     block heatmap of the revert effect per metric."""
-    import matplotlib
+    from layerprobe.plot import save_figure  # first: it selects the Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     e = effects(records)
     metrics = list(metrics) if metrics else list(dict.fromkeys(e["metric"]))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for metric in metrics:
         m = e[e["metric"] == metric]
@@ -496,11 +494,7 @@ def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,
                     ax.legend(fontsize=7, loc="best")
         fig.suptitle(f"{metric}: revert G = base on G (effect vs tuned); apply G = tuned on G only (effect vs base)",
                      fontsize=9)
-        fig.tight_layout()
-        path = out / f"attribute_{metric}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out / f"attribute_{metric}.png"))
         cells = m[is_cell & (m["mode"] == "revert")]
         if not cells.empty:
             grid = cells.pivot_table(index="layer", columns="block", values="effect", aggfunc="first")
@@ -510,9 +504,5 @@ def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,
             sns.heatmap(grid, ax=ax, cmap="vlag", center=0, vmin=-span, vmax=span, annot=grid.size <= 150,
                         fmt=".2g", annot_kws={"fontsize": 7}, cbar_kws={"label": f"revert: {metric} - tuned"})
             ax.set_title(f"revert one block of one layer: change of {metric}", fontsize=9)
-            fig.tight_layout()
-            path = out / f"attribute_cells_{metric}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save_figure(fig, out / f"attribute_cells_{metric}.png"))
     return paths

@@ -143,10 +143,11 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     return paths
 
 
-def save_figure(fig, out_png) -> Path:
+def save_figure(fig, out_png, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure: every PNG layerprobe draws goes through here."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

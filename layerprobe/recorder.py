@@ -35,7 +35,7 @@ from transformers import TrainerCallback
 from layerprobe.quantities import QUANTITIES, DriftRatio, GradNorm, Row, UpdateRatio, WeightNorm
 from layerprobe.records import RecordWriter, write_meta
 from layerprobe.schedules import Schedule, parse_schedule
-from layerprobe.tracking import Units, find_units, label
+from layerprobe.tracking import Units, find_units, is_lora_factor, label
 
 logger = logging.getLogger("layerprobe")
 
@@ -182,7 +182,7 @@ class Recorder:
         for name, layer, block, module, num, den in rows:
             if self.per_param:
                 w.add(step, layer, block, module, name, quantity, num if den is None else _ratio(num, den))
-            if quantity != GradNorm.name and name.endswith((".lora_A", ".lora_B")):
+            if quantity != GradNorm.name and is_lora_factor(name):
                 continue
             for key in ((layer, block, module), (layer, block, ""), ("summary", block)):
                 acc = sums[key]

@@ -531,9 +531,8 @@ def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: l
 def plot_paired(paired: pd.DataFrame, path: Path) -> None:
     """One panel per metric: each condition's mean difference from the baseline with its 95 % t interval.
     Metrics equal in every pair (those of a shared CPT) are left out."""
-    import matplotlib
+    from layerprobe.plot import save_figure  # first: it selects the Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -562,10 +561,7 @@ def plot_paired(paired: pd.DataFrame, path: Path) -> None:
         ax.set_title(m, fontsize=8)
         ax.set_xlabel("difference from baseline", fontsize=7)
     axes.flat[0].invert_yaxis()  # the axes share y: the conditions read top-down in sweep order
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def format_results(table: pd.DataFrame, columns: list[str], metrics: list[str]) -> str:
@@ -593,9 +589,8 @@ def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | 
 
     Returns the table of means and intervals of every plotted metric (what ci.csv holds).
     """
-    import matplotlib
+    from layerprobe.plot import save_figure  # first: it selects the Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -636,7 +631,5 @@ def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | 
         ax.set_title(f"{' vs '.join(metrics)}  (95 % CI: {'; '.join(kinds)})", fontsize=8)
         if len(metrics) > 1:
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{_safe('+'.join(metrics))}.png", dpi=130)
-        plt.close(fig)
+        save_figure(fig, out_dir / f"{_safe('+'.join(metrics))}.png", dpi=130)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -72,6 +72,11 @@ def label(name: str) -> str:
     return pn.canonical
 
 
+def is_lora_factor(param: str) -> bool:
+    """Whether a records ``param`` (see :func:`label`) names a LoRA factor rather than a weight."""
+    return param.endswith((".lora_A", ".lora_B"))
+
+
 def _lora_pair(mod_name: str, mod: torch.nn.Module) -> list[LoraPair]:
     try:
         from peft.tuners.lora import LoraLayer
