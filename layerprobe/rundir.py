@@ -254,9 +254,11 @@ def write_metrics(run_dir, metrics: dict[str, dict]) -> Path:
 
 
 def read_metrics(run_dir) -> dict[str, dict[str, float]]:
-    """``eval/metrics.csv`` back as {model: {metric: value}} (an empty cell is NaN)."""
+    """``eval/metrics.csv`` back as {model: {metric: value}} (an empty cell is NaN; no table: {})."""
     f = stage_dir(run_dir, "eval") / METRICS
     out: dict[str, dict[str, float]] = {}
+    if not f.is_file():
+        return out
     for line in f.read_text(encoding="utf-8").splitlines()[1:]:
         if line.strip():
             phase, name, value = line.split(",")
@@ -304,14 +306,17 @@ def done_stages(run_dir) -> set[str]:
     return {s for s in STAGES if (stage_dir(run_dir, s) / DONE).is_file()}
 
 
-def find_done(folders: Iterable[str | os.PathLike], stage: str, fingerprint: str) -> Path | None:
-    """A run folder under ``folders`` (run folders or folders of them) where ``stage`` is done with ``fingerprint``."""
+def find_done(folders: Iterable[str | os.PathLike], fingerprints: dict[str, str], exclude=None) -> Path | None:
+    """A run folder under ``folders`` (run folders or folders of them) where each stage of ``fingerprints`` is done
+    with that fingerprint (``exclude``: a folder not to return, e.g. the run itself)."""
+    skip = Path(exclude).resolve() if exclude is not None else None
     for folder in map(Path, folders):
         candidates = [folder] if is_run(folder) else sorted(p.parent for p in folder.glob(f"*/{CONFIG}")) \
             if folder.is_dir() else []
         for run in candidates:
-            info = read_done(run, stage)
-            if info and info.get("fingerprint") == fingerprint:
+            if run.resolve() == skip:
+                continue
+            if all((read_done(run, s) or {}).get("fingerprint") == fp for s, fp in fingerprints.items()):
                 return run
     return None
 
