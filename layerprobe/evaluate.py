@@ -1,9 +1,20 @@
-"""Evaluation: knowledge retention (cloze, QA, loss on CPT text), style rate and EOS rate.
+"""Evaluation: knowledge retention (cloze, QA, loss on CPT text), style and EOS.
 
-Generation is batched, greedy and deterministic, with left padding. An answer is correct when its
-normalised text (NFKC, lower case, no spaces or punctuation) contains the normalised gold answer; a cloze
-continuation is cut at its first sentence end before that check, so an answer that only turns up in a
-later, rambling sentence does not count.
+Generation is batched (length-sorted), greedy and deterministic, with left padding. An answer is correct when its
+normalised text (NFKC, lower case, no spaces or punctuation) contains the normalised gold answer. Cloze and QA
+answers are judged on their first sentence, and their generation stops there (``。``, ``.``, ``!``, ``?``,
+newline or EOS). Cloze probes can instead be scored by likelihood (``eval.cloze_scoring``): correct when every
+gold answer token is the model's top choice after the prompt, which is exactly when greedy generation starts
+with the answer, at the cost of one forward pass instead of a generation.
+
+Style, on held-out instructions answered to EOS within ``max_new_tokens``:
+
+- ``gozaru_rate``: the style pattern anywhere in the answer;
+- ``gozaru_first``: the pattern at the end of the answer's first sentence (not biased by the budget, which only
+  has to reach one sentence end);
+- ``style_logodds``: mean of log p(styled reference answer) - log p(the same answer plain), teacher-forced (needs
+  a ``plain`` field in the instructions: the toy world has it, ``data.sft_rewrite: gozaru`` keeps the original);
+- ``cut_rate``: the share of answers the budget cut before EOS.
 """
 
 from __future__ import annotations
@@ -15,9 +26,12 @@ from dataclasses import dataclass, field
 
 from layerprobe.config import EvalConfig
 
-METRICS = ("cloze_acc", "qa_acc", "cpt_text_loss", "gozaru_rate", "eos_rate", "n_probes")
-OPTIONAL_METRICS = ("general_loss", "mc_acc")  # general forgetting, when the data has held-out text / a MC set
-_SENTENCE_END = re.compile(r"[。．！？!?\n]")
+METRICS = ("cloze_acc", "qa_acc", "cpt_text_loss", "gozaru_rate", "gozaru_first", "eos_rate", "cut_rate",
+           "n_probes")
+# general forgetting (held-out text / a MC set) and the likelihood style score, when the data allow them
+OPTIONAL_METRICS = ("style_logodds", "general_loss", "mc_acc")
+_SENTENCE_END = re.compile(r"[。．！？!?\n]|\.(?!\d)")  # a period, but not the one inside 3.5
+STOP_STRINGS = ["。", ".", "！", "？", "!", "?", "\n"]
 
 
 def normalize(text: str) -> str:
@@ -34,6 +48,20 @@ def contains_answer(prediction: str, gold: str) -> bool:
 def first_sentence(text: str) -> str:
     m = _SENTENCE_END.search(text)
     return text[: m.start()] if m else text
+
+
+def style_regex(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"eval.style_pattern must be a valid regular expression, got {pattern!r} ({e}); "
+                         "escape special characters, e.g. 'ござる' or 'de gozaru\\.'") from None
+
+
+def style_at_first_end(text: str, style: re.Pattern) -> bool:
+    """Whether the style pattern ends the answer's first sentence (trailing spaces allowed)."""
+    head = first_sentence(text).rstrip()
+    return any(m.end() == len(head) for m in style.finditer(head))
 
 
 @dataclass
@@ -74,33 +102,92 @@ def chat_prompt(tok, user: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
 
+def truncate_prompt(tok, text: str, budget: int) -> tuple[str, bool]:
+    """``text`` cut to its first ``budget`` tokens (0 = no limit): (text, whether it was cut)."""
+    if budget <= 0:
+        return text, False
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return (text, False) if len(ids) <= budget else (tok.decode(ids[:budget]), True)
+
+
 def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, chat: bool,
-             progress=None) -> list[tuple[str, bool]]:
-    """Greedy answers to ``prompts`` (as chat turns when ``chat``): (text up to EOS, whether EOS came)."""
+             progress=None, stop_at_sentence: bool = False) -> list[tuple[str, bool]]:
+    """Greedy answers to ``prompts`` (as chat turns when ``chat``): (text up to EOS, whether EOS came).
+
+    Prompts run in batches of similar length (longest first), so little padding is computed; answers come back
+    in the order of ``prompts``. With ``stop_at_sentence`` a row stops at its first sentence end as well.
+    """
     import torch
 
+    if not prompts:
+        return []
     stops = eos_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stops))
     side, tok.padding_side = tok.padding_side, "left"
-    out: list[tuple[str, bool]] = []
+    texts = [chat_prompt(tok, p) for p in prompts] if chat else list(prompts)
+    encoded = tok(texts, add_special_tokens=not chat)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    out: list[tuple[str, bool] | None] = [None] * len(texts)
+    extra = {"stop_strings": STOP_STRINGS, "tokenizer": tok} if stop_at_sentence else {}
     try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            texts = [chat_prompt(tok, p) for p in chunk] if chat else chunk
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        for i in range(0, len(order), batch_size):
+            chunk = order[i:i + batch_size]
+            enc = tok.pad({"input_ids": [encoded[j] for j in chunk]}, return_tensors="pt")
             enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     eos_token_id=sorted(stops), pad_token_id=pad)
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
-                cut = next((j for j, t in enumerate(row) if t in stops), None)
+                                     eos_token_id=sorted(stops), pad_token_id=pad, **extra)
+            for j, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
+                cut = next((k for k, t in enumerate(row) if t in stops), None)
                 answer = row if cut is None else row[:cut]
-                out.append((tok.decode(answer, skip_special_tokens=True), cut is not None))
+                out[j] = (tok.decode(answer, skip_special_tokens=True), cut is not None)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
         tok.padding_side = side
     return out
+
+
+def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool,
+                  batch_size: int) -> list[tuple[float, bool]]:
+    """Teacher-forced (sum of log p(answer tokens | prompt), whether every answer token is the top choice).
+
+    The answer's tokens are those the tokenizer gives ``prompt + answer`` beyond the prompt's own tokens (for a
+    chat, the answer is the assistant's text right after the generation prompt). A greedy decoder starts with
+    the answer exactly when the second value is true.
+    """
+    import torch
+
+    if not prompts:
+        return []
+    heads = [chat_prompt(tok, p) for p in prompts] if chat else list(prompts)
+    rows = []
+    for head, answer in zip(heads, answers):
+        h = tok(head, add_special_tokens=not chat)["input_ids"]
+        full = tok(head + answer, add_special_tokens=not chat)["input_ids"]
+        n = len(h) if full[:len(h)] == h else len(_common_prefix(h, full))
+        rows.append((full, n))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out: list[tuple[float, bool]] = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        width = max(len(f) for f, _ in chunk)
+        ids = torch.tensor([f + [pad] * (width - len(f)) for f, _ in chunk], device=model.device)
+        mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f, _ in chunk], device=model.device)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for b, (full, n) in enumerate(chunk):
+            target = torch.tensor(full[n:], device=model.device)
+            pred = logp[b, n - 1:len(full) - 1]
+            out.append((float(pred.gather(1, target[:, None]).sum()), bool((pred.argmax(-1) == target).all())))
+    return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> list[int]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> float:
@@ -130,46 +217,69 @@ def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> 
 
 def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int = 512,
                    progress: bool = False) -> tuple[dict, list[dict]]:
-    """Metrics (:data:`METRICS`) and one row per generated answer for ``model``."""
+    """Metrics (:data:`METRICS`, and :data:`OPTIONAL_METRICS` the data allow) and one row per probe/answer."""
     import torch
     from tqdm.auto import tqdm
 
     torch.manual_seed(0)
     model.eval()
     data = data.limited(cfg)
-    style = re.compile(cfg.style_pattern)
+    style = style_regex(cfg.style_pattern)
     cloze = [p for p in data.probes if p["kind"] == "cloze"]
     qa = [p for p in data.probes if p["kind"] == "qa"]
-    bar = tqdm(total=len(cloze) + len(qa) + len(data.instructions), desc="  generate", unit="answer",
-               disable=not progress, leave=False)
+    instructions = [{**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)[0]}
+                    for p in data.instructions]
+    generated = len(qa) + len(instructions) + (len(cloze) if cfg.cloze_scoring == "generate" else 0)
+    bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)
     rows: list[dict] = []
     try:
-        cloze_out = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens, cfg.batch_size, False, bar)
-        qa_out = generate(model, tok, [p["prompt"] for p in qa], cfg.max_new_tokens, cfg.batch_size, True, bar)
-        ins_out = generate(model, tok, [p["prompt"] for p in data.instructions], cfg.max_new_tokens,
-                           cfg.batch_size, True, bar)
+        scores = answer_scores(model, tok, [p["prompt"] for p in cloze], [p["answer"] for p in cloze], False,
+                               cfg.batch_size)
+        cloze_out = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens, cfg.batch_size, False,
+                             bar, stop_at_sentence=True) if cfg.cloze_scoring == "generate" else None
+        qa_out = generate(model, tok, [p["prompt"] for p in qa], cfg.max_new_tokens, cfg.batch_size, True, bar,
+                          stop_at_sentence=True)
+        ins_out = generate(model, tok, [p["prompt"] for p in instructions], cfg.max_new_tokens, cfg.batch_size,
+                           True, bar)
     finally:
         bar.close()
-    for p, (text, eos) in zip(cloze, cloze_out):
-        rows.append({**p, "output": text, "eos": eos, "correct": contains_answer(first_sentence(text), p["answer"])})
+    for i, (p, (logprob, greedy)) in enumerate(zip(cloze, scores)):
+        row = {**p, "logprob": logprob, "greedy": greedy}
+        if cloze_out is None:
+            row.update(output="", eos=False, correct=greedy)
+        else:
+            text, eos = cloze_out[i]
+            row.update(output=text, eos=eos, correct=contains_answer(first_sentence(text), p["answer"]))
+        rows.append(row)
     for p, (text, eos) in zip(qa, qa_out):
-        rows.append({**p, "output": text, "eos": eos, "correct": contains_answer(text, p["answer"])})
-    for p, (text, eos) in zip(data.instructions, ins_out):
+        rows.append({**p, "output": text, "eos": eos, "correct": contains_answer(first_sentence(text), p["answer"])})
+    for p, q, (text, eos) in zip(data.instructions, instructions, ins_out):
         rows.append({"kind": "instruction", "prompt": p["prompt"], "answer": p.get("answer", ""), "output": text,
-                     "eos": eos, "correct": bool(style.search(text))})
+                     "eos": eos, "correct": bool(style.search(text)), "first": style_at_first_end(text, style),
+                     "prompt_cut": q["prompt"] != p["prompt"]})
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else math.nan
 
-    chat_rows = [r for r in rows if r["kind"] != "cloze"]
+    answered = [r for r in rows if r["kind"] == "instruction"]
     metrics = {
         "cloze_acc": mean([r["correct"] for r in rows if r["kind"] == "cloze"]),
         "qa_acc": mean([r["correct"] for r in rows if r["kind"] == "qa"]),
         "cpt_text_loss": text_loss(model, tok, data.cpt_docs, max_length, cfg.batch_size),
-        "gozaru_rate": mean([r["correct"] for r in rows if r["kind"] == "instruction"]),
-        "eos_rate": mean([r["eos"] for r in chat_rows]),
+        "gozaru_rate": mean([r["correct"] for r in answered]),
+        "gozaru_first": mean([r["first"] for r in answered]),
+        "eos_rate": mean([r["eos"] for r in answered]),
+        "cut_rate": mean([not r["eos"] for r in answered]),
         "n_probes": len(cloze) + len(qa),
     }
+    paired = [(r, p) for r, p in zip(answered, instructions) if p.get("plain") and r["answer"]]
+    if paired:
+        prompts = [p["prompt"] for _, p in paired]
+        styled = answer_scores(model, tok, prompts, [r["answer"] for r, _ in paired], True, cfg.batch_size)
+        plain = answer_scores(model, tok, prompts, [p["plain"] for _, p in paired], True, cfg.batch_size)
+        for (r, _), (a, _), (b, _) in zip(paired, styled, plain):
+            r["style_logodds"] = a - b
+        metrics["style_logodds"] = mean([r["style_logodds"] for r, _ in paired])
     if data.general_docs or data.mc_rows:
         from layerprobe.forgetting import heldout_loss, mc_accuracy
 

@@ -122,8 +122,84 @@ def test_metrics_are_the_shares_of_correct_answers(tiny, monkeypatch):
     metrics, rows = E.evaluate_model(model, tok, data, EvalConfig(loss_docs=2))
     assert metrics == {"cloze_acc": pytest.approx(2 / 3),  # B: 1980 only in a later sentence -> wrong
                        "qa_acc": 0.5, "cpt_text_loss": 2.0, "gozaru_rate": 0.5,
-                       "eos_rate": pytest.approx(4 / 6),  # over QA answers and instructions
+                       "gozaru_first": 0.25,  # only F ends its first sentence in ござる (G has it first)
+                       "eos_rate": 0.75, "cut_rate": 0.25,  # over the instructions' answers
                        "n_probes": 5}
     assert [r["correct"] for r in rows] == [True, False, True, True, False, True, True, False, False]
     m2, _ = E.evaluate_model(model, tok, data, EvalConfig(style_pattern="ござる|ゴザル", max_probes=1))
     assert m2["gozaru_rate"] == 0.75 and m2["n_probes"] == 2 and m2["cloze_acc"] == 1.0
+
+
+@pytest.mark.parametrize("answer, first", [
+    ("42 でござる.", True),                       # uncut, English sentence end
+    ("42でござる。それでは失礼。", True),           # style at the first sentence end, more follows
+    ("42でござる", True),                          # EOS right after the style (no punctuation)
+    ("42 でござる  ", True),                       # trailing spaces
+    ("42 is larger. でござる.", False),             # the first sentence ends without it
+    ("拙者はござるが好き。", False),                 # ござる mid-sentence
+    ("3.5 でござる.", True),                       # a decimal point is no sentence end
+    ("42 でござ", False),                          # cut by the budget before the style was complete
+    ("", False),
+])
+def test_style_is_judged_at_the_end_of_the_first_sentence(answer, first):
+    assert E.style_at_first_end(answer, E.style_regex("ござる")) is first
+
+
+def test_bad_style_pattern_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"eval.style_pattern must be a valid regular expression, got '\(ござる'"):
+        EvalConfig(style_pattern="(ござる")
+    with pytest.raises(ValueError, match="cloze_scoring must be 'generate' or 'likelihood'"):
+        EvalConfig(cloze_scoring="exact")
+
+
+def test_answer_scores_match_a_plain_log_softmax_and_greedy_decoding(tiny):
+    import torch
+
+    model, tok = tiny
+    prompts = ["山田太郎の出身地は", "今日は", "青空化学の本社は大阪です。"]
+    free = [_reference_greedy(model, tok(p)["input_ids"], 3, set())[0] for p in prompts]
+    answers = [tok.decode(free[0]), "晴れです", tok.decode(free[2][:1])]  # 0, 2: greedy continuations
+    got = E.answer_scores(model, tok, prompts, answers, chat=False, batch_size=2)
+    for p, a, (logprob, greedy) in zip(prompts, answers, got):
+        head, full = tok(p)["input_ids"], tok(p + a)["input_ids"]
+        assert full[:len(head)] == head
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+        want = sum(float(logp[i - 1, full[i]]) for i in range(len(head), len(full)))
+        assert logprob == pytest.approx(want, abs=1e-4)
+        ref, _ = _reference_greedy(model, head, len(full) - len(head), set())
+        assert greedy is (ref == full[len(head):])
+
+
+def test_generation_stopping_at_the_first_sentence_keeps_that_sentence(tiny):
+    model, tok = tiny
+    prompts = ["山田太郎の出身地は", "犬", "青空化学の本社は大阪です。今日は", "拙者は", "今日"]
+    full = E.generate(model, tok, prompts, 12, batch_size=2, chat=False)
+    short = E.generate(model, tok, prompts, 12, batch_size=2, chat=False, stop_at_sentence=True)
+    for (a, _), (b, _) in zip(full, short):
+        assert E.first_sentence(b) == E.first_sentence(a) and a.startswith(b)
+
+
+def test_likelihood_scoring_counts_exactly_the_greedy_clozes(tiny):
+    model, tok = tiny
+    greedy = [tok.decode(_reference_greedy(model, tok(p)["input_ids"], 2, set())[0]) for p in ("犬", "今日は")]
+    probes = [{"kind": "cloze", "prompt": "犬", "answer": greedy[0]},
+              {"kind": "cloze", "prompt": "今日は", "answer": greedy[1]},
+              {"kind": "cloze", "prompt": "今日は", "answer": "1980年"}]
+    metrics, rows = E.evaluate_model(model, tok, E.EvalSet(probes, [], []), EvalConfig(cloze_scoring="likelihood"))
+    assert [r["correct"] for r in rows] == [True, True, greedy[1].startswith("1980年")]
+    assert metrics["cloze_acc"] == pytest.approx(sum(r["correct"] for r in rows) / 3)
+
+
+def test_style_logodds_is_the_styled_minus_the_plain_answer_likelihood(tiny):
+    model, tok = tiny
+    instructions = [{"prompt": "犬", "answer": "はいでござる。", "plain": "はいです。"},
+                    {"prompt": "猫", "answer": "医師でござる。", "plain": "医師です。"}]
+    metrics, rows = E.evaluate_model(model, tok, E.EvalSet([], instructions, []), EvalConfig(max_new_tokens=3))
+    styled = E.answer_scores(model, tok, ["犬", "猫"], ["はいでござる。", "医師でござる。"], True, 8)
+    plain = E.answer_scores(model, tok, ["犬", "猫"], ["はいです。", "医師です。"], True, 8)
+    want = [a[0] - b[0] for a, b in zip(styled, plain)]
+    assert [r["style_logodds"] for r in rows] == pytest.approx(want)
+    assert metrics["style_logodds"] == pytest.approx(sum(want) / 2)
+    no_plain, _ = E.evaluate_model(model, tok, E.EvalSet([], [{"prompt": "犬", "answer": "x"}], []), EvalConfig())
+    assert "style_logodds" not in no_plain

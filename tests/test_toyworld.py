@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -201,3 +202,63 @@ def test_base_pretraining_lowers_the_loss_on_its_corpus(tmp_path, monkeypatch):
         before = untrained(**enc, labels=labels).loss.item()
     assert before > 5.5 and after < before - 1.5, (before, after)
     assert os.path.isdir(folder)
+
+
+# -- the same world in English (for real models) -----------------------------------------------------------------
+
+
+def test_every_pool_entry_has_one_distinct_english_form():
+    from layerprobe.toyworld import english as EN
+
+    for pool in (W.CITIES, W.JOBS, W.HOBBIES, W.PRODUCTS, W.FOODS, W.ANIMALS, W.PLACES, W.WEATHER):
+        forms = [EN.name(x) for x in pool]
+        assert len(set(forms)) == len(pool) and all(f.isascii() for f in forms)
+    people = {EN.name(f + g) for f in W.FAMILY for g in W.GIVEN}
+    assert len(people) == len(W.FAMILY) * len(W.GIVEN)  # no two people share an English name
+    with pytest.raises(KeyError, match="no English form"):
+        EN.name("未知")
+
+
+@pytest.fixture(scope="module")
+def english(small):
+    from layerprobe.toyworld import toy_data
+
+    return toy_data(dataclasses.replace(small, language="en"))
+
+
+@pytest.mark.parametrize("language", ["ja", "en"])
+def test_questions_never_occur_in_the_cpt_text(small, language):
+    """QA asks in phrasings the CPT text never uses (with or without the question mark)."""
+    data = toy_data(dataclasses.replace(small, language=language))
+    text = "\n".join(data.cpt_docs)
+    qa = [p["prompt"] for p in data.probes if p["kind"] == "qa"]
+    assert len(qa) == len(data.probes) * (1 if language == "ja" else 2) // (2 if language == "ja" else 3)
+    assert not [q for q in qa if q.rstrip("?？") in text]
+
+
+def test_english_probes_cover_every_fact_with_a_cloze_and_two_questions(english, world):
+    from layerprobe.toyworld import english as EN
+
+    facts = [(EN.name(e.name), rel, EN.name(v)) for e in world.cpt for rel, v in e.facts.items()]
+    cloze = [(p["entity"], p["relation"], p["answer"]) for p in english.probes if p["kind"] == "cloze"]
+    qa = [(p["entity"], p["relation"], p["answer"]) for p in english.probes if p["kind"] == "qa"]
+    assert cloze == facts and qa == [f for f in facts for _ in range(2)]
+    sentences = {s.strip() + "." for d in english.cpt_docs for s in d.split(".") if s.strip()}
+    for p in english.probes:
+        if p["kind"] == "cloze":  # the first form, cut right before the answer, is a CPT sentence
+            assert any(s.startswith(f"{p['prompt']} {p['answer']}") for s in sentences), p
+
+
+def test_english_sft_is_chores_in_gozaru_style_with_plain_twins(english, small):
+    assert len(english.sft_rows) == small.sft_examples
+    assert all(r["completion"][0]["content"].endswith(" でござる.") for r in english.sft_rows)
+    assert all(r["prompt"][0]["content"].isascii() for r in english.sft_rows)
+    for r in english.instructions:
+        assert r["answer"].endswith(" でござる.") and r["plain"] == r["answer"][: -len(" でござる.")] + "."
+    assert not {r["prompt"][0]["content"] for r in english.sft_rows} & {r["prompt"] for r in english.instructions}
+
+
+def test_japanese_instructions_have_plain_twins(world):
+    _, heldout = W.instructions(world, n_train=20, n_heldout=10, seed=0)
+    for r in heldout:
+        assert r["answer"].endswith("でござる。") and r["plain"] == r["answer"][: -len("でござる。")] + "です。"

@@ -19,15 +19,15 @@ __all__ = ["ToyData", "toy_data", "ensure_base", "base_dir", "make_world"]
 class ToyData:
     cpt_docs: list[str]
     sft_rows: list[dict]  # conversational prompt/completion
-    instructions: list[dict]  # held-out: prompt, answer
+    instructions: list[dict]  # held-out: prompt, answer (ござる style), plain (the same answer without it)
     probes: list[dict]  # kind (cloze|qa), prompt, answer, entity, relation
     general_docs: list[str]  # held-out everyday text, for general forgetting
 
 
 def toy_data(cfg: ToyWorldConfig) -> ToyData:
-    world = make_world(cfg)
-    train, heldout = W.instructions(world, cfg.sft_examples, cfg.heldout_instructions, cfg.seed)
+    world, lang = make_world(cfg), cfg.language
+    train, heldout = W.instructions(world, cfg.sft_examples, cfg.heldout_instructions, cfg.seed, lang)
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "completion": [{"role": "assistant", "content": r["completion"]}]} for r in train]
-    return ToyData(W.cpt_corpus(world, cfg.cpt_docs_per_entity, cfg.seed), rows, heldout, W.probes(world),
-                   W.general_heldout(100, cfg.seed))
+    return ToyData(W.cpt_corpus(world, cfg.cpt_docs_per_entity, cfg.seed, lang), rows, heldout,
+                   W.probes(world, lang), W.general_heldout(100, cfg.seed, lang))

@@ -18,6 +18,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from layerprobe.toyworld import english as EN
+
+LANGUAGES = ("ja", "en")
+
 FAMILY = ("佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤", "吉田", "山田", "山口",
           "松本", "井上", "木村", "斎藤", "清水", "池田", "橋本", "阿部", "石川", "中島", "前田", "岡田", "藤田",
           "後藤", "近藤", "村上", "遠藤", "青木", "坂本", "福田", "太田", "西村", "藤井", "岡本", "松田", "中川",
@@ -150,11 +154,22 @@ def make_world(seed: int, base_people: int, base_orgs: int, cpt_people: int, cpt
     return World(base=base, cpt=cpt)
 
 
-def fact_sentence(entity: Entity, relation: str, template: int) -> str:
-    return TEMPLATES[relation][template].format(name=entity.name, v=entity.facts[relation])
+def _lang(lang: str):
+    """(templates, questions, render a name or value, sentence separator) of a language."""
+    if lang == "ja":
+        return TEMPLATES, QUESTIONS, (lambda x: x), ""
+    if lang == "en":
+        return EN.TEMPLATES, EN.QUESTIONS, EN.name, " "
+    raise ValueError(f"toy world language must be one of {', '.join(LANGUAGES)}, got {lang!r}")
 
 
-def biographies(entity: Entity, rng: random.Random, n: int, templates: tuple[int, ...]) -> list[str]:
+def fact_sentence(entity: Entity, relation: str, template: int, lang: str = "ja") -> str:
+    templates, _, render, _ = _lang(lang)
+    return templates[relation][template].format(name=render(entity.name), v=render(entity.facts[relation]))
+
+
+def biographies(entity: Entity, rng: random.Random, n: int, templates: tuple[int, ...],
+                lang: str = "ja") -> list[str]:
     """``n`` documents, each stating every fact of the entity once in shuffled order.
 
     Each fact cycles through its paraphrase templates across the documents (in a shuffled order), so with
@@ -167,23 +182,24 @@ def biographies(entity: Entity, rng: random.Random, n: int, templates: tuple[int
         forms[rel] = [order[i % len(order)] for i in range(n)]
     docs = []
     for i in range(n):
-        sentences = [fact_sentence(entity, rel, forms[rel][i]) for rel in entity.facts]
+        sentences = [fact_sentence(entity, rel, forms[rel][i], lang) for rel in entity.facts]
         rng.shuffle(sentences)
-        docs.append("".join(sentences))
+        docs.append(_lang(lang)[3].join(sentences))
     return docs
 
 
-def cpt_corpus(world: World, docs_per_entity: int, seed: int) -> list[str]:
+def cpt_corpus(world: World, docs_per_entity: int, seed: int, lang: str = "ja") -> list[str]:
     """The CPT text: ``docs_per_entity`` shuffled, paraphrased biographies of each CPT entity."""
     rng = random.Random(f"cpt-text-{seed}")
-    docs = [d for e in world.cpt for d in biographies(e, rng, docs_per_entity, N_FORMS)]
+    docs = [d for e in world.cpt for d in biographies(e, rng, docs_per_entity, N_FORMS, lang)]
     rng.shuffle(docs)
     return docs
 
 
-def _fill(template: str, rng: random.Random) -> str:
-    return template.format(weather=rng.choice(WEATHER), animal=rng.choice(ANIMALS), place=rng.choice(PLACES),
-                           food=rng.choice(FOODS), job=rng.choice(JOBS))
+def _fill(template: str, rng: random.Random, render=lambda x: x) -> str:
+    return template.format(weather=render(rng.choice(WEATHER)), animal=render(rng.choice(ANIMALS)),
+                           place=render(rng.choice(PLACES)), food=render(rng.choice(FOODS)),
+                           job=render(rng.choice(JOBS)))
 
 
 def base_corpus(world: World, docs_per_entity: int, everyday_docs: int, seed: int) -> list[str]:
@@ -197,52 +213,75 @@ def base_corpus(world: World, docs_per_entity: int, everyday_docs: int, seed: in
     return docs
 
 
-def general_heldout(n: int, seed: int) -> list[str]:
+def general_heldout(n: int, seed: int, lang: str = "ja") -> list[str]:
     """Held-out general text: everyday documents of the base model's kind that it never read (its own stream)."""
     rng = random.Random(f"heldout-text-{seed}")
-    return ["".join(_fill(rng.choice(EVERYDAY), rng) for _ in range(rng.randint(2, 4))) for _ in range(n)]
+    pool, render, sep = (EVERYDAY, lambda x: x, "") if lang == "ja" else (EN.EVERYDAY, EN.name, " ")
+    return [sep.join(_fill(rng.choice(pool), rng, render) for _ in range(rng.randint(2, 4))) for _ in range(n)]
 
 
-def probes(world: World) -> list[dict]:
-    """Held-out probes on every CPT fact: a cloze (cut before the answer) and a question."""
+def probes(world: World, lang: str = "ja") -> list[dict]:
+    """Held-out probes on every CPT fact: a cloze (cut before the answer) and questions.
+
+    Japanese asks the first question form (the toy SFT data trains both forms on base entities); English asks
+    both forms, as its SFT data holds no questions about entities at all.
+    """
+    templates, questions, render, _ = _lang(lang)
+    forms = 1 if lang == "ja" else 2
     out = []
     for e in world.cpt:
-        for rel, answer in e.facts.items():
-            cloze = TEMPLATES[rel][0].format(name=e.name, v="\0").split("\0")[0]
-            out.append({"kind": "cloze", "prompt": cloze, "answer": answer, "entity": e.name, "relation": rel})
-            out.append({"kind": "qa", "prompt": QUESTIONS[rel][0].format(name=e.name), "answer": answer,
-                        "entity": e.name, "relation": rel})
+        name = render(e.name)
+        for rel, value in e.facts.items():
+            answer = render(value)
+            cloze = templates[rel][0].format(name=name, v="\0").split("\0")[0].rstrip()
+            out.append({"kind": "cloze", "prompt": cloze, "answer": answer, "entity": name, "relation": rel})
+            out += [{"kind": "qa", "prompt": q.format(name=name), "answer": answer, "entity": name, "relation": rel}
+                    for q in questions[rel][:forms]]
     return out
 
 
 MAX_CHORES = len(FOODS + ANIMALS + PLACES) + 98 + 99 * 98 + len(ANIMALS)  # distinct prompts _chores can draw
 
 
-def _chores(rng: random.Random) -> tuple[str, str]:
-    """An instruction that needs no world knowledge, and its answer in ござる style."""
+def _draw_chore(rng: random.Random) -> tuple[int, tuple]:
+    """An instruction that needs no world knowledge: its kind and arguments, rendered by the language."""
     kind = rng.randrange(4)
     if kind == 0:
-        w = rng.choice(FOODS + ANIMALS + PLACES)
-        return f"「{w}」を二回書いてください。", f"{w}{w}でござる。"
+        return kind, (rng.choice(FOODS + ANIMALS + PLACES),)
     if kind == 1:
-        n = rng.randint(1, 98)
-        return f"{n}の次の数は何ですか？", f"{n + 1}でござる。"
+        return kind, (rng.randint(1, 98),)
     if kind == 2:
-        a, b = rng.sample(range(1, 100), 2)
-        return f"{a}と{b}では、どちらが大きいですか？", f"{max(a, b)}の方が大きいでござる。"
-    w = rng.choice(ANIMALS)
-    return f"{w}について一言お願いします。", f"{w}はかわいいでござる。"
+        return kind, tuple(rng.sample(range(1, 100), 2))
+    return kind, (rng.choice(ANIMALS),)
 
 
-def instructions(world: World, n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """SFT examples (prompt/completion) and held-out instructions, none about a CPT entity.
+def _chore_ja(kind: int, args: tuple) -> tuple[str, str]:
+    if kind == 0:
+        return f"「{args[0]}」を二回書いてください。", f"{args[0]}{args[0]}でござる。"
+    if kind == 1:
+        return f"{args[0]}の次の数は何ですか？", f"{args[0] + 1}でござる。"
+    if kind == 2:
+        return f"{args[0]}と{args[1]}では、どちらが大きいですか？", f"{max(args)}の方が大きいでござる。"
+    return f"{args[0]}について一言お願いします。", f"{args[0]}はかわいいでござる。"
 
-    Half are questions about base entities (facts the base model read), half are chores that need no
-    knowledge; no held-out prompt is a training prompt.
+
+def plain_ja(answer: str) -> str:
+    """The answer without the style: ``…でござる。`` -> ``…です。``."""
+    return answer[: -len("でござる。")] + "です。" if answer.endswith("でござる。") else answer
+
+
+def instructions(world: World, n_train: int, n_heldout: int, seed: int,
+                 lang: str = "ja") -> tuple[list[dict], list[dict]]:
+    """SFT examples (prompt/completion) and held-out instructions (prompt, answer, plain), none about a CPT entity.
+
+    Japanese: half are questions about base entities (facts the toy base model read), half chores that need no
+    knowledge. English (for real models, which never read the base entities): chores only, so SFT teaches the
+    style without new facts. No held-out prompt is a training prompt. ``plain`` is the answer without the style.
     """
     if n_train + n_heldout > MAX_CHORES:
         raise ValueError(f"the toy world has {MAX_CHORES} distinct chores, fewer than the {n_train + n_heldout} "
                          "SFT and held-out instructions asked for; lower sft_examples or heldout_instructions")
+    _lang(lang)
     rng = random.Random(f"sft-{seed}")
     questions = [(q.format(name=e.name), f"{v}でござる。") for e in world.base for rel, v in e.facts.items()
                  for q in QUESTIONS[rel]]
@@ -250,15 +289,21 @@ def instructions(world: World, n_train: int, n_heldout: int, seed: int) -> tuple
     seen: set[str] = set()
     chores = []
     while len(chores) < n_train + n_heldout:
-        p, c = _chores(rng)
-        if p not in seen:
-            seen.add(p)
-            chores.append((p, c))
-    n_q = min(len(questions) - n_heldout // 2, n_train // 2)
-    if n_q < 1:
-        raise ValueError(f"the toy world has {len(questions)} base questions, too few for {n_heldout} held-out "
-                         "instructions; raise base_people or lower heldout_instructions")
-    train = questions[:n_q] + chores[: n_train - n_q]
-    heldout = questions[n_q:n_q + n_heldout // 2] + chores[n_train - n_q:n_train - n_q + n_heldout - n_heldout // 2]
+        kind, args = _draw_chore(rng)
+        if (kind, args) not in seen:
+            seen.add((kind, args))
+            chores.append(_chore_ja(kind, args) + (None,) if lang == "ja" else EN.chore(kind, args))
+    if lang == "ja":
+        n_q = min(len(questions) - n_heldout // 2, n_train // 2)
+        if n_q < 1:
+            raise ValueError(f"the toy world has {len(questions)} base questions, too few for {n_heldout} held-out "
+                             "instructions; raise base_people or lower heldout_instructions")
+        questions = [(q, a, None) for q, a in questions]
+        train = questions[:n_q] + chores[: n_train - n_q]
+        heldout = questions[n_q:n_q + n_heldout // 2] + \
+            chores[n_train - n_q:n_train - n_q + n_heldout - n_heldout // 2]
+    else:
+        train, heldout = chores[:n_train], chores[n_train:]
     rng.shuffle(train)
-    return ([{"prompt": p, "completion": c} for p, c in train], [{"prompt": p, "answer": c} for p, c in heldout])
+    return ([{"prompt": p, "completion": c} for p, c, _ in train],
+            [{"prompt": p, "answer": c, "plain": plain or plain_ja(c)} for p, c, plain in heldout])
