@@ -451,58 +451,8 @@ def effects(records: pd.DataFrame) -> pd.DataFrame:
 
 def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,
                      metrics: Sequence[str] | None = None) -> list[Path]:
-    """Per metric: bars of the effect per layer (left) and per other group (right), revert on top (value - tuned),
-    apply below (value - base); a dashed line marks the full SFT effect. With ``cells`` groups, also a layer x
-    block heatmap of the revert effect per metric."""
-    from layerprobe.plot import save_figure  # first: it selects the Agg backend
+    """Per metric: bars of the effect per layer and per other group, revert on top, apply below (see
+    :func:`layerprobe.plot.effects.attribution_figures`, which draws them)."""
+    from layerprobe.plot.effects import attribution_figures
 
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    e = effects(records)
-    metrics = list(metrics) if metrics else list(dict.fromkeys(e["metric"]))
-    out = Path(out_dir)
-    paths = []
-    for metric in metrics:
-        m = e[e["metric"] == metric]
-        if m.empty:
-            raise ValueError(f"no attribution rows for metric {metric!r}; the records have "
-                             f"{sorted(e['metric'].unique())}")
-        is_layer = (m["layer"] >= 0) & (m["block"] == "")
-        is_cell = (m["layer"] >= 0) & (m["block"] != "")
-        modes = [mode for mode in MODES if (m["mode"] == mode).any()]
-        fig, axes = plt.subplots(len(modes), 2, figsize=(11, 2.8 * len(modes) + 0.6), squeeze=False,
-                                 gridspec_kw={"width_ratios": [2, 1]})
-        for row, mode in enumerate(modes):
-            full = m["sft_effect"].iloc[0] * (-1 if mode == "revert" else 1)
-            ylabel = f"{mode} G: {metric} - {'tuned' if mode == 'revert' else 'base'}"
-            for col, part in enumerate((m[is_layer & (m["mode"] == mode)].sort_values("layer"),
-                                        m[~is_layer & ~is_cell & (m["mode"] == mode)])):
-                ax = axes[row][col]
-                if part.empty:
-                    ax.set_axis_off()
-                    continue
-                labels = part["layer"].astype(str) if col == 0 else part["group"]
-                ax.bar(range(len(part)), part["effect"], color=np.where(part["effect"] >= 0, "#4c72b0", "#c44e52"))
-                ax.set_xticks(range(len(part)), labels, rotation=0 if col == 0 else 45,
-                              ha="center" if col == 0 else "right", fontsize=8)
-                ax.axhline(0, color="black", lw=0.6)
-                ax.axhline(full, color="gray", ls="--", lw=0.8, label=f"whole SFT change ({full:+.3g})")
-                ax.set_xlabel("layer" if col == 0 else "group")
-                if col == 0:
-                    ax.set_ylabel(ylabel, fontsize=8)
-                    ax.legend(fontsize=7, loc="best")
-        fig.suptitle(f"{metric}: revert G = base on G (effect vs tuned); apply G = tuned on G only (effect vs base)",
-                     fontsize=9)
-        paths.append(save_figure(fig, out / f"attribute_{metric}.png"))
-        cells = m[is_cell & (m["mode"] == "revert")]
-        if not cells.empty:
-            grid = cells.pivot_table(index="layer", columns="block", values="effect", aggfunc="first")
-            grid = grid[[b for b in BLOCKS if b in grid.columns]].sort_index(ascending=False)
-            span = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
-            fig, ax = plt.subplots(figsize=(1.6 + 1.1 * grid.shape[1], 1.6 + 0.32 * len(grid)))
-            sns.heatmap(grid, ax=ax, cmap="vlag", center=0, vmin=-span, vmax=span, annot=grid.size <= 150,
-                        fmt=".2g", annot_kws={"fontsize": 7}, cbar_kws={"label": f"revert: {metric} - tuned"})
-            ax.set_title(f"revert one block of one layer: change of {metric}", fontsize=9)
-            paths.append(save_figure(fig, out / f"attribute_cells_{metric}.png"))
-    return paths
+    return attribution_figures(records, out_dir, metrics)

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "attribute", "sweep")
+COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "attribute", "sweep", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

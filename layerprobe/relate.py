@@ -381,31 +381,11 @@ def relate_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], config: 
 
 def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out_png: str | os.PathLike,
                 alpha: float = 0.05) -> Path:
-    """Layer x block heatmap of rho for one (feature, phase, outcome); '*' marks q < alpha. Layer -1 = outside
-    the decoder stack (embeddings, final norm, head)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    """Layer x block heatmap of rho for one (feature, phase, outcome); '*' marks q < alpha (drawn by
+    :func:`layerprobe.plot.effects.heatmap_rho`)."""
+    from layerprobe.plot.effects import heatmap_rho as draw
 
-    from layerprobe.plot import BLOCK_ORDER, save_figure  # selects the Agg backend
-
-    d = table[(table["feature"] == feature) & (table["phase"] == phase) & (table["outcome"] == outcome)]
-    if d.empty:
-        raise ValueError(f"no rows for feature {feature!r}, phase {phase!r}, outcome {outcome!r} in the table")
-    rho = d.pivot_table(index="layer", columns="block", values="rho", aggfunc="first", dropna=False)
-    q = d.pivot_table(index="layer", columns="block", values="q", aggfunc="first", dropna=False)
-    cols = [b for b in BLOCK_ORDER if b in rho.columns] + [b for b in rho.columns if b not in BLOCK_ORDER]
-    rho, q = rho[cols].sort_index(ascending=False), q[cols].sort_index(ascending=False)
-    labels = rho.map(lambda v: "" if not np.isfinite(v) else f"{v:.2f}") + q.map(
-        lambda v: "*" if np.isfinite(v) and v < alpha else "")
-    rho.index = ["outside" if i < 0 else str(i) for i in rho.index]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(cols), 1.6 + 0.32 * len(rho)))
-    sns.heatmap(rho, ax=ax, cmap="vlag", center=0, vmin=-1, vmax=1, annot=labels.to_numpy(), fmt="",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": "Spearman rho"}, yticklabels=True)
-    n = int(d["n_runs"].max())
-    ax.set_title(f"{feature} ({phase}) vs {outcome}, {n} runs; * q < {alpha}", fontsize=9)
-    ax.set_xlabel("block")
-    ax.set_ylabel("layer")
-    return save_figure(fig, out_png)
+    return draw(table, feature, phase, outcome, out_png, alpha)
 
 
 def write_outputs(result: RelateResult, out_dir: str | os.PathLike, alpha: float = 0.05) -> list[Path]:

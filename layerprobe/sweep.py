@@ -452,25 +452,46 @@ def collect(sweep: Sweep) -> pd.DataFrame:
         row = {"cell": cell.name, **cell.columns, **flatten(summary), **item_counts(d),
                "reused_cpt_from": info.get("reused_cpt_from") or "",
                "cell_seconds": info.get("seconds", math.nan)}
-        if "cpt.cloze_acc" in row and "sft.cloze_acc" in row:
-            row["retention_drop"] = row["cpt.cloze_acc"] - row["sft.cloze_acc"]
+        row.update(read_outcomes(summary, DIFFERENCES))
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         table.to_csv(sweep.out / RESULTS, index=False)
-        if sweep.plot:
-            cis = plot_sweep(table, sweep.plot, sweep.axes, sweep.figures)
-            cis.to_csv(sweep.out / CI_TABLE, index=False)
-            # the figure folder is what a study commits: the tables go beside the figures
-            table.to_csv(sweep.figures / RESULTS, index=False)
-            cis.to_csv(sweep.figures / CI_TABLE, index=False)
-            if sweep.baseline:
-                metrics = [m for p in _panels(sweep.plot) for m in p if m in table]
-                keys = ["seed"] + [a for a in sweep.axes if a != "group"]
-                paired = paired_table(table, metrics, sweep.baseline, keys)
-                for folder in (sweep.out, sweep.figures):
-                    paired.to_csv(folder / PAIRED_TABLE, index=False)
-                plot_paired(paired, sweep.figures / "paired.png")
+        write_figures(sweep, table, [sweep.out, sweep.figures])
+    return table
+
+
+def write_figures(sweep: Sweep, table: pd.DataFrame, folders: list[Path]) -> None:
+    """The interval tables (ci.csv, paired.csv) into each of ``folders`` and the figures into ``sweep.figures``;
+    the figure folder is what a study commits, so results.csv goes beside the figures too."""
+    if not sweep.plot:
+        return
+    folders = list(dict.fromkeys([*folders, sweep.figures]))
+    cis = plot_sweep(table, sweep.plot, sweep.axes, sweep.figures)
+    for folder in folders:
+        cis.to_csv(folder / CI_TABLE, index=False)
+    table.to_csv(sweep.figures / RESULTS, index=False)
+    if sweep.baseline:
+        metrics = [m for p in _panels(sweep.plot) for m in p if m in table]
+        keys = ["seed"] + [a for a in sweep.axes if a != "group"]
+        paired = paired_table(table, metrics, sweep.baseline, keys)
+        for folder in folders:
+            paired.to_csv(folder / PAIRED_TABLE, index=False)
+        plot_paired(paired, sweep.figures / "paired.png", sweep.baseline)
+
+
+def redraw(sweep: Sweep) -> pd.DataFrame:
+    """Figures and interval tables again from the committed ``<figures>/results.csv`` alone (no cell folders, no
+    training): how a study's figures are regenerated after a change of style."""
+    src = sweep.figures / RESULTS
+    if not src.is_file():
+        raise FileNotFoundError(f"no {src}: expected the sweep's committed results table there; run the sweep "
+                                f"(`layerprobe sweep {sweep.source or 'SWEEP.yaml'}`) or --collect first")
+    table = pd.read_csv(src)
+    for col in ("condition", "group", "reused_cpt_from"):
+        if col in table:
+            table[col] = table[col].fillna("").astype(str)
+    write_figures(sweep, table, [sweep.figures])
     return table
 
 
@@ -528,40 +549,12 @@ def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: l
     return pd.DataFrame(rows)
 
 
-def plot_paired(paired: pd.DataFrame, path: Path) -> None:
-    """One panel per metric: each condition's mean difference from the baseline with its 95 % t interval.
-    Metrics equal in every pair (those of a shared CPT) are left out."""
-    from layerprobe.plot import save_figure  # first: it selects the Agg backend
+def plot_paired(paired: pd.DataFrame, path: Path, baseline: str = "the baseline") -> None:
+    """One panel per metric: each condition's mean difference from the baseline with its 95 % t interval (drawn by
+    :func:`layerprobe.plot.study.paired_panel`). Metrics equal in every pair (those of a shared CPT) are left out."""
+    from layerprobe.plot.study import paired_panel
 
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if paired.empty:
-        return
-    moved = paired.groupby("metric", sort=False)["mean_diff"].apply(lambda d: (d != 0).any())
-    metrics = [m for m, any_moved in moved.items() if any_moved]
-    if not metrics:
-        return
-    sns.set_theme(style="whitegrid", context="paper")
-    conds = list(dict.fromkeys(paired["condition"]))
-    cols = min(4, len(metrics))
-    rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols + 1.2, (0.3 * len(conds) + 1.0) * rows),
-                             sharey=True, squeeze=False)
-    for ax in axes.flat[len(metrics):]:
-        ax.set_visible(False)
-    for ax, m in zip(axes.flat, metrics):
-        d = paired[paired["metric"] == m].set_index("condition").reindex(conds)
-        y = range(len(conds))
-        err = [(d["mean_diff"] - d["lo"]).fillna(0), (d["hi"] - d["mean_diff"]).fillna(0)]
-        ax.errorbar(d["mean_diff"], y, xerr=err, fmt="o", color="black", ecolor="grey", capsize=3, ms=4)
-        ax.axvline(0, color="tab:red", lw=1)
-        ax.set_yticks(list(y))
-        ax.set_yticklabels(conds, fontsize=7)
-        ax.set_title(m, fontsize=8)
-        ax.set_xlabel("difference from baseline", fontsize=7)
-    axes.flat[0].invert_yaxis()  # the axes share y: the conditions read top-down in sweep order
-    save_figure(fig, path, dpi=130)
+    paired_panel(paired, path, baseline)
 
 
 def format_results(table: pd.DataFrame, columns: list[str], metrics: list[str]) -> str:
@@ -585,14 +578,12 @@ def _panels(plot: list) -> list[list[str]]:
 
 
 def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | os.PathLike) -> pd.DataFrame:
-    """One PNG per panel: the mean of each metric per condition with its 95 % interval (see :func:`summarize`).
+    """One figure per panel: the mean of each metric per condition with its 95 % interval (see :func:`summarize`),
+    the design's factors as facets (drawn by :func:`layerprobe.plot.study.sweep_panel`).
 
     Returns the table of means and intervals of every plotted metric (what ci.csv holds).
     """
-    from layerprobe.plot import save_figure  # first: it selects the Agg backend
-
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    from layerprobe.plot.study import sweep_panel
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -604,32 +595,8 @@ def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | 
         panels = [p for p in panels if p]
     by = [a for a in axes if a in table]
     frames = []
-    sns.set_theme(style="whitegrid", context="paper")
     for metrics in panels:
         stats = pd.concat([summarize(table, m, by) for m in metrics], ignore_index=True)
         frames.append(stats)
-        labels = (stats[by].astype(str).apply(lambda r: "\n".join(f"{k}={v}" if len(by) > 1 else str(v)
-                                                                  for k, v in zip(by, r)), axis=1)
-                  if by else pd.Series(["all"] * len(stats)))
-        stats = stats.assign(label=labels.to_numpy())
-        order = list(dict.fromkeys(stats["label"]))
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(order) * len(metrics) + 1.5), 3.6))
-        palette = sns.color_palette("colorblind", len(metrics))
-        width = 0.8 / len(metrics)
-        for j, (m, colour) in enumerate(zip(metrics, palette)):
-            s = stats[stats["metric"] == m].set_index("label").reindex(order)
-            x = [i - 0.4 + width * (j + 0.5) for i in range(len(order))]
-            err = [(s["mean"] - s["lo"]).clip(lower=0).fillna(0), (s["hi"] - s["mean"]).clip(lower=0).fillna(0)]
-            ax.bar(x, s["mean"], width=width * 0.9, color=colour, label=m)
-            ax.errorbar(x, s["mean"], yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
-        ax.set_xticks(range(len(order)))
-        ax.set_xticklabels(order, fontsize=7, rotation=0 if len(by) > 1 or len(order) < 6 else 30,
-                           ha="center" if len(by) > 1 or len(order) < 6 else "right")
-        ax.set_ylabel(metrics[0] if len(metrics) == 1 else "value")
-        ax.set_xlabel(by[0] if len(by) == 1 else "")
-        kinds = sorted(set(stats["ci"]))
-        ax.set_title(f"{' vs '.join(metrics)}  (95 % CI: {'; '.join(kinds)})", fontsize=8)
-        if len(metrics) > 1:
-            ax.legend(fontsize=7)
-        save_figure(fig, out_dir / f"{_safe('+'.join(metrics))}.png", dpi=130)
+        sweep_panel(stats, by, out_dir / f"{_safe('+'.join(metrics))}.png")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

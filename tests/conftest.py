@@ -9,6 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("LAYERPROBE_CHECK_FIGURES", "raise")  # every figure a test draws fails on overlapping texts
 
 
 def make_tiny_llama(hidden: int = 32, layers: int = 2, vocab: int = 64, seed: int = 0, tie: bool = False):

@@ -154,7 +154,7 @@ def test_swapper_round_trip_is_exact_and_cells_point_at_the_planted_block(plante
     assert sorted(zip(hit["layer"], hit["block"])) == [(PLANTED, "attn"), (PLANTED, "mlp")]
     assert res.n_evaluated == 2 + 2 and set(e["mode"]) == {"revert"}
     paths = plot_attribution(res.records, tmp_path, metrics=["dist"])
-    assert [p.name for p in paths] == ["attribute_dist.png", "attribute_cells_dist.png"]
+    assert [p.name for p in paths] == ["attribute_cells_dist.png"]  # cells alone: no bars (no empty figure)
 
 
 def test_two_layers_changed_the_bigger_one_wins_and_matches_surgery(planted, tmp_path):

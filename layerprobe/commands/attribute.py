@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
     parser.add_argument("--no-cache", action="store_true", help="evaluate everything again, keep no cache")
     parser.add_argument("--top", type=int, default=8, metavar="N", help="groups per metric in the printed table")
+    from layerprobe.commands.options import add_format_argument
+
+    add_format_argument(parser)
 
 
 def run(args) -> int:
@@ -111,6 +114,9 @@ def run(args) -> int:
               "share = effect / whole change (1 = this group alone accounts for all of it)")
         print(wide.to_string(float_format=lambda v: f"{v:+.3g}"))
     path = write_table(res.records, out / "attribute.parquet")
-    figures = plot_attribution(res.records, out / "figures")
+    from layerprobe.plot import figure_formats
+
+    with figure_formats(args.format):
+        figures = plot_attribution(res.records, out / "figures")
     print(f"\nwrote {path} and {len(figures)} figures in {out / 'figures'}")
     return 0

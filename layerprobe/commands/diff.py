@@ -19,6 +19,9 @@ def add_arguments(parser) -> None:
                              "gives its dW")
     parser.add_argument("--out", metavar="FILE", help="write the records table (.parquet or .csv)")
     parser.add_argument("--figures", metavar="DIR", help="write layer x module heatmaps (PNG) here")
+    from layerprobe.commands.options import add_format_argument
+
+    add_format_argument(parser)
     parser.add_argument("--allow-missing", action="store_true",
                         help="diff the tensors the checkpoints share and list the others, instead of failing")
     parser.add_argument("--allow-pickle", action="store_true",
@@ -59,15 +62,17 @@ def run(args) -> int:
     if args.out:
         print(f"wrote {len(df)} records to {write_table(df, args.out)}")
     if args.figures:
-        for path in write_figures(df, args.figures, _FIGURES[mode]):
-            print(f"wrote {path}")
+        from layerprobe.plot import figure_formats
+
+        with figure_formats(args.format):
+            for path in write_figures(df, args.figures, _FIGURES[mode]):
+                print(f"wrote {path}")
     return 0
 
 
 def write_figures(df, out_dir, quantities) -> list[Path]:
-    """One layer x module heatmap per quantity (``diff_<quantity>.png``), from the aggregated rows."""
+    """One layer x module heatmap per quantity (``diff_<quantity>.png``), from the aggregated rows; signed
+    quantities (undo_frac, cosines) on the diverging map centred at 0, untouched weights grey."""
     from layerprobe.plot import heatmap_layer_module
 
-    centered = {"undo_frac": 0.0, "cos_cpt_sft": 0.0}
-    return [heatmap_layer_module(df, q, Path(out_dir) / f"diff_{q}.png", phase="diff", center=centered.get(q))
-            for q in quantities]
+    return [heatmap_layer_module(df, q, Path(out_dir) / f"diff_{q}.png", phase="diff") for q in quantities]

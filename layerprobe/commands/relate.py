@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="q-value threshold for a finding (default 0.05)")
     parser.add_argument("--out", metavar="DIR", help="where relate.csv and the heatmaps go (default: SWEEP_DIR/relate)")
     parser.add_argument("--no-figures", action="store_true", help="write the table only")
+    from layerprobe.commands.options import add_format_argument
+
+    add_format_argument(parser)
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows of the printed table (default 10)")
 
 
@@ -52,6 +55,9 @@ def run(args) -> int:
         res.table.to_csv(out / "relate.csv", index=False)
         paths = [out / "relate.csv"]
     else:
-        paths = write_outputs(res, out, cfg.alpha)
+        from layerprobe.plot import figure_formats
+
+        with figure_formats(args.format):
+            paths = write_outputs(res, out, cfg.alpha)
     print(f"\nwrote {paths[0]}" + (f" and {len(paths) - 1} heatmaps in {out}" if len(paths) > 1 else ""))
     return 0

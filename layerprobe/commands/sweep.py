@@ -4,12 +4,15 @@ from __future__ import annotations
 
 HELP = "run a sweep (conditions x grid x seeds, each cell a run folder); resumable; writes results.csv and figures"
 EXAMPLE = ("layerprobe sweep experiments/study_a/sweep.yaml --dry-run\n"
-           "  layerprobe sweep experiments/study_b/sweep.yaml --only 'random*' --set sft.max_steps=20")
+           "  layerprobe sweep experiments/study_b/sweep.yaml --only 'random*' --set sft.max_steps=20\n"
+           "  layerprobe sweep experiments/study_a/sweep.yaml --redraw --format svg   # figures from results.csv")
 SHOWN = ("cpt.cloze_acc", "sft.cloze_acc", "retention_drop", "sft.gozaru_rate", "sft.eos_rate", "cpt.general_loss",
          "sft.general_loss", "cell_seconds")
 
 
 def add_arguments(parser) -> None:
+    from layerprobe.commands.options import add_format_argument
+
     parser.add_argument("config", metavar="CONFIG", help="sweep YAML (base, grid, conditions, seeds, out, plot)")
     parser.add_argument("--out", metavar="DIR", help="sweep folder (default: the YAML's out:)")
     parser.add_argument("--figures", metavar="DIR", help="figure folder (default: the YAML's figures:, else "
@@ -20,8 +23,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the cells and what each one sets; run nothing")
     parser.add_argument("--collect", action="store_true",
                         help="rebuild results.csv and the figures from the finished cells; run nothing")
+    parser.add_argument("--redraw", action="store_true",
+                        help="redraw the figures and interval tables from the figure folder's results.csv alone "
+                             "(no cell folders needed); run nothing")
     parser.add_argument("--no-reuse", action="store_true",
                         help="train CPT in every cell instead of reusing an identical finished CPT")
+    add_format_argument(parser)
     parser.add_argument("--verbose", action="store_true", help="also print each cell's pipeline lines")
 
 
@@ -38,17 +45,29 @@ def parse_sets(sets: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from layerprobe.sweep import (RESULTS, SWEEP_JSON, collect, format_results, load_sweep, run_sweep,
+    from layerprobe.plot.style import figure_formats
+
+    with figure_formats(args.format):
+        return _run(args)
+
+
+def _run(args) -> int:
+    from layerprobe import rundir
+    from layerprobe.sweep import (RESULTS, SWEEP_JSON, collect, format_results, load_sweep, redraw, run_sweep,
                                   select_cells)
 
     sweep = load_sweep(args.config, out=args.out, overrides=parse_sets(args.sets), figures=args.figures)
     cells = select_cells(sweep, args.only)
     if args.dry_run:
         for i, c in enumerate(cells, 1):
-            done = (sweep.out / c.name / "summary.json").is_file()
+            done = rundir.summary_path(sweep.out / c.name).is_file()
             sets = ", ".join(f"{k}={v}" for k, v in c.overrides.items())
             print(f"[{i}/{len(cells)}] {c.name}{'  (finished)' if done else ''}\n        {sets}")
         print(f"{len(cells)} cells -> {sweep.out}")
+        return 0
+    if args.redraw:
+        table = redraw(sweep)
+        print(f"redrew the figures and interval tables of {len(table)} cells from {sweep.figures / RESULTS}")
         return 0
     if args.collect:
         table = collect(sweep)

@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<timestamp>); a rerun skips "
                         "finished stages and, without --config, reuses the folder's config.yaml")
     parser.add_argument("--overwrite", action="store_true", help="replace a run folder made with another config")
+    if parser.prog.split()[-1] == "train":
+        parser.add_argument("--no-report", action="store_true",
+                            help="do not write RUN/report.html (the HTML report: `layerprobe report RUN`)")
     add_config_arguments(parser)
 
 
@@ -40,4 +43,8 @@ def run_stages(args, only: str | None) -> int:
         print()
         print(format_table(summary))
         print(f"\nsummary: {out}/summary.json   wall time {summary['wall_seconds']:.0f}s")
+        if only is None and not getattr(args, "no_report", False):
+            from layerprobe.report import write_report
+
+            print(f"report:  {write_report(out)}")
     return 0

@@ -1,0 +1,10 @@
+"""Every figure layerprobe draws, in one package that never imports torch.
+
+- :mod:`~layerprobe.plot.style`: the style (theme, labels and units, colour scales, captions, formats, layout check);
+- :mod:`~layerprobe.plot.heatmaps`: layer x step and layer x module heatmaps of records (training and diffs);
+- :mod:`~layerprobe.plot.study`: sweep results as factorial facets with intervals, paired differences;
+- :mod:`~layerprobe.plot.effects`: causal attribution bars and layer x block heatmaps (attribution, relate).
+"""
+
+from layerprobe.plot.style import figure_formats, label, layout_problems, quantity, save_figure  # noqa: F401
+from layerprobe.plot.heatmaps import BLOCK_ORDER, heatmap_layer_module, heatmap_layer_step, plot_run  # noqa: F401

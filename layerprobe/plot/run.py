@@ -1,0 +1,63 @@
+"""Every figure of one run folder: training heatmaps (records), the three-way diff and the causal attribution when
+the run holds them. Where those live inside a run folder is said here once (the report reads the same names)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+DIFF_DIR = "diff"   # `layerprobe diff BASE RUN/merged RUN/sft --out RUN/diff/diff.parquet`
+ATTRIBUTE_FILE = Path("attribute") / "attribute.parquet"   # `layerprobe attribute --run RUN`
+DIFF_QUANTITIES = ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft", "cosine", "delta_norm")
+
+
+def diff_records(run: Path) -> pd.DataFrame | None:
+    """The run's diff records (phase ``diff``) from ``RUN/diff/*.parquet|csv`` and from its records, if any."""
+    from layerprobe.records import load_records
+
+    frames = []
+    if (run / "records").is_dir():
+        try:
+            rec = load_records(run / "records")
+            frames.append(rec[rec["phase"] == "diff"])
+        except (FileNotFoundError, ValueError):
+            pass
+    for f in sorted((run / DIFF_DIR).glob("*.parquet")) + sorted((run / DIFF_DIR).glob("*.csv")):
+        frames.append(load_records(f))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def diff_figures(diff: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+    """One layer x module heatmap (``diff_<quantity>.png``) per diff quantity present."""
+    from layerprobe.plot.heatmaps import heatmap_layer_module
+
+    have = [q for q in DIFF_QUANTITIES if (diff["quantity"] == q).any()]
+    return [heatmap_layer_module(diff, q, Path(out_dir) / f"diff_{q}.png", phase="diff") for q in have]
+
+
+def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Training heatmaps, diff heatmaps and attribution figures of a run folder into ``out_dir`` (default
+    ``RUN/figures``), each only when the run holds its data."""
+    from layerprobe.attribute import plot_attribution
+    from layerprobe.plot.heatmaps import plot_run
+    from layerprobe.records import load_records
+
+    run = Path(run)
+    out = Path(out_dir) if out_dir is not None else run / "figures"
+    paths = []
+    try:
+        paths += plot_run(run, out)
+    except (FileNotFoundError, ValueError):
+        pass  # no training records (trained without --record)
+    diff = diff_records(run)
+    if diff is not None:
+        paths += diff_figures(diff, out)
+    if (run / ATTRIBUTE_FILE).is_file():
+        paths += plot_attribution(load_records(run / ATTRIBUTE_FILE), out)
+    if not paths:
+        raise ValueError(f"nothing to draw in {run}: expected records/ (train with --record), {DIFF_DIR}/*.parquet "
+                         f"(layerprobe diff ... --out {run}/{DIFF_DIR}/diff.parquet) or {ATTRIBUTE_FILE}")
+    return paths

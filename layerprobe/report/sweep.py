@@ -1,0 +1,173 @@
+"""The report of a sweep: results and interval tables, paired comparisons, relate's findings (with its notes), the
+study figures, and a link to each cell's own report. Works from a sweep folder (cells + results.csv) or from a
+committed figure folder (results.csv alone)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from layerprobe.report.page import Page
+
+CELL_REPORT = "report.html"
+
+
+def sweep_axes(table: pd.DataFrame) -> list[str]:
+    """The factor columns of a results.csv: those between ``cell`` and ``seed`` (condition replaced by group)."""
+    cols = list(table.columns)
+    if "cell" not in cols or "seed" not in cols:
+        raise ValueError(f"a results.csv needs the columns cell and seed (as `layerprobe sweep` writes it); got "
+                         f"{', '.join(cols[:8])}...")
+    axes = cols[cols.index("cell") + 1: cols.index("seed")]
+    return [a for a in axes if a != "condition"]
+
+
+def default_panels(table: pd.DataFrame) -> list:
+    """Without the sweep YAML: before/after pairs (cpt.X, sft.X) of every metric measured after SFT."""
+    panels = []
+    axes = set(sweep_axes(table))
+    for c in table.columns:
+        if (c.startswith("sft.") and c not in axes and not c.endswith(".n") and c != "sft.n_probes"
+                and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()):
+            before = "cpt." + c[4:]
+            panels.append([before, c] if before in table and table[before].nunique() > 0 else c)
+    return panels + (["retention_drop"] if "retention_drop" in table else [])
+
+
+def _spec(folder: Path) -> tuple[list, str]:
+    """The plot panels and baseline of the sweep YAML named in sweep.json, when it can still be read."""
+    from layerprobe.sweep import SWEEP_JSON, load_sweep
+
+    state = folder / SWEEP_JSON
+    if state.is_file():
+        source = json.loads(state.read_text()).get("source") or ""
+        if source and Path(source).is_file():
+            try:
+                sw = load_sweep(source, out=folder)
+                return sw.plot, sw.baseline
+            except ValueError:
+                pass
+    return [], ""
+
+
+def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """ci.csv as one row per condition, one column per metric: 'mean [lo, hi]'."""
+    def cell(r):
+        if pd.isna(r["lo"]):
+            return f"{r['mean']:.3f}"
+        return f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+
+    ci = ci.assign(shown=ci.apply(cell, axis=1))
+    keys = [b for b in by if b in ci]
+    wide = ci.pivot_table(index=keys, columns="metric", values="shown", aggfunc="first", sort=False) if keys else \
+        ci.set_index("metric")[["shown"]].T
+    wide = wide.reset_index() if keys else wide
+    methods = "; ".join(sorted(set(ci["ci"])))
+    wide.columns.name = None
+    return wide.astype(str), methods
+
+
+def _relate(folder: Path, page: Page) -> None:
+    from layerprobe.relate import MIN_RUNS, relate_runs
+
+    table_file = folder / "relate" / "relate.csv"
+    notes: list[str] = []
+    if table_file.is_file():
+        table = pd.read_csv(table_file)
+        n = int(table["n_runs"].max()) if len(table) else 0
+        if n < MIN_RUNS:
+            notes.append(f"too few runs for a claim: {n} run(s) (fewer than {MIN_RUNS}).")
+        source = f"from {table_file}"
+    else:
+        try:
+            res = relate_runs(folder)
+        except (ValueError, FileNotFoundError) as e:
+            page.note(f"No relate results: {e}")
+            return
+        table, notes, source = res.table, res.notes, "computed now over the cells' records (Spearman, BH q-values)"
+    page.text(f"Spearman correlation of per-(layer, block) features with outcomes, {source}.", "muted")
+    for n in notes:
+        page.note(n)
+    t = table.dropna(subset=["rho"])
+    if len(t):
+        top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).head(12)
+        page.table(top.reset_index(drop=True), digits=3, text_columns=("feature", "phase", "block", "outcome",
+                                                                       "p_method"))
+
+
+def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
+    """The page of a sweep folder (or a figure folder holding results.csv); with ``write_cells``, each finished
+    cell without a report gets one, and the page links to it."""
+    from layerprobe.plot import BLOCK_ORDER  # noqa: F401  (selects the Agg backend before the sweep module plots)
+    from layerprobe.sweep import (PAIRED_TABLE, RESULTS, SWEEP_JSON, _panels, _safe, paired_table, plot_paired,
+                                  plot_sweep)
+
+    table = pd.read_csv(folder / RESULTS)
+    for col in ("condition", "group"):
+        if col in table:
+            table[col] = table[col].fillna("").astype(str)
+    axes = sweep_axes(table)
+    plot, baseline = _spec(folder)
+    plot = plot or default_panels(table)
+    page = Page(f"layerprobe sweep {folder.name}")
+    state = json.loads((folder / SWEEP_JSON).read_text()) if (folder / SWEEP_JSON).is_file() else {}
+    walls = [r.get("wall_seconds", 0) for r in state.get("runs", [])]
+    page.text(f"{len(table)} finished cells; factors: {', '.join(axes) or 'none'}; seeds: "
+              f"{', '.join(map(str, sorted(set(table['seed']))))}."
+              + (f" Sweep invocations: {len(walls)}, {sum(walls):.0f} s in all." if walls else "")
+              + (f" Source: {state.get('source')}." if state.get("source") else ""), "muted")
+
+    links = {}
+    for name in table["cell"]:
+        cell = folder / name
+        if (cell / "summary.json").is_file():
+            if write_cells and not (cell / CELL_REPORT).is_file():
+                from layerprobe.report.run import build_run_page
+
+                page_cell = build_run_page(cell, link_up=f"../{CELL_REPORT}")
+                page_cell.write(cell / CELL_REPORT)
+            if (cell / CELL_REPORT).is_file():
+                links[name] = f"{name}/{CELL_REPORT}"
+
+    page.heading("Results, one row per cell", anchor="results")
+    shown = ["cell", *axes, "seed"] + [c for c in table.columns if (c.startswith(("cpt.", "sft.")) or c in (
+        "retention_drop", "cell_seconds")) and not c.endswith(".n") and not c.endswith("n_probes")
+        and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()]
+    page.table(table[[c for c in dict.fromkeys(shown) if c in table]], links=links,
+               text_columns=("cell", *axes))
+    if not links:
+        page.text("No cell folders beside this results table: no per-cell reports to link.", "muted")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ci = plot_sweep(table, plot, axes, tmp)
+        page.heading("Means with 95 % intervals", anchor="intervals")
+        if len(ci):
+            wide, methods = _interval_table(ci, axes)
+            page.text(f"mean [95 % interval]; method: {methods}.", "muted")
+            page.table(wide, text_columns=tuple(wide.columns))
+        if baseline and "condition" in table:
+            keys = ["seed"] + [a for a in axes if a != "group"]
+            metrics = [m for m in ci["metric"].unique()] if len(ci) else []
+            paired = paired_table(table, metrics, baseline, keys)
+            page.heading(f"Paired comparisons with the baseline ({baseline})", anchor="paired")
+            if len(paired):
+                page.text("condition - baseline on the same seed; mean_diff with a 95 % paired t interval [lo, hi] "
+                          "and the paired t-test's p.", "muted")
+                page.table(paired, digits=3, text_columns=("condition", "metric"))
+                plot_paired(paired, tmp / "paired.png", baseline)
+                if (tmp / "paired.png").is_file():
+                    page.figures([tmp / "paired.png"], ["paired differences from the baseline"])
+        elif (folder / PAIRED_TABLE).is_file():
+            page.heading("Paired comparisons", anchor="paired")
+            page.table(pd.read_csv(folder / PAIRED_TABLE), text_columns=("condition", "metric"))
+        page.heading("Study figures", anchor="figures")
+        names = [f"{_safe('+'.join(m))}.png" for m in _panels(plot)]
+        figs = [tmp / n for n in dict.fromkeys(names) if (tmp / n).is_file()]
+        page.figures(figs, [p.stem for p in figs])
+    page.heading("Relate: layer features vs outcomes", anchor="relate")
+    _relate(folder, page)
+    return page

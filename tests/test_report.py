@@ -1,0 +1,182 @@
+"""``layerprobe report``: one self-contained HTML page per run or sweep, parsed everywhere and opened in a real
+headless Chromium where one is installed (Debian: ``apt-get install chromium chromium-driver``)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from report_fixtures import SUMMARY, make_run, make_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+# what the synthetic run holds: 2 phases x (3 layer x step + 1 layer x module), 4 diff heatmaps, 2 attribution
+# metrics x (bars + cells heatmap)
+RUN_FIGURES = 2 * (3 + 1) + 4 + 2 * 2
+
+
+class PageParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.tables, self.cells, self.scripts = [], [], 0, [], 0
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a)
+        elif tag in ("a", "link"):
+            self.links.append(a.get("href", ""))
+        elif tag == "table":
+            self.tables += 1
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "script":
+            self.scripts += 1
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append(self._cell.strip())
+            self._cell = None
+
+
+def parse(path: Path) -> PageParser:
+    p = PageParser()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    from layerprobe.report import write_report
+
+    root = tmp_path_factory.mktemp("reports")
+    run = make_run(root / "run")
+    sweep = root / "sweep"
+    table = make_sweep(sweep)
+    return {"run": write_report(run), "sweep": write_report(sweep), "sweep_table": table, "root": root}
+
+
+def test_run_report_is_self_contained_and_holds_every_figure_and_number(reports):
+    page = parse(reports["run"])
+    assert len(page.images) == RUN_FIGURES
+    for img in page.images:
+        head, data = img["src"].split(",", 1)
+        assert head == "data:image/png;base64"
+        png = base64.b64decode(data)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert page.scripts == 0
+    assert all(h.startswith(("data:", "#")) or not h.startswith(("http", "//", "/")) for h in page.links)
+    text = reports["run"].read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    # the summary table: every metric of every phase, generically (style_logodds exists only after SFT)
+    for phase, metrics in SUMMARY.items():
+        for key, value in metrics.items():
+            assert key in page.cells
+            shown = f"{value:.3f}" if not float(value).is_integer() or abs(value) < 10 else f"{int(value)}"
+            assert shown in page.cells, (phase, key, shown)
+    assert "0123abc" in page.cells  # the git commit recorded at training
+    assert "undo_frac" in page.cells and "0.0002" in page.cells  # whole-model diff numbers
+
+
+def test_sweep_report_tables_links_and_figures(reports):
+    from layerprobe.stats import t_mean_ci
+
+    page = parse(reports["sweep"])
+    table = reports["sweep_table"]
+    # one interval per condition: mean [lo, hi] over the 3 seeds, as a plain t interval computes it
+    one = table[(table["condition"] == "replay") & (table["cpt.lora_alpha"] == 32) & (table["sft.lora_alpha"] == 8)
+                & (table["sft.target_modules"] == "A")]["sft.cloze_acc"].to_numpy()
+    lo, hi = t_mean_ci(one)
+    assert f"{one.mean():.3f} [{max(lo, 0):.3f}, {min(hi, 1):.3f}]" in page.cells
+    # the two cells with folders get their own report, linked relatively
+    linked = [h for h in page.links if h.endswith("/report.html")]
+    assert len(linked) == 2 and all((reports["sweep"].parent / h).is_file() for h in linked)
+    # figures: before/after cloze, before/after general loss, retention drop (defaults without the YAML)
+    assert len(page.images) == 3
+    assert any("too few runs" in c or "No relate results" in c for c in [reports["sweep"].read_text()])
+
+
+def test_report_cli_and_train_option(tmp_path):
+    run = make_run(tmp_path / "r", diff=False, attribute=False)
+    code = ("import sys, layerprobe.cli as c; rc = c.main(['report', sys.argv[1], '--out', sys.argv[2]]); "
+            "assert 'torch' not in sys.modules, 'the report imported torch'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(run), str(tmp_path / "x.html")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "x.html") and len(parse(tmp_path / "x.html").images) == 8
+    from layerprobe.cli import build_parser, main
+
+    assert build_parser().parse_args(["train", "--no-report"]).no_report is True
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_report_of_a_committed_figure_folder_needs_no_cells(tmp_path):
+    from layerprobe.report import write_report
+
+    make_sweep(tmp_path / "fig", cells=False)
+    page = parse(write_report(tmp_path / "fig"))
+    assert len(page.images) == 3 and not [h for h in page.links if h.endswith("report.html")]
+
+
+# -- a real browser ----------------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+
+
+def _browser():
+    if not CHROMIUM or not DRIVER:
+        pytest.skip("Chromium not installed: `apt-get install -y chromium chromium-driver` (Debian) to open the "
+                    "report in a real headless browser; the HTML-parse tests above ran")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        opts.add_argument(a)
+    opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+
+
+def _figure_pixels(driver, img) -> np.ndarray:
+    from PIL import Image
+
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", img)
+    return np.asarray(Image.open(io.BytesIO(img.screenshot_as_png)).convert("L"), dtype=float)
+
+
+@pytest.mark.parametrize("which", ["run", "sweep"])
+def test_report_renders_in_headless_chromium(reports, which):
+    driver = _browser()
+    try:
+        driver.get(reports[which].resolve().as_uri())
+        imgs = driver.find_elements("css selector", "img[data-figure]")
+        expected = RUN_FIGURES if which == "run" else 3
+        assert len(imgs) == expected == len(parse(reports[which]).images)
+        for img in imgs:
+            ok = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", img)
+            assert ok, f"figure {img.get_attribute('data-figure')} did not decode"
+            px = _figure_pixels(driver, img)
+            assert px.shape[0] > 50 and px.shape[1] > 50
+            dark = (px < 200).mean()  # axes, text and colour: a blank or missing image has none
+            assert dark > 0.01 and px.std() > 10, f"figure {img.get_attribute('data-figure')} looks blank"
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, errors
+    finally:
+        driver.quit()
