@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from layerprobe import rundir
+
 DIFF_DIR = "diff"   # `layerprobe diff BASE RUN/merged RUN/sft --out RUN/diff/diff.parquet`
 ATTRIBUTE_FILE = Path("attribute") / "attribute.parquet"   # `layerprobe attribute --run RUN`
 DIFF_QUANTITIES = ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft", "cosine", "delta_norm")
@@ -18,9 +20,9 @@ def diff_records(run: Path) -> pd.DataFrame | None:
     from layerprobe.records import load_records
 
     frames = []
-    if (run / "records").is_dir():
+    if rundir.records_dir(run).is_dir():
         try:
-            rec = load_records(run / "records")
+            rec = load_records(rundir.records_dir(run))
             frames.append(rec[rec["phase"] == "diff"])
         except (FileNotFoundError, ValueError):
             pass

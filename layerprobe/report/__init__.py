@@ -20,7 +20,9 @@ def kind_of(path: str | os.PathLike) -> str:
     if not p.is_dir():
         raise FileNotFoundError(f"no folder at {p}: expected a run folder (with config.yaml or summary.json) or a "
                                 "sweep folder (with results.csv)")
-    if (p / "summary.json").is_file() or (p / "config.yaml").is_file():
+    from layerprobe import rundir
+
+    if rundir.summary_path(p).is_file() or rundir.is_run(p):
         return "run"
     if (p / "results.csv").is_file():
         return "sweep"

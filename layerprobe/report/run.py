@@ -12,7 +12,9 @@ import pandas as pd
 
 from layerprobe.report.page import Page
 
-SUMMARY = "summary.json"
+from layerprobe import rundir
+
+SUMMARY = rundir.SUMMARY
 PHASES = ("base", "cpt", "sft")
 PHASE_TITLES = {"base": "base", "cpt": "after CPT", "sft": "after SFT"}
 
@@ -50,7 +52,7 @@ def _provenance(run: Path, summary: dict, config: dict) -> tuple[pd.DataFrame, s
     """Rows of what made the run, and a note on where the versions come from."""
     from layerprobe.records import git_commit, package_versions
 
-    metas = [json.loads(f.read_text()) for f in sorted((run / "records").glob("meta-*.json"))]
+    metas = [json.loads(f.read_text()) for f in sorted(rundir.records_dir(run).glob("meta-*.json"))]
     data = config.get("data") or {}
     rows = [("model", summary.get("model") or config.get("model", "")),
             ("base model folder", summary.get("base_model", "")),
@@ -80,8 +82,9 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
 
     import yaml
 
-    summary = json.loads((run / SUMMARY).read_text()) if (run / SUMMARY).is_file() else {}
-    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    summary_file, config_file = rundir.summary_path(run), rundir.config_path(run)
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     page = Page(f"layerprobe run {run.name}")
     if link_up:
         page.raw(f"<p class='muted'><a href='{link_up}'>back to the sweep</a></p>")
@@ -142,7 +145,7 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
         prov, note = _provenance(run, summary, config)
         page.text(note, "muted")
         page.table(prov, text_columns=("what", "value"))
-        if (run / "config.yaml").is_file():
-            page.heading("config.yaml", level=3)
-            page.pre((run / "config.yaml").read_text(encoding="utf-8"))
+        if config_file.is_file():
+            page.heading(config_file.name, level=3)
+            page.pre(config_file.read_text(encoding="utf-8"))
     return page

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from layerprobe import rundir
 from layerprobe.report.page import Page
 
 CELL_REPORT = "report.html"
@@ -123,7 +124,7 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
     links = {}
     for name in table["cell"]:
         cell = folder / name
-        if (cell / "summary.json").is_file():
+        if rundir.summary_path(cell).is_file():
             if write_cells and not (cell / CELL_REPORT).is_file():
                 from layerprobe.report.run import build_run_page
 
