@@ -185,6 +185,21 @@ class RecordConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints while CPT and SFT train, so a killed run resumes mid-phase (no stage's result depends on them)."""
+
+    minutes: float = _help("save a checkpoint at most every N minutes of training: the most work a kill loses "
+                           "(0 = none; a killed phase restarts)", default=5.0)
+    keep: int = _help("checkpoints kept per phase (older ones are removed; all are removed once the phase is done)",
+                      default=1)
+
+    def __post_init__(self):
+        if self.minutes < 0 or self.keep < 1:
+            raise ValueError(f"checkpoint.minutes must be >= 0 (0 = none) and checkpoint.keep >= 1, got "
+                             f"minutes={self.minutes}, keep={self.keep}")
+
+
+@dataclass
 class TrainConfig:
     """The whole pipeline: CPT (LoRA or full) -> merge -> SFT (LoRA or full) -> evaluation."""
 
@@ -204,6 +219,8 @@ class TrainConfig:
         metadata={"help": "supervised fine-tuning on instructions, loss on the answers only"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
     recorder: RecordConfig = field(default_factory=RecordConfig, metadata={"help": "recording intervals"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig,
+                                         metadata={"help": "mid-phase checkpoints (resume after a kill)"})
 
     def __post_init__(self):
         if self.cpt.replay:

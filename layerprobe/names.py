@@ -99,9 +99,3 @@ def _block(parts: list[str], module: str, layer: int) -> str:
     if module in _ATTN_LEAVES:
         return "attn"
     return "other"
-
-
-def module_key(name: str) -> tuple[int, str, str]:
-    """(layer, block, module) of a name: the key records are aggregated under."""
-    p = parse_name(name)
-    return p.layer, p.block, p.module

@@ -1,15 +1,10 @@
-"""``run_pipeline``: CPT -> merge -> SFT -> eval into one run folder, resumable stage by stage.
+"""``run_pipeline``: CPT -> merge -> SFT -> eval into one run folder (laid out by :mod:`layerprobe.rundir`).
 
-Run folder::
-
-    config.yaml   the resolved config (a rerun with another config is refused unless overwrite)
-    cpt/          CPT adapter (or full model)          each stage folder gets DONE (its info as JSON)
-    merged/       the CPT model: base + CPT, safetensors + tokenizer       only once its outputs are complete
-    sft/          SFT adapter (or full model)
-    eval/         metrics and answers of each evaluated model
-    records/      Parquet records of both phases (training with record on, and evaluation)
-    figures/      heatmaps drawn from the records
-    summary.json  metrics before (cpt) and after (sft), wall time per stage, config hash: written last
+A stage reruns only when its own inputs change (:mod:`layerprobe.fingerprint`): other eval settings re-evaluate,
+other SFT settings keep CPT and merge. A folder whose stages were made from other inputs is refused unless
+``overwrite``, which replaces exactly those stages after saying which. Before any stage runs, the whole config is
+checked against the model and the data (:mod:`layerprobe.preflight`); CPT and SFT checkpoint while they train and
+an interrupted phase resumes from its last checkpoint. One process at a time works in a folder (a lock).
 """
 
 from __future__ import annotations
@@ -18,19 +13,16 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from layerprobe.config import TOYWORLD, TrainConfig, dump_yaml, resolve
+from layerprobe import rundir
+from layerprobe.config import TOYWORLD, TrainConfig, resolve
 from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet
-
-STAGES = ("cpt", "merge", "sft", "eval")
-STAGE_DIRS = {"cpt": "cpt", "merge": "merged", "sft": "sft", "eval": "eval"}
-EVAL_PHASES = ("base", "cpt", "sft")
-DONE = "DONE"
+from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
+from layerprobe.rundir import EVAL_PHASES, STAGES
 
 
 @dataclass
@@ -104,7 +96,22 @@ def load_data(cfg: TrainConfig) -> PipelineData:
     return PipelineData(cpt_docs, sft_rows, EvalSet(probes, instructions, cpt_docs, general, mc), desc)
 
 
-# -- the run folder ------------------------------------------------------------------------------------------------
+# -- the run folder: which stages run, which are kept ---------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a run does in its folder: each stage's state, and what changed since the folder's config."""
+
+    state: dict[str, str]  # stage -> done | resume | run | stale (done, or checkpointed, with other inputs)
+    changes: list[str]
+
+    def stale(self) -> list[str]:
+        return [s for s in STAGES if self.state[s] == "stale"]
+
+    def changes_text(self) -> str:
+        shown = "; ".join(self.changes[:3]) + (f"; ... ({len(self.changes)} in all)" if len(self.changes) > 3 else "")
+        return shown or "inputs changed"
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -118,87 +125,65 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_run_dir(out: Path, cfg: TrainConfig, overwrite: bool) -> bool:
-    """Create or reuse ``out`` for ``cfg``. Returns True when resuming a folder made with the same config."""
-    import yaml
+def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inputs: dict[str, dict]) -> Plan:
+    """Compare each stage in ``run_dir`` with this config's fingerprints (call it holding the folder's lock).
 
-    cfg_file = out / "config.yaml"
-    if out.exists() and any(out.iterdir()):
-        if not cfg_file.is_file():
-            raise FileExistsError(f"{out} exists and is not a layerprobe run folder (no config.yaml); "
-                                  "choose another --out")
-        old = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-        try:
-            same = resolve(old).hash() == cfg.hash()
-        except ValueError:
-            same = False
-        if same:
-            return True
-        if not overwrite:
-            diff = _differences(old, cfg.to_dict())
-            shown = "; ".join(diff[:3]) + (f"; ... ({len(diff)} in all)" if len(diff) > 3 else "")
-            raise FileExistsError(f"{out} was made with a different config ({shown or 'unreadable config.yaml'}); "
-                                  "pass --overwrite to replace it, or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = cfg_file.with_suffix(".yaml.tmp")
-    tmp.write_text(f"# layerprobe run config (hash {cfg.hash()})\n" + dump_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, cfg_file)
-    return False
-
-
-def _done(run_dir: Path, stage: str) -> dict | None:
-    f = run_dir / STAGE_DIRS[stage] / DONE
-    return json.loads(f.read_text()) if f.is_file() else None
+    done: finished with the same inputs (skipped); resume: interrupted with the same inputs, with a checkpoint;
+    stale: finished, or checkpointed, with other inputs (replaced only with overwrite); run: nothing kept.
+    A folder of an older layerprobe (DONE without fingerprints) counts as done where its config is this one.
+    """
+    state = {s: "run" for s in STAGES}
+    if not rundir.is_run(run_dir):
+        return Plan(state, [])
+    old = rundir.read_config_dict(run_dir)
+    try:
+        same_config = resolve(old).hash() == cfg.hash()
+    except ValueError:
+        same_config = False
+    first_stale = None
+    for s in STAGES:
+        info = rundir.read_done(run_dir, s)
+        checkpoint = rundir.last_checkpoint(rundir.stage_dir(run_dir, s))
+        if info is not None:
+            fp = info.get("fingerprint", fingerprints[s] if same_config else None)
+            state[s] = "done" if fp == fingerprints[s] else "stale"
+        elif checkpoint is not None:
+            state[s] = "resume" if rundir.started_fingerprint(run_dir, s) == fingerprints[s] else "stale"
+        if state[s] == "stale" and first_stale is None:
+            first_stale = (info or {}).get("inputs"), inputs[s]
+    changes = _differences(old, cfg.to_dict())
+    if not changes and first_stale is not None:
+        changes = changed_inputs(*first_stale)
+    return Plan(state, changes)
 
 
-def _mark_done(run_dir: Path, stage: str, info: dict) -> None:
-    f = run_dir / STAGE_DIRS[stage] / DONE
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str, ensure_ascii=False))
-    os.replace(tmp, f)
+def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str) -> list:
+    """The recorder (with record on) and the mid-phase checkpoints of a training phase."""
+    from layerprobe.checkpointing import SaveEvery
 
+    out = []
+    if cfg.record:
+        from layerprobe.recorder import RecorderCallback
 
-def _clear_stage(run_dir: Path, stage: str) -> None:
-    """Remove a stage's folder and the records it wrote, before (re)running it."""
-    shutil.rmtree(run_dir / STAGE_DIRS[stage], ignore_errors=True)
-    rec = run_dir / "records"
-    if not rec.is_dir():
-        return
-    if stage in ("cpt", "sft"):
-        for f in list(rec.glob(f"{stage}-r*.parquet")) + list(rec.glob(f"meta-{stage}.json")) + \
-                list(rec.glob(f".reference-{stage}-*")):
-            f.unlink()
-    elif stage == "eval":
-        import pyarrow.parquet as pq
-
-        for f in rec.glob("*.parquet"):
-            blocks = set(pq.read_table(f, columns=["block"]).column("block").to_pylist())
-            if blocks == {"eval"}:
-                f.unlink()
+        r = cfg.recorder
+        out.append(RecorderCallback(run_dir, run=run_dir.name, phase=phase, grad_every=r.grad_every,
+                                    update_every=r.update_every, drift_every=r.drift_every))
+    pc = getattr(cfg, phase)
+    # an anchored phase measures from the weights it starts with: resumed, it would anchor to the checkpoint
+    minutes = 0.0 if pc.l2sp or pc.drift_cap else cfg.checkpoint.minutes
+    return out + [SaveEvery(minutes, cfg.checkpoint.keep, flush=out)]
 
 
 # -- the pipeline --------------------------------------------------------------------------------------------------
 
 
-def _recorder(cfg: TrainConfig, run_dir: Path, phase: str) -> list:
-    if not cfg.record:
-        return []
-    from layerprobe.recorder import RecorderCallback
-
-    r = cfg.recorder
-    return [RecorderCallback(run_dir, run=run_dir.name, phase=phase, grad_every=r.grad_every,
-                             update_every=r.update_every, drift_every=r.drift_every)]
-
-
-def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, steps: dict[str, int],
-                progress: bool) -> dict:
+def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, progress: bool) -> dict:
     from layerprobe.evaluate import evaluate_model
-    from layerprobe.records import RecordWriter
-    from layerprobe.stages import load_model, load_tokenizer, phase_model
+    from layerprobe.rundir import phase_model
+    from layerprobe.stages import load_model, load_tokenizer
 
     t0 = time.time()
-    out = run_dir / "eval"
+    out = rundir.stage_dir(run_dir, "eval")
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     phases = [p for p in EVAL_PHASES if p != "base" or cfg.eval.base]
@@ -209,20 +194,11 @@ def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
         metrics, rows = evaluate_model(model, tok, data.eval_set, cfg.eval, cfg.cpt.max_length, progress)
         del model
         results[phase] = metrics
-        (out / f"{phase}.json").write_text(json.dumps(metrics, indent=2))
-        with open(out / f"{phase}-answers.jsonl", "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    for phase in ("cpt", "sft"):
-        w = RecordWriter(run_dir, run=run_dir.name, phase=phase)
-        for q in METRICS + OPTIONAL_METRICS:
-            if q in results[phase]:
-                w.add(steps[phase], -1, "eval", "", "", q, results[phase][q])
-        w.flush()
+        rundir.write_answers(run_dir, phase, rows)
+    rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
     n = data.eval_set.limited(cfg.eval)
     return {"what": f"evaluated the {', '.join(phases)} models on {len(n.probes)} probes and {len(n.instructions)} "
-                    "held-out instructions", "out": str(out), "seconds": round(time.time() - t0, 1),
-            "metrics": results}
+                    "held-out instructions", "out": str(out), "seconds": round(time.time() - t0, 1)}
 
 
 @contextlib.contextmanager
@@ -253,15 +229,17 @@ def quiet_libraries():
 
 def run_pipeline(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, overwrite: bool = False,
                  progress: bool = False, log: Callable[[str], None] | None = None,
-                 only: str | None = None) -> dict:
+                 only: str | None = None, reuse_from=()) -> dict:
     """Run CPT -> merge -> SFT -> eval (and figures) into ``out_dir``; returns the summary dict.
 
-    Stages already finished in ``out_dir`` with the same config are skipped, and a stage that runs clears
-    the stages after it; a folder made with another config is refused unless ``overwrite``. ``only`` runs
-    one stage (the ones before it must be done). ``summary.json`` is written only once every stage is done.
+    Stages finished in ``out_dir`` with the same inputs are skipped and an interrupted training stage resumes
+    from its checkpoint; stages made from other inputs are refused unless ``overwrite`` (then only they run
+    again). ``only`` runs one stage (the ones before it must be done). ``reuse_from``: run folders (or folders
+    of them) whose finished CPT and merge with the same inputs are linked in instead of training again.
+    ``summary.json`` is written only once every stage is done.
     """
     with quiet_libraries():
-        return _run(cfg, out_dir, overwrite, progress, log or (lambda s: None), only)
+        return _run(cfg, out_dir, overwrite, progress, log or (lambda s: None), only, reuse_from)
 
 
 def choose_threads() -> str | None:
@@ -286,8 +264,9 @@ def choose_threads() -> str | None:
 
 
 def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callable[[str], None],
-         only: str | None) -> dict:
-    from layerprobe.stages import resolve_model, run_cpt, run_merge, run_sft
+         only: str | None, reuse_from=()) -> dict:
+    from layerprobe.preflight import check_run
+    from layerprobe.stages import resolve_model
 
     if only is not None and only not in STAGES:
         raise ValueError(f"unknown stage {only!r}; expected one of {', '.join(STAGES)}")
@@ -295,7 +274,10 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
     threads_note = choose_threads()
     t_start = time.time()
     run_dir = Path(out_dir) if out_dir else default_out()
-    if only not in (None, STAGES[0]) and not (run_dir / "config.yaml").is_file():
+    if not rundir.is_empty_or_run(run_dir):
+        raise FileExistsError(f"{run_dir} exists and is not a layerprobe run folder (no {rundir.CONFIG}); "
+                              "choose another --out")
+    if only not in (None, STAGES[0]) and not rundir.is_run(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a run folder with finished stages; run `layerprobe train --out "
                                 f"{run_dir}` or the stages before {only} first")
     data = load_data(cfg)
@@ -308,74 +290,113 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
         log(f"base       toy base model, {built['params'] / 1e6:.1f}M parameters ({how}) -> {base}")
     else:
         log(f"base       {cfg.model} -> {base}")
-    resumed = prepare_run_dir(run_dir, cfg, overwrite)
+    check_run(cfg, base, data)  # both phases' selectors and targets, and the data, before any stage runs
+    inputs = stage_inputs(cfg, data, rundir.content_hash(base))
+    fingerprints = chain(inputs)
     log(f"data       {data.description}")
     if threads_note:
         log(f"threads    {threads_note}")
+
+    with rundir.locked(run_dir):
+        infos, ran, resumed = _run_stages(cfg, run_dir, base, data, fingerprints, inputs, overwrite, only,
+                                          list(reuse_from), progress, log)
+        if "eval" not in infos:
+            return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
+        if not ran and rundir.summary_path(run_dir).is_file():  # a finished run: nothing to redo or rewrite
+            return rundir.read_summary(run_dir)
+        figures = _figures(run_dir, cfg, log)
+        metrics = rundir.read_metrics(run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
+        summary = {
+            "run": run_dir.name, "config_hash": cfg.hash(), "model": cfg.model, "base_model": base,
+            "resumed": resumed, **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
+            "stages": {s: {k: v for k, v in infos[s].items()
+                           if k in ("what", "out", "steps", "final_loss", "seconds", "reused_from")} for s in STAGES},
+            "base_seconds": base_seconds, "wall_seconds": round(time.time() - t_start, 1), "figures": figures,
+        }
+        rundir.write_summary(run_dir, summary)
+        return summary
+
+
+def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, fingerprints: dict[str, str],
+                inputs: dict[str, dict], overwrite: bool, only: str | None, reuse_from: list, progress: bool,
+                log: Callable[[str], None]) -> tuple[dict[str, dict], bool, bool]:
+    """Run the stages the plan asks for; returns (stage infos, whether any ran, whether the folder had any)."""
+    from layerprobe.stages import run_cpt, run_merge, run_sft
+
+    plan = plan_run(run_dir, cfg, fingerprints, inputs)
+    if only is not None:
+        for s in STAGES[:STAGES.index(only)]:
+            if plan.state[s] != "done":
+                why = f" (its inputs changed: {plan.changes_text()})" if plan.state[s] == "stale" else ""
+                raise ValueError(f"stage {s} is not done in {run_dir} for this config{why}; run `layerprobe {s} "
+                                 f"--out {run_dir}` (or `layerprobe train --out {run_dir}`) first")
+    stale = plan.stale()
+    if stale:
+        kept = [s for s in STAGES if plan.state[s] == "done"]
+        if not overwrite:
+            raise FileExistsError(
+                f"{run_dir} was made with a different config ({plan.changes_text()}): {', '.join(stale)} would run "
+                f"again{'; kept: ' + ', '.join(kept) if kept else ''}; pass --overwrite to replace "
+                f"{'that stage' if len(stale) == 1 else 'those stages'}, or choose another --out")
+        log(f"overwrite  {', '.join(stale)} {'runs' if len(stale) == 1 else 'run'} again ({plan.changes_text()}); "
+            f"kept: {', '.join(kept) or 'nothing'}")
+        for s in stale:
+            rundir.clear_stage(run_dir, s)
+            plan.state[s] = "run"
+    resumed = any(plan.state[s] in ("done", "resume") for s in STAGES)
+    rundir.write_config(run_dir, cfg)
+    if reuse_from and only is None and plan.state["cpt"] == plan.state["merge"] == "run":
+        donor = rundir.find_done(reuse_from, {s: fingerprints[s] for s in ("cpt", "merge")}, exclude=run_dir)
+        if donor is not None:  # the same CPT inputs finished elsewhere: start from its CPT and merge
+            for s in ("cpt", "merge"):
+                rundir.clear_stage(run_dir, s)
+                rundir.adopt_stage(donor, run_dir, s)
+                plan.state[s] = "done"
 
     infos: dict[str, dict] = {}
     ran = False
     for i, stage in enumerate(STAGES, 1):
         head = f"[{i}/{len(STAGES)}] {stage:<6}"
-        info = _done(run_dir, stage)
+        state = plan.state[stage]
         if only is not None and stage != only:
-            if info is None:
-                if STAGES.index(stage) < STAGES.index(only):
-                    raise ValueError(f"stage {stage} is not done in {run_dir}; run `layerprobe {stage} --out "
-                                     f"{run_dir}` (or `layerprobe train --out {run_dir}`) first")
-                break
-            infos[stage] = info
+            if state == "done":
+                infos[stage] = rundir.read_done(run_dir, stage)
             continue
-        if info is not None:
+        if state == "done":
+            info = rundir.read_done(run_dir, stage)
+            if info.get("fingerprint") != fingerprints[stage]:  # an older layerprobe's marker, same config
+                info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}
+                rundir.mark_done(run_dir, stage, info)
             infos[stage] = info
-            log(f"{head} already done, skipped -> {info['out']}")
+            how = f"reused from {info['reused_from']}" if info.get("reused_from") else "skipped"
+            log(f"{head} already done, {how} -> {info['out']}")
             continue
         ran = True
-        for later in STAGES[i - 1:]:
-            _clear_stage(run_dir, later)
-        (run_dir / "summary.json").unlink(missing_ok=True)
-        out = run_dir / STAGE_DIRS[stage]
-        out.mkdir(parents=True, exist_ok=True)
-        if stage == "cpt":
-            info = run_cpt(cfg, base, data.cpt_docs, out, _recorder(cfg, run_dir, "cpt"), progress)
-        elif stage == "merge":
-            info = run_merge(base, run_dir / "cpt", out)
-        elif stage == "sft":
-            info = run_sft(cfg, str(run_dir / "merged"), data.sft_rows, out, _recorder(cfg, run_dir, "sft"), progress,
-                           replay_docs=data.cpt_docs)
+        rundir.summary_path(run_dir).unlink(missing_ok=True)
+        for later in STAGES[i:]:  # what was made from this stage's old output cannot stay
+            if plan.state[later] == "done":
+                rundir.clear_stage(run_dir, later)
+                plan.state[later] = "run"
+        if state == "resume":
+            point = rundir.last_checkpoint(rundir.stage_dir(run_dir, stage))
+            log(f"{head} resuming from {point.name} (an interrupted attempt with the same inputs)")
         else:
-            steps = {p: infos[p]["steps"] for p in ("cpt", "sft")}
-            info = _eval_stage(cfg, run_dir, base, data, steps, progress)
-        _mark_done(run_dir, stage, info)
+            rundir.clear_stage(run_dir, stage)
+        out = rundir.mark_started(run_dir, stage, fingerprints[stage])
+        if stage == "cpt":
+            info = run_cpt(cfg, base, data.cpt_docs, out, _callbacks(cfg, run_dir, "cpt"), progress)
+        elif stage == "merge":
+            info = run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
+        elif stage == "sft":
+            info = run_sft(cfg, str(rundir.stage_dir(run_dir, "merge")), data.sft_rows, out,
+                           _callbacks(cfg, run_dir, "sft"), progress, replay_docs=data.cpt_docs)
+        else:
+            info = _eval_stage(cfg, run_dir, base, data, progress)
+        info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}
+        rundir.mark_done(run_dir, stage, info)
         infos[stage] = info
         log(f"{head} {info['what']} ({info['seconds']:.0f}s) -> {info['out']}")
-
-    if "eval" not in infos:
-        return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
-    if not ran and (run_dir / "summary.json").is_file():  # a finished run: nothing to redo or rewrite
-        return json.loads((run_dir / "summary.json").read_text())
-    figures = _figures(run_dir, cfg, log)
-    metrics = infos["eval"]["metrics"]
-    summary = {
-        "run": run_dir.name, "config_hash": cfg.hash(), "model": cfg.model, "base_model": base,
-        "resumed": resumed, **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
-        "stages": {s: {k: v for k, v in infos[s].items() if k in ("what", "out", "steps", "final_loss", "seconds")}
-                   for s in STAGES},
-        "base_seconds": base_seconds, "wall_seconds": round(time.time() - t_start, 1), "figures": figures,
-    }
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(_no_nan(summary), indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, run_dir / "summary.json")
-    return summary
-
-
-def _no_nan(x):
-    """NaN (a metric with nothing to measure) becomes null, so summary.json is strict JSON."""
-    if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_no_nan(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
+    return infos, ran, resumed
 
 
 def _figures(run_dir: Path, cfg: TrainConfig, log) -> list[str]:

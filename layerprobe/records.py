@@ -10,24 +10,27 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from layerprobe.rundir import RECORDS as RECORDS_DIR  # the run folder's layout has one owner
+
+_PART = re.compile(r"[\w.]+-r\d+-\d+\.parquet")  # a RecordWriter part file
 COLUMNS = ("run", "phase", "step", "layer", "block", "module", "param", "quantity", "value")
 SCHEMA = pa.schema([
     ("run", pa.string()), ("phase", pa.string()), ("step", pa.int64()), ("layer", pa.int64()),
     ("block", pa.string()), ("module", pa.string()), ("param", pa.string()), ("quantity", pa.string()),
     ("value", pa.float64()),
 ])
-RECORDS_DIR = "records"
 
 
 class RecordWriter:
@@ -50,7 +53,8 @@ class RecordWriter:
         self.run, self.phase, self.rank = str(run), str(phase), int(rank)
         self.flush_every_s, self.flush_rows = flush_every_s, flush_rows
         self._cols: dict[str, list] = {c: [] for c in COLUMNS}
-        self._seq = len(list(self.dir.glob(f"{self.phase}-r{self.rank}-*.parquet")))
+        parts = [p.stem.rsplit("-", 1)[-1] for p in self.dir.glob(f"{self.phase}-r{self.rank}-*.parquet")]
+        self._seq = max((int(n) for n in parts if n.isdigit()), default=-1) + 1
         self._last_flush = time.monotonic()
 
     def add(self, step: int, layer: int, block: str, module: str, param: str, quantity: str, value: float) -> None:
@@ -58,10 +62,6 @@ class RecordWriter:
         c["run"].append(self.run); c["phase"].append(self.phase); c["step"].append(int(step))
         c["layer"].append(int(layer)); c["block"].append(block); c["module"].append(module)
         c["param"].append(param); c["quantity"].append(quantity); c["value"].append(float(value))
-
-    def add_many(self, step: int, rows: Iterable[tuple[int, str, str, str, str, float]]) -> None:
-        for layer, block, module, param, quantity, value in rows:
-            self.add(step, layer, block, module, param, quantity, value)
 
     def __len__(self) -> int:
         return len(self._cols["value"])
@@ -81,6 +81,26 @@ class RecordWriter:
         os.replace(tmp, final)
         self._seq += 1
         self._cols = {c: [] for c in COLUMNS}
+
+
+def drop_rows_after(out_dir: str | os.PathLike, phase: str, rank: int, step: int) -> int:
+    """Drop the rows of ``phase`` (rank ``rank``) written for steps after ``step``: a phase resumed from its
+    checkpoint at ``step`` records those steps again. Part files are rewritten atomically; returns the rows dropped."""
+    dropped = 0
+    for f in sorted((Path(out_dir) / RECORDS_DIR).glob(f"{phase}-r{rank}-*.parquet")):
+        table = pq.read_table(f)
+        keep = pa.compute.less_equal(table.column("step"), step)
+        n = table.num_rows - pa.compute.sum(keep.cast(pa.int64())).as_py()
+        if not n:
+            continue
+        dropped += n
+        if n == table.num_rows:
+            f.unlink()
+            continue
+        tmp = f.with_suffix(".parquet.tmp")
+        pq.write_table(table.filter(keep), tmp)
+        os.replace(tmp, f)
+    return dropped
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -116,8 +136,8 @@ def load_records(path: str | os.PathLike, quantities: Iterable[str] | None = Non
     if not files:
         raise FileNotFoundError(f"no records under {path}: expected Parquet files in a '{RECORDS_DIR}/' folder "
                                 "(written by `layerprobe train --record`, RecorderCallback or `layerprobe diff --out`)")
-    frames = [pd.read_csv(f, keep_default_na=False, dtype={"param": str, "module": str, "block": str})
-              if f.suffix == ".csv" else pd.read_parquet(f) for f in files]
+    frames = [_named(f, pd.read_csv(f, keep_default_na=False, dtype={"param": str, "module": str, "block": str})
+                     if f.suffix == ".csv" else pd.read_parquet(f)) for f in files]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -128,25 +148,15 @@ def load_records(path: str | os.PathLike, quantities: Iterable[str] | None = Non
     return df
 
 
-def aggregate_rows(per_param: pd.DataFrame, num: str, den: str | None, out: str,
-                   by: tuple[str, ...] = ("layer", "block", "module")) -> pd.DataFrame:
-    """Aggregate per-parameter norm rows into ratios of summed squares (not means of ratios).
+def _named(f: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows a run folder's training wrote (``<run>/records/<phase>-r<rank>-<seq>.parquet``) are that run's, named
+    by its folder: a CPT reused from another run keeps its files unchanged (hard links) and still reads as this
+    run's. Other files keep the run names they were written with."""
+    from layerprobe.rundir import is_run
 
-    ``num``/``den`` name quantities holding L2 norms; the result has quantity ``out`` = sqrt(sum num^2) /
-    sqrt(sum den^2) per group (or sqrt(sum num^2) when ``den`` is None).
-    """
-    keys = ["run", "phase", "step", *by]
-    sq = per_param[per_param["quantity"].isin([num] + ([den] if den else []))].copy()
-    sq["value"] = sq["value"].astype("float64") ** 2
-    g = sq.pivot_table(index=keys, columns="quantity", values="value", aggfunc="sum").reset_index()
-    val = np.sqrt(g[num]) if den is None else np.sqrt(g[num]) / np.sqrt(g[den])
-    res = g[keys].copy()
-    res["value"] = val.to_numpy()
-    res["quantity"] = out
-    for col in COLUMNS:
-        if col not in res:
-            res[col] = "" if col in ("block", "module", "param") else -1
-    return res[list(COLUMNS)]
+    if f.parent.name == RECORDS_DIR and _PART.fullmatch(f.name) and is_run(f.parent.parent) and len(df):
+        df["run"] = f.parent.parent.name
+    return df
 
 
 def package_versions(names: Iterable[str] = ("torch", "transformers", "peft", "trl", "datasets", "accelerate",

@@ -43,20 +43,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from layerprobe.outcomes import OUTCOMES, read_outcomes
+from layerprobe.outcomes import is_dotted as _dotted
 from layerprobe.records import load_records
-
-SUMMARY = "summary.json"
+from layerprobe.rundir import SUMMARY, find_runs
 RECORD_FEATURES = ("final_drift", "update_path", "grad_mass")
 _SOURCE = {"final_drift": "drift_ratio", "update_path": "update_ratio", "grad_mass": "grad_norm"}
 _ZERO_WHEN_FROZEN = ("final_drift", "update_path")
-OUTCOMES = {
-    "retention_drop": ("cpt.cloze_acc - sft.cloze_acc", lambda s: s["cpt"]["cloze_acc"] - s["sft"]["cloze_acc"]),
-    "qa_drop": ("cpt.qa_acc - sft.qa_acc", lambda s: s["cpt"]["qa_acc"] - s["sft"]["qa_acc"]),
-    "loss_rise": ("sft.cpt_text_loss - cpt.cpt_text_loss",
-                  lambda s: s["sft"]["cpt_text_loss"] - s["cpt"]["cpt_text_loss"]),
-    "gozaru_rate": ("sft.gozaru_rate", lambda s: s["sft"]["gozaru_rate"]),
-    "eos_rate": ("sft.eos_rate", lambda s: s["sft"]["eos_rate"]),
-}
 MIN_RUNS = 5
 EXACT_MAX_RUNS = 9
 TABLE_COLUMNS = ("feature", "phase", "layer", "block", "outcome", "rho", "p", "q", "n_runs", "p_method")
@@ -109,24 +102,6 @@ class RelateResult:
 
 # ------------------------------------------------------------------------------------------ runs and features
 
-def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Run folders among ``paths``: each path is a run folder (it holds summary.json) or a folder of them."""
-    runs: list[Path] = []
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise FileNotFoundError(f"no sweep folder at {path}: expected a run folder (with {SUMMARY} and "
-                                    "records/) or a folder of run folders")
-        if (path / SUMMARY).is_file():
-            runs.append(path)
-            continue
-        inner = sorted(p.parent for p in path.glob(f"*/{SUMMARY}"))
-        if not inner:
-            raise FileNotFoundError(f"no runs in {path}: expected run folders (made by `layerprobe train`) holding "
-                                    f"{SUMMARY}, as {path}/RUN/{SUMMARY}")
-        runs += inner
-    return list(dict.fromkeys(r.resolve() for r in runs))
-
-
 def run_features(records: pd.DataFrame) -> pd.DataFrame:
     """Features per (phase, layer, block) of one run's records (columns feature, phase, layer, block, value)."""
     cells = records[(records["param"] == "") & (records["module"] == "") & (records["block"] != "")]
@@ -163,26 +138,6 @@ def frozen_cells(records: pd.DataFrame) -> pd.DataFrame:
     audit = records[(records["quantity"] == "n_trainable") & (records["param"] == "") & (records["module"] != "")]
     per = audit.groupby(["phase", "layer", "block"])["value"].sum().reset_index()
     return per[per["value"] == 0][["phase", "layer", "block"]]
-
-
-def read_outcomes(summary: dict, names: Sequence[str]) -> dict[str, float]:
-    """The named outcomes of one summary.json (NaN where a key is missing)."""
-    out = {}
-    for name in names:
-        try:
-            if name in OUTCOMES:
-                out[name] = float(OUTCOMES[name][1](summary))
-            else:
-                phase, key = name.split(".", 1)
-                out[name] = float(summary[phase][key])
-        except (KeyError, TypeError, ValueError):
-            out[name] = math.nan
-    return out
-
-
-def _dotted(name: str) -> bool:
-    phase, _, key = name.partition(".")
-    return bool(phase and key)
 
 
 def collect(runs: Sequence[Path], config: RelateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from layerprobe.config import TOYWORLD, PhaseConfig, TrainConfig
+from layerprobe.rundir import DONE, STARTED, checkpoint_dir
 
 # A chat template for tokenizers that have none (base models): assistant turns end with EOS, inside
 # generation markers, so SFT learns to stop.
@@ -133,7 +134,7 @@ def _trainable(model, phase: PhaseConfig, seed: int):
 
 def _training_args(phase: PhaseConfig, out: Path, seed: int, **extra):
     return dict(
-        output_dir=str(out / "trainer"), per_device_train_batch_size=phase.batch_size,
+        output_dir=str(checkpoint_dir(out)), per_device_train_batch_size=phase.batch_size,
         gradient_accumulation_steps=phase.grad_accum, learning_rate=phase.learning_rate,
         num_train_epochs=phase.epochs, max_steps=phase.max_steps, lr_scheduler_type=phase.lr_scheduler,
         warmup_steps=phase.warmup_ratio, weight_decay=phase.weight_decay, max_grad_norm=phase.max_grad_norm,
@@ -169,7 +170,15 @@ def _train(trainer) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_point(trainer))
+
+
+def resume_point(trainer) -> str | None:
+    """The newest complete checkpoint of this phase (left by a killed attempt), or None: start from step 0."""
+    from layerprobe.rundir import last_checkpoint
+
+    found = last_checkpoint(Path(trainer.args.output_dir).parent)
+    return str(found) if found else None
 
 
 def _save(model, tok, out: Path, phase: PhaseConfig) -> None:
@@ -239,7 +248,7 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
                       callbacks=_phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
     _save(model, tok, out, phase)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     what = f"CPT ({_describe(phase, model)}) on {len(docs)} documents ({len(blocks)} blocks of {phase.max_length} tokens)"
     return _info(trainer, t0, what, out)
 
@@ -257,7 +266,7 @@ def run_merge(base: str, cpt_dir: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if not (cpt_dir / "adapter_config.json").is_file():
         for f in cpt_dir.iterdir():
-            if f.is_file() and f.name != "DONE":  # the CPT stage's marker is not the merge's
+            if f.is_file() and f.name not in (DONE, STARTED):  # the CPT stage's markers are not the merge's
                 shutil.copy2(f, out / f.name)
         return {"what": "full fine-tuning: the CPT model is already whole, copied", "out": str(out),
                 "seconds": round(time.time() - t0, 1), "check": None}
@@ -384,22 +393,9 @@ def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callb
                           replay_docs)
     _train(trainer)
     _save(model, tok, out, phase)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     what = f"SFT ({_describe(phase, model)}) on {len(rows)} instructions, loss on answers only"
     if phase.replay:
         what += f", plus {trainer.replayed} replayed CPT documents ({phase.replay:.0%} of the rows)"
     return _info(trainer, t0, what, out)
-
-
-def phase_model(run_dir: Path, phase: str, base: str) -> tuple[str, str | None]:
-    """(model folder, adapter folder or None) of the model after ``phase`` ('base', 'cpt' or 'sft')."""
-    if phase == "base":
-        return base, None
-    merged = run_dir / "merged"
-    if phase == "cpt":
-        return str(merged), None
-    sft = run_dir / "sft"
-    if (sft / "adapter_config.json").is_file():
-        return str(merged), str(sft)
-    return str(sft), None
 

@@ -20,14 +20,15 @@ A sweep YAML::
 
 Cells are ``condition x grid x seeds``, named ``<condition>,<key>=<value>,...,seed=<seed>`` (stable, readable),
 each a run folder ``<out>/<cell>``. A cell with a summary.json is skipped; a cell folder made with another
-config is refused by the pipeline. A cell whose CPT inputs (model, seed, toy world, data, cpt, recording)
-equal those of a finished cell starts from hard-linked copies of that cell's ``cpt/`` and ``merged/`` (with
-their DONE markers), so the pipeline skips CPT and merge there.
+config is refused by the pipeline. A cell whose CPT and merge fingerprints (:mod:`layerprobe.fingerprint`: the
+base model, the CPT documents, the CPT settings) equal those of a finished cell, here or in ``reuse_from``, starts
+from hard-linked copies of that cell's CPT and merge (the pipeline's ``reuse_from``), so it skips them.
 
 ``<out>/results.csv`` has one row per finished cell: the cell's columns (condition, group, grid labels, seed)
 and every number in its summary.json flattened (``cpt.cloze_acc``, ``sft.gozaru_rate``,
-``stages.sft.seconds``), item counts of the rates (``sft.gozaru_rate.n``, from the answers files), and
-``retention_drop = cpt.cloze_acc - sft.cloze_acc``. ``<out>/ci.csv`` has each plotted metric's mean per
+``stages.sft.seconds``), item counts of the rates (``sft.gozaru_rate.n``, from the answers files), and the
+outcomes of :mod:`layerprobe.outcomes` that combine two numbers (``retention_drop = cpt.cloze_acc - sft.cloze_acc``,
+``qa_drop``, ``loss_rise``). ``<out>/ci.csv`` has each plotted metric's mean per
 condition with a 95 % interval; with ``baseline:``, ``<out>/paired.csv`` has each condition's paired difference
 from the baseline (same seed and grid values) with a t interval and p-value, and ``paired.png`` shows them.
 ``<out>/sweep.json`` records cells, wall times and reuse.
@@ -43,7 +44,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,20 +51,19 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from layerprobe.config import TOYWORLD, TrainConfig, dump_yaml, load_yaml, resolve
-
-SUMMARY = "summary.json"
+from layerprobe import rundir
+from layerprobe.config import TrainConfig, load_yaml, resolve
+from layerprobe.outcomes import OUTCOMES, read_outcomes
+from layerprobe.rundir import SUMMARY
 RESULTS = "results.csv"
 SWEEP_JSON = "sweep.json"
 CI_TABLE = "ci.csv"
 PAIRED_TABLE = "paired.csv"
-# The parts of a config that CPT and merge depend on: equal parts -> the same cpt/ and merged/.
-CPT_KEYS = ("model", "seed", "toy", "data", "cpt", "record", "recorder")
-REUSED_STAGES = {"cpt": "cpt", "merge": "merged"}
 # Rate metrics and the answer kinds (eval/<phase>-answers.jsonl) they are a share of: their n for Wilson.
 RATE_ITEMS = {"cloze_acc": ("cloze",), "qa_acc": ("qa",), "gozaru_rate": ("instruction",),
               "eos_rate": ("qa", "instruction")}
-PHASES = ("base", "cpt", "sft")
+PHASES = rundir.EVAL_PHASES
+DIFFERENCES = [name for name, (definition, _) in OUTCOMES.items() if " - " in definition]  # not plain copies
 _SAFE = re.compile(r"[^\w.%+@=,-]+")
 
 
@@ -245,83 +244,6 @@ def select_cells(sweep: Sweep, only: str | None) -> list[Cell]:
 # -- running -----------------------------------------------------------------------------------------------------
 
 
-def cpt_key(cfg: TrainConfig) -> str:
-    """What CPT and merge depend on, as a string: equal keys give the same cpt/ and merged/."""
-    d = cfg.to_dict()
-    key = {k: d[k] for k in CPT_KEYS}
-    if TOYWORLD not in (cfg.model, cfg.data.cpt):  # the toy world's settings touch neither model nor CPT text
-        del key["toy"]
-    return json.dumps(key, sort_keys=True, default=str)
-
-
-def _done(run_dir: Path, folder: str) -> dict | None:
-    f = run_dir / folder / "DONE"
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Copy a folder as hard links (same file system) or plain copies; DONE itself is rewritten by the caller."""
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=link, ignore=shutil.ignore_patterns("DONE"))
-
-
-def seed_from(donor: Path, cell_dir: Path, cfg: TrainConfig) -> float:
-    """Start ``cell_dir`` from ``donor``'s finished CPT and merge: config.yaml, cpt/, merged/, CPT records.
-
-    Written so that the pipeline sees a folder of this config whose CPT and merge are done (the same files
-    its own resume reads). Returns the seconds of CPT and merge the donor spent, i.e. what is saved.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    cell_dir.mkdir(parents=True)
-    (cell_dir / "config.yaml").write_text(f"# layerprobe run config (hash {cfg.hash()})\n" + dump_yaml(cfg),
-                                          encoding="utf-8")
-    saved = 0.0
-    for stage, folder in REUSED_STAGES.items():
-        info = _done(donor, folder)
-        _link_tree(donor / folder, cell_dir / folder)
-        info = {**info, "out": str(cell_dir / folder), "reused_from": str(donor / folder)}
-        (cell_dir / folder / "DONE").write_text(json.dumps(info, indent=2, default=str, ensure_ascii=False))
-        saved += float(info.get("seconds") or 0.0)
-    rec = donor / "records"
-    if rec.is_dir():
-        (cell_dir / "records").mkdir()
-        for f in sorted(rec.glob("cpt-r*.parquet")):
-            table = pq.read_table(f)
-            table = table.set_column(table.schema.get_field_index("run"), "run",
-                                     pa.array([cell_dir.name] * table.num_rows, pa.string()))
-            pq.write_table(table, cell_dir / "records" / f.name)
-        for f in rec.glob("meta-cpt.json"):
-            shutil.copy2(f, cell_dir / "records" / f.name)
-    return saved
-
-
-def finished_cpts(folders: list[Path]):
-    """(cpt_key, run folder) of every run under ``folders`` whose CPT and merge are done."""
-    import yaml
-
-    for folder in folders:
-        for d in sorted(folder.glob("*/config.yaml")) if folder.is_dir() else []:
-            if {"cpt", "merge"} <= _stage_state(d.parent):
-                try:
-                    cfg = resolve(yaml.safe_load(d.read_text(encoding="utf-8")) or {})
-                except ValueError:  # a config of an older layerprobe: not comparable, not reused
-                    continue
-                yield cpt_key(cfg), d.parent
-
-
-def _stage_state(run_dir: Path) -> set[str]:
-    from layerprobe.pipeline import STAGE_DIRS
-
-    return {s for s, d in STAGE_DIRS.items() if (run_dir / d / "DONE").is_file()}
-
-
 def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] = print,
               pipeline_log: Callable[[str], None] | None = None, reuse: bool = True) -> pd.DataFrame:
     """Run every cell not yet finished, then write results.csv, figures and sweep.json; returns the table."""
@@ -332,13 +254,9 @@ def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] 
     state = _read_state(sweep.out)
     t_sweep = time.time()
     failed: dict[str, str] = {}
-    finished_by_key: dict[str, Path] = {}
-    for c in sweep.cells:  # finished CPTs of any cell, this run's selection or not
-        d = sweep.out / c.name
-        if d.is_dir() and {"cpt", "merge"} <= _stage_state(d):
-            finished_by_key.setdefault(cpt_key(c.config), d)
-    for key, d in finished_cpts(sweep.reuse_from):
-        finished_by_key.setdefault(key, d)
+    # finished CPTs of any cell (this run's selection or not) and of the reuse_from sweeps: the pipeline links in
+    # one whose CPT and merge fingerprints equal the cell's
+    donors = [sweep.out, *sweep.reuse_from] if reuse else []
     for i, cell in enumerate(cells, 1):
         d = sweep.out / cell.name
         head = f"[{i}/{len(cells)}] {cell.name}"
@@ -346,16 +264,9 @@ def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] 
             log(f"{head}: finished, skipped")
             continue
         t0 = time.time()
-        reused = ""
-        saved = 0.0
-        key = cpt_key(cell.config)
-        donor = finished_by_key.get(key)
-        if reuse and donor is not None and donor != d and not d.exists():
-            saved = seed_from(donor, d, cell.config)
-            reused = donor.name
-        before = _stage_state(d) if d.is_dir() else set()
+        before = rundir.done_stages(d) if d.is_dir() else set()
         try:
-            run_pipeline(cell.config, d, log=pipeline_log or (lambda s: None))
+            summary = run_pipeline(cell.config, d, log=pipeline_log or (lambda s: None), reuse_from=donors)
         except Exception as e:  # one failing cell (an infeasible selector, say) must not stop the others
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -364,9 +275,13 @@ def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] 
             state["cells"][cell.name] = {"status": "failed", "error": failed[cell.name]}
             _write_state(sweep, state)
             continue
-        ran = [s for s in ("cpt", "merge", "sft", "eval") if s not in before]
+        stages = summary.get("stages", {})
+        reused_dirs = [Path(stages[s]["reused_from"]) for s in ("cpt", "merge")
+                       if s not in before and stages.get(s, {}).get("reused_from")]
+        reused = reused_dirs[0].parent.name if reused_dirs else ""
+        saved = sum(float(stages[s].get("seconds") or 0.0) for s in ("cpt", "merge") if reused and s not in before)
+        ran = [s for s in rundir.STAGES if s not in before and not (reused and s in ("cpt", "merge"))]
         seconds = time.time() - t0
-        finished_by_key.setdefault(key, d)
         what = f"ran {', '.join(ran) or 'nothing (all stages were done)'}"
         if reused:
             what = f"reused cpt+merged of {reused} (saved {saved:.0f}s), " + what
@@ -426,7 +341,7 @@ def item_counts(run_dir: Path) -> dict[str, float]:
     """``<phase>.<rate>.n``: how many answers each rate is a share of, from ``eval/<phase>-answers.jsonl``."""
     out = {}
     for phase in PHASES:
-        f = run_dir / "eval" / f"{phase}-answers.jsonl"
+        f = rundir.answers_path(run_dir, phase)
         if not f.is_file():
             continue
         kinds: dict[str, int] = {}

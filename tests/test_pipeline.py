@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from layerprobe import cli
+from layerprobe import cli, rundir
 from layerprobe.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
 from layerprobe.evaluate import METRICS
 
@@ -163,8 +164,8 @@ def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
     assert [r["prompt"][0]["content"] for r in data.sft_rows] == [f"質問{i}" for i in range(5)]
     assert [r["completion"][0]["content"] for r in data.sft_rows] == [gozaru_rewrite(f"答え{i}です。") for i in range(5)]
     assert all("ござる" in r["completion"][0]["content"] for r in data.sft_rows)
-    assert data.eval_set.instructions == [{"prompt": f"質問{i}", "answer": gozaru_rewrite(f"答え{i}です。")}
-                                          for i in (7, 8, 9)]
+    assert data.eval_set.instructions == [{"prompt": f"質問{i}", "answer": gozaru_rewrite(f"答え{i}です。"),
+                                           "plain": f"答え{i}です。"} for i in (7, 8, 9)]
     assert data.eval_set.probes == []  # no probes file, no toy world: knowledge metrics are n/a
     with pytest.raises(ValueError, match="has 10 rows, not more than data.heldout=10"):
         load_data(resolve({"data": {"sft": str(sft), "heldout": 10}}))
@@ -340,15 +341,19 @@ def test_train_record_writes_a_complete_run_folder(run):
         assert (out / sub / "DONE").is_file(), sub
     assert (out / "cpt" / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
     assert (out / "merged" / "tokenizer.json").is_file() and (out / "sft" / "adapter_config.json").is_file()
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("[")]
+    lines = [ln for ln in p.stdout.splitlines() if re.match(r"\[\d/4\] ", ln)]
     assert [ln.split()[1] for ln in lines] == ["cpt", "merge", "sft", "eval"]
     assert all(f"-> {out}" in ln for ln in lines)
     assert "cloze_acc" in p.stdout and "cpt (before)" in p.stdout and "sft (after)" in p.stdout
 
     summary = json.loads((out / "summary.json").read_text())
+    table = rundir.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
+    assert set(table) == {"base", "cpt", "sft"} and not (out / "eval" / "cpt.json").exists()
     for phase in ("cpt", "sft"):
         assert set(summary[phase]) == set(METRICS) | {"general_loss"}
-        assert summary[phase] == json.loads((out / "eval" / f"{phase}.json").read_text())
+        for metric, value in table[phase].items():  # NaN in the table is null in the JSON
+            assert summary[phase][metric] == (None if value != value else pytest.approx(value)), metric
+        assert "metrics" not in json.loads((out / "eval" / "DONE").read_text())
     assert summary["config_hash"] == resolve(load_yaml(out / "config.yaml")).hash()
     assert set(summary["stages"]) == {"cpt", "merge", "sft", "eval"}
     assert all(summary["stages"][s]["seconds"] >= 0 for s in summary["stages"])
@@ -360,11 +365,7 @@ def test_train_record_writes_a_complete_run_folder(run):
         r = rec[rec["phase"] == phase]
         assert {"grad_norm", "update_ratio", "drift_ratio"} <= set(r["quantity"])
         assert sorted(r[r["quantity"] == "grad_norm"]["step"].unique()) == [1, 2, 3]
-        ev = r[r["block"] == "eval"]
-        assert sorted(ev["quantity"]) == sorted(METRICS + ("general_loss",))
-        assert set(ev["step"]) == {summary["stages"][phase]["steps"]} and set(ev["layer"]) == {-1}
-        for q in METRICS + ("general_loss",):  # the same numbers as the summary
-            assert ev[ev["quantity"] == q]["value"].item() == pytest.approx(summary[phase][q], nan_ok=True)
+        assert r[r["block"] == "eval"].empty  # evaluation numbers live in eval/metrics.csv only
     cpt_blocks = set(rec[(rec["phase"] == "cpt") & (rec["quantity"] == "grad_norm")]["block"])
     assert {"embed", "head", "attn", "mlp"} <= cpt_blocks  # CPT adapts embed_tokens and lm_head too
     sft_blocks = set(rec[(rec["phase"] == "sft") & (rec["quantity"] == "grad_norm")]["block"])

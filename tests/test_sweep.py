@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from layerprobe.stats import paired_t, t_mean_ci, wilson
-from layerprobe.sweep import collect, cpt_key, flatten, load_sweep, run_sweep, summarize
+from layerprobe.sweep import collect, flatten, load_sweep, run_sweep, summarize
 
 # A toy world small enough that one cell trains and evaluates in seconds.
 TINY = {
@@ -108,14 +108,14 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
     assert last.name == "high,cpt.lora_alpha=128,sft.target_modules=B,seed=4"
     assert last.columns["group"] == "hi" and last.config.sft.target_modules == ["q_proj"]
     assert len({c.name for c in sw.cells}) == len(sw.cells)
-    # CPT inputs: equal across SFT settings and conditions, different across CPT alpha and seed
-    keys = {cpt_key(c.config) for c in sw.cells}
+    # CPT fingerprints (what a cell may reuse): equal across SFT settings and conditions, not across CPT alpha, seed
+    from types import SimpleNamespace
+
+    from layerprobe.fingerprint import chain, stage_inputs
+
+    data = SimpleNamespace(cpt_docs=["a"], sft_rows=[{"p": 1}], eval_set=[])
+    keys = {chain(stage_inputs(c.config, data, "base"))["merge"] for c in sw.cells}
     assert len(keys) == 2 * 2
-    # the toy world's settings count only when the toy world is the model or the CPT text
-    real = load_sweep(spec, overrides={"model": "m", "data.cpt": "news.jsonl"}).cells[0].config
-    other_toy = load_sweep(spec, overrides={"model": "m", "data.cpt": "news.jsonl", "toy.cpt_people": 3}).cells[0]
-    assert cpt_key(real) == cpt_key(other_toy.config)
-    assert cpt_key(sw.cells[0].config) != cpt_key(load_sweep(spec, overrides={"toy.cpt_people": 3}).cells[0].config)
     # overrides from the command line reach every cell; a typo is refused with the valid keys named
     assert all(c.config.model == "elsewhere" and c.config.sft.r == 2
                for c in load_sweep(spec, overrides={"model": "elsewhere", "sft.r": 2}).cells)  # beats set:
@@ -257,12 +257,13 @@ def test_a_cell_folder_of_another_config_is_refused_and_the_sweep_goes_on(tmp_pa
     sw = load_sweep(spec)
     other = load_sweep({**spec, "seeds": [6]}).cells[0]
     cell_dir = sw.out / sw.cells[0].name
-    cell_dir.mkdir(parents=True)
+    (cell_dir / "cpt").mkdir(parents=True)
     (cell_dir / "config.yaml").write_text(json.dumps(other.config.to_dict()))
+    (cell_dir / "cpt" / "DONE").write_text("{}")  # a finished CPT of that other config: not replaced unasked
     lines: list[str] = []
     table = run_sweep(sw, log=lines.append)
     assert "FAILED" in lines[0] and "different config" in lines[0] and "seed: 6 -> 5" in lines[0]
     assert table.empty and table.attrs["failed"] == [sw.cells[0].name]
     assert json.loads((sw.out / "sweep.json").read_text())["cells"][sw.cells[0].name]["status"] == "failed"
-    assert not (cell_dir / "cpt").exists()
+    assert (cell_dir / "cpt" / "DONE").read_text() == "{}" and not (cell_dir / "merged").exists()
     assert collect(sw).empty

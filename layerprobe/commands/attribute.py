@@ -49,6 +49,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
+    from layerprobe import rundir
     from layerprobe.attribute import AttributeConfig, attribute_change, effects, plot_attribution
     from layerprobe.config import TrainConfig, load_yaml, resolve
     from layerprobe.evaluate import evaluate_model
@@ -59,9 +60,10 @@ def run(args) -> int:
     base, tuned, config = args.base, args.tuned, args.config
     if args.run:
         run_dir = Path(args.run)
-        base, tuned = base or str(run_dir / "merged"), tuned or str(run_dir / "sft")
-        if not config and (run_dir / "config.yaml").is_file():
-            config = str(run_dir / "config.yaml")
+        base = base or str(rundir.stage_dir(run_dir, "merge"))
+        tuned = tuned or str(rundir.stage_dir(run_dir, "sft"))
+        if not config and rundir.is_run(run_dir):
+            config = str(rundir.config_path(run_dir))
     if not base or not tuned:
         raise ValueError("expected --run RUN_DIR, or --base CPT_MODEL and --tuned SFT_MODEL; "
                          f"got base={base!r}, tuned={tuned!r}")

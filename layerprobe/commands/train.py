@@ -29,12 +29,13 @@ def run_stages(args, only: str | None) -> int:
     """Shared by train and the one-stage commands: build the config, run, print the lines and the table."""
     from pathlib import Path
 
+    from layerprobe import rundir
     from layerprobe.config import config_from_args
     from layerprobe.pipeline import default_out, format_table, run_pipeline
 
     out = Path(args.out) if args.out else default_out()
-    if not args.config and (out / "config.yaml").is_file():
-        args.config = str(out / "config.yaml")  # a run folder knows its config; flags still override it
+    if not args.config and rundir.is_run(out):
+        args.config = str(rundir.config_path(out))  # a run folder knows its config; flags still override it
         print(f"config     {args.config}", flush=True)
     cfg = config_from_args(args)
     summary = run_pipeline(cfg, out, overwrite=args.overwrite, progress=True, log=lambda s: print(s, flush=True),
