@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import make_tiny_llama
 from layerprobe.select import (All, And, Block, Budget, Layers, Modules, Not, Or, Regex, apply_requires_grad,
-                               audit_trainable, frozen_unchanged, lora_targets, parse_selector, select_params)
+                               frozen_moved, lora_targets, parse_selector, select_params)
 
 N_LAYERS = 6
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -396,26 +396,23 @@ def test_frozen_parameters_do_not_move(tmp_path):
     sel = apply_requires_grad(model, "first:30%")
     want = {n for n in before if layer_of(n) in (0, 1)}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == want == sel.names
-    audit = audit_trainable(model)
-    assert audit["trainable"] == sum(before[n].numel() for n in want) == 2 * LAYER_NUMEL
-    assert audit["total"] == TOTAL and audit["share"] == pytest.approx(2 * LAYER_NUMEL / TOTAL)
-    assert audit["by_block"]["mlp"] == {"trainable": 2 * 3 * 2048, "total": N_LAYERS * 3 * 2048}
-    assert audit["by_block"]["embed"] == {"trainable": 0, "total": 2048}
+    assert sel.trainable == sum(before[n].numel() for n in want) == 2 * LAYER_NUMEL
+    assert sel.total == TOTAL and sel.share == pytest.approx(2 * LAYER_NUMEL / TOTAL)
 
     _train(model)
     after = dict(model.named_parameters())
     assert [n for n in before if n not in want and not torch.equal(before[n], after[n])] == []
     assert [n for n in want if torch.equal(before[n], after[n])] == []  # every trainable tensor moved
-    assert frozen_unchanged(model, before) == []
-    assert frozen_unchanged(model, tmp_path / "ref") == []
+    assert frozen_moved(model, before) == []
+    assert frozen_moved(model, tmp_path / "ref") == []
     torch.save(before, tmp_path / "ref.pt")
-    assert frozen_unchanged(model, tmp_path / "ref.pt") == []
+    assert frozen_moved(model, tmp_path / "ref.pt") == []
 
     with torch.no_grad():  # the check can fail: nudge one frozen element by one ulp
         w = after["model.layers.4.mlp.up_proj.weight"]
         w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))
-    assert frozen_unchanged(model, before) == ["model.layers.4.mlp.up_proj.weight"]
-    assert frozen_unchanged(model, tmp_path / "ref") == ["model.layers.4.mlp.up_proj.weight"]
+    assert frozen_moved(model, before) == ["model.layers.4.mlp.up_proj.weight"]
+    assert frozen_moved(model, tmp_path / "ref") == ["model.layers.4.mlp.up_proj.weight"]
 
 
 def test_tied_weights_train_together_and_count_once(tmp_path):
@@ -429,7 +426,6 @@ def test_tied_weights_train_together_and_count_once(tmp_path):
     assert sel.tied == (("lm_head.weight", "model.embed_tokens.weight"),)
     assert "lm_head.weight trains with model.embed_tokens.weight (tied)" in sel.describe()
     assert sel.trainable == 64 * 32 and sel.total == unique_total
-    assert audit_trainable(model)["trainable"] == 64 * 32 and audit_trainable(model)["total"] == unique_total
     assert select_params(model, "head").names == sel.names
     assert select_params(model, "not embed").names == {n for n, _ in model.named_parameters(remove_duplicate=False)}
 
@@ -437,17 +433,17 @@ def test_tied_weights_train_together_and_count_once(tmp_path):
     model.save_pretrained(tmp_path / "ref")  # stores the tied tensor under one name only
     _train(model)
     assert not torch.equal(before["model.embed_tokens.weight"], model.lm_head.weight)
-    assert frozen_unchanged(model, tmp_path / "ref") == []
-    assert frozen_unchanged(model, before) == []
+    assert frozen_moved(model, tmp_path / "ref") == []
+    assert frozen_moved(model, before) == []
 
 
-def test_frozen_unchanged_needs_every_frozen_tensor():
+def test_frozen_moved_needs_every_frozen_tensor():
     model = make_tiny_llama()
     apply_requires_grad(model, "mlp")
     with pytest.raises(ValueError, match="the reference has no tensor for frozen parameters"):
-        frozen_unchanged(model, {})
+        frozen_moved(model, {})
     with pytest.raises(FileNotFoundError, match="no reference weights at"):
-        frozen_unchanged(model, "/nonexistent/ref.safetensors")
+        frozen_moved(model, "/nonexistent/ref.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
