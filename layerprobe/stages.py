@@ -248,7 +248,6 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
                       callbacks=_phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
     _save(model, tok, out, phase)
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     what = f"CPT ({_describe(phase, model)}) on {len(docs)} documents ({len(blocks)} blocks of {phase.max_length} tokens)"
     return _info(trainer, t0, what, out)
 
@@ -393,7 +392,6 @@ def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callb
                           replay_docs)
     _train(trainer)
     _save(model, tok, out, phase)
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     what = f"SFT ({_describe(phase, model)}) on {len(rows)} instructions, loss on answers only"
     if phase.replay:
         what += f", plus {trainer.replayed} replayed CPT documents ({phase.replay:.0%} of the rows)"
