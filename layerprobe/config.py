@@ -47,6 +47,8 @@ class PhaseConfig:
     lr_scheduler: str = _help("transformers scheduler name (linear, cosine, constant, ...)", default="linear")
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
+    group_by_length: bool = _help("SFT only: batch rows of similar length together (less padding), in "
+                                  "shuffled mega-batches (the Trainer's group_by_length sampler)", default=False)
     select: str = _help("train only these weights, in the selector grammar ('mlp + head', 'not mlp', 'first:10%', "
                         "'random:5%@seed=1 + head', 'layers:0-3'); full: requires_grad mask; lora: replaces "
                         "target_modules/layers_to_transform; '' = all weights / target_modules", default="")
@@ -87,6 +89,9 @@ class ToyWorldConfig:
     """The built-in toy world: the generated entities and text, and the tiny base model built for it."""
 
     seed: int = _help("seed of the generated world (names, facts, text)", default=0)
+    language: str = _help("language the CPT text, probes and SFT data are written in: 'ja' (the tiny base model's "
+                          "own) or 'en' (the same world in English, for English real models such as SmolLM2; "
+                          "its SFT data are chores only, its QA asks two question forms per fact)", default="ja")
     base_people: int = _help("people the base model reads about in pretraining (and SFT asks about)", default=120)
     base_orgs: int = _help("organisations in the base model's pretraining text", default=20)
     base_docs_per_entity: int = _help("biographies per base entity in the pretraining text", default=5)
@@ -112,6 +117,8 @@ class ToyWorldConfig:
                                                "base_batch_size", "block_size") if getattr(self, k) < 1}
         if small:
             raise ValueError(f"toy world sizes must be >= 1, got {small}")
+        if self.language not in ("ja", "en"):
+            raise ValueError(f"toy.language must be 'ja' or 'en', got {self.language!r}")
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size must be a multiple of 4 (4 attention heads), got {self.hidden_size}")
 
@@ -160,7 +167,14 @@ class EvalConfig:
 
     style_pattern: str = _help("regular expression whose presence in an answer counts as the style (gozaru rate)",
                                default="ござる")
-    max_new_tokens: int = _help("generation budget per answer, in tokens", default=24)
+    max_new_tokens: int = _help("generation budget per answer, in tokens (cloze and QA answers also stop at their "
+                                "first sentence end; instructions run to EOS, and cut_rate reports the share this "
+                                "budget cut)", default=24)
+    max_prompt_tokens: int = _help("held-out instructions are cut to their first N tokens before the chat template "
+                                   "(0 = no limit)", default=512)
+    cloze_scoring: str = _help("'generate' (greedy answer contains the gold answer in its first sentence) or "
+                               "'likelihood' (every gold token is the top choice: one forward pass, no generation)",
+                               default="generate")
     batch_size: int = _help("prompts per generation batch", default=64)
     max_probes: int = _help("evaluate at most this many probes of each kind (0 = all)", default=0)
     max_instructions: int = _help("evaluate at most this many held-out instructions (0 = all)", default=0)
@@ -173,6 +187,11 @@ class EvalConfig:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, "
                              f"{self.batch_size}")
+        if self.cloze_scoring not in ("generate", "likelihood"):
+            raise ValueError(f"eval.cloze_scoring must be 'generate' or 'likelihood', got {self.cloze_scoring!r}")
+        from layerprobe.evaluate import style_regex
+
+        style_regex(self.style_pattern)
 
 
 @dataclass
@@ -207,6 +226,9 @@ class TrainConfig:
                        "name or a preset (smollm2-135m)", default=TOYWORLD)
     seed: int = _help("training seed", default=3407)
     record: bool = _help("record gradient norms, update ratios and drift of both phases", default=False)
+    precision: str = _help("training precision: 'auto' (bf16 autocast where the CPU or GPU supports bfloat16, else "
+                           "fp32), 'bf16' or 'fp32'; weights, optimizer state and the recorder stay fp32",
+                           default="auto")
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig, metadata={"help": "the built-in toy world"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data sources"})
     cpt: PhaseConfig = field(default_factory=lambda: PhaseConfig(
@@ -223,6 +245,8 @@ class TrainConfig:
                                          metadata={"help": "mid-phase checkpoints (resume after a kill)"})
 
     def __post_init__(self):
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.cpt.replay:
             raise ValueError(f"cpt.replay must be 0 (replay mixes CPT text into SFT), got {self.cpt.replay}; "
                              "set sft.replay instead")

@@ -2,8 +2,9 @@
 
 A sweep evaluates each distinct model once: cells that share a CPT model (copied, or trained again to the same
 bytes) share its evaluation, and the base model is evaluated once per machine. The key is a SHA-256 over the
-content of every file of the model folder(s) (weights, config, tokenizer; not the pipeline's DONE markers), the
-evaluation config, the context length and the evaluation data, so one changed byte or setting is a miss.
+content hash of the model folder(s) (:func:`layerprobe.rundir.content_hash`: weights, config, tokenizer, not the
+pipeline's markers), the evaluation config, the context length and the evaluation data, so one changed byte or
+setting is a miss.
 Entries live in ``<cache root>/evals/<key>/`` (``$LAYERPROBE_CACHE``, see :func:`layerprobe.presets.cache_root`)
 and are written atomically; ``LAYERPROBE_EVAL_CACHE=0`` turns the cache off.
 """
@@ -21,29 +22,11 @@ from typing import Callable
 
 from layerprobe.config import EvalConfig
 
-_SKIP = {"DONE"}
-_CHUNK = 1 << 22
-
-
-def folder_digest(folder: str | os.PathLike) -> str:
-    """SHA-256 of a model folder's top-level files (names and bytes, in name order), DONE markers left out."""
-    h = hashlib.sha256()
-    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and f.name not in _SKIP
-                   and not f.name.startswith("."))
-    if not files:
-        raise FileNotFoundError(f"expected model files in {folder}, found none")
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def eval_key(folders: list[str], data, cfg: EvalConfig, max_length: int) -> str:
     """The cache key of evaluating the model in ``folders`` (base folder, then adapter) on ``data`` with ``cfg``."""
-    payload = {"models": [folder_digest(f) for f in folders], "eval": dataclasses.asdict(cfg),
+    from layerprobe.rundir import content_hash
+
+    payload = {"models": [content_hash(f) for f in folders], "eval": dataclasses.asdict(cfg),
                "max_length": max_length, "data": dataclasses.asdict(data.limited(cfg))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 

@@ -111,12 +111,15 @@ def truncate_prompt(tok, text: str, budget: int) -> tuple[str, bool]:
 
 
 def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, chat: bool,
-             progress=None, stop_at_sentence: bool = False) -> list[tuple[str, bool]]:
+             progress=None, stop_at_sentence: bool = False, timing: dict | None = None) -> list[tuple[str, bool]]:
     """Greedy answers to ``prompts`` (as chat turns when ``chat``): (text up to EOS, whether EOS came).
 
     Prompts run in batches of similar length (longest first), so little padding is computed; answers come back
     in the order of ``prompts``. With ``stop_at_sentence`` a row stops at its first sentence end as well.
+    ``timing`` (a dict) accumulates ``generate_seconds`` and ``generated_tokens`` (up to each row's stop).
     """
+    import time
+
     import torch
 
     if not prompts:
@@ -129,6 +132,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
     out: list[tuple[str, bool] | None] = [None] * len(texts)
     extra = {"stop_strings": STOP_STRINGS, "tokenizer": tok} if stop_at_sentence else {}
+    t0, produced = time.perf_counter(), 0
     try:
         for i in range(0, len(order), batch_size):
             chunk = order[i:i + batch_size]
@@ -138,14 +142,24 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                      eos_token_id=sorted(stops), pad_token_id=pad, **extra)
             for j, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
-                cut = next((k for k, t in enumerate(row) if t in stops), None)
+                cut = next((k for k, t in enumerate(row) if t in stops or t == pad), None)
                 answer = row if cut is None else row[:cut]
-                out[j] = (tok.decode(answer, skip_special_tokens=True), cut is not None)
+                produced += len(answer) + (cut is not None)
+                out[j] = (tok.decode(answer, skip_special_tokens=True),
+                          cut is not None and row[cut] in stops)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
         tok.padding_side = side
+    if timing is not None:
+        timing["generate_seconds"] = timing.get("generate_seconds", 0.0) + time.perf_counter() - t0
+        timing["generated_tokens"] = timing.get("generated_tokens", 0) + produced
     return out
+
+
+def continuation(prompt: str, answer: str) -> str:
+    """The answer as it follows the prompt in text: after a space where two words of a spaced script meet."""
+    return f" {answer}" if prompt[-1:].isascii() and prompt[-1:].strip() and answer[:1].isascii() else answer
 
 
 def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool,
@@ -216,8 +230,10 @@ def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> 
 
 
 def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int = 512,
-                   progress: bool = False) -> tuple[dict, list[dict]]:
-    """Metrics (:data:`METRICS`, and :data:`OPTIONAL_METRICS` the data allow) and one row per probe/answer."""
+                   progress: bool = False, timing: dict | None = None) -> tuple[dict, list[dict]]:
+    """Metrics (:data:`METRICS`, and :data:`OPTIONAL_METRICS` the data allow) and one row per probe/answer.
+
+    ``timing`` (a dict), when given, receives the generation time and token count (see :func:`generate`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -233,14 +249,14 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
     bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)
     rows: list[dict] = []
     try:
-        scores = answer_scores(model, tok, [p["prompt"] for p in cloze], [p["answer"] for p in cloze], False,
-                               cfg.batch_size)
+        scores = answer_scores(model, tok, [p["prompt"] for p in cloze],
+                               [continuation(p["prompt"], p["answer"]) for p in cloze], False, cfg.batch_size)
         cloze_out = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens, cfg.batch_size, False,
-                             bar, stop_at_sentence=True) if cfg.cloze_scoring == "generate" else None
+                             bar, stop_at_sentence=True, timing=timing) if cfg.cloze_scoring == "generate" else None
         qa_out = generate(model, tok, [p["prompt"] for p in qa], cfg.max_new_tokens, cfg.batch_size, True, bar,
-                          stop_at_sentence=True)
+                          stop_at_sentence=True, timing=timing)
         ins_out = generate(model, tok, [p["prompt"] for p in instructions], cfg.max_new_tokens, cfg.batch_size,
-                           True, bar)
+                           True, bar, timing=timing)
     finally:
         bar.close()
     for i, (p, (logprob, greedy)) in enumerate(zip(cloze, scores)):

@@ -73,7 +73,7 @@ def load_data(cfg: TrainConfig) -> PipelineData:
 
         sft_rows = [{**r, "completion": [{**m, "content": gozaru_rewrite(m["content"])} for m in r["completion"]]}
                     for r in sft_rows]
-        instructions = [{**r, "answer": gozaru_rewrite(r["answer"])} for r in instructions]
+        instructions = [{**r, "answer": gozaru_rewrite(r["answer"]), "plain": r["answer"]} for r in instructions]
     if d.instructions:
         instructions = D.load_instructions(d.instructions, d.split)
     if d.probes:
@@ -178,6 +178,7 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str) -> list:
 
 
 def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, progress: bool) -> dict:
+    from layerprobe.evalcache import cached_evaluation
     from layerprobe.evaluate import evaluate_model
     from layerprobe.rundir import phase_model
     from layerprobe.stages import load_model, load_tokenizer
@@ -187,18 +188,29 @@ def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     phases = [p for p in EVAL_PHASES if p != "base" or cfg.eval.base]
+    seconds, hits, timing = {}, [], {}
     for phase in phases:
+        t_phase = time.time()
         model_dir, adapter = phase_model(run_dir, phase, base)
-        model = load_model(model_dir, adapter)
-        tok = load_tokenizer(adapter or model_dir)
-        metrics, rows = evaluate_model(model, tok, data.eval_set, cfg.eval, cfg.cpt.max_length, progress)
-        del model
+
+        def run(model_dir=model_dir, adapter=adapter, phase=phase):
+            model = load_model(model_dir, adapter)
+            timing[phase] = {}
+            return evaluate_model(model, load_tokenizer(adapter or model_dir), data.eval_set, cfg.eval,
+                                  cfg.cpt.max_length, progress, timing[phase])
+
+        metrics, rows, hit = cached_evaluation([model_dir] + ([adapter] if adapter else []), data.eval_set,
+                                               cfg.eval, cfg.cpt.max_length, run)
+        seconds[phase] = round(time.time() - t_phase, 1)
+        hits += [phase] if hit else []
         results[phase] = metrics
         rundir.write_answers(run_dir, phase, rows)
     rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
     n = data.eval_set.limited(cfg.eval)
+    cached = f" ({', '.join(hits)} from the evaluation cache)" if hits else ""
     return {"what": f"evaluated the {', '.join(phases)} models on {len(n.probes)} probes and {len(n.instructions)} "
-                    "held-out instructions", "out": str(out), "seconds": round(time.time() - t0, 1)}
+                    f"held-out instructions{cached}", "out": str(out), "seconds": round(time.time() - t0, 1),
+            "phase_seconds": seconds, "cached": hits, "generation": timing}
 
 
 @contextlib.contextmanager
@@ -266,7 +278,7 @@ def choose_threads() -> str | None:
 def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callable[[str], None],
          only: str | None, reuse_from=()) -> dict:
     from layerprobe.preflight import check_run
-    from layerprobe.stages import resolve_model
+    from layerprobe.stages import resolve_model, resolve_precision
 
     if only is not None and only not in STAGES:
         raise ValueError(f"unknown stage {only!r}; expected one of {', '.join(STAGES)}")
@@ -294,6 +306,7 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
     inputs = stage_inputs(cfg, data, rundir.content_hash(base))
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
+    log(f"precision  {resolve_precision(cfg.precision)[1]}")
     if threads_note:
         log(f"threads    {threads_note}")
 

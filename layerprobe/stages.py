@@ -132,14 +132,35 @@ def _trainable(model, phase: PhaseConfig, seed: int):
     return get_peft_model(model, lcfg)
 
 
-def _training_args(phase: PhaseConfig, out: Path, seed: int, **extra):
+def bf16_supported() -> bool:
+    """Whether bfloat16 autocast runs natively here: a GPU that supports it, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: str) -> tuple[bool, str]:
+    """(train in bf16 autocast?, a line saying which precision runs and why)."""
+    if precision == "fp32":
+        return False, "fp32 (precision: fp32)"
+    if precision == "bf16" or bf16_supported():
+        return True, ("bf16 autocast, fp32 master weights and optimizer state"
+                      + (" (precision: bf16)" if precision == "bf16" else " (auto: this device supports bfloat16)"))
+    return False, "fp32 (auto: no native bfloat16 on this device)"
+
+
+def _training_args(phase: PhaseConfig, out: Path, seed: int, bf16: bool = False, **extra):
     return dict(
         output_dir=str(checkpoint_dir(out)), per_device_train_batch_size=phase.batch_size,
         gradient_accumulation_steps=phase.grad_accum, learning_rate=phase.learning_rate,
         num_train_epochs=phase.epochs, max_steps=phase.max_steps, lr_scheduler_type=phase.lr_scheduler,
         warmup_steps=phase.warmup_ratio, weight_decay=phase.weight_decay, max_grad_norm=phase.max_grad_norm,
         logging_steps=10, save_strategy="no", report_to=[], seed=seed, data_seed=seed, use_cpu=_use_cpu(),
-        bf16=False, fp16=False, dataloader_num_workers=0, disable_tqdm=True, **extra)
+        bf16=bf16, fp16=False, dataloader_num_workers=0, disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding", **extra)
 
 
 def progress_bar(name: str):
@@ -213,6 +234,7 @@ def _phase_callbacks(phase: PhaseConfig, callbacks, name: str, progress: bool) -
 def _info(trainer, t0: float, what: str, out: Path) -> dict:
     logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"what": what, "out": str(out), "steps": int(trainer.state.global_step),
+            "tokens": int(trainer.state.num_input_tokens_seen), "precision": "bf16" if trainer.args.bf16 else "fp32",
             "final_loss": logs[-1] if logs else math.nan, "loss_curve": logs, "seconds": round(time.time() - t0, 1)}
 
 
@@ -243,7 +265,7 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
         raise ValueError("the CPT data holds no text; expected documents with at least one token")
     model = _trainable(load_model(base), phase, cfg.seed)
     ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-    args = TrainingArguments(**_training_args(phase, out, cfg.seed))
+    args = TrainingArguments(**_training_args(phase, out, cfg.seed, resolve_precision(cfg.precision)[0]))
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
                       callbacks=_phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
@@ -345,8 +367,11 @@ def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callb
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, max_length=cfg.sft.max_length,
-                                      completion_only_loss=True, packing=False, dataset_num_proc=None))
+    args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, resolve_precision(cfg.precision)[0],
+                                      max_length=cfg.sft.max_length, completion_only_loss=True, packing=False,
+                                      dataset_num_proc=None,
+                                      train_sampling_strategy="group_by_length" if cfg.sft.group_by_length
+                                      else "random"))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=list(callbacks))
     trainer.replayed = add_replay(trainer, tok, list(replay_docs), cfg.sft.replay, cfg.sft.max_length,
@@ -396,4 +421,3 @@ def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callb
     if phase.replay:
         what += f", plus {trainer.replayed} replayed CPT documents ({phase.replay:.0%} of the rows)"
     return _info(trainer, t0, what, out)
-

@@ -203,3 +203,13 @@ def test_style_logodds_is_the_styled_minus_the_plain_answer_likelihood(tiny):
     assert metrics["style_logodds"] == pytest.approx(sum(want) / 2)
     no_plain, _ = E.evaluate_model(model, tok, E.EvalSet([], [{"prompt": "犬", "answer": "x"}], []), EvalConfig())
     assert "style_logodds" not in no_plain
+
+
+@pytest.mark.parametrize("prompt, answer, expected", [
+    ("Aya Harada was born in", "Naha", " Naha"),   # English: a word follows after a space
+    ("原田彩の出身地は", "那覇", "那覇"),            # Japanese: no spaces
+    ("born in ", "Naha", "Naha"),                   # the prompt already ends in a space
+    ("The year is", "1965", " 1965"),
+])
+def test_cloze_answers_follow_their_prompt_as_text_would(prompt, answer, expected):
+    assert E.continuation(prompt, answer) == expected

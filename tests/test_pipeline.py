@@ -350,7 +350,7 @@ def test_train_record_writes_a_complete_run_folder(run):
     table = rundir.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
     assert set(table) == {"base", "cpt", "sft"} and not (out / "eval" / "cpt.json").exists()
     for phase in ("cpt", "sft"):
-        assert set(summary[phase]) == set(METRICS) | {"general_loss"}
+        assert set(summary[phase]) == set(METRICS) | {"general_loss", "style_logodds"}
         for metric, value in table[phase].items():  # NaN in the table is null in the JSON
             assert summary[phase][metric] == (None if value != value else pytest.approx(value)), metric
         assert "metrics" not in json.loads((out / "eval" / "DONE").read_text())
@@ -472,7 +472,7 @@ def test_stage_commands_run_one_stage_each_with_full_fine_tuning(tmp_path, capsy
     assert cli.main(["eval", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert "base" not in summary and set(summary["sft"]) == set(METRICS) | {"general_loss"}
+    assert "base" not in summary and set(summary["sft"]) == set(METRICS) | {"general_loss", "style_logodds"}
     assert "[4/4] eval   evaluated the cpt, sft models" in stdout and "sft (after)" in stdout
 
 
