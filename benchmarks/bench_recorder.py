@@ -116,19 +116,21 @@ def memory_of(name: str) -> None:
         with PeakAnon() as before:
             for _ in range(2):
                 plain.step(batch)
-        if name != "plain":  # attach the variant to the same, warmed-up model
-            spec = dict(SPECS[name])
-            if spec.pop("wandb", False):
-                import wandb
+        with PeakAnon() as after:  # attaching (the drift reference is written then), 2 steps and close
+            if name != "plain":  # attach the variant to the same, warmed-up model
+                spec = dict(SPECS[name])
+                if spec.pop("wandb", False):
+                    import wandb
 
-                run = wandb.init(project="layerprobe-bench", dir=tmp, mode="offline")
-                run.watch(plain.model, log="all", log_freq=1)
-                plain.run = run
-            else:
-                plain.rec = Recorder(plain.model, Path(tmp) / name, phase="bench", **spec)
-        with PeakAnon() as after:
+                    run = wandb.init(project="layerprobe-bench", dir=tmp, mode="offline")
+                    run.watch(plain.model, log="all", log_freq=1)
+                    plain.run = run
+                else:
+                    plain.rec = Recorder(plain.model, Path(tmp) / name, phase="bench", **spec)
             for _ in range(2):
                 plain.step(batch)
+            if plain.rec is not None:
+                plain.rec.close()
         print(f"{name:<8} +{after.peak - before.peak:6.0f} MB  ({100 * (after.peak - before.peak) / model_mb:5.1f} % "
               f"of the {model_mb:.0f} MB model)")
 
@@ -176,8 +178,8 @@ def main():
                       f"{100 * (g + upd_drift / 25) / plain:.2f} % of a plain step "
                       f"(update+drift+weight pass alone: {100 * upd_drift / plain:.1f} % of a step when it runs)")
     if args.memory:
-        print("extra anonymous memory (peak RssAnon over 2 steps with the variant minus peak over 2 plain steps "
-              "before it, same process; fresh process per variant):")
+        print("extra anonymous memory (peak RssAnon while attaching the variant, 2 steps and close, minus peak over 2 "
+              "plain steps before it, same process; fresh process per variant):")
         for n in args.memory.split(","):
             # a fixed mmap threshold makes glibc return freed large blocks, so RssAnon tracks live tensors
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}

@@ -3,6 +3,12 @@
 For X (p x k) and Y (k x q): ||X @ Y||_F^2 = sum((X^T X) * (Y Y^T)). Differences of two products are written
 as sums of small terms, B1 A1 - B0 A0 = (B1 - B0) A1 + B0 (A1 - A0), so nothing large cancels, and the Gram
 matrices are accumulated in float64.
+
+Under row sharding (FSDP2: B and W0 split on their output rows, the same rows on each rank) every norm splits into
+pieces that add up over ranks: B^T B and B^T W0 are sums over row blocks, and A (r x n, small) is summed from
+zero-padded row blocks (:func:`layerprobe.distributed.whole`). ``*_parts`` return one rank's pieces;
+``*_from`` turn the pieces' sums into the norm. Unsharded, the pieces are the whole matrices. This module does
+no communication.
 """
 
 from __future__ import annotations
@@ -22,24 +28,34 @@ def product_norm(b: torch.Tensor, a: torch.Tensor, scale: float) -> float:
     return abs(scale) * _gram_norm_sq(b, a) ** 0.5
 
 
-def product_diff_norm(b1: torch.Tensor, a1: torch.Tensor, b0: torch.Tensor, a0: torch.Tensor, scale: float) -> float:
-    """||scale * (B1 @ A1 - B0 @ A0)||_F."""
-    x = torch.cat([b1.detach().double() - b0.detach().double(), b0.detach().double()], dim=1)
-    y = torch.cat([a1.detach().double(), a1.detach().double() - a0.detach().double()], dim=0)
-    return abs(scale) * _gram_norm_sq(x, y) ** 0.5
-
-
-def effective_weight_norm(w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: float,
-                          transposed: bool = False, w0_norm_sq: float | None = None) -> float:
-    """||W0 + scale * dW||_F with dW = B @ A (or its transpose when the base stores W transposed).
-
-    <W0, B A> = sum((B^T W0) * A): an r x q product, never p x q beyond W0 itself.
-    """
+def weight_parts(w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor, transposed: bool,
+                 w0_norm_sq: float) -> list[torch.Tensor]:
+    """Pieces of ||W0 + s dW||^2 (dW = B @ A, or its transpose when the base stores W transposed):
+    [||W0||^2, B^T W0 (r x q), B^T B (r x r), A]. ``w0`` and ``b`` are the same rows (this rank's), ``a`` is
+    this rank's summand of A (see :func:`layerprobe.distributed.whole`)."""
     w = w0.detach()
-    bd, ad = b.detach().to(w.dtype), a.detach().to(w.dtype)
-    left = bd.T @ (w.T if transposed else w)  # r x q
-    inner = float((left.double() * ad.double()).sum())
-    if w0_norm_sq is None:
-        w0_norm_sq = float(torch.linalg.vector_norm(w, dtype=torch.float32).double() ** 2)
-    total = w0_norm_sq + 2.0 * scale * inner + scale * scale * _gram_norm_sq(b, a)
+    left = (b.detach().to(w.dtype).T @ (w.T if transposed else w)).double()  # r x q: never p x q beyond W0 itself
+    b64 = b.detach().double()
+    return [torch.tensor([w0_norm_sq], dtype=torch.float64, device=left.device), left, b64.T @ b64, a.double()]
+
+
+def weight_norm_from(parts: list[torch.Tensor], scale: float) -> float:
+    """||W0 + s dW|| = sqrt(||W0||^2 + 2 s <B^T W0, A> + s^2 sum((B^T B) * (A A^T)))."""
+    w0_sq, left, gram_b, a = parts
+    total = float(w0_sq[0]) + 2.0 * scale * float((left * a).sum()) + scale * scale * float(
+        (gram_b * (a @ a.T)).sum().clamp_min(0.0))
     return max(total, 0.0) ** 0.5
+
+
+def diff_parts(b1: torch.Tensor, a1: torch.Tensor, b0: torch.Tensor, a0: torch.Tensor) -> list[torch.Tensor]:
+    """Pieces of ||B1 A1 - B0 A0||^2: [X^T X, A1, A0] with X = [B1 - B0, B0] (this rank's rows)."""
+    b1d, b0d = b1.detach().double(), b0.detach().double()
+    x = torch.cat([b1d - b0d, b0d], dim=1)
+    return [x.T @ x, a1.detach().double(), a0.detach().double()]
+
+
+def diff_norm_from(parts: list[torch.Tensor], scale: float) -> float:
+    """||s (B1 A1 - B0 A0)|| = |s| sqrt(sum((X^T X) * (Y Y^T))), Y = [A1; A1 - A0]."""
+    gram_x, a1, a0 = parts
+    y = torch.cat([a1, a1 - a0], dim=0)
+    return abs(scale) * float((gram_x * (y @ y.T)).sum().clamp_min(0.0)) ** 0.5

@@ -1,29 +1,61 @@
-"""Recorded quantities: one small class each. Scheduling and saving live in the recorder.
+"""Recorded quantities: one small class each. Scheduling, reducing over ranks and saving live in the recorder.
 
-Each quantity returns rows ``(name, layer, block, module, numerator_norm, denominator_norm | None)``;
-the recorder turns them into per-parameter values and per-(layer, block, module) ratios of summed squares.
-LoRA pairs are reported under the canonical name of the weight they adapt, in the same units as a dense
+Each quantity returns a :class:`Partial`: this rank's pieces (sums of squares, and for LoRA small Gram matrices)
+that add up over shards, and a ``finish`` that turns their sums into rows
+``(name, layer, block, module, numerator_norm, denominator_norm | None)``. Unsharded, the pieces are the whole
+sums. LoRA pairs are reported under the canonical name of the weight they adapt, in the same units as a dense
 weight (the effective W = W0 + s * B @ A).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from layerprobe import lora_norms
+from layerprobe import distributed, lora_norms
 from layerprobe.schedules import Schedule
-from layerprobe.tracking import Units
+from layerprobe.snapshot import DiskSnapshot
+from layerprobe.tracking import LoraPair, Units
 
 Row = tuple[str, int, str, str, float, "float | None"]
-CHUNK_ELEMS = 1 << 20  # 4 MB of float32: the working set of the chunked passes
+
+
+@dataclass
+class Partial:
+    """One quantity at one step: ``tensors`` are this rank's pieces; ``finish(sums)`` makes rows of their sums."""
+
+    quantity: str
+    step: int
+    tensors: list[torch.Tensor]
+    finish: Callable[[list[torch.Tensor]], list[Row]]
+    sums: list[torch.Tensor] = field(default_factory=list)
 
 
 def _rows(units_list, nums, dens=None) -> list[Row]:
     return [(u.name, u.layer, u.block, u.module, float(n), None if dens is None else float(d))
             for u, n, d in zip(units_list, nums, dens if dens is not None else nums)]
+
+
+def _sq_norms(tensors: list[torch.Tensor | None], units: Units) -> torch.Tensor:
+    """Squared L2 norms in float64 (0 for None) times each unit's share of the sum over ranks; one foreach kernel."""
+    present = [t for t in tensors if t is not None]
+    device = present[0].device if present else torch.device("cpu")
+    out = torch.zeros(len(tensors), dtype=torch.float64, device=device)
+    if present:
+        norms = torch.stack(torch._foreach_norm(present, 2, dtype=torch.float32)).double()
+        idx = torch.tensor([i for i, t in enumerate(tensors) if t is not None], device=device)
+        out[idx] = norms * norms
+    return out * torch.tensor([d.share for d in units.dense], dtype=torch.float64, device=device)
+
+
+def _weight_parts(p: LoraPair, b: torch.Tensor, a: torch.Tensor) -> list[torch.Tensor]:
+    """This rank's pieces of the effective weight norm of pair ``p`` with factors ``b, a`` (this rank's pieces)."""
+    parts = lora_norms.weight_parts(distributed.weight(p.base), distributed.rows_like(b, p.b, p.base),
+                                    distributed.whole(a, p.a, p.a_share), p.transposed, p.base_norm_sq)
+    return [t * p.share for t in parts[:3]] + parts[3:]
 
 
 class Quantity:
@@ -43,17 +75,12 @@ class GradNorm(Quantity):
 
     name = "grad_norm"
 
-    @staticmethod
-    def norms(units: Units) -> list[torch.Tensor]:
-        grads = [d.param.grad for d in units.dense]
-        present = [g for g in grads if g is not None]
-        it = iter(torch._foreach_norm(present, 2, dtype=torch.float32) if present else [])
-        zero = torch.zeros((), dtype=torch.float32)
-        return [next(it) if g is not None else zero for g in grads]
-
-    def rows(self, units: Units, norms: list[torch.Tensor]) -> list[Row]:
-        values = torch.stack(norms).tolist() if norms else []
-        return _rows(units.dense, values)
+    def partial(self, units: Units, step: int, scale: float = 1.0) -> Partial:
+        """``scale``: a loss scale the gradients still carry (DeepSpeed fp16), divided out."""
+        sq = _sq_norms([distributed.grad(d.param) for d in units.dense], units)
+        if scale != 1.0:
+            sq = sq / (scale * scale)
+        return Partial(self.name, step, [sq], lambda s: _rows(units.dense, s[0].sqrt().tolist()))
 
 
 class WeightNorm(Quantity):
@@ -61,124 +88,93 @@ class WeightNorm(Quantity):
 
     name = "weight_norm"
 
-    def rows(self, units: Units) -> list[Row]:
-        params = [d.param.detach() for d in units.dense]
-        vals = torch.stack(torch._foreach_norm(params, 2, dtype=torch.float32)).tolist() if params else []
-        lora = [lora_norms.effective_weight_norm(p.base, p.b, p.a, p.scale, p.transposed, p.base_norm_sq)
-                for p in units.lora]
-        return _rows(units.dense, vals) + _rows(units.lora, lora)
+    def partial(self, units: Units, step: int) -> Partial:
+        tensors = [_sq_norms([distributed.weight(d.param) for d in units.dense], units)]
+        for p in units.lora:
+            tensors += _weight_parts(p, distributed.weight(p.b), distributed.weight(p.a))
+
+        def finish(s):
+            lora = [lora_norms.weight_norm_from(s[1 + 4 * i:5 + 4 * i], p.scale) for i, p in enumerate(units.lora)]
+            return _rows(units.dense, s[0].sqrt().tolist()) + _rows(units.lora, lora)
+
+        return Partial(self.name, step, tensors, finish)
 
 
-class UpdateRatio(Quantity):
-    """||W_{t+1} - W_t|| / ||W_t|| for one optimizer step.
+class _Change(Quantity):
+    """||W_t - R|| / ||R|| against reference weights R kept on disk (this rank's shard only), read back in 4 MB
+    pieces: no second copy of the weights in memory. LoRA pairs: the effective weights from the stored factors."""
 
-    ``snapshot`` copies the trainable tensors into buffers allocated once and reused; ``rows`` subtracts in place.
-    """
+    def __init__(self, schedule: Schedule, path: str | os.PathLike):
+        super().__init__(schedule)
+        self.store = DiskSnapshot(path)
+
+    def write(self, units: Units) -> None:
+        self.store.write({d.name: distributed.weight(d.param) for d in units.dense})
+
+    def partial(self, units: Units, step: int) -> Partial:
+        sums = []  # per dense unit: ||W - R||^2, ||R||^2
+        for d in units.dense:
+            diff_sq = ref_sq = 0.0
+            for live, ref in self.store.pairs(d.name, distributed.weight(d.param)):
+                diff_sq += float(torch.linalg.vector_norm(live - ref)) ** 2
+                ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
+            sums.append((diff_sq * d.share, ref_sq * d.share))
+        tensors = [torch.tensor(sums, dtype=torch.float64).reshape(-1, 2)]
+        names = {id(d.param): d.name for d in units.dense}
+        for p in units.lora:
+            a1, b1 = distributed.weight(p.a), distributed.weight(p.b)
+            a0 = self.store.get(names[id(p.a)]).to(a1.device) if id(p.a) in names else a1
+            b0 = self.store.get(names[id(p.b)]).to(b1.device) if id(p.b) in names else b1
+            rows_b = [distributed.rows_like(b, p.b, p.base) for b in (b1, b0)]
+            whole_a = [distributed.whole(a, p.a, p.a_share) for a in (a1, a0)]
+            gram, a1w, a0w = lora_norms.diff_parts(rows_b[0], whole_a[0], rows_b[1], whole_a[1])
+            tensors += [gram * p.share, a1w, a0w] + _weight_parts(p, b0, a0)
+
+        def finish(s):
+            dense = s[0].sqrt()
+            rows = _rows(units.dense, dense[:, 0].tolist(), dense[:, 1].tolist()) if len(units.dense) else []
+            for i, p in enumerate(units.lora):
+                k = 1 + 7 * i
+                rows.append((p.name, p.layer, p.block, p.module, lora_norms.diff_norm_from(s[k:k + 3], p.scale),
+                             lora_norms.weight_norm_from(s[k + 3:k + 7], p.scale)))
+            return rows
+
+        return Partial(self.name, step, tensors, finish)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class UpdateRatio(_Change):
+    """||W_{t+1} - W_t|| / ||W_t|| for one optimizer step; W_t is written to disk just before a recorded step."""
 
     name = "update_ratio"
 
-    def __init__(self, schedule: Schedule):
-        super().__init__(schedule)
-        self._buf: list[torch.Tensor] | None = None
-        self._lora_norm_before: list[float] = []
+    def __init__(self, schedule: Schedule, path: str | os.PathLike):
+        super().__init__(schedule, path)
+        self.snapshot_step: int | None = None
 
-    @property
-    def ready(self) -> bool:
-        """Whether a snapshot was taken (``before_step`` ran for this step)."""
-        return self._buf is not None
+    def snapshot(self, units: Units, step: int) -> None:
+        self.write(units)
+        self.snapshot_step = step
 
-    def snapshot(self, units: Units) -> None:
-        params = [d.param.detach() for d in units.dense]
-        if self._buf is None:
-            self._buf = [torch.empty_like(p) for p in params]
-        torch._foreach_copy_(self._buf, params)
-        self._lora_norm_before = [
-            lora_norms.effective_weight_norm(p.base, p.b, p.a, p.scale, p.transposed, p.base_norm_sq)
-            for p in units.lora]
-
-    def rows(self, units: Units) -> list[Row]:
-        assert self._buf is not None, "snapshot() must run before the optimizer step"
-        params = [d.param.detach() for d in units.dense]
-        dens = torch.stack(torch._foreach_norm(self._buf, 2, dtype=torch.float32)).tolist() if params else []
-        torch._foreach_sub_(self._buf, params)
-        nums = torch.stack(torch._foreach_norm(self._buf, 2, dtype=torch.float32)).tolist() if params else []
-        rows = _rows(units.dense, nums, dens)
-        index = {id(d.param): i for i, d in enumerate(units.dense)}
-        for pair, before in zip(units.lora, self._lora_norm_before):
-            # the pre-step factors are in the snapshot buffers (A, B are trainable dense units)
-            a0 = self._before(pair.a, params, index)
-            b0 = self._before(pair.b, params, index)
-            num = lora_norms.product_diff_norm(pair.b, pair.a, b0, a0, pair.scale)
-            rows.append((pair.name, pair.layer, pair.block, pair.module, num, before))
-        return rows
-
-    def _before(self, param: torch.Tensor, params: list[torch.Tensor], index: dict[int, int]) -> torch.Tensor:
-        i = index.get(id(param))
-        return param.detach() if i is None else params[i] + self._buf[i]  # buf holds W_t - W_{t+1}
+    def ready(self, step: int) -> bool:
+        """Whether the weights before ``step`` were written (``before_step`` ran for this step)."""
+        return self.snapshot_step == step
 
 
-class DriftRatio(Quantity):
-    """||W_t - W_ref|| / ||W_ref||, W_ref being the weights at the start of the phase.
-
-    Dense references are written once to a safetensors file and read back in row chunks, so no second copy
-    of the weights is held in memory; LoRA references are the (small) starting factors.
-    """
+class DriftRatio(_Change):
+    """||W_t - W_ref|| / ||W_ref||, W_ref being the weights at the start of the phase."""
 
     name = "drift_ratio"
 
-    def __init__(self, schedule: Schedule, reference_path: str | os.PathLike):
-        super().__init__(schedule)
-        self.path = Path(reference_path)
-        self._lora_ref: list[tuple[torch.Tensor, torch.Tensor, float]] = []
-        self._ref_norms: list[float] = []
-        self._scratch: torch.Tensor | None = None
-
     def start(self, units: Units) -> None:
-        from safetensors.torch import save_file
+        self.write(units)
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {d.name: d.param.detach().contiguous() for d in units.dense}
-        tmp = self.path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.path)
-        self._ref_norms = torch.stack(torch._foreach_norm(list(tensors.values()), 2, dtype=torch.float32)).tolist() \
-            if tensors else []
-        self._lora_ref = [(p.a.detach().clone(), p.b.detach().clone(),
-                           lora_norms.effective_weight_norm(p.base, p.b, p.a, p.scale, p.transposed, p.base_norm_sq))
-                          for p in units.lora]
-        self._scratch = torch.empty(CHUNK_ELEMS, dtype=torch.float32)
-
-    def rows(self, units: Units) -> list[Row]:
-        from safetensors import safe_open
-
-        nums = []
-        with safe_open(str(self.path), framework="pt") as f:
-            for d in units.dense:
-                nums.append(self._diff_norm(d.param.detach(), f.get_slice(d.name)))
-        rows = _rows(units.dense, nums, self._ref_norms)
-        for pair, (a0, b0, ref_norm) in zip(units.lora, self._lora_ref):
-            rows.append((pair.name, pair.layer, pair.block, pair.module,
-                         lora_norms.product_diff_norm(pair.b, pair.a, b0, a0, pair.scale), ref_norm))
-        return rows
-
-    def _diff_norm(self, w: torch.Tensor, ref) -> float:
-        flat_rows = w.reshape(w.shape[0], -1) if w.dim() > 1 else w.reshape(1, -1)
-        per_row = max(flat_rows.shape[1], 1)
-        step = max(1, CHUNK_ELEMS // per_row)
-        total = 0.0
-        for i in range(0, flat_rows.shape[0], step):
-            cur = flat_rows[i:i + step] if w.dim() > 1 else flat_rows
-            r = ref[i:i + step] if w.dim() > 1 else ref[:]
-            out = self._scratch[: cur.numel()].view(cur.shape) if cur.numel() <= CHUNK_ELEMS else None
-            diff = torch.sub(cur.float(), r.reshape(cur.shape).float(), out=out)
-            total += float(torch.linalg.vector_norm(diff).double() ** 2)
-            if w.dim() <= 1:
-                break
-        return total ** 0.5
-
-    def close(self) -> None:
-        self._scratch = None
-        self.path.unlink(missing_ok=True)
+    def resume(self, units: Units) -> bool:
+        """Measure from the phase's start again after a resume: reuse the reference the first attempt wrote.
+        Returns False when it is gone (the caller then starts a new reference)."""
+        return self.store.attach({d.name: distributed.weight(d.param) for d in units.dense})
 
 
 QUANTITIES = ("grad_norm", "weight_norm", "update_ratio", "drift_ratio")
