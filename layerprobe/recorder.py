@@ -97,14 +97,16 @@ class Recorder:
             raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to record; "
                              "unfreeze parameters or add an adapter before creating the recorder")
         params = [d.param for d in self.units.dense] + [p.base for p in self.units.lora]
-        # sharded (FSDP2, ZeRO-3) or read through DeepSpeed's collective accessors (ZeRO-1/2): every rank computes
-        # its part and the parts are summed in one all_reduce; otherwise rank 0 alone computes
+        # sharded (FSDP2, ZeRO-3): every rank computes its part and the parts are summed in one all_reduce;
+        # gradients read through DeepSpeed's collective accessor (ZeRO-1/2): every rank reads, rank 0 computes the
+        # rest (the weights are whole); otherwise rank 0 alone computes
         self.group = distributed.shard_group(params)
         for d in self.units.dense:
             d.share = distributed.share(d.param, self.group)
         for pair in self.units.lora:
             pair.share, pair.a_share = distributed.share(pair.base, self.group), distributed.share(pair.a, self.group)
-        self.computes = self.active or distributed.collective_reads(params)
+        self.computes = self.active or distributed.collective_reads(params)  # gradients
+        self.owns_weights = self.active or self.group is not None  # update ratio, drift, weight norm, frozen
         self.step = 1  # the optimizer step being taken: rows at step s describe the s-th update
         self.summary: dict[str, float] = {}
         self.grad_scale = 1.0  # a loss scale the gradients still carry when read (DeepSpeed fp16)
@@ -128,11 +130,11 @@ class Recorder:
                 self._resume(resume_step)
             else:
                 self._write_audit()
-        self._drift_ready = self.computes and "drift_ratio" in wanted and drift_every != "never"
+        self._drift_ready = self.owns_weights and "drift_ratio" in wanted and drift_every != "never"
         if self._drift_ready:
             if not (resume_step and self.drift.resume(self.units)):
                 self.drift.start(self.units)
-        self._frozen_fingerprint = _fingerprint(model) if self.computes else {}
+        self._frozen_fingerprint = _fingerprint(model) if self.owns_weights else {}
 
     # -- the two points of a training step -----------------------------------------------------------
 
@@ -170,7 +172,7 @@ class Recorder:
                 self._emit_scalar("grad_norm_total", total)
                 if limit:
                     self._emit_scalar("clip_factor", min(factor, 1.0))
-        if self.computes and self.update.due(self.step):
+        if self.owns_weights and self.update.due(self.step):
             self.update.snapshot(self.units, self.step)
         return factor
 
@@ -179,7 +181,7 @@ class Recorder:
         ranks together with the next step's gradient norms (or at ``close``): one all_reduce per step."""
         if step is not None:
             self.step = step
-        if self.computes:
+        if self.owns_weights:
             if self.update.due(self.step) and self.update.ready(self.step):
                 self._pending.append(self.update.partial(self.units, self.step))
             if self._drift_ready and self.drift.due(self.step):
@@ -198,7 +200,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        if self.computes:
+        if self.owns_weights:
             last = self.step - 1
             parts = []
             if self._drift_ready and last >= 1 and not self.drift.due(last):
