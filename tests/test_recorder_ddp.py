@@ -45,3 +45,20 @@ def test_torchrun_without_use_cpu_warns(tmp_path):
              tmp_path)
     assert "the Trainer is not running distributed" in r.stderr
     assert not list((tmp_path / "x" / "records").glob("*-r1-*"))
+
+
+def test_trainer_fsdp_on_cpu_runs_ddp_and_the_recorder_says_so(tmp_path):
+    """TrainingArguments(fsdp=..., use_cpu=True): accelerate shards on GPUs only and runs DDP; the recorder warns,
+    takes clipping over (pre-clip norms, clip_factor rows) and labels the parameters whole."""
+    import json
+
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not found")
+    r = _run([torchrun, "--nproc_per_node", "2", "--master_port", "29519", str(SCRIPT), str(tmp_path / "x"), "2", "1",
+              "fsdp"], tmp_path)
+    assert "asked for FSDP but the model is not sharded" in r.stderr
+    df = load_records(tmp_path / "x")
+    assert (df[df.quantity == "clip_factor"].value < 1).all() and len(df[df.quantity == "clip_factor"]) == 3
+    meta = json.loads((tmp_path / "x" / "records" / "meta-cpt.json").read_text())
+    assert meta["parameters"] == "whole" and meta["grad_norm_clip"] == "pre"
