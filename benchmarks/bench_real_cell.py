@@ -30,16 +30,20 @@ def main(argv=None) -> None:
     from layerprobe.pipeline import load_data, run_pipeline
     from layerprobe import rundir
 
+    import torch
+
     t_import = time.time() - t_start
+    load = os.getloadavg()[0]
     cfg = resolve(load_yaml(args.config))
     out = Path(args.out or f"runs/bench-cell-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists():
         raise SystemExit(f"--out {out} exists; the benchmark times a fresh run, give a new folder")
     t0 = time.time()
     summary = run_pipeline(cfg, out, log=print)
+    threads = torch.get_num_threads()  # as the pipeline chose them (free cores, or OMP_NUM_THREADS)
     wall = time.time() - t0
-    stages = summary["stages"]
-    ev = rundir.read_done(out, "eval") or stages["eval"]
+    stages = {s: rundir.read_done(out, s) or summary["stages"][s] for s in ("cpt", "merge", "sft", "eval")}
+    ev = stages["eval"]
 
     data = load_data(cfg)
     base = summary["base_model"]
@@ -59,7 +63,7 @@ def main(argv=None) -> None:
         return round(tokens / seconds, 1) if tokens and seconds else None
 
     result = {
-        "config": args.config, "run": str(out), "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+        "config": args.config, "run": str(out), "torch_threads": threads, "load_average_at_start": load,
         "wall_seconds": round(wall, 1), "import_seconds": round(t_import, 1),
         "stages": {s: stages[s].get("seconds") for s in ("cpt", "merge", "sft", "eval")},
         "eval_seconds": ev.get("phase_seconds"), "eval_cached": ev.get("cached"),

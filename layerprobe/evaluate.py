@@ -111,7 +111,8 @@ def truncate_prompt(tok, text: str, budget: int) -> tuple[str, bool]:
 
 
 def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, chat: bool,
-             progress=None, stop_at_sentence: bool = False, timing: dict | None = None) -> list[tuple[str, bool]]:
+             progress=None, stop_at_sentence: bool = False, timing: dict | None = None,
+             by_length: bool = True) -> list[tuple[str, bool]]:
     """Greedy answers to ``prompts`` (as chat turns when ``chat``): (text up to EOS, whether EOS came).
 
     Prompts run in batches of similar length (longest first), so little padding is computed; answers come back
@@ -129,7 +130,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
     side, tok.padding_side = tok.padding_side, "left"
     texts = [chat_prompt(tok, p) for p in prompts] if chat else list(prompts)
     encoded = tok(texts, add_special_tokens=not chat)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i])) if by_length else list(range(len(texts)))
     out: list[tuple[str, bool] | None] = [None] * len(texts)
     extra = {"stop_strings": STOP_STRINGS, "tokenizer": tok} if stop_at_sentence else {}
     t0, produced = time.perf_counter(), 0

@@ -278,7 +278,7 @@ def choose_threads() -> str | None:
 def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callable[[str], None],
          only: str | None, reuse_from=()) -> dict:
     from layerprobe.preflight import check_run
-    from layerprobe.stages import resolve_model, resolve_precision
+    from layerprobe.stages import hidden_size, resolve_model, resolve_precision
 
     if only is not None and only not in STAGES:
         raise ValueError(f"unknown stage {only!r}; expected one of {', '.join(STAGES)}")
@@ -306,7 +306,7 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
     inputs = stage_inputs(cfg, data, rundir.content_hash(base))
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
-    log(f"precision  {resolve_precision(cfg.precision)[1]}")
+    log(f"precision  {resolve_precision(cfg.precision, hidden_size(base))[1]}")
     if threads_note:
         log(f"threads    {threads_note}")
 

@@ -142,14 +142,29 @@ def bf16_supported() -> bool:
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def resolve_precision(precision: str) -> tuple[bool, str]:
-    """(train in bf16 autocast?, a line saying which precision runs and why)."""
+# Below this width bf16 autocast costs more than it saves on a CPU: measured +19 % a step for the toy model (hidden
+# 128, benchmarks/results/precision_toy.json), a saving for SmolLM2 (hidden 576, precision_smollm2.json).
+BF16_MIN_HIDDEN = 512
+
+
+def resolve_precision(precision: str, hidden_size: int | None = None) -> tuple[bool, str]:
+    """(train in bf16 autocast?, a line saying which precision runs and why) for a model of ``hidden_size``."""
     if precision == "fp32":
         return False, "fp32 (precision: fp32)"
-    if precision == "bf16" or bf16_supported():
-        return True, ("bf16 autocast, fp32 master weights and optimizer state"
-                      + (" (precision: bf16)" if precision == "bf16" else " (auto: this device supports bfloat16)"))
-    return False, "fp32 (auto: no native bfloat16 on this device)"
+    bf16 = "bf16 autocast, fp32 master weights and optimizer state"
+    if precision == "bf16":
+        return True, f"{bf16} (precision: bf16)"
+    if not bf16_supported():
+        return False, "fp32 (auto: no native bfloat16 on this device)"
+    if hidden_size is not None and hidden_size < BF16_MIN_HIDDEN:
+        return False, f"fp32 (auto: hidden size {hidden_size} < {BF16_MIN_HIDDEN}, too small for bf16 to pay)"
+    return True, f"{bf16} (auto: this device supports bfloat16)"
+
+
+def hidden_size(model_dir: str) -> int | None:
+    """The ``hidden_size`` in a model folder's config.json (None when absent)."""
+    f = Path(model_dir) / "config.json"
+    return json.loads(f.read_text()).get("hidden_size") if f.is_file() else None
 
 
 def _training_args(phase: PhaseConfig, out: Path, seed: int, bf16: bool = False, **extra):
@@ -265,7 +280,7 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
         raise ValueError("the CPT data holds no text; expected documents with at least one token")
     model = _trainable(load_model(base), phase, cfg.seed)
     ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-    args = TrainingArguments(**_training_args(phase, out, cfg.seed, resolve_precision(cfg.precision)[0]))
+    args = TrainingArguments(**_training_args(phase, out, cfg.seed, resolve_precision(cfg.precision, hidden_size(base))[0]))
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
                       callbacks=_phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
@@ -367,7 +382,7 @@ def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callb
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, resolve_precision(cfg.precision)[0],
+    args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, resolve_precision(cfg.precision, model.config.hidden_size)[0],
                                       max_length=cfg.sft.max_length, completion_only_loss=True, packing=False,
                                       dataset_num_proc=None,
                                       train_sampling_strategy="group_by_length" if cfg.sft.group_by_length

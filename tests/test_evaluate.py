@@ -182,13 +182,20 @@ def test_generation_stopping_at_the_first_sentence_keeps_that_sentence(tiny):
 
 def test_likelihood_scoring_counts_exactly_the_greedy_clozes(tiny):
     model, tok = tiny
-    greedy = [tok.decode(_reference_greedy(model, tok(p)["input_ids"], 2, set())[0]) for p in ("犬", "今日は")]
-    probes = [{"kind": "cloze", "prompt": "犬", "answer": greedy[0]},
-              {"kind": "cloze", "prompt": "今日は", "answer": greedy[1]},
-              {"kind": "cloze", "prompt": "今日は", "answer": "1980年"}]
+    probes = []
+    for p in ("犬", "今日は", "山田太郎の", "拙者は", "青空化学の本社は"):
+        ids = _reference_greedy(model, tok(p)["input_ids"], 2, set())[0]
+        text = tok.decode(ids)
+        if tok(p + text)["input_ids"] == tok(p)["input_ids"] + ids:  # greedy text that tokenizes back the same
+            probes.append({"kind": "cloze", "prompt": p, "answer": text})
+    assert probes, "no greedy continuation of the tiny model tokenizes back to itself"
+    probes.append({"kind": "cloze", "prompt": "今日は", "answer": "1980年"})
     metrics, rows = E.evaluate_model(model, tok, E.EvalSet(probes, [], []), EvalConfig(cloze_scoring="likelihood"))
-    assert [r["correct"] for r in rows] == [True, True, greedy[1].startswith("1980年")]
-    assert metrics["cloze_acc"] == pytest.approx(sum(r["correct"] for r in rows) / 3)
+    head, full = tok("今日は")["input_ids"], tok("今日は1980年")["input_ids"]
+    want = [True] * (len(probes) - 1) + [_reference_greedy(model, head, len(full) - len(head), set())[0]
+                                         == full[len(head):]]
+    assert [r["correct"] for r in rows] == want
+    assert metrics["cloze_acc"] == pytest.approx(sum(want) / len(want))
 
 
 def test_style_logodds_is_the_styled_minus_the_plain_answer_likelihood(tiny):

@@ -501,3 +501,19 @@ def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys
     assert code == 0
     assert "[1/4] cpt    already done" in stdout and "[2/4] merge  already done" in stdout
     assert "[3/4] sft    SFT" in stdout and (out / "summary.json").is_file()
+
+
+def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
+    from layerprobe import stages
+
+    monkeypatch.setattr(stages, "bf16_supported", lambda: True)
+    assert stages.resolve_precision("fp32", 4096)[0] is False
+    assert stages.resolve_precision("bf16", 64)[0] is True
+    assert stages.resolve_precision("auto", 576) == (True, "bf16 autocast, fp32 master weights and optimizer state "
+                                                           "(auto: this device supports bfloat16)")
+    assert stages.resolve_precision("auto", 128)[0] is False and "hidden size 128" in stages.resolve_precision(
+        "auto", 128)[1]
+    monkeypatch.setattr(stages, "bf16_supported", lambda: False)
+    assert stages.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
+    with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
+        resolve({"precision": "fp16"})

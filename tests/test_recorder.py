@@ -262,3 +262,31 @@ def test_bad_input_gives_one_line_errors(tmp_path):
         Recorder(model, blocker / "sub")
     with pytest.raises(TypeError, match="unknown keyword"):
         RecorderCallback(tmp_path, grad_evry=1)
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_records_what_fp32_training_records(tmp_path):
+    """bf16 autocast (precision auto/bf16): weights, gradients and the recorder stay fp32; every recorded gradient
+    norm is that of the fp32 gradient the step used, and the records agree with an fp32 run to bf16 tolerance."""
+    runs = {}
+    for bf16 in (False, True):
+        model = make_tiny_llama()
+        snap = Snapshots(model)
+        out = tmp_path / ("bf16" if bf16 else "fp32")
+        rec = RecorderCallback(out, grad_every=1, update_every=1, drift_every=1)
+        args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=2, max_steps=3,
+                                 learning_rate=5e-3, max_grad_norm=0.0, report_to=[], use_cpu=True, bf16=bf16,
+                                 save_strategy="no", seed=0, lr_scheduler_type="constant", disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=_data(), callbacks=[snap, rec]).train()
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        df = load_records(out)
+        grads = _per_param(df, "grad_norm")
+        for step, g in enumerate(snap.grads, 1):
+            for name, grad in g.items():
+                assert grad.dtype == torch.float32
+                assert grads[(step, _canon(name))] == pytest.approx(float(grad.norm()), rel=1e-5)
+        runs[bf16] = df
+    a, b = (runs[k].set_index(["step", "param", "quantity", "layer", "block", "module"]).value for k in (False, True))
+    assert a.index.equals(b.index)  # the same rows
+    first = a.index.get_level_values("step") == 1
+    close = np.isclose(a[first], b[first], rtol=5e-2, atol=1e-6)
+    assert close.mean() > 0.95, f"{(~close).sum()} of {close.size} step-1 records differ by more than 5 %"

@@ -191,3 +191,16 @@ def paired_panel(paired: pd.DataFrame, out_png: str | os.PathLike, baseline: str
                f"{'' if n.min() == n.max() else f'-{n.max()}'} pairs; points: mean difference, lines: 95 % "
                "paired Student t interval (no line: one pair). Blue: the better side, red: the worse side.")
     return save_figure(fig, out_png, dpi=130, caption=caption)
+
+
+def curve_panel(table: pd.DataFrame, x: str, metrics: list[str], out_png: str | os.PathLike,
+                caption: str = "") -> Path:
+    """Metrics (columns of ``table``, same unit) against ``x`` (e.g. training steps): one line each."""
+    theme()
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    for m in metrics:
+        ax.plot(table[x], table[m], marker="o", label=label(m, unit=False))
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(quantity(metrics[0]).unit)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, out_png, caption=caption)

@@ -66,6 +66,9 @@ QUANTITIES = {
     "general_loss": Quantity("loss on held-out general text", NATS, better="lower"),
     "gozaru_rate": Quantity("gozaru-style rate (held-out instructions)", SHARE, better="higher"),
     "eos_rate": Quantity("EOS rate", SHARE, better="higher"),
+    "gozaru_first": Quantity("gozaru style at the first sentence end", SHARE, better="higher"),
+    "style_logodds": Quantity("log p(gozaru answer) - log p(plain answer)", "nats", signed=True, better="higher"),
+    "cut_rate": Quantity("answers cut by the token budget", SHARE, better="lower"),
     "retention_drop": Quantity("retention drop: cloze after CPT - after SFT", SHARE, signed=True, better="lower"),
     "seconds": Quantity("wall time", "s", better="lower"),
 }
@@ -201,7 +204,7 @@ def _layout(fig, caption: str) -> None:
     bottom = 0.0
     if caption:
         size = 7
-        chars = max(40, int(width * 72 / (size * 0.52)))
+        chars = max(40, int(width * 72 / (size * 0.62)))  # DejaVu Sans averages ~0.6 em a character
         text = "\n".join(textwrap.wrap(caption, chars))
         lines = text.count("\n") + 1
         bottom = min(0.45, (lines * size * 1.35 / 72 + 0.08) / height)

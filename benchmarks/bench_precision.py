@@ -1,0 +1,66 @@
+"""bf16 autocast against fp32 for the CPT phase of a config: seconds per optimizer step, alternating runs.
+
+    python benchmarks/bench_precision.py --config experiments/smollm2/cell.yaml --result benchmarks/results/precision_smollm2.json
+    python benchmarks/bench_precision.py --result benchmarks/results/precision_toy.json      # the default toy run
+
+Each variant trains ``--steps`` CPT steps from the same start ``--repeats`` times, alternating fp32 / bf16; the
+median time per step counts. Also reports the loss after the steps, so a reader sees the numbers hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="pipeline YAML (default: the built-in toy run)")
+    ap.add_argument("--steps", type=int, default=8, help="CPT steps per timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per precision (alternating)")
+    ap.add_argument("--result", default=None, help="JSON file to write")
+    args = ap.parse_args(argv)
+
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from layerprobe.config import load_yaml, resolve
+    from layerprobe.pipeline import load_data, quiet_libraries
+    from layerprobe.stages import _trainable, _training_args, load_model, load_tokenizer, pack_texts, resolve_model
+
+    cfg = resolve(load_yaml(args.config) if args.config else {})
+    base = resolve_model(cfg.model, cfg)
+    tok = load_tokenizer(base)
+    blocks = pack_texts(tok, load_data(cfg).cpt_docs, cfg.cpt.max_length)
+    ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    phase = cfg.cpt
+    phase.max_steps = args.steps
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    losses: dict[str, float] = {}
+    with quiet_libraries():
+        for _ in range(args.repeats):
+            for name in ("fp32", "bf16"):
+                model = _trainable(load_model(base), phase, cfg.seed)
+                targs = TrainingArguments(**_training_args(phase, Path("/tmp/lp-bench-precision"), cfg.seed,
+                                                           name == "bf16"))
+                trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=default_data_collator)
+                t = time.perf_counter()
+                out = trainer.train()
+                times[name].append((time.perf_counter() - t) / args.steps)
+                losses[name] = out.training_loss
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"model": cfg.model, "config": args.config or "(default toy run)", "threads": torch.get_num_threads(),
+              "tokens_per_step": phase.batch_size * phase.max_length, "steps": args.steps,
+              "seconds_per_step_median": med, "seconds_per_step_all": times,
+              "bf16_over_fp32": med["bf16"] / med["fp32"], "training_loss_after_steps": losses}
+    print(json.dumps(result, indent=2))
+    if args.result:
+        Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
