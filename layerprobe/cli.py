@@ -1,7 +1,8 @@
 """Thin CLI: each subcommand lives in ``layerprobe/commands/<name>.py`` and calls one library function.
 
 A command module defines ``HELP`` (one line), ``EXAMPLE`` (shown in --help), ``add_arguments(parser)``
-and ``run(args) -> int``; it imports torch only inside ``run``.
+and ``run(args) -> int``; it imports torch only inside ``run``. The four stage commands (cpt, merge, sft, eval)
+are one table in ``layerprobe/commands/stage.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from layerprobe.commands.stage import STAGES, command
+
     for name in COMMANDS:
-        mod = importlib.import_module(f"layerprobe.commands.{name}")
+        mod = command(name) if name in STAGES else importlib.import_module(f"layerprobe.commands.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog="example:\n  " + mod.EXAMPLE,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)

@@ -9,24 +9,25 @@ from typing import Sequence
 import numpy as np
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a rate ``k/n`` (``z=1.96``: 95 %). Stays inside [0, 1], also at k=0 or k=n."""
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``k/n`` (scipy's ``binomtest(k, n).proportion_ci(method="wilson")``).
+    Stays inside [0, 1], also at k=0 or k=n."""
+    from scipy import stats
+
     if isinstance(k, bool) or isinstance(n, bool) or int(k) != k or int(n) != n:
         raise ValueError(f"wilson needs integer counts k (successes) and n (trials), got k={k!r}, n={n!r}")
     k, n = int(k), int(n)
     if n < 1 or not 0 <= k <= n:
         raise ValueError(f"wilson needs n >= 1 and 0 <= k <= n, got k={k}, n={n}")
-    if z <= 0:
-        raise ValueError(f"wilson needs z > 0 (1.96 for 95 %), got z={z}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    if not 0 < level < 1:
+        raise ValueError(f"wilson needs 0 < level < 1 (0.95 for 95 %), got level={level}")
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def t_mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` (one value per seed): mean +- t(n-1) * sd / sqrt(n).
+    """Student-t interval of the mean of ``values`` (one value per seed): mean +- t(n-1) * sd / sqrt(n), from
+    scipy's ``ttest_1samp(values, 0).confidence_interval()``.
 
     With a handful of seeds a percentile bootstrap cannot be wider than the values themselves and so
     under-covers; the t interval accounts for the few values. One value has no interval: (nan, nan).
@@ -43,13 +44,16 @@ def t_mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, floa
         raise ValueError(f"t_mean_ci needs 0 < level < 1, got level={level}")
     if x.size == 1:
         return math.nan, math.nan
-    half = stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return float(x.mean() - half), float(x.mean() + half)
+    if x.std() == 0:  # no spread: scipy's interval is the point itself, with a precision warning
+        return float(x.mean()), float(x.mean())
+    ci = stats.ttest_1samp(x, 0.0).confidence_interval(confidence_level=level)
+    return float(ci.low), float(ci.high)
 
 
 def paired_t(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]:
     """Mean of paired differences (treatment - baseline, one per seed) with its t interval and the two-sided
-    p-value of a paired t-test (nan for fewer than 2 pairs or no spread)."""
+    p-value of a paired t-test (``ttest_1samp`` on the differences = ``ttest_rel``; nan for fewer than 2 pairs or no
+    spread)."""
     from scipy import stats
 
     x = np.asarray(list(diffs), dtype=float)

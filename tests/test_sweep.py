@@ -27,7 +27,7 @@ TINY = {
 # -- stats -------------------------------------------------------------------------------------------------------
 
 
-def _wilson_by_roots(k, n, z=1.96):
+def _wilson_by_roots(k, n, z=1.959963984540054):  # z = Phi^-1(0.975)
     """The Wilson bounds are the p solving (k/n - p)^2 = z^2 p (1 - p) / n: a quadratic in p."""
     ph = k / n
     a, b, c = 1 + z * z / n, -(2 * ph + z * z / n), ph * ph
@@ -47,7 +47,7 @@ def test_wilson_published_values():
     # 8/10 and 0/10 at 95 %: the textbook values (Newcombe 1998, method 3)
     assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert wilson(8, 10, z=2.5758)[0] < wilson(8, 10)[0]  # 99 % is wider
+    assert wilson(8, 10, level=0.99)[0] < wilson(8, 10)[0]  # 99 % is wider
 
 
 @pytest.mark.parametrize("bad", [(3, 2), (-1, 5), (1, 0), (1.5, 4)])
