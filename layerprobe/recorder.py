@@ -35,7 +35,7 @@ from typing import Iterable
 import torch
 from transformers import TrainerCallback
 
-from layerprobe import distributed
+from layerprobe import distributed, rundir
 from layerprobe.quantities import QUANTITIES, DriftRatio, GradNorm, Partial, Row, UpdateRatio, WeightNorm
 from layerprobe.records import RecordWriter, write_meta
 from layerprobe.schedules import Schedule, parse_schedule
@@ -88,7 +88,7 @@ class Recorder:
                  "weight_norm": weight_every}
         s = {q: parse_schedule(sched[q], max_steps) if q in wanted else parse_schedule("never") for q in QUANTITIES}
         self.grad = GradNorm(s["grad_norm"])
-        records = self.out_dir / "records"
+        records = rundir.records_dir(self.out_dir)
         self.update = UpdateRatio(s["update_ratio"], records / f".update-{phase}-r{self.rank}.bin")
         self.drift = DriftRatio(s["drift_ratio"], records / f".reference-{phase}-r{self.rank}.bin")
         self.weight = WeightNorm(s["weight_norm"])

@@ -40,6 +40,8 @@ CHECKPOINTS = "trainer"
 METRICS = "metrics.csv"
 RECORDS = "records"
 FIGURES = "figures"
+DIFF = "diff"
+ATTRIBUTE = "attribute"
 _MARKERS = (DONE, STARTED)
 
 
@@ -63,6 +65,16 @@ def records_dir(run_dir) -> Path:
 
 def figures_dir(run_dir) -> Path:
     return Path(run_dir) / FIGURES
+
+
+def diff_dir(run_dir) -> Path:
+    """Where a run's diff lives: ``layerprobe diff BASE RUN/merged RUN/sft --out RUN/diff/diff.parquet``."""
+    return Path(run_dir) / DIFF
+
+
+def attribute_dir(run_dir) -> Path:
+    """Where ``layerprobe attribute --run RUN`` writes (``attribute.parquet``, figures)."""
+    return Path(run_dir) / ATTRIBUTE
 
 
 def config_path(run_dir) -> Path:

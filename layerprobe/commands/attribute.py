@@ -67,7 +67,7 @@ def run(args) -> int:
     if not base or not tuned:
         raise ValueError("expected --run RUN_DIR, or --base CPT_MODEL and --tuned SFT_MODEL; "
                          f"got base={base!r}, tuned={tuned!r}")
-    out = Path(args.out or (Path(args.run) / "attribute" if args.run else "attribute"))
+    out = Path(args.out or (rundir.attribute_dir(args.run) if args.run else "attribute"))
     cfg = resolve(load_yaml(config)) if config else TrainConfig()
     if args.probes:
         cfg.data.probes = args.probes

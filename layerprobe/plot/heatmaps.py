@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 
+from layerprobe import rundir
 from layerprobe.plot.style import MISSING, colour_scale, label, quantity, save_figure, suptitle, theme
 from layerprobe.records import load_records
 
@@ -134,7 +134,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     if not agg["quantity"].isin(quantities).any():
         raise ValueError(f"nothing to plot in {run_dir}: no aggregated rows of {quantities}; "
                          f"the records have {sorted(agg['quantity'].unique())}")
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "figures"
+    out = Path(out_dir) if out_dir is not None else rundir.figures_dir(run_dir)
     paths = []
     phases = [p for p in ("cpt", "sft") if p in set(agg["phase"])] + sorted(set(agg["phase"]) - {"cpt", "sft"})
     for phase in phases:

@@ -10,8 +10,8 @@ import pandas as pd
 
 from layerprobe import rundir
 
-DIFF_DIR = "diff"   # `layerprobe diff BASE RUN/merged RUN/sft --out RUN/diff/diff.parquet`
-ATTRIBUTE_FILE = Path("attribute") / "attribute.parquet"   # `layerprobe attribute --run RUN`
+DIFF_DIR = rundir.DIFF
+ATTRIBUTE_FILE = Path(rundir.ATTRIBUTE) / "attribute.parquet"
 DIFF_QUANTITIES = ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft", "cosine", "delta_norm")
 
 
@@ -48,7 +48,7 @@ def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None
     from layerprobe.records import load_records
 
     run = Path(run)
-    out = Path(out_dir) if out_dir is not None else run / "figures"
+    out = Path(out_dir) if out_dir is not None else rundir.figures_dir(run)
     paths = []
     try:
         paths += plot_run(run, out)
