@@ -103,8 +103,9 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
     """The page of a sweep folder (or a figure folder holding results.csv); with ``write_cells``, each finished
     cell without a report gets one, and the page links to it."""
     from layerprobe.plot import BLOCK_ORDER  # noqa: F401  (selects the Agg backend before the sweep module plots)
-    from layerprobe.sweep import (PAIRED_TABLE, RESULTS, SWEEP_JSON, _panels, _safe, paired_table, plot_paired,
-                                  plot_sweep)
+    from layerprobe.sweep import PAIRED_TABLE, RESULTS, SWEEP_JSON, paired_table, plot_paired, plot_sweep
+    from layerprobe.sweep.results import _panels
+    from layerprobe.sweep.spec import _safe
 
     table = pd.read_csv(folder / RESULTS)
     for col in ("condition", "group"):
