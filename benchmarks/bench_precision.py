@@ -25,18 +25,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import torch
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
     from layerprobe.config import load_yaml, resolve
     from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import _trainable, _training_args, load_model, load_tokenizer, pack_texts, resolve_model
+    from layerprobe.stages import cpt_trainer, load_tokenizer, resolve_model
 
     cfg = resolve(load_yaml(args.config) if args.config else {})
     base = resolve_model(cfg.model, cfg)
     tok = load_tokenizer(base)
-    blocks = pack_texts(tok, load_data(cfg).cpt_docs, cfg.cpt.max_length)
-    ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    docs = load_data(cfg).cpt_docs
     phase = cfg.cpt
     phase.max_steps = args.steps
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -44,10 +40,7 @@ def main(argv=None) -> None:
     with quiet_libraries():
         for _ in range(args.repeats):
             for name in ("fp32", "bf16"):
-                model = _trainable(load_model(base), phase, cfg.seed)
-                targs = TrainingArguments(**_training_args(phase, Path("/tmp/lp-bench-precision"), cfg.seed,
-                                                           name == "bf16"))
-                trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=default_data_collator)
+                trainer, _ = cpt_trainer(cfg, base, tok, docs, Path("/tmp/lp-bench-precision"), bf16=name == "bf16")
                 t = time.perf_counter()
                 out = trainer.train()
                 times[name].append((time.perf_counter() - t) / args.steps)

@@ -29,14 +29,12 @@ def main(argv=None) -> None:
 
         return draw(pd.read_csv(args.out), args, Path(args.out))
 
-    from datasets import Dataset
-    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+    from transformers import TrainerCallback
 
     from layerprobe.config import EvalConfig, load_yaml, resolve
     from layerprobe.evaluate import EvalSet, evaluate_model
     from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import (_trainable, _training_args, load_model, load_tokenizer, pack_texts,
-                                   resolve_model, resolve_precision, hidden_size)
+    from layerprobe.stages import cpt_trainer, hidden_size, load_tokenizer, pack_texts, resolve_model, resolve_precision
 
     data_cfg = load_yaml(args.config)
     data_cfg.setdefault("cpt", {})["max_steps"] = args.steps
@@ -69,12 +67,8 @@ def main(argv=None) -> None:
                 evaluate(model, state.global_step)
 
     with quiet_libraries():
-        model = _trainable(load_model(base), cfg.cpt, cfg.seed)
-        evaluate(model, 0)
-        targs = TrainingArguments(**_training_args(cfg.cpt, Path("/tmp/lp-curve"), cfg.seed,
-                                                   resolve_precision(cfg.precision, hidden_size(base))[0]))
-        trainer = Trainer(model=model, args=targs, data_collator=default_data_collator, callbacks=[Every()],
-                          train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}))
+        trainer, _ = cpt_trainer(cfg, base, tok, data.cpt_docs, Path("/tmp/lp-curve"), [Every()])
+        evaluate(trainer.model, 0)
         trainer.train()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,12 +102,12 @@ def chat_prompt(tok, user: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
 
-def truncate_prompt(tok, text: str, budget: int) -> tuple[str, bool]:
-    """``text`` cut to its first ``budget`` tokens (0 = no limit): (text, whether it was cut)."""
+def truncate_prompt(tok, text: str, budget: int) -> str:
+    """``text`` cut to its first ``budget`` tokens (0 = no limit)."""
     if budget <= 0:
-        return text, False
+        return text
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    return (text, False) if len(ids) <= budget else (tok.decode(ids[:budget]), True)
+    return text if len(ids) <= budget else tok.decode(ids[:budget])
 
 
 def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, chat: bool,
@@ -180,8 +180,8 @@ def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool
     for head, answer in zip(heads, answers):
         h = tok(head, add_special_tokens=not chat)["input_ids"]
         full = tok(head + answer, add_special_tokens=not chat)["input_ids"]
-        n = len(h) if full[:len(h)] == h else len(_common_prefix(h, full))
-        rows.append((full, n))
+        n = next((i for i, (a, b) in enumerate(zip(h, full)) if a != b), min(len(h), len(full)))
+        rows.append((full, n))  # the answer starts where the tokens of head and head + answer part
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[tuple[float, bool]] = []
     for i in range(0, len(rows), batch_size):
@@ -196,13 +196,6 @@ def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool
             pred = logp[b, n - 1:len(full) - 1]
             out.append((float(pred.gather(1, target[:, None]).sum()), bool((pred.argmax(-1) == target).all())))
     return out
-
-
-def _common_prefix(a: list[int], b: list[int]) -> list[int]:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
 
 
 def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> float:
@@ -244,7 +237,7 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
     style = style_regex(cfg.style_pattern)
     cloze = [p for p in data.probes if p["kind"] == "cloze"]
     qa = [p for p in data.probes if p["kind"] == "qa"]
-    instructions = [{**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)[0]}
+    instructions = [{**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)}
                     for p in data.instructions]
     generated = len(qa) + len(instructions) + (len(cloze) if cfg.cloze_scoring == "generate" else 0)
     bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)

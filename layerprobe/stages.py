@@ -266,26 +266,36 @@ def pack_texts(tok, docs: list[str], block: int) -> list[list[int]]:
     return [ids[i:i + block] for i in range(0, len(ids) - block + 1, block)]
 
 
-def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(),
-            progress: bool = False) -> dict:
-    """Continued pretraining of ``base`` on ``docs`` (next-token prediction); saves the adapter or model in ``out``."""
+def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, callbacks=(),
+                bf16: bool | None = None):
+    """A Trainer for CPT of ``base`` on ``docs`` (packed blocks, the phase's LoRA or full fine-tuning), as
+    :func:`run_cpt` trains; ``bf16=None`` follows ``cfg.precision``. Returns (trainer, number of blocks)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
+    blocks = pack_texts(tok, docs, cfg.cpt.max_length)
+    if not blocks:
+        raise ValueError("the CPT data holds no text; expected documents with at least one token")
+    model = _trainable(load_model(base), cfg.cpt, cfg.seed)
+    if bf16 is None:
+        bf16 = resolve_precision(cfg.precision, model.config.hidden_size)[0]
+    args = TrainingArguments(**_training_args(cfg.cpt, out, cfg.seed, bf16))
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
+                      data_collator=default_data_collator, callbacks=list(callbacks))
+    return trainer, len(blocks)
+
+
+def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(),
+            progress: bool = False) -> dict:
+    """Continued pretraining of ``base`` on ``docs`` (next-token prediction); saves the adapter or model in ``out``."""
     t0 = time.time()
     phase = cfg.cpt
     tok = load_tokenizer(base)
-    blocks = pack_texts(tok, docs, phase.max_length)
-    if not blocks:
-        raise ValueError("the CPT data holds no text; expected documents with at least one token")
-    model = _trainable(load_model(base), phase, cfg.seed)
-    ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-    args = TrainingArguments(**_training_args(phase, out, cfg.seed, resolve_precision(cfg.precision, hidden_size(base))[0]))
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator,
-                      callbacks=_phase_callbacks(phase, callbacks, "cpt", progress))
+    trainer, blocks = cpt_trainer(cfg, base, tok, docs, out, _phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
-    _save(model, tok, out, phase)
-    what = f"CPT ({_describe(phase, model)}) on {len(docs)} documents ({len(blocks)} blocks of {phase.max_length} tokens)"
+    _save(trainer.model, tok, out, phase)
+    what = (f"CPT ({_describe(phase, trainer.model)}) on {len(docs)} documents ({blocks} blocks of {phase.max_length} "
+            "tokens)")
     return _info(trainer, t0, what, out)
 
 

@@ -220,3 +220,11 @@ def test_style_logodds_is_the_styled_minus_the_plain_answer_likelihood(tiny):
 ])
 def test_cloze_answers_follow_their_prompt_as_text_would(prompt, answer, expected):
     assert E.continuation(prompt, answer) == expected
+
+
+def test_prompts_are_cut_to_their_first_budget_tokens(tiny):
+    _, tok = tiny
+    text = "山田太郎の出身地は札幌です。"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert E.truncate_prompt(tok, text, 3) == tok.decode(ids[:3]) != text
+    assert E.truncate_prompt(tok, text, len(ids)) == text and E.truncate_prompt(tok, text, 0) == text
