@@ -38,6 +38,9 @@ class PhaseConfig:
     layers_to_transform: list[int] | None = _help("only adapt these decoder layers (peft); none = all",
                                                   default=None)
     learning_rate: float = _help("peak learning rate", default=2e-4)
+    seed: int | None = _help("this phase's training seed (adapter init, data order); none = the top-level seed. "
+                             "Two SFT runs of one CPT with different sft.seed give the seed-to-seed null",
+                             default=None)
     epochs: float = _help("passes over the data (ignored when max_steps > 0)", default=1.0)
     max_steps: int = _help("optimizer steps; > 0 overrides epochs", default=-1)
     batch_size: int = _help("sequences per optimizer step (per device, before accumulation)", default=8)
@@ -253,6 +256,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return _typed_dict(self)
+
+    def phase_seed(self, phase: PhaseConfig) -> int:
+        """The training seed of one phase: its own seed when set, else the top-level one."""
+        return self.seed if phase.seed is None else phase.seed
 
     def hash(self) -> str:
         """A short hash of the whole config: a run folder belongs to exactly one config."""

@@ -41,12 +41,12 @@ def check_phases(cfg, base: str) -> None:
         warnings.simplefilter("ignore")
         cpt_model = _skeleton(base)
         tied = getattr(cpt_model.get_output_embeddings(), "weight", None) is cpt_model.get_input_embeddings().weight
-        _check(cpt_model, cfg.cpt, cfg.seed, "cpt")
+        _check(cpt_model, cfg.cpt, cfg.phase_seed(cfg.cpt), "cpt")
         untied = tied and cpt_model.get_output_embeddings().weight is not cpt_model.get_input_embeddings().weight
         sft_model = _skeleton(base)
         if untied and cfg.cpt.method == "lora":  # the merged CPT model has its own head (see untie_embeddings)
             untie_embeddings(sft_model, {n.rsplit(".", 1)[-1] for n, _ in sft_model.named_modules()})
-        _check(sft_model, cfg.sft, cfg.seed, "sft")
+        _check(sft_model, cfg.sft, cfg.phase_seed(cfg.sft), "sft")
 
 
 def _check(model, phase, seed: int, name: str) -> None:

@@ -246,9 +246,19 @@ def _phase_callbacks(phase: PhaseConfig, callbacks, name: str, progress: bool) -
     return out + ([progress_bar(name)] if progress else [])
 
 
+def trainable_share(model) -> tuple[int, float]:
+    """Trainable parameters and their share of the model's own (non-adapter) parameters, tied tensors once."""
+    params = list(model.named_parameters())
+    trainable = sum(p.numel() for _, p in params if p.requires_grad)
+    own = sum(p.numel() for n, p in params if "lora_" not in n)
+    return trainable, trainable / own if own else math.nan
+
+
 def _info(trainer, t0: float, what: str, out: Path) -> dict:
     logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    trainable, share = trainable_share(trainer.model)
     return {"what": what, "out": str(out), "steps": int(trainer.state.global_step),
+            "trainable_params": trainable, "trainable_share": share,
             "tokens": int(trainer.state.num_input_tokens_seen), "precision": "bf16" if trainer.args.bf16 else "fp32",
             "final_loss": logs[-1] if logs else math.nan, "loss_curve": logs, "seconds": round(time.time() - t0, 1)}
 
@@ -276,10 +286,10 @@ def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, ca
     blocks = pack_texts(tok, docs, cfg.cpt.max_length)
     if not blocks:
         raise ValueError("the CPT data holds no text; expected documents with at least one token")
-    model = _trainable(load_model(base), cfg.cpt, cfg.seed)
+    model = _trainable(load_model(base), cfg.cpt, cfg.phase_seed(cfg.cpt))
     if bf16 is None:
         bf16 = resolve_precision(cfg.precision, model.config.hidden_size)[0]
-    args = TrainingArguments(**_training_args(cfg.cpt, out, cfg.seed, bf16))
+    args = TrainingArguments(**_training_args(cfg.cpt, out, cfg.phase_seed(cfg.cpt), bf16))
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
                       data_collator=default_data_collator, callbacks=list(callbacks))
     return trainer, len(blocks)
@@ -392,7 +402,7 @@ def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callb
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_training_args(cfg.sft, out, cfg.seed, resolve_precision(cfg.precision, model.config.hidden_size)[0],
+    args = SFTConfig(**_training_args(cfg.sft, out, cfg.phase_seed(cfg.sft), resolve_precision(cfg.precision, model.config.hidden_size)[0],
                                       max_length=cfg.sft.max_length, completion_only_loss=True, packing=False,
                                       dataset_num_proc=None,
                                       train_sampling_strategy="group_by_length" if cfg.sft.group_by_length
@@ -400,7 +410,7 @@ def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callb
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=list(callbacks))
     trainer.replayed = add_replay(trainer, tok, list(replay_docs), cfg.sft.replay, cfg.sft.max_length,
-                                  cfg.seed) if cfg.sft.replay else 0
+                                  cfg.phase_seed(cfg.sft)) if cfg.sft.replay else 0
     return trainer
 
 
@@ -437,7 +447,7 @@ def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callb
     if not rows:
         raise ValueError("the SFT data holds no rows; expected prompt/completion, messages or instruction/output rows")
     tok = load_tokenizer(cpt_model)
-    model = _trainable(load_model(cpt_model), phase, cfg.seed)
+    model = _trainable(load_model(cpt_model), phase, cfg.phase_seed(phase))
     trainer = sft_trainer(cfg, model, tok, rows, out, _phase_callbacks(phase, callbacks, "sft", progress),
                           replay_docs)
     _train(trainer)

@@ -33,6 +33,7 @@ def _fps(over: dict | None = None, data=DATA, base="base-hash") -> dict[str, str
     ({"sft": {"select": "mlp"}}, ["sft", "eval"]),
     ({"cpt": {"lora_alpha": 16}}, ["cpt", "merge", "sft", "eval"]),
     ({"seed": 1}, ["cpt", "merge", "sft", "eval"]),
+    ({"sft": {"seed": 7}}, ["sft", "eval"]),  # another SFT seed on the same CPT: the seed-to-seed null
     ({"record": True}, ["cpt", "merge", "sft", "eval"]),  # records are a training stage's output
     ({"checkpoint": {"minutes": 1}}, []),  # how often to checkpoint changes no result
     ({"data": {"probes": "p.jsonl"}}, []),  # data settings count through the data's content, not their names

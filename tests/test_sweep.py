@@ -123,6 +123,14 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
         load_sweep({"grid": {"sft.lora_alpah": [1]}})
 
 
+def test_seed_in_a_condition_is_the_cells_training_seed():
+    sw = load_sweep({"conditions": [{"name": "random", "sft.select": "random:5%@seed={seed}"},
+                                    {"name": "reseed", "sft.seed": 101}], "seeds": [1, 2]})
+    assert [c.config.sft.select for c in sw.cells[:2]] == ["random:5%@seed=1", "random:5%@seed=2"]
+    assert [(c.config.seed, c.config.phase_seed(c.config.cpt), c.config.phase_seed(c.config.sft))
+            for c in sw.cells[2:]] == [(1, 1, 101), (2, 2, 101)]
+
+
 @pytest.mark.parametrize("spec,match", [
     ({"grid": {"seed": [1, 2]}}, "seeds"),
     ({"grid": {"sft.r": []}}, "no values"),
@@ -267,3 +275,16 @@ def test_a_cell_folder_of_another_config_is_refused_and_the_sweep_goes_on(tmp_pa
     assert json.loads((sw.out / "sweep.json").read_text())["cells"][sw.cells[0].name]["status"] == "failed"
     assert (cell_dir / "cpt" / "DONE").read_text() == "{}" and not (cell_dir / "merged").exists()
     assert collect(sw).empty
+
+
+def test_two_processes_on_one_sweep_keep_each_others_cells(tmp_path):
+    from layerprobe.sweep.spec import _read_state, _write_state
+
+    sw = load_sweep({"seeds": [1, 2], "out": str(tmp_path)})
+    first, second = _read_state(tmp_path), _read_state(tmp_path)  # both read the empty state at their start
+    first["cells"]["seed=1"] = {"status": "finished"}
+    _write_state(sw, first)
+    second["cells"]["seed=2"] = {"status": "finished"}
+    _write_state(sw, second)
+    assert set(_read_state(tmp_path)["cells"]) == {"seed=1", "seed=2"}
+    assert not list(tmp_path.glob("*.tmp"))

@@ -204,3 +204,73 @@ def curve_panel(table: pd.DataFrame, x: str, metrics: list[str], out_png: str | 
     ax.set_ylabel(quantity(metrics[0]).unit)
     ax.legend(fontsize=7, loc="lower right")
     return save_figure(fig, out_png, caption=caption)
+
+
+def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | None:
+    """A forest plot of a family of paired claims (:func:`layerprobe.paired.compare_family`): one panel per
+    metric, each claim's difference (arm a - arm b) with its paired bootstrap interval; filled points hold
+    (``holds``). Claims not yet tested are left out. Returns None when nothing is tested."""
+    tested = claims[claims["missing"].fillna("") == ""] if "missing" in claims else claims
+    if tested.empty:
+        return None
+    theme()
+    metrics = list(dict.fromkeys(tested["metric"]))
+    heights = [len(tested[tested["metric"] == m]) for m in metrics]
+    longest = max(len(c) for c in tested["claim"])
+    size = (4.2 + 0.065 * longest, 0.3 * sum(heights) + 1.2 * len(metrics) + 1.0)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=size,
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, m in zip(axes[:, 0], metrics):
+        d = tested[tested["metric"] == m]
+        y = np.arange(len(d))
+        for yi, (_, r) in zip(y, d.iterrows()):
+            held = bool(r["holds"])
+            ax.plot([r["lo"], r["hi"]], [yi, yi], color="black" if held else "grey", lw=1.5, solid_capstyle="butt")
+            ax.plot([r["diff"]], [yi], "o", ms=5, color="black" if held else "white",
+                    markeredgecolor="black" if held else "grey")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(y, d["claim"], fontsize=7)
+        ax.invert_yaxis()
+        unit = quantity(m).unit
+        ax.set_xlabel(f"arm a - arm b: {label(m, unit=False)}{f' ({unit})' if unit else ''}", fontsize=7)
+    n = tested["n_seeds"].astype(int)
+    suptitle(fig, "Paired claims")
+    caption = (f"Each claim's difference on the same probes and seeds ({n.min()}{'' if n.min() == n.max() else f'-{n.max()}'}"
+               " seeds): point = mean over seeds and items, line = 95 % paired bootstrap interval over seeds and items; "
+               f"filled = holds: Holm-corrected McNemar p < 0.05 over the {len(tested)} tested claims and an "
+               "interval that excludes 0.")
+    return save_figure(fig, out_png, dpi=130, caption=caption)
+
+
+def null_panel(table: pd.DataFrame, out_png: str | os.PathLike) -> Path:
+    """cos(dCPT, dSFT) per layer against its nulls (experiments/study_a/nulls.py's table): one column per block;
+    top: each seed's reference SFT (solid) and the same CPT's SFT with another seed (dashed), the grey band is
+    +-1.96 sd of a norm-matched random update; bottom: cos between the two SFT updates of one CPT."""
+    theme()
+    d = table[table["layer"] >= 0]
+    blocks = [b for b in ("attn", "mlp") if b in set(d["block"])] or sorted(set(d["block"]))
+    fig, axes = plt.subplots(2, len(blocks), figsize=(4.2 * len(blocks), 5.2), sharex=True, squeeze=False)
+    seeds = sorted(d["seed"].unique())
+    colours = dict(zip(seeds, sns.color_palette("deep", len(seeds))))
+    for col, block in enumerate(blocks):
+        b = d[d["block"] == block].sort_values("layer")
+        top, bottom = axes[0, col], axes[1, col]
+        band = b.groupby("layer")["sd_cos"].mean() * 1.96
+        top.fill_between(band.index, -band, band, color="0.85", lw=0, label="random update, 95 %")
+        for s in seeds:
+            r = b[b["seed"] == s]
+            top.plot(r["layer"], r["cos_cpt_sft"], color=colours[s], lw=1.2, label=f"seed {s}")
+            top.plot(r["layer"], r["cos_cpt_sft_reseed"], color=colours[s], lw=1.0, ls="--")
+            bottom.plot(r["layer"], r["cos_sft_sft"], color=colours[s], lw=1.2)
+        top.axhline(0, color="black", lw=0.6)
+        top.set_title(block, fontsize=9)
+        top.set_ylabel("cos(dCPT, dSFT)" if col == 0 else "", fontsize=8)
+        bottom.set_ylabel("cos(dSFT, dSFT') of one CPT" if col == 0 else "", fontsize=8)
+        bottom.set_xlabel("layer", fontsize=8)
+        bottom.set_ylim(-0.05, 1.0)
+    axes[0, 0].legend(fontsize=7, frameon=False)
+    suptitle(fig, "Is SFT's change aligned with CPT's? Against two nulls")
+    caption = ("Top: cos(dCPT, dSFT) per layer and block, three-way diff base -> CPT -> SFT; solid: the reference "
+               "cell, dashed: the same CPT with another SFT seed; grey: +-1.96 sd of a random SFT update of the same "
+               "norm per tensor (layerprobe.nulls). Bottom: cos between the two SFT updates of the same CPT.")
+    return save_figure(fig, out_png, dpi=130, caption=caption)

@@ -11,6 +11,8 @@ A sweep YAML::
     conditions:                        # optional, non-cartesian designs: a name, an optional group, overrides
       - {name: mlp, sft.select: "mlp + head"}
       - {name: random10-s0, group: random10, sft.select: "random:10%@seed=0 + head"}
+      - {name: random5, sft.select: "random:5%@seed={seed}"}   # {seed}: the cell's training seed
+      - {name: reseed, sft.seed: 101}  # another SFT seed on each seed's CPT (the seed-to-seed null)
     seeds: [3407]                      # sets `seed`
     out: runs/study_a                  # default sweep folder
     reuse_from: [runs/study_a]         # optional: other sweep folders whose finished CPTs may be reused

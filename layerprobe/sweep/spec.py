@@ -154,7 +154,9 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
         columns: dict[str, Any] = {}
         if cname:
             columns.update(condition=cname, group=group)
-        over.update(cover)
+        # '{seed}' in a condition's text value becomes the cell's training seed (random:5%@seed={seed}: one layer
+        # draw per training seed)
+        over.update({k: v.replace("{seed}", str(seed)) if isinstance(v, str) else v for k, v in cover.items()})
         for (key, _), (label, value) in zip(axes, choice):
             over[key] = value
             columns[key] = label
@@ -211,6 +213,10 @@ def _write_state(sweep: Sweep, state: dict) -> None:
     state["source"] = sweep.source
     state["overrides"] = sweep.overrides
     f = sweep.out / SWEEP_JSON
-    tmp = f.with_suffix(".json.tmp")
+    # another process may run other cells of this sweep (--only): keep the cells and runs it wrote meanwhile
+    disk = _read_state(sweep.out)
+    state["cells"] = {**disk["cells"], **state["cells"]}
+    state["runs"] += [r for r in disk["runs"] if r not in state["runs"]]
+    tmp = f.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False, default=str))
     os.replace(tmp, f)

@@ -1,0 +1,82 @@
+"""Study B on SmolLM2-135M: the family of paired claims (issue 12) and each condition's trained share.
+
+    python experiments/study_b/analyze.py     # -> figures/study_b/smollm2-135m/claims.csv, claims.png, shares.csv
+
+Every claim compares two arms on the same probes and seeds (layerprobe.paired): exact McNemar p, a paired bootstrap
+interval over seeds and items, Holm's correction over the family. phase cpt = the merged CPT model each condition
+starts from (the same in every condition of a seed), sft = after the restricted full fine-tuning. Claims whose
+cells are not finished on every seed are listed as missing and left out of the family.
+"""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from layerprobe.paired import compare_family, sweep_arm, write_claims
+from layerprobe.stats import t_mean_ci
+
+SEEDS = 3
+CONDITIONS = ["mlp", "not-mlp", "first-5pct", "last-5pct", "random-5pct", "first-10pct", "last-10pct",
+              "random-10pct", "all"]
+
+
+def _results(folder: Path) -> pd.DataFrame:
+    f = folder / "results.csv"
+    return pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=["cell", "seed", "condition"])
+
+
+def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
+    res, ref = _results(sweep_dir), _results(study_a_dir)
+
+    def arm(name, phase="sft"):
+        return sweep_arm(res, sweep_dir, phase, condition=name)
+
+    out = []
+    for m in ("gozaru_first", "qa_acc"):
+        for c in CONDITIONS:  # style learned / facts forgotten: after SFT - the CPT model it started from
+            out.append({"claim": f"{c}: after - before SFT", "metric": m, "a": arm(c), "b": arm(c, "cpt")})
+        out.append({"claim": "kind: MLP - not MLP", "metric": m, "a": arm("mlp"), "b": arm("not-mlp")})
+        for pct in (5, 10):
+            for a, b in (("first", "last"), ("first", "random"), ("last", "random")):
+                out.append({"claim": f"position {pct}%: {a} - {b}", "metric": m, "a": arm(f"{a}-{pct}pct"),
+                            "b": arm(f"{b}-{pct}pct")})
+        for pos in ("first", "last", "random"):
+            out.append({"claim": f"budget: {pos} 10% - 5%", "metric": m, "a": arm(f"{pos}-10pct"),
+                        "b": arm(f"{pos}-5pct")})
+        lora = sweep_arm(ref, study_a_dir, "sft", **{"cpt.lora_alpha": 128, "sft.lora_alpha": 8,
+                                                     "sft.target_modules": "A"})
+        out.append({"claim": "full FT of all weights - LoRA a8 all linear", "metric": m, "a": arm("all"), "b": lora})
+    return out
+
+
+def shares(sweep_dir: Path) -> pd.DataFrame:
+    """Per condition: the trained share of the weights and the mean (95 % t interval over seeds) of each outcome."""
+    res = _results(sweep_dir)
+    rows = []
+    for c in CONDITIONS:
+        d = res[res["condition"] == c]
+        if d.empty:
+            continue
+        row = {"condition": c, "n_seeds": len(d), "trained_share": d.get("stages.sft.trainable_share").mean()}
+        for m in ("sft.gozaru_first", "sft.style_logodds", "cpt.qa_acc", "sft.qa_acc", "cpt.cloze_acc",
+                  "sft.cloze_acc", "sft.general_loss"):
+            lo, hi = t_mean_ci(d[m])
+            row.update({m: d[m].mean(), f"{m}.lo": lo, f"{m}.hi": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", type=Path, default=Path("runs/study_b-smollm2-135m"))
+    ap.add_argument("--study-a", type=Path, default=Path("runs/study_a-smollm2-135m"))
+    ap.add_argument("--out", type=Path, default=Path("figures/study_b/smollm2-135m"))
+    args = ap.parse_args()
+    table = compare_family(claims(args.sweep, args.study_a), min_seeds=SEEDS)
+    print(write_claims(table, args.out))
+    shares(args.sweep).to_csv(args.out / "shares.csv", index=False, float_format="%.6g")
+
+
+if __name__ == "__main__":
+    main()
