@@ -502,3 +502,23 @@ def test_lora_targets_gpt2_conv1d():
 def test_lora_targets_errors(llama):
     with pytest.raises(ValueError, match="picks only parameters LoRA cannot adapt"):
         lora_targets(llama, "norm")
+
+
+def test_trainable_share_counts_what_trains_against_the_models_own_weights():
+    from conftest import make_tiny_llama
+    from peft import LoraConfig, get_peft_model
+
+    from layerprobe.select import apply_requires_grad
+    from layerprobe.stages import trainable_share
+
+    model = make_tiny_llama(tie=True)
+    sel = apply_requires_grad(model, "mlp")
+    n, share = trainable_share(model)
+    total = sum(p.numel() for p in model.parameters())  # tied embedding/head counted once
+    mlp = sum(p.numel() for name, p in model.named_parameters() if ".mlp." in name)
+    assert (n, share) == (mlp, pytest.approx(mlp / total)) and share == pytest.approx(sel.share)
+    lora = get_peft_model(make_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    n, share = trainable_share(lora)
+    adapters = sum(p.numel() for name, p in lora.named_parameters() if "lora_" in name)
+    own = sum(p.numel() for name, p in lora.named_parameters() if "lora_" not in name)
+    assert (n, share) == (adapters, pytest.approx(adapters / own))
