@@ -11,7 +11,10 @@ Quantities (per tensor, ``param`` = canonical name; per ``(layer, block, module)
   ``cosine`` = cos(A, B);
 - three-way ``A B C`` adds ``norm_c``, ``delta_norm_bc``, ``rel_change_bc`` (= ||C - B|| / ||B||), ``cosine_bc``,
   ``delta_norm_ac``, ``rel_change_ac``, ``cosine_ac``, ``cos_cpt_sft`` = cos(B - A, C - B) and
-  ``undo_frac`` = -<C - B, B - A> / ||B - A||^2 (the share of the first change that the second pushed back);
+  ``undo_frac`` = -<C - B, B - A> / ||B - A||^2 (the share of the first change that the second pushed back),
+  and their null for an unrelated second change, ``null_sd_cos`` and ``null_sd_undo_frac``: the standard
+  deviations (mean 0) when each tensor's C - B is replaced by a random direction of the same norm
+  (:func:`null_quantities`), so a value within about 2 of them is what an unrelated update gives;
 - one adapter alone: ``delta_norm`` = ||dW||;
 - with ``svd=K``, per 2-D tensor only: ``sv_1..sv_K`` (top singular values of B - A) and ``rank90`` (the fewest
   singular directions holding 90 % of ||B - A||^2); ``sv_i_bc``/``rank90_bc`` for C - B.
@@ -333,6 +336,7 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c
     torch.set_num_threads(1)
     rows: list[tuple] = []
     grams: dict[tuple[int, str, str], np.ndarray] = {}
+    nulls: dict[tuple[int, str, str], float] = {}
     try:
         names = plan.names
         if cfg.progress:
@@ -349,8 +353,13 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c
             p = parse_name(name)
             key = (p.layer, p.block, p.module)
             grams[key] = grams.get(key, 0) + g
+            if plan.mode == "three":
+                nulls[key] = nulls.get(key, 0.0) + null_variance(g, math.prod(shape))
             for q, v in quantities_from_gram(g, plan.mode).items():
                 rows.append((p.layer, p.block, p.module, name, q, v))
+            if plan.mode == "three":
+                rows += [(p.layer, p.block, p.module, name, q, v)
+                         for q, v in null_quantities(g, null_variance(g, math.prod(shape))).items()]
             if cfg.svd > 0 and len(shape) == 2:
                 rows += _svd_rows(ops, full, shape, plan.mode, cfg, p, name)
             del ops, full
@@ -359,7 +368,7 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c
         engine.close()
         for s in sources:
             s.close()
-    rows += _aggregate(grams, plan.mode)
+    rows += _aggregate(grams, plan.mode, nulls)
     df = pd.DataFrame(rows, columns=["layer", "block", "module", "param", "quantity", "value"])
     df.insert(0, "step", STEP)
     df.insert(0, "phase", PHASE)
@@ -388,15 +397,39 @@ def _svd_rows(ops, full, shape, mode, cfg, p, name) -> list[tuple]:
     return out
 
 
-def _aggregate(grams: dict[tuple[int, str, str], np.ndarray], mode: str) -> list[tuple]:
-    """Sum the Grams per (layer, block, module), per (layer, block) (module "") and over the model (block "")."""
+def _aggregate(grams: dict[tuple[int, str, str], np.ndarray], mode: str, nulls: dict) -> list[tuple]:
+    """Sum the Grams (and null variances) per (layer, block, module), per (layer, block) (module "") and over the
+    model (block "")."""
     levels: dict[tuple[int, str, str], np.ndarray] = {}
+    null_levels: dict[tuple[int, str, str], float] = {}
     for (layer, block, module), g in grams.items():
         for key in ((layer, block, module), (layer, block, ""), (-1, "", "")):
             levels[key] = levels.get(key, 0) + g
-    return [(layer, block, module, "", q, v)
-            for (layer, block, module), g in sorted(levels.items())
-            for q, v in quantities_from_gram(g, mode).items()]
+            if mode == "three":
+                null_levels[key] = null_levels.get(key, 0.0) + nulls[(layer, block, module)]
+    rows = []
+    for key, g in sorted(levels.items()):
+        q = quantities_from_gram(g, mode)
+        if mode == "three":
+            q.update(null_quantities(g, null_levels[key]))
+        rows += [(*key, "", name, v) for name, v in q.items()]
+    return rows
+
+
+def null_variance(g: np.ndarray, numel: int) -> float:
+    """One tensor's term of the random-update null: |x|^2 |e|^2 / d (x = B - A, e = C - B, d entries)."""
+    return float(g[1, 1] * g[2, 2]) / numel
+
+
+def null_quantities(g: np.ndarray, variance: float) -> dict[str, float]:
+    """The random-update null of ``cos_cpt_sft`` and ``undo_frac`` from a (summed) three-way Gram and the summed
+    :func:`null_variance` terms: each tensor's SFT change e_i replaced by a direction drawn uniformly on the sphere
+    of R^{d_i} with the same norm. For a fixed x and u uniform on the unit sphere of R^d, <x, u> / |x| has mean 0 and
+    variance 1/d, so over a group sd(cos) = sqrt(sum_i |x_i|^2 |e_i|^2 / d_i) / (|X| |E|) and
+    sd(undo_frac) = sqrt(sum_i |x_i|^2 |e_i|^2 / d_i) / |X|^2; both nulls have mean 0."""
+    xx, ee = g[1, 1], g[2, 2]
+    root = math.sqrt(variance)
+    return {"null_sd_cos": _ratio(root, math.sqrt(xx * ee)), "null_sd_undo_frac": _ratio(root, xx)}
 
 
 def _short(path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -415,3 +416,40 @@ def test_cli_three_way_writes_records_and_figures(tmp_path, monkeypatch, capsys)
     pd.testing.assert_frame_equal(df.reset_index(drop=True), lib.reset_index(drop=True), check_like=True)
     for q in ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft"):
         assert (tmp_path / "figs" / f"diff_{q}.png").stat().st_size > 1000
+
+
+def _simulated_sd_cos(x: list[np.ndarray], e_norms: list[float], draws: int = 4000) -> float:
+    """sd of cos(X, R) over R = each tensor's change replaced by a random direction of the same norm."""
+    rng = np.random.default_rng(0)
+    xn = math.sqrt(sum(float((xi ** 2).sum()) for xi in x))
+    en = math.sqrt(sum(n ** 2 for n in e_norms))
+    cos = []
+    for _ in range(draws):
+        dot = sum(n * float((xi * u).sum()) / float(np.linalg.norm(u))
+                  for xi, n, u in ((xi, n, rng.standard_normal(xi.shape)) for xi, n in zip(x, e_norms)))
+        cos.append(dot / (xn * en))
+    return float(np.std(cos))
+
+
+def test_three_way_null_of_cos_and_undo_frac_matches_a_simulation(tmp_path):
+    w = toy_weights(0)
+    cpt = perturb(w, 1, 0.05)
+    sft = perturb(cpt, 2, 0.02)
+    for name in ("model.layers.1.mlp.up_proj.weight", "model.norm.weight"):  # SFT left these alone
+        sft[name] = cpt[name].clone()
+    a, b, c = (save(x, tmp_path / n) for x, n in ((w, "base"), (cpt, "cpt"), (sft, "sft")))
+    df = diff_checkpoints(tmp_path / "base", tmp_path / "cpt", tmp_path / "sft", **FAST)
+    agg = df[(df["param"] == "") & (df["module"] == "")].set_index(["layer", "block", "quantity"])["value"]
+    for layer, block in ((0, "mlp"), (1, "mlp"), (-1, "")):
+        names = [k for k in a if layer == -1 or f"layers.{layer}.mlp" in k]
+        x = [b[k] - a[k] for k in names]
+        e = [float(np.linalg.norm(c[k] - b[k])) for k in names]
+        sd = agg[(layer, block, "null_sd_cos")]
+        assert sd == pytest.approx(_simulated_sd_cos(x, e), rel=0.06)
+        xn, en = math.sqrt(sum(float((xi ** 2).sum()) for xi in x)), math.sqrt(sum(v ** 2 for v in e))
+        assert agg[(layer, block, "null_sd_undo_frac")] == pytest.approx(sd * en / xn)
+    per = df[df["param"] == "model.layers.0.mlp.up_proj.weight"].set_index("quantity")["value"]
+    assert per["null_sd_cos"] == pytest.approx(1 / math.sqrt(a["model.layers.0.mlp.up_proj.weight"].size))
+    assert math.isnan(df[(df["param"] == "model.norm.weight") & (df["quantity"] == "null_sd_cos")]["value"].iloc[0])
+    # two unrelated noise updates: the measured cos lies inside the null's band
+    assert abs(agg[(-1, "", "cos_cpt_sft")]) < 4 * agg[(-1, "", "null_sd_cos")]

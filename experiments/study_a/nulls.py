@@ -7,7 +7,7 @@ the control sft-reseed (the same CPT, another SFT seed). Three streaming diffs p
   base -> CPT -> SFT (reference)     cos_cpt_sft, undo_frac
   base -> CPT -> SFT (sft-reseed)    the same statistics from an SFT run that differs only in its seed
   CPT -> SFT (reference) -> SFT (reseed, applied on top)   cos(dSFT_ref, dSFT_reseed): how alike two SFT updates are
-and the random-update null of layerprobe.nulls (a norm-matched random SFT update: mean 0, sd per group).
+and the diff's random-update null (null_sd_cos, null_sd_undo_frac: a norm-matched random SFT update, mean 0).
 Rows: per decoder layer (block "" = all its modules) and the whole model (layer -1). The diffs are cached in the
 sweep folder's nulls/ (gitignored); the table and figure are committed.
 """
@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.checkpoints import open_source
 from layerprobe.diff import diff_checkpoints
-from layerprobe.nulls import random_update_null
 from layerprobe.plot.study import null_panel
 from layerprobe.stages import resolve_model
 
 REF = "cpt.lora_alpha=128,sft.lora_alpha=8,sft.target_modules=A,seed={seed}"
 RESEED = "sft-reseed,seed={seed}"
+QUANTITIES = ["cos_cpt_sft", "undo_frac", "null_sd_cos", "null_sd_undo_frac"]
 
 
 def _diff(cache: Path, a, b, c) -> pd.DataFrame:
@@ -37,8 +36,9 @@ def _diff(cache: Path, a, b, c) -> pd.DataFrame:
 
 
 def groups(df: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
-    """cos_cpt_sft and undo_frac per (layer, block) and for the whole model (layer -1, block "")."""
-    rows = df[(df["param"] == "") & (df["module"] == "") & df["quantity"].isin(["cos_cpt_sft", "undo_frac"])]
+    """cos_cpt_sft, undo_frac and their random-update nulls per (layer, block) and for the whole model (layer -1,
+    block "")."""
+    rows = df[(df["param"] == "") & (df["module"] == "") & df["quantity"].isin(QUANTITIES)]
     return rows.pivot_table(index=["layer", "block"], columns="quantity", values="value").add_suffix(suffix)
 
 
@@ -50,9 +50,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = ap.parse_args()
     base = resolve_model("smollm2-135m")
-    src = open_source(base)
-    numel = {n: int(pd.Series(src.shape(n)).prod()) for n in src.names()}
-    src.close()
     frames = []
     for seed in args.seeds:
         ref, re = args.grid / REF.format(seed=seed), args.controls / RESEED.format(seed=seed)
@@ -63,13 +60,12 @@ def main() -> None:
         d_ref = _diff(cache / "ref.parquet", base, ref / "merged", ref / "sft")
         d_re = _diff(cache / "reseed.parquet", base, re / "merged", re / "sft")
         d_ss = _diff(cache / "sft_vs_sft.parquet", ref / "merged", ref / "sft", re / "sft")
-        t = groups(d_ref).join(groups(d_re, "_reseed"))
+        t = groups(d_ref).join(groups(d_re, "_reseed")[["cos_cpt_sft_reseed", "undo_frac_reseed"]])
         t["cos_sft_sft"] = groups(d_ss)["cos_cpt_sft"]  # cos(B - A, C - B) = cos(dSFT_ref, dSFT_reseed)
-        t = t.join(random_update_null(d_ref, numel).set_index(["layer", "block"])[["sd_cos", "sd_undo_frac"]])
         frames.append(t.reset_index().assign(seed=seed))
         m = t.loc[(-1, "")]
         print(f"seed {seed}: model cos_cpt_sft {m['cos_cpt_sft']:+.4f} (reseed {m['cos_cpt_sft_reseed']:+.4f}, random "
-              f"null sd {m['sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}")
+              f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}")
     if not frames:
         raise SystemExit("no seed has both runs finished; run the study A sweeps first")
     table = pd.concat(frames, ignore_index=True)

@@ -59,6 +59,9 @@ def run(args) -> int:
         print(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     total = df[(df["block"] == "") & (df["param"] == "")].set_index("quantity")["value"]
     print("\nwhole model: " + ", ".join(f"{q}={total[q]:.4g}" for q in _FIGURES[mode] if q in total))
+    if mode == "three":
+        print(f"an unrelated SFT update (random, same norm per tensor) gives cos_cpt_sft 0 +- "
+              f"{total['null_sd_cos']:.2g} and undo_frac 0 +- {total['null_sd_undo_frac']:.2g} (1 sd)")
     if args.out:
         print(f"wrote {len(df)} records to {write_table(df, args.out)}")
     if args.figures:

@@ -255,7 +255,7 @@ def null_panel(table: pd.DataFrame, out_png: str | os.PathLike) -> Path:
     for col, block in enumerate(blocks):
         b = d[d["block"] == block].sort_values("layer")
         top, bottom = axes[0, col], axes[1, col]
-        band = b.groupby("layer")["sd_cos"].mean() * 1.96
+        band = b.groupby("layer")["null_sd_cos"].mean() * 1.96
         top.fill_between(band.index, -band, band, color="0.85", lw=0, label="random update, 95 %")
         for s in seeds:
             r = b[b["seed"] == s]
@@ -272,5 +272,5 @@ def null_panel(table: pd.DataFrame, out_png: str | os.PathLike) -> Path:
     suptitle(fig, "Is SFT's change aligned with CPT's? Against two nulls")
     caption = ("Top: cos(dCPT, dSFT) per layer and block, three-way diff base -> CPT -> SFT; solid: the reference "
                "cell, dashed: the same CPT with another SFT seed; grey: +-1.96 sd of a random SFT update of the same "
-               "norm per tensor (layerprobe.nulls). Bottom: cos between the two SFT updates of the same CPT.")
+               "norm per tensor (the diff's null_sd_cos). Bottom: cos between the two SFT updates of the same CPT.")
     return save_figure(fig, out_png, dpi=130, caption=caption)
