@@ -323,7 +323,8 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
             "run": run_dir.name, "config_hash": cfg.hash(), "model": cfg.model, "base_model": base,
             "resumed": resumed, **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
             "stages": {s: {k: v for k, v in infos[s].items()
-                           if k in ("what", "out", "steps", "final_loss", "seconds", "reused_from")} for s in STAGES},
+                           if k in ("what", "out", "steps", "final_loss", "seconds", "record_seconds", "trainable_params",
+                                    "trainable_share", "reused_from")} for s in STAGES},
             "base_seconds": base_seconds, "wall_seconds": round(time.time() - t_start, 1), "figures": figures,
         }
         rundir.write_summary(run_dir, summary)
@@ -396,13 +397,18 @@ def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
         else:
             rundir.clear_stage(run_dir, stage)
         out = rundir.mark_started(run_dir, stage, fingerprints[stage])
-        if stage == "cpt":
-            info = run_cpt(cfg, base, data.cpt_docs, out, _callbacks(cfg, run_dir, "cpt"), progress)
+        if stage in ("cpt", "sft"):
+            callbacks = _callbacks(cfg, run_dir, stage)
+            if stage == "cpt":
+                info = run_cpt(cfg, base, data.cpt_docs, out, callbacks, progress)
+            else:
+                info = run_sft(cfg, str(rundir.stage_dir(run_dir, "merge")), data.sft_rows, out, callbacks, progress,
+                               replay_docs=data.cpt_docs)
+            recorders = [c for c in callbacks if type(c).__name__ == "RecorderCallback"]
+            if recorders:  # the recorder's own time in this phase: its cost, run by run
+                info["record_seconds"] = round(recorders[0].seconds, 2)
         elif stage == "merge":
             info = run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
-        elif stage == "sft":
-            info = run_sft(cfg, str(rundir.stage_dir(run_dir, "merge")), data.sft_rows, out,
-                           _callbacks(cfg, run_dir, "sft"), progress, replay_docs=data.cpt_docs)
         else:
             info = _eval_stage(cfg, run_dir, base, data, progress)
         info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}

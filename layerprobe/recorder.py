@@ -370,6 +370,11 @@ class RecorderCallback(TrainerCallback):
         self._zero = None  # the ZeRO optimizer whose step the recorder wraps (DeepSpeed)
         self._t_record = 0.0
 
+    @property
+    def seconds(self) -> float:
+        """Wall time this callback spent recording around the optimizer steps so far (its cost to the run)."""
+        return self._t_record
+
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._move_to_front()
         _warn_if_torchrun_without_ddp(args)

@@ -358,6 +358,9 @@ def test_train_record_writes_a_complete_run_folder(run):
     assert set(summary["stages"]) == {"cpt", "merge", "sft", "eval"}
     assert all(summary["stages"][s]["seconds"] >= 0 for s in summary["stages"])
     assert summary["stages"]["cpt"]["steps"] == SHORT["cpt"]["max_steps"]
+    for phase in ("cpt", "sft"):  # the recorder's own time, a part of the phase's
+        assert 0 < summary["stages"][phase]["record_seconds"] < summary["stages"][phase]["seconds"]
+        assert summary["stages"][phase]["trainable_share"] > 0  # LoRA on a tiny model: may exceed 1
 
     rec = load_records(out)
     assert set(rec["phase"]) == {"cpt", "sft"}

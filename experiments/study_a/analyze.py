@@ -35,19 +35,21 @@ def claims(grid_dir: Path, controls_dir: Path) -> list[dict]:
         return sweep_arm(ctl, controls_dir, phase, condition=name)
 
     out = []
-    for m in ("qa_acc", "cloze_acc"):  # Q1: SFT forgets CPT facts (after SFT - before SFT, same run)
-        for ca in (128, 32):
+    for m in ("cloze_acc", "qa_acc"):
+        for ca in (128, 32):  # Q1: SFT forgets CPT facts (after SFT - before SFT, same run)
             for sa in (8, 32):
                 for mod in ("A", "B"):
                     out.append({"claim": f"Q1 forgetting: CPT a{ca} SFT a{sa} {mod}: after - before SFT", "metric": m,
                                 "a": cell(ca, sa, mod), "b": cell(ca, sa, mod, "cpt")})
-    out.append({"claim": "Q2 CPT a128 - a32 (merged CPT model)", "metric": "qa_acc",
-                "a": cell(128, 8, "A", "cpt"), "b": cell(32, 8, "A", "cpt")})
-    for sa in (8, 32):
-        for mod in ("A", "B"):
-            out.append({"claim": f"Q2 CPT a128 - a32 after SFT a{sa} {mod}", "metric": "qa_acc",
-                        "a": cell(128, sa, mod), "b": cell(32, sa, mod)})
-    for m in ("qa_acc", "gozaru_first"):
+        out.append({"claim": "Q2 CPT a128 - a32 (merged CPT model)", "metric": m,
+                    "a": cell(128, 8, "A", "cpt"), "b": cell(32, 8, "A", "cpt")})
+        out.append({"claim": "control: CPT on MLP - CPT on all (merged CPT model)", "metric": m,
+                    "a": control("cpt-mlp-sft-attn", "cpt"), "b": cell(128, 8, "A", "cpt")})
+    for m in ("cloze_acc", "qa_acc", "gozaru_first"):
+        for sa in (8, 32):
+            for mod in ("A", "B"):
+                out.append({"claim": f"Q2 CPT a128 - a32 after SFT a{sa} {mod}", "metric": m,
+                            "a": cell(128, sa, mod), "b": cell(32, sa, mod)})
         for ca in (128, 32):
             for mod in ("A", "B"):
                 out.append({"claim": f"Q2 SFT a8 - a32, CPT a{ca} {mod}", "metric": m,
@@ -69,8 +71,6 @@ def claims(grid_dir: Path, controls_dir: Path) -> list[dict]:
             {"claim": "null: SFT seed 101 - the reference's SFT seed", "metric": m, "a": control("sft-reseed"),
              "b": ref},
         ]
-    out.append({"claim": "control: CPT on MLP - CPT on all (merged CPT model)", "metric": "qa_acc",
-                "a": control("cpt-mlp-sft-attn", "cpt"), "b": cell(128, 8, "A", "cpt")})
     return out
 
 
