@@ -6,10 +6,13 @@ import itertools
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 from layerprobe.stats import paired_t, t_mean_ci, wilson
 from layerprobe.sweep import collect, flatten, load_sweep, run_sweep, summarize
@@ -288,3 +291,25 @@ def test_two_processes_on_one_sweep_keep_each_others_cells(tmp_path):
     _write_state(sw, second)
     assert set(_read_state(tmp_path)["cells"]) == {"seed=1", "seed=2"}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").glob("*/sweep*.yaml"))
+                         + ["experiments/study_a/controls_smollm2.yaml"])
+def test_every_committed_sweep_loads(path):
+    sw = load_sweep(ROOT / path)
+    assert sw.cells and len({c.name for c in sw.cells}) == len(sw.cells)
+
+
+def test_the_smollm2_studies_design():
+    a = load_sweep(ROOT / "experiments/study_a/sweep_smollm2.yaml")
+    controls = load_sweep(ROOT / "experiments/study_a/controls_smollm2.yaml")
+    b = load_sweep(ROOT / "experiments/study_b/sweep_smollm2.yaml")
+    assert (len(a.cells), len(controls.cells), len(b.cells)) == (24, 12, 27)
+    assert all(c.config.model == "smollm2-135m" and c.config.record for sw in (a, controls, b) for c in sw.cells)
+    # study B's random layers: one draw per training seed; every condition trains its layers alone (no + head)
+    draws = {c.config.seed: c.config.sft.select for c in b.cells if c.columns["condition"] == "random-5pct"}
+    assert draws == {s: f"random:5%@seed={s}" for s in (1, 2, 3)}
+    assert not any("head" in c.config.sft.select for c in b.cells)
+    # the null: the same CPT (seed) with another SFT seed
+    reseed = [c.config for c in controls.cells if c.columns["condition"] == "sft-reseed"]
+    assert [(c.seed, c.phase_seed(c.sft)) for c in reseed] == [(1, 101), (2, 101), (3, 101)]
