@@ -21,7 +21,10 @@ Evaluations are cached in a JSON file keyed by the group, the mode, the two chec
 Output: records (:data:`layerprobe.records.COLUMNS`) with ``phase="attribute"``, ``step=-1``, ``param`` = the
 group's selector, ``layer``/``block`` = the group's single layer / block (-1 / "" when it spans several),
 ``quantity`` = ``revert:<metric>`` or ``apply:<metric>`` (the metric's value, not a difference); baselines
-``tuned:<metric>`` and ``base:<metric>`` (``param=""``), and ``rel_change`` = ||W_t - W_b|| / ||W_b|| over G.
+``tuned:<metric>`` and ``base:<metric>`` (``param=""``), ``rel_change`` = ||W_t - W_b|| / ||W_b|| over G, and
+``weight_share`` = G's share of the entries SFT changed. :func:`effects` divides each effect's share of the whole
+change by it (``share_per_weight``): 1 means the group matters in proportion to its size, no more. Shares of the
+groups of a partition need not add up to 1: reverting two groups together is not the sum of reverting each.
 
 torch is imported only inside the functions that need it; :func:`plot_attribution` draws from records alone.
 """
@@ -330,7 +333,8 @@ def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate
     finally:
         base_src.close()
         tuned_src.close()
-    records = _records(cfg.run, groups, changes, baselines, results)
+    numel = {n: swap.params[n].numel() for n in every}
+    records = _records(cfg.run, groups, changes, baselines, results, numel)
     return AttributionResult(records, runner.evaluated, runner.cached, runner.reused, runner.known,
                              time.time() - t_start, runner.eval_seconds, {g: len(n) for g, n in groups.items()})
 
@@ -405,8 +409,10 @@ def _plan(groups: dict, changed: dict, todo: dict, modes: Sequence[str], cache: 
     return text, len(runs) - cached
 
 
-def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: dict, results: dict) -> pd.DataFrame:
+def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: dict, results: dict,
+             numel: dict[str, int]) -> pd.DataFrame:
     rows = []
+    changed_total = sum(numel.values())
     for which, metrics in baselines.items():
         rows += [(-1, "", "", f"{which}:{k}", v) for k, v in metrics.items()]
     for g, names in groups.items():
@@ -414,6 +420,8 @@ def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: d
         d2 = sum(changes[n][0] for n in names)
         w2 = sum(changes[n][1] for n in names)
         rows.append((layer, block, g, "rel_change", math.sqrt(d2 / w2) if w2 > 0 else math.nan))
+        share = sum(numel.get(n, 0) for n in names) / changed_total if changed_total else math.nan
+        rows.append((layer, block, g, "weight_share", share))
         for (grp, mode), metrics in results.items():
             if grp == g:
                 rows += [(layer, block, g, f"{mode}:{k}", v) for k, v in metrics.items()]
@@ -446,6 +454,11 @@ def effects(records: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         out["share"] = np.where(full != 0, out["effect"] / full, np.nan) + 0.0  # no -0
     out["rel_change"] = out["group"].map(rel).to_numpy()
+    if "weight_share" in set(d["quantity"]):
+        ws = d[d["quantity"] == "weight_share"].set_index("param")["value"]
+        out["weight_share"] = out["group"].map(ws).to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["share_per_weight"] = out["share"] / out["weight_share"]
     return out.reset_index(drop=True)
 
 

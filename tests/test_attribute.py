@@ -218,6 +218,12 @@ def test_lora_adapter_on_two_layers(tmp_path):
     assert v[("layers:1", "revert:dist")] > 3 * v[("layers:2", "revert:dist")]
     assert v[("mlp", "rel_change")] == 0 and v[("layers:1", "rel_change")] > v[("layers:2", "rel_change")] > 0
     assert res.n_evaluated == 2 + 2 * 2 and res.n_known == 2 * 7  # layers 0, 3, embed, attn, mlp, norm, head
+    # weight share: of the entries SFT changed (q and v of layers 1 and 2, equal sizes), half per layer
+    assert v[("layers:1", "weight_share")] == pytest.approx(0.5) and v[("attn", "weight_share")] == 1.0
+    assert v[("mlp", "weight_share")] == 0
+    e = effects(res.records).set_index(["group", "mode", "metric"])
+    row = e.loc[("layers:1", "revert", "dist")]
+    assert row["share_per_weight"] == pytest.approx(row["share"] / 0.5)
 
 
 def test_group_expansion_and_bad_input(planted):

@@ -19,14 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe.attribute import effects
-from layerprobe.checkpoints import open_source
 from layerprobe.records import load_records
-from layerprobe.select import select_params
-from layerprobe.stages import resolve_model
 from layerprobe.stats import t_mean_ci
 
 BANDS = ["layers:0-9", "layers:10-19", "layers:20-29"]
-CHANGED = "attn + mlp"  # the weights LoRA on all linear modules changes
 METRICS = ["qa_acc", "cloze_acc", "gozaru_first"]
 
 
@@ -36,14 +32,6 @@ def most_forgetting(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     best = drop.index[0]
     cells = results[(results[keys] == pd.Series(best, index=keys)).all(axis=1)]
     return f"CPT a{best[0]} SFT a{best[1]} {best[2]}", cells
-
-
-def weight_shares(groups: list[str]) -> dict[str, float]:
-    src = open_source(resolve_model("smollm2-135m"))
-    shapes = [(n, tuple(src.shape(n))) for n in src.names()]
-    src.close()
-    changed = select_params(shapes, CHANGED).trainable
-    return {g: select_params(shapes, f"({g}) & ({CHANGED})").trainable / changed for g in groups}
 
 
 def main() -> None:
@@ -63,14 +51,13 @@ def main() -> None:
         frames.append(effects(load_records(out / "attribute.parquet")).assign(seed=seed))
     e = pd.concat(frames, ignore_index=True)
     e = e[e["metric"].isin(METRICS) & e["group"].isin(["attn", "mlp", *BANDS])]
-    shares = weight_shares(["attn", "mlp", *BANDS])
     rows = []
     for (group, mode, metric), d in e.groupby(["group", "mode", "metric"], sort=False):
         lo, hi = t_mean_ci(d["effect"])
         rows.append({"cell": name, "group": group, "mode": mode, "metric": metric, "n_seeds": len(d),
                      "effect": d["effect"].mean(), "lo": lo, "hi": hi, "sft_effect": d["sft_effect"].mean(),
-                     "share": d["share"].mean(), "weight_share": shares[group],
-                     "share_per_weight_share": d["share"].mean() / shares[group]})
+                     "share": d["share"].mean(), "weight_share": d["weight_share"].mean(),
+                     "share_per_weight": d["share"].mean() / d["weight_share"].mean()})
     table = pd.DataFrame(rows)
     for parts, label in ((["attn", "mlp"], "sum of parts: attn + mlp"), (BANDS, "sum of parts: three layer bands")):
         for (mode, metric), d in table[table["group"].isin(parts)].groupby(["mode", "metric"]):
