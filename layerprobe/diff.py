@@ -353,13 +353,12 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c
             p = parse_name(name)
             key = (p.layer, p.block, p.module)
             grams[key] = grams.get(key, 0) + g
+            q = quantities_from_gram(g, plan.mode)
             if plan.mode == "three":
-                nulls[key] = nulls.get(key, 0.0) + null_variance(g, math.prod(shape))
-            for q, v in quantities_from_gram(g, plan.mode).items():
-                rows.append((p.layer, p.block, p.module, name, q, v))
-            if plan.mode == "three":
-                rows += [(p.layer, p.block, p.module, name, q, v)
-                         for q, v in null_quantities(g, null_variance(g, math.prod(shape))).items()]
+                var = null_variance(g, math.prod(shape))
+                nulls[key] = nulls.get(key, 0.0) + var
+                q.update(null_quantities(g, var))
+            rows += [(p.layer, p.block, p.module, name, k, v) for k, v in q.items()]
             if cfg.svd > 0 and len(shape) == 2:
                 rows += _svd_rows(ops, full, shape, plan.mode, cfg, p, name)
             del ops, full

@@ -404,9 +404,8 @@ def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
             else:
                 info = run_sft(cfg, str(rundir.stage_dir(run_dir, "merge")), data.sft_rows, out, callbacks, progress,
                                replay_docs=data.cpt_docs)
-            recorders = [c for c in callbacks if type(c).__name__ == "RecorderCallback"]
-            if recorders:  # the recorder's own time in this phase: its cost, run by run
-                info["record_seconds"] = round(recorders[0].seconds, 2)
+            if cfg.record:  # the recorder (first of the callbacks): its own time in this phase, its cost run by run
+                info["record_seconds"] = round(callbacks[0].seconds, 2)
         elif stage == "merge":
             info = run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
         else:
