@@ -45,7 +45,7 @@ def claims(grid_dir: Path, controls_dir: Path) -> list[dict]:
                     "a": cell(128, 8, "A", "cpt"), "b": cell(32, 8, "A", "cpt")})
         out.append({"claim": "control: CPT on MLP - CPT on all (merged CPT model)", "metric": m,
                     "a": control("cpt-mlp-sft-attn", "cpt"), "b": cell(128, 8, "A", "cpt")})
-    for m in ("cloze_acc", "qa_acc", "gozaru_first"):
+    for m in ("cloze_acc", "qa_acc", "style_logodds"):  # gozaru_first is 1.000 in every grid cell: no contrast
         for sa in (8, 32):
             for mod in ("A", "B"):
                 out.append({"claim": f"Q2 CPT a128 - a32 after SFT a{sa} {mod}", "metric": m,
