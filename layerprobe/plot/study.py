@@ -237,8 +237,8 @@ def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | Non
     suptitle(fig, "Paired claims")
     caption = (f"Each claim's difference on the same probes and seeds ({n.min()}{'' if n.min() == n.max() else f'-{n.max()}'}"
                " seeds): point = mean over seeds and items, line = 95 % paired bootstrap interval over seeds and items; "
-               f"filled = holds: Holm-corrected McNemar p < 0.05 over the {len(tested)} tested claims and an "
-               "interval that excludes 0.")
+               f"filled = holds: Holm-corrected p < 0.05 over the {len(tested)} tested claims (exact McNemar for "
+               "0/1 metrics, Wilcoxon for continuous ones) and an interval that excludes 0.")
     return save_figure(fig, out_png, dpi=130, caption=caption)
 
 
