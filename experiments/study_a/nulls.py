@@ -7,6 +7,8 @@ the control sft-reseed (the same CPT, another SFT seed). Three streaming diffs p
   base -> CPT -> SFT (reference)     cos_cpt_sft, undo_frac
   base -> CPT -> SFT (sft-reseed)    the same statistics from an SFT run that differs only in its seed
   CPT -> SFT (reference) -> SFT (reseed, applied on top)   cos(dSFT_ref, dSFT_reseed): how alike two SFT updates are
+and the mean cosine between the CPT adapter's lora_A and each SFT adapter's (the reference SFT shares its seed with
+its CPT, and so its initialisation);
 and the diff's random-update null (null_sd_cos, null_sd_undo_frac: a norm-matched random SFT update, mean 0).
 Rows: per decoder layer (block "" = all its modules) and the whole model (layer -1). The diffs are cached in the
 sweep folder's nulls/ (gitignored); the table and figure are committed.
@@ -33,6 +35,18 @@ def _diff(cache: Path, a, b, c) -> pd.DataFrame:
     cache.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(cache)
     return df
+
+
+def lora_a_cosine(cpt: Path, sft: Path) -> float:
+    """Mean cosine between the CPT adapter's and the SFT adapter's lora_A of each module both adapt: near 1 when the
+    two stages drew the same initialisation (the same seed for the same shapes), near 0 otherwise."""
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(cpt / "adapter_model.safetensors"), load_file(sft / "adapter_model.safetensors")
+    keys = [k for k in a if "lora_A" in k and k in b]
+    return float(sum(torch.nn.functional.cosine_similarity(a[k].flatten(), b[k].flatten(), dim=0) for k in keys)
+                 / len(keys))
 
 
 def groups(df: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
@@ -62,10 +76,13 @@ def main() -> None:
         d_ss = _diff(cache / "sft_vs_sft.parquet", ref / "merged", ref / "sft", re / "sft")
         t = groups(d_ref).join(groups(d_re, "_reseed")[["cos_cpt_sft_reseed", "undo_frac_reseed"]])
         t["cos_sft_sft"] = groups(d_ss)["cos_cpt_sft"]  # cos(B - A, C - B) = cos(dSFT_ref, dSFT_reseed)
+        t["lora_a_cos"] = lora_a_cosine(ref / "cpt", ref / "sft")  # same for every row of the seed
+        t["lora_a_cos_reseed"] = lora_a_cosine(ref / "cpt", re / "sft")
         frames.append(t.reset_index().assign(seed=seed))
         m = t.loc[(-1, "")]
         print(f"seed {seed}: model cos_cpt_sft {m['cos_cpt_sft']:+.4f} (reseed {m['cos_cpt_sft_reseed']:+.4f}, random "
-              f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}")
+              f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}; "
+              f"cos(lora_A of CPT, of SFT) {m['lora_a_cos']:.3f} (reseed {m['lora_a_cos_reseed']:.3f})")
     if not frames:
         raise SystemExit("no seed has both runs finished; run the study A sweeps first")
     table = pd.concat(frames, ignore_index=True)
