@@ -2,7 +2,7 @@
 
     python experiments/study_a/attribute.py    # -> figures/study_a/smollm2-135m/attribution.csv, attribution.png
 
-The most-forgetting cell is the grid cell with the largest mean qa_drop (QA accuracy after CPT - after SFT) over
+The most-forgetting cell is the grid cell with the largest mean retention_drop (cloze accuracy after CPT - after SFT) over
 seeds in the grid's results.csv. For each of its seeds, `layerprobe attribute` reverts the SFT change on one
 group (the CPT weights there, SFT's elsewhere) and applies it alone; groups: attention, MLP, and three bands of ten
 layers, which partition the changed weights twice. Per group, mode and metric the table has the effect's mean and
@@ -28,7 +28,7 @@ METRICS = ["qa_acc", "cloze_acc", "gozaru_first"]
 
 def most_forgetting(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     keys = ["cpt.lora_alpha", "sft.lora_alpha", "sft.target_modules"]
-    drop = results.groupby(keys)["qa_drop"].mean().sort_values(ascending=False)
+    drop = results.groupby(keys)["retention_drop"].mean().sort_values(ascending=False)
     best = drop.index[0]
     cells = results[(results[keys] == pd.Series(best, index=keys)).all(axis=1)]
     return f"CPT a{best[0]} SFT a{best[1]} {best[2]}", cells
