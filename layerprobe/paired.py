@@ -166,9 +166,17 @@ def write_claims(table: pd.DataFrame, out_dir: str | os.PathLike) -> str:
     return f"{len(tested)} of {len(table)} claims tested, {int(tested['holds'].sum())} hold; {out / 'claims.csv'}"
 
 
+def sweep_results(folder: str | os.PathLike) -> pd.DataFrame:
+    """A sweep folder's results.csv; an empty table while no cell has finished."""
+    f = Path(folder) / "results.csv"
+    return pd.read_csv(f) if f.is_file() else pd.DataFrame()
+
+
 def sweep_arm(results: pd.DataFrame, folder: str | os.PathLike, phase: str = "sft", **match) -> Arm:
     """The arm of a sweep's results table whose columns equal ``match`` (e.g. condition="mlp"), by seed; no runs
     when no finished cell matches yet."""
+    if results.empty:
+        return Arm({}, phase)
     rows = results
     for key, value in match.items():
         if key not in rows.columns:

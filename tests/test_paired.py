@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerprobe.paired import Arm, bootstrap_diff, compare, compare_family, holm, mcnemar_p, sweep_arm, write_claims
+from layerprobe.paired import Arm, bootstrap_diff, compare, compare_family, holm, mcnemar_p, sweep_arm, sweep_results, write_claims
 
 
 def _run(folder, qa, logodds, phase="sft"):
@@ -100,6 +100,7 @@ def test_sweep_arm_picks_one_cell_per_seed(tmp_path):
     arm = sweep_arm(results, tmp_path, condition="mlp")
     assert arm.runs == {1: tmp_path / "mlp,seed=1", 2: tmp_path / "mlp,seed=2"} and arm.phase == "sft"
     assert sweep_arm(results, tmp_path, condition="none").runs == {}  # not finished yet
+    assert sweep_results(tmp_path).empty and sweep_arm(sweep_results(tmp_path), tmp_path, condition="mlp").runs == {}
     with pytest.raises(ValueError, match="several cells per seed"):
         sweep_arm(results, tmp_path)
     with pytest.raises(ValueError, match="no column"):

@@ -11,21 +11,14 @@ modules (A = all linear, B = attention); the controls by name; phase cpt = the m
 import argparse
 from pathlib import Path
 
-import pandas as pd
 
-from layerprobe.paired import compare_family, sweep_arm, write_claims
+from layerprobe.paired import compare_family, sweep_arm, sweep_results, write_claims
 
 SEEDS = 3
 
 
-def _results(folder: Path) -> pd.DataFrame:
-    f = folder / "results.csv"
-    return pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=["cell", "seed", "condition", "cpt.lora_alpha",
-                                                                        "sft.lora_alpha", "sft.target_modules"])
-
-
 def claims(grid_dir: Path, controls_dir: Path) -> list[dict]:
-    grid, ctl = _results(grid_dir), _results(controls_dir)
+    grid, ctl = sweep_results(grid_dir), sweep_results(controls_dir)
 
     def cell(cpt_alpha, sft_alpha, modules, phase="sft"):
         return sweep_arm(grid, grid_dir, phase, **{"cpt.lora_alpha": cpt_alpha, "sft.lora_alpha": sft_alpha,

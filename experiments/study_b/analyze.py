@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.paired import compare_family, sweep_arm, write_claims
+from layerprobe.paired import compare_family, sweep_arm, sweep_results, write_claims
 from layerprobe.stats import t_mean_ci
 
 SEEDS = 3
@@ -21,13 +21,8 @@ CONDITIONS = ["mlp", "not-mlp", "first-5pct", "last-5pct", "random-5pct", "first
               "random-10pct", "all"]
 
 
-def _results(folder: Path) -> pd.DataFrame:
-    f = folder / "results.csv"
-    return pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=["cell", "seed", "condition"])
-
-
 def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
-    res, ref = _results(sweep_dir), _results(study_a_dir)
+    res, ref = sweep_results(sweep_dir), sweep_results(study_a_dir)
 
     def arm(name, phase="sft"):
         return sweep_arm(res, sweep_dir, phase, condition=name)
@@ -52,7 +47,9 @@ def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
 
 def shares(sweep_dir: Path) -> pd.DataFrame:
     """Per condition: the trained share of the weights and the mean (95 % t interval over seeds) of each outcome."""
-    res = _results(sweep_dir)
+    res = sweep_results(sweep_dir)
+    if res.empty:
+        return pd.DataFrame()
     rows = []
     for c in CONDITIONS:
         d = res[res["condition"] == c]
