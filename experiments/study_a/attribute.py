@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--grid", type=Path, default=Path("runs/study_a-smollm2-135m"))
     ap.add_argument("--out", type=Path, default=Path("figures/study_a/smollm2-135m"))
     ap.add_argument("--max-probes", type=int, default=57, help="probes of each kind per evaluation (cost)")
+    ap.add_argument("--max-instructions", type=int, default=60, help="held-out instructions per evaluation (cost)")
     args = ap.parse_args()
     name, cells = most_forgetting(pd.read_csv(args.grid / "results.csv"))
     print(f"most-forgetting cell: {name}, seeds {sorted(cells['seed'])}")
@@ -46,7 +47,8 @@ def main() -> None:
     for cell, seed in zip(cells["cell"], cells["seed"]):
         out = args.grid / cell / "attribute"
         cmd = [sys.executable, "-m", "layerprobe", "attribute", "--run", str(args.grid / cell), "--groups", "blocks",
-               *[a for b in BANDS for a in ("--select", b)], "--max-probes", str(args.max_probes), "--out", str(out)]
+               *[a for b in BANDS for a in ("--select", b)], "--max-probes", str(args.max_probes),
+               "--max-instructions", str(args.max_instructions), "--out", str(out)]
         subprocess.run(cmd, check=True)
         frames.append(effects(load_records(out / "attribute.parquet")).assign(seed=seed))
     e = pd.concat(frames, ignore_index=True)

@@ -1,11 +1,15 @@
 """Study B on SmolLM2-135M: the family of paired claims (issue 12) and each condition's trained share.
 
-    python experiments/study_b/analyze.py     # -> figures/study_b/smollm2-135m/claims.csv, claims.png, shares.csv
+    python experiments/study_b/analyze.py     # -> figures/study_b/smollm2-135m/claims.csv, claims.png, shares.csv, drift.csv
 
 Every claim compares two arms on the same probes and seeds (layerprobe.paired): exact McNemar p, a paired bootstrap
 interval over seeds and items, Holm's correction over the family. phase cpt = the merged CPT model each condition
 starts from (the same in every condition of a seed), sft = after the restricted full fine-tuning. Claims whose
 cells are not finished on every seed are listed as missing and left out of the family.
+
+drift.csv: how far SFT moved the whole model and its attention and MLP weights (layerprobe.drift: ||W_sft - W_cpt|| /
+||W_cpt|| over all weights of the kind, frozen ones unmoved), full fine-tuning here and study A's LoRA SFT after the
+same CPT in the same units.
 """
 
 import argparse
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from layerprobe.drift import module_norms, phase_drift
 from layerprobe.paired import compare_family, sweep_arm, sweep_results, write_claims
 from layerprobe.stats import t_mean_ci
 
@@ -28,7 +33,7 @@ def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
         return sweep_arm(res, sweep_dir, phase, condition=name)
 
     out = []
-    for m in ("gozaru_first", "qa_acc"):
+    for m in ("gozaru_first", "cloze_acc", "qa_acc"):
         for c in CONDITIONS:  # style learned / facts forgotten: after SFT - the CPT model it started from
             out.append({"claim": f"{c}: after - before SFT", "metric": m, "a": arm(c), "b": arm(c, "cpt")})
         out.append({"claim": "kind: MLP - not MLP", "metric": m, "a": arm("mlp"), "b": arm("not-mlp")})
@@ -46,7 +51,8 @@ def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
 
 
 def shares(sweep_dir: Path) -> pd.DataFrame:
-    """Per condition: the trained share of the weights and the mean (95 % t interval over seeds) of each outcome."""
+    """Per condition: the trained share of the weights, the mean of each outcome with a 95 % t interval over seeds
+    (rates clipped to [0, 1]) and the change of the two losses through SFT, paired by seed."""
     res = sweep_results(sweep_dir)
     if res.empty:
         return pd.DataFrame()
@@ -56,11 +62,40 @@ def shares(sweep_dir: Path) -> pd.DataFrame:
         if d.empty:
             continue
         row = {"condition": c, "n_seeds": len(d), "trained_share": d.get("stages.sft.trainable_share").mean()}
-        for m in ("sft.gozaru_first", "sft.style_logodds", "cpt.qa_acc", "sft.qa_acc", "cpt.cloze_acc",
-                  "sft.cloze_acc", "sft.general_loss"):
+        for m in ("sft.gozaru_rate", "sft.gozaru_first", "sft.style_logodds", "cpt.qa_acc", "sft.qa_acc",
+                  "cpt.cloze_acc", "sft.cloze_acc", "sft.general_loss", "stages.sft.record_seconds",
+                  "stages.sft.seconds"):
             lo, hi = t_mean_ci(d[m])
+            if m.endswith(("_rate", "_first", "_acc")):
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
             row.update({m: d[m].mean(), f"{m}.lo": lo, f"{m}.hi": hi})
+        for m in ("cpt_text_loss", "general_loss"):  # per-seed paired change through SFT (no per-item values)
+            change = d[f"sft.{m}"] - d[f"cpt.{m}"]
+            lo, hi = t_mean_ci(change)
+            row.update({f"{m}.change": change.mean(), f"{m}.change.lo": lo, f"{m}.change.hi": hi})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def drift_table(sweep_dir: Path, study_a_dir: Path) -> pd.DataFrame:
+    """drift.csv: one row per run, study B's conditions and study A's LoRA SFT arms after the same CPT (alpha 128)."""
+    runs = []
+    res = sweep_results(sweep_dir)
+    for _, row in res.iterrows():
+        runs.append((f"full FT: {row['condition']}", row["seed"], sweep_dir / row["cell"], row))
+    ref = sweep_results(study_a_dir)
+    for _, row in ref[ref["cpt.lora_alpha"] == 128].iterrows():
+        arm = f"LoRA SFT a{row['sft.lora_alpha']} {row['sft.target_modules']}"
+        runs.append((arm, row["seed"], study_a_dir / row["cell"], row))
+    norms, rows = {}, []
+    for arm, seed, run, row in runs:
+        key = (run / "merged" / "model.safetensors").stat().st_ino  # one CPT per seed, hard-linked into its cells
+        if key not in norms:
+            norms[key] = module_norms(run / "merged")
+        drift = phase_drift(run, "sft", norms[key])
+        rows.append({"arm": arm, "seed": seed, **{f"drift_{k}": v for k, v in drift.items()},
+                     **{m: row[m] for m in ("sft.gozaru_first", "sft.style_logodds", "cpt.cloze_acc",
+                                            "sft.cloze_acc", "cpt.qa_acc", "sft.qa_acc")}})
     return pd.DataFrame(rows)
 
 
@@ -73,6 +108,10 @@ def main() -> None:
     table = compare_family(claims(args.sweep, args.study_a), min_seeds=SEEDS)
     print(write_claims(table, args.out))
     shares(args.sweep).to_csv(args.out / "shares.csv", index=False, float_format="%.6g")
+    drift = drift_table(args.sweep, args.study_a)
+    drift.to_csv(args.out / "drift.csv", index=False, float_format="%.6g")
+    print(drift.groupby("arm", sort=False)[["drift_all", "drift_attn", "drift_mlp", "sft.cloze_acc",
+                                            "sft.qa_acc"]].mean().to_string(float_format="%.4f"))
 
 
 if __name__ == "__main__":
