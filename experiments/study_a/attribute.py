@@ -1,6 +1,6 @@
 """Causal attribution on study A's most-forgetting SmolLM2 cell, over its seeds (issue 12).
 
-    python experiments/study_a/attribute.py    # -> figures/study_a/smollm2-135m/attribution.csv, attribution.png
+    python experiments/study_a/attribute.py --max-instructions 30   # -> figures/study_a/smollm2-135m/attribution.csv
 
 The most-forgetting cell is the grid cell with the largest mean retention_drop (cloze accuracy after CPT - after SFT) over
 seeds in the grid's results.csv. For each of its seeds, `layerprobe attribute` reverts the SFT change on one
@@ -23,7 +23,7 @@ from layerprobe.records import load_records
 from layerprobe.stats import t_mean_ci
 
 BANDS = ["layers:0-9", "layers:10-19", "layers:20-29"]
-METRICS = ["qa_acc", "cloze_acc", "gozaru_first"]
+METRICS = ["qa_acc", "cloze_acc", "gozaru_first", "style_logodds"]
 
 
 def most_forgetting(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
