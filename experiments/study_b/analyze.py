@@ -23,7 +23,7 @@ from layerprobe.stats import t_mean_ci
 
 SEEDS = 3
 CONDITIONS = ["mlp", "not-mlp", "first-5pct", "last-5pct", "random-5pct", "first-10pct", "last-10pct",
-              "random-10pct", "all"]
+              "random-10pct", "all", "all-lr3e-4"]
 
 
 def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
@@ -47,6 +47,10 @@ def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
         lora = sweep_arm(ref, study_a_dir, "sft", **{"cpt.lora_alpha": 128, "sft.lora_alpha": 8,
                                                      "sft.target_modules": "A"})
         out.append({"claim": "full FT of all weights - LoRA a8 all linear", "metric": m, "a": arm("all"), "b": lora})
+        # the step-size control: at 3x the learning rate full FT moves the weights about as far as LoRA SFT a8
+        out.append({"claim": "full FT all at lr 3e-4 - LoRA a8 all linear", "metric": m, "a": arm("all-lr3e-4"),
+                    "b": lora})
+        out.append({"claim": "full FT all: lr 3e-4 - lr 1e-4", "metric": m, "a": arm("all-lr3e-4"), "b": arm("all")})
     return out
 
 
