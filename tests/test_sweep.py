@@ -304,12 +304,15 @@ def test_the_smollm2_studies_design():
     a = load_sweep(ROOT / "experiments/study_a/sweep_smollm2.yaml")
     controls = load_sweep(ROOT / "experiments/study_a/controls_smollm2.yaml")
     b = load_sweep(ROOT / "experiments/study_b/sweep_smollm2.yaml")
-    assert (len(a.cells), len(controls.cells), len(b.cells)) == (24, 12, 27)
+    assert (len(a.cells), len(controls.cells), len(b.cells)) == (24, 12, 30)
     assert all(c.config.model == "smollm2-135m" and c.config.record for sw in (a, controls, b) for c in sw.cells)
     # study B's random layers: one draw per training seed; every condition trains its layers alone (no + head)
     draws = {c.config.seed: c.config.sft.select for c in b.cells if c.columns["condition"] == "random-5pct"}
     assert draws == {s: f"random:5%@seed={s}" for s in (1, 2, 3)}
     assert not any("head" in c.config.sft.select for c in b.cells)
+    # the step-size control: every weight at 3x the learning rate of the other conditions
+    lr = {c.columns["condition"]: c.config.sft.learning_rate for c in b.cells}
+    assert lr["all-lr3e-4"] == pytest.approx(3 * lr["all"]) and len(set(lr.values())) == 2
     # the null: the same CPT (seed) with another SFT seed
     reseed = [c.config for c in controls.cells if c.columns["condition"] == "sft-reseed"]
     assert [(c.seed, c.phase_seed(c.sft)) for c in reseed] == [(1, 101), (2, 101), (3, 101)]
