@@ -21,3 +21,5 @@ args = TrainingArguments(output_dir=os.path.join(out, "hf"), per_device_train_ba
                          seed=0, lr_scheduler_type="constant", disable_tqdm=True, dataloader_drop_last=True, **fsdp)
 Trainer(model=make_tiny_llama(), args=args, train_dataset=data,
         callbacks=[RecorderCallback(out, phase="cpt", update_every=1, drift_every=1)]).train()
+if torch.distributed.is_initialized():  # a clean teardown: without it gloo's threads can abort the exit ("terminate called")
+    torch.distributed.destroy_process_group()
