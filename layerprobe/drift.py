@@ -44,7 +44,7 @@ def phase_drift(run_dir: str | os.PathLike, phase: str, norms: pd.Series,
                 blocks: tuple[str, ...] = ("attn", "mlp")) -> dict[str, float]:
     """Relative drift of the whole model (``all``) and of each block kind at the phase's last recorded step."""
     r = load_records(run_dir, quantities=["drift_ratio"])
-    d = r[(r["phase"] == phase) & (r["param"] == "") & (r["module"] != "") & (r["quantity"] == "drift_ratio")]
+    d = r[(r["phase"] == phase) & (r["param"] == "") & (r["module"] != "")]
     if d.empty:
         raise ValueError(f"{run_dir} has no drift records for phase {phase!r}; record it with "
                          "`layerprobe train --record` (drift_every not 'never')")
