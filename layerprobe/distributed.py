@@ -99,10 +99,11 @@ def sum_over_shards(parts: list[torch.Tensor], group) -> list[torch.Tensor]:
     """Add each rank's local ``parts`` over ``group`` with one all_reduce; returns float64 CPU tensors."""
     if not parts:
         return []
+    if group is None:  # nothing to add: no packing
+        return [t.detach().to(device="cpu", dtype=torch.float64) for t in parts]
     device = parts[0].device
     flat = torch.cat([t.detach().to(device=device, dtype=torch.float64).reshape(-1) for t in parts])
-    if group is not None:
-        torch.distributed.all_reduce(flat, group=group)
+    torch.distributed.all_reduce(flat, group=group)
     flat = flat.cpu()
     out, i = [], 0
     for t in parts:

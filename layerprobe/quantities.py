@@ -104,12 +104,17 @@ class _Change(Quantity):
     """||W_t - R|| / ||R|| against reference weights R kept on disk (this rank's shard only), read back in 4 MB
     pieces: no second copy of the weights in memory. LoRA pairs: the effective weights from the stored factors."""
 
+    fixed_reference = False  # R stays the same all phase: its LoRA norms are computed once (the costly part)
+
     def __init__(self, schedule: Schedule, path: str | os.PathLike):
         super().__init__(schedule)
         self.store = DiskSnapshot(path)
+        self._lora_ref_norms: list[float] | None = None  # set by the first finish on rank 0
+        self._ref_sent = False
 
-    def write(self, units: Units) -> None:
-        self.store.write({d.name: distributed.weight(d.param) for d in units.dense})
+    def write(self, units: Units, overwrite: bool = False) -> None:
+        self.store.write({d.name: distributed.weight(d.param) for d in units.dense}, overwrite)
+        self._lora_ref_norms, self._ref_sent = None, False
 
     def partial(self, units: Units, step: int) -> Partial:
         sums = []  # per dense unit: ||W - R||^2, ||R||^2
@@ -120,6 +125,9 @@ class _Change(Quantity):
                 ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
             sums.append((diff_sq * d.share, ref_sq * d.share))
         tensors = [torch.tensor(sums, dtype=torch.float64).reshape(-1, 2)]
+        # every rank decides alike whether the reference's LoRA norm pieces are sent (the reduce needs equal sizes)
+        with_ref = not (self.fixed_reference and self._ref_sent)
+        self._ref_sent = True
         names = {id(d.param): d.name for d in units.dense}
         for p in units.lora:
             a1, b1 = distributed.weight(p.a), distributed.weight(p.b)
@@ -128,15 +136,18 @@ class _Change(Quantity):
             rows_b = [distributed.rows_like(b, p.b, p.base) for b in (b1, b0)]
             whole_a = [distributed.whole(a, p.a, p.a_share) for a in (a1, a0)]
             gram, a1w, a0w = lora_norms.diff_parts(rows_b[0], whole_a[0], rows_b[1], whole_a[1])
-            tensors += [gram * p.share, a1w, a0w] + _weight_parts(p, b0, a0)
+            tensors += [gram * p.share, a1w, a0w] + (_weight_parts(p, b0, a0) if with_ref else [])
 
         def finish(s):
             dense = s[0].sqrt()
             rows = _rows(units.dense, dense[:, 0].tolist(), dense[:, 1].tolist()) if len(units.dense) else []
+            k = 7 if with_ref else 3
+            if with_ref:
+                self._lora_ref_norms = [lora_norms.weight_norm_from(s[4 + k * i:1 + k * (i + 1)], p.scale)
+                                        for i, p in enumerate(units.lora)]
             for i, p in enumerate(units.lora):
-                k = 1 + 7 * i
-                rows.append((p.name, p.layer, p.block, p.module, lora_norms.diff_norm_from(s[k:k + 3], p.scale),
-                             lora_norms.weight_norm_from(s[k + 3:k + 7], p.scale)))
+                rows.append((p.name, p.layer, p.block, p.module,
+                             lora_norms.diff_norm_from(s[1 + k * i:4 + k * i], p.scale), self._lora_ref_norms[i]))
             return rows
 
         return Partial(self.name, step, tensors, finish)
@@ -155,7 +166,7 @@ class UpdateRatio(_Change):
         self.snapshot_step: int | None = None
 
     def snapshot(self, units: Units, step: int) -> None:
-        self.write(units)
+        self.write(units, overwrite=True)
         self.snapshot_step = step
 
     def ready(self, step: int) -> bool:
@@ -167,6 +178,7 @@ class DriftRatio(_Change):
     """||W_t - W_ref|| / ||W_ref||, W_ref being the weights at the start of the phase."""
 
     name = "drift_ratio"
+    fixed_reference = True
 
     def start(self, units: Units) -> None:
         self.write(units)

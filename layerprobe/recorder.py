@@ -372,10 +372,12 @@ class RecorderCallback(TrainerCallback):
 
     @property
     def seconds(self) -> float:
-        """Wall time this callback spent recording around the optimizer steps so far (its cost to the run)."""
+        """Wall time this callback spent recording so far (its cost to the run): around the optimizer steps, and
+        starting (audit, frozen-weight hashes, the drift reference) and closing the recorder."""
         return self._t_record
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        t = time.perf_counter()
         self._move_to_front()
         _warn_if_torchrun_without_ddp(args)
         zero = getattr(optimizer, "optimizer", None) if getattr(args, "deepspeed", None) else None
@@ -401,6 +403,7 @@ class RecorderCallback(TrainerCallback):
         elif clips:
             self._max_norm, self._restore_norm = args.max_grad_norm, args.max_grad_norm
             args.max_grad_norm = 0.0
+        self._t_record += time.perf_counter() - t
 
     def _wrap_zero_step(self, zero, state) -> None:
         """Under DeepSpeed the engine steps inside ``backward``: run the recorder around the ZeRO optimizer's step,
@@ -449,7 +452,9 @@ class RecorderCallback(TrainerCallback):
             del self._zero.step  # the instance attribute hid the class's step
             self._zero = None
         if self.recorder is not None:
+            t = time.perf_counter()
             self.recorder.close()
+            self._t_record += time.perf_counter() - t
 
     def _move_to_front(self):
         """Run this callback's ``on_log`` before the reporting callbacks (W&B, TensorBoard, MLflow), so they see

@@ -23,12 +23,20 @@ class DiskSnapshot:
         self.path = Path(path)
         self._index: dict[str, tuple[int, torch.Size, torch.dtype]] = {}
         self._buf: torch.Tensor | None = None
+        self._reader = None  # one open handle for all reads between two writes
 
-    def write(self, tensors: dict[str, torch.Tensor]) -> None:
+    def write(self, tensors: dict[str, torch.Tensor], overwrite: bool = False) -> None:
+        """Write ``tensors``. By default into a new file that replaces the old one, so a kill mid-write never leaves
+        a half-written file under the name. ``overwrite``: write into the existing file when it has the same size:
+        no new file, so the kernel does not drop and refill the old one's cached pages (much faster for a repeated
+        snapshot of the same tensors; only for a copy nobody reads after a kill, such as the update's)."""
+        self._close_reader()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        in_place = overwrite and self.path.is_file() and self.path.stat().st_size == size
         index, offset = {}, 0
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        tmp = self.path if in_place else self.path.with_suffix(".tmp")
+        with open(tmp, "r+b" if in_place else "wb") as f:
             for name, t in tensors.items():
                 flat = t.detach().reshape(-1)
                 per = max(1, CHUNK_BYTES // max(flat.element_size(), 1))
@@ -36,13 +44,15 @@ class DiskSnapshot:
                     f.write(flat[i:i + per].cpu().contiguous().view(torch.uint8).numpy())
                 index[name] = (offset, t.shape, t.dtype)
                 offset += flat.numel() * flat.element_size()
-        os.replace(tmp, self.path)
+        if not in_place:
+            os.replace(tmp, self.path)
         self._index = index
 
     def attach(self, tensors: dict[str, torch.Tensor]) -> bool:
         """Read an existing file that ``write`` made for tensors of these names, shapes and dtypes (in this order),
         e.g. from a process that was killed and is resumed: the index is rebuilt, nothing is written. Returns
         False (and attaches nothing) when there is no such file or its size disagrees."""
+        self._close_reader()
         index, offset = {}, 0
         for name, t in tensors.items():
             index[name] = (offset, t.shape, t.dtype)
@@ -60,9 +70,8 @@ class DiskSnapshot:
         """One whole stored tensor (for small ones, such as LoRA factors)."""
         offset, shape, dtype = self._index[name]
         out = torch.empty(shape, dtype=dtype)
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            f.readinto(out.reshape(-1).view(torch.uint8).numpy())
+        f = self._read_at(offset)
+        f.readinto(out.reshape(-1).view(torch.uint8).numpy())
         return out
 
     def pairs(self, name: str, live: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,15 +86,25 @@ class DiskSnapshot:
         flat = live.detach().reshape(-1)
         size = torch.empty((), dtype=dtype).element_size()
         per = CHUNK_BYTES // size
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            for i in range(0, flat.numel(), per):
-                n = min(per, flat.numel() - i)
-                raw = self._buf[: n * size]
-                f.readinto(raw.numpy())
-                stored = raw.view(dtype).to(device=flat.device, dtype=torch.float32)
-                yield flat[i:i + n].float(), stored
+        for i in range(0, flat.numel(), per):
+            n = min(per, flat.numel() - i)
+            raw = self._buf[: n * size]
+            self._read_at(offset + i * size).readinto(raw.numpy())
+            stored = raw.view(dtype).to(device=flat.device, dtype=torch.float32)
+            yield flat[i:i + n].float(), stored
+
+    def _read_at(self, offset: int):
+        if self._reader is None:
+            self._reader = open(self.path, "rb")
+        self._reader.seek(offset)
+        return self._reader
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def close(self) -> None:
+        self._close_reader()
         self._buf, self._index = None, {}
         self.path.unlink(missing_ok=True)

@@ -290,3 +290,24 @@ def test_bf16_autocast_keeps_fp32_weights_and_records_what_fp32_training_records
     first = a.index.get_level_values("step") == 1
     close = np.isclose(a[first], b[first], rtol=5e-2, atol=1e-6)
     assert close.mean() > 0.95, f"{(~close).sum()} of {close.size} step-1 records differ by more than 5 %"
+
+
+def test_callback_seconds_count_starting_and_closing_the_recorder(tmp_path, monkeypatch):
+    """The cost a run reports (``record_seconds``) includes the recorder's start and close, not only the steps."""
+    import time
+
+    slow = {"__init__": Recorder.__init__, "close": Recorder.close}
+
+    def slowed(name):
+        def method(self, *a, **kw):
+            time.sleep(0.3)
+            return slow[name](self, *a, **kw)
+        return method
+
+    for name in slow:
+        monkeypatch.setattr(Recorder, name, slowed(name))
+    rec = RecorderCallback(tmp_path / "run", grad_every="never", update_every="never", drift_every="never",
+                           weight_every="never")
+    t = time.perf_counter()
+    _train(make_tiny_llama(), tmp_path, [rec], steps=1)
+    assert 0.6 <= rec.seconds < time.perf_counter() - t
