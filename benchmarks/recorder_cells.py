@@ -21,6 +21,8 @@ STUDY_CELLS = {  # condition here -> the study cell of the same config, by seed
     "lora-sft": "runs/study_a-smollm2-135m/cpt.lora_alpha=128,sft.lora_alpha=8,sft.target_modules=A,seed={seed}",
     "full-all": "runs/study_b-smollm2-135m/all,seed={seed}",
     "full-mlp": "runs/study_b-smollm2-135m/mlp,seed={seed}",
+    "full-not-mlp": "runs/study_b-smollm2-135m/not-mlp,seed={seed}",
+    "full-all-lr3e-4": "runs/study_b-smollm2-135m/all-lr3e-4,seed={seed}",
 }
 SEEDS = (1, 2, 3)
 KEY = ["phase", "step", "layer", "block", "module", "param", "quantity"]
