@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe.records import load_records
+from layerprobe.sweep.results import flatten
 
 STUDY_CELLS = {  # condition here -> the study cell of the same config, by seed
     "lora-sft": "runs/study_a-smollm2-135m/cpt.lora_alpha=128,sft.lora_alpha=8,sft.target_modules=A,seed={seed}",
@@ -29,17 +30,20 @@ KEY = ["phase", "step", "layer", "block", "module", "param", "quantity"]
 QUANTITIES = ["grad_norm", "update_ratio", "drift_ratio", "weight_norm"]
 
 
-def cost(run: Path) -> dict[str, tuple[float, float]]:
-    stages = json.loads((run / "summary.json").read_text())["stages"]
-    return {s: (v["record_seconds"], v["seconds"]) for s, v in stages.items()
+def summary(run: Path) -> dict | None:
+    f = run / "summary.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def cost(summ: dict) -> dict[str, tuple[float, float]]:
+    return {s: (v["record_seconds"], v["seconds"]) for s, v in summ["stages"].items()
             if "record_seconds" in v and "reused_from" not in v}  # a CPT linked in from another cell: shown there
 
 
-def same_outcomes(new: Path, old: Path) -> str:
-    a, b = (json.loads((p / "summary.json").read_text()) for p in (new, old))
-    keys = [(m, k) for m in ("base", "cpt", "sft") for k in a.get(m, {})]
-    differ = [f"{m}.{k}" for m, k in keys if a[m][k] != b.get(m, {}).get(k)]
-    return f"outcomes ({len(keys)} in summary.json): " + ("identical" if not differ else f"differ: {differ}")
+def same_outcomes(new: dict, old: dict) -> str:
+    a, b = ({k: v for k, v in flatten(x).items() if k.split(".")[0] in ("base", "cpt", "sft")} for x in (new, old))
+    differ = [k for k in a if a[k] != b.get(k)]
+    return f"outcomes ({len(a)} in summary.json): " + ("identical" if not differ else f"differ: {differ}")
 
 
 def largest_differences(new: Path, old: Path, phases) -> pd.DataFrame:
@@ -57,21 +61,21 @@ def main() -> None:
     for cell, study in ((f"{c},seed={seed}", Path(s.format(seed=seed))) for seed in SEEDS
                         for c, s in STUDY_CELLS.items()):
         run = args.cells / cell
-        if not (run / "summary.json").is_file():
+        new, study_summary = summary(run), summary(study)
+        if new is None:
             print(f"{cell}: not finished")
             continue
-        wall = json.loads((run / "summary.json").read_text())["wall_seconds"]
-        print(f"== {cell}: {wall:.0f} s (study cell: {study})")
-        old = cost(study) if (study / "summary.json").is_file() else {}
-        own = cost(run)
+        print(f"== {cell}: {new['wall_seconds']:.0f} s (study cell: {study})")
+        old = cost(study_summary) if study_summary else {}
+        own = cost(new)
         for stage, (rec, total) in own.items():
             line = f"{stage}: recorder {rec:.2f} s of {total:.1f} s = {100 * rec / total:.2f} %"
             if stage in old:
                 line += f"   (study cell: {old[stage][0]:.2f} s of {old[stage][1]:.1f} s = " \
                         f"{100 * old[stage][0] / old[stage][1]:.2f} %, not counting the recorder's start and close)"
             print(line)
-        if study.is_dir():
-            print(same_outcomes(run, study))
+        if study_summary:
+            print(same_outcomes(new, study_summary))
             print(largest_differences(run, study, list(own)).to_string(index=False))
 
 
