@@ -22,9 +22,20 @@ Output: records (:data:`layerprobe.records.COLUMNS`) with ``phase="attribute"``,
 group's selector, ``layer``/``block`` = the group's single layer / block (-1 / "" when it spans several),
 ``quantity`` = ``revert:<metric>`` or ``apply:<metric>`` (the metric's value, not a difference); baselines
 ``tuned:<metric>`` and ``base:<metric>`` (``param=""``), ``rel_change`` = ||W_t - W_b|| / ||W_b|| over G, and
-``weight_share`` = G's share of the entries SFT changed. :func:`effects` divides each effect's share of the whole
-change by it (``share_per_weight``): 1 means the group matters in proportion to its size, no more. Shares of the
-groups of a partition need not add up to 1: reverting two groups together is not the sum of reverting each.
+three denominators, G's share of
+
+- ``weight_share``: the dense entries SFT changed (every entry of each changed tensor);
+- ``trained_share``: the parameters SFT trained -- for a LoRA adapter r * (in + out) per adapted matrix (lora_A is
+  r x in, lora_B is out x r, read from the adapter), the entries of a ``modules_to_save`` tensor or a LoRA bias;
+  for full weights the entries of each changed tensor (= ``weight_share``);
+- ``delta_share``: the squared change ||W_t - W_b||^2 (summed over G / over every tensor; for LoRA
+  ||s * B @ A||^2, from the factors, tensor by tensor).
+
+:func:`effects` divides each effect's share of the whole change by each (``share_per_weight``,
+``share_per_trained``, ``share_per_delta``): 1 means the group matters in proportion to its size, no more. Shares
+of the groups of a partition need not add up to 1: reverting two groups together is not the sum of reverting each.
+Over several seeds, :func:`over_seeds` gives each mean with its Student-t interval, and :func:`paired_difference`
+the per-seed difference of two groups (``attn - mlp``).
 
 torch is imported only inside the functions that need it; :func:`plot_attribution` draws from records alone.
 """
@@ -49,6 +60,11 @@ from layerprobe.records import COLUMNS
 PHASE = "attribute"
 MODES = ("revert", "apply")
 GROUPINGS = ("layers", "blocks", "cells")
+# each denominator recorded per group -> the ratio effects() writes (the effect's share / the group's share)
+DENOMINATORS = {"weight_share": "share_per_weight", "trained_share": "share_per_trained",
+                "delta_share": "share_per_delta"}
+# the per-seed columns over_seeds() gives a mean and an interval ("effect" keeps the names lo / hi)
+SEED_VALUES = ("effect", "share", *DENOMINATORS.values())
 Evaluate = Callable[[object, object], dict]
 
 
@@ -204,24 +220,51 @@ class WeightSwapper:
         return n
 
     def measure(self) -> dict[str, tuple[float, float]]:
-        """(||W_t - W_b||^2, ||W_b||^2) of every tensor; tensors SFT left bit-identical are never copied again."""
+        """(||W_t - W_b||^2, ||W_b||^2) of every tensor; tensors SFT left unchanged are never copied again."""
         out = {n: self.change(n) for n in self.params}
         self.unchanged = {n for n, (d2, _) in out.items() if d2 == 0}
         return out
 
     def change(self, name: str) -> tuple[float, float]:
-        """(||W_t - W_b||^2, ||W_b||^2) of one tensor, in float64, from the files."""
+        """(||W_t - W_b||^2, ||W_b||^2) of one tensor, in float64, from the files; for a LoRA pair the change is
+        s * B @ A itself (not rounded into W_b), its squared norm from the factors: tr((B^T B)(A A^T)) * s^2."""
         import torch
 
+        from layerprobe.checkpoints import LoraDelta
+
         b = self.base.operand(name).flat
-        t = self.value(name, "tuned")
+        adapter = self.tuned.kind == "adapter"
+        op = self.tuned.operand(name) if adapter and name in self.tuned.names() else None
+        factors = op.factors() if isinstance(op, LoraDelta) else None
+        # the tuned value is read only where it is stored whole (full weights, modules_to_save)
+        t = self.value(name, "tuned") if not adapter or (op is not None and op.kind == "value") else None
         d2 = w2 = 0.0
         step = 1 << 22
         for i in range(0, b.numel(), step):
             bi = b[i:i + step].double()
-            d2 += float(torch.sum((t[i:i + step].double() - bi) ** 2))
+            if t is not None:
+                d2 += float(torch.sum((t[i:i + step].double() - bi) ** 2))
             w2 += float(torch.sum(bi * bi))
+        if factors is not None:
+            left, right = (f.double() for f in factors)
+            d2 = float(torch.sum((left.T @ left) * (right @ right.T)))
+        elif op is not None and op.kind == "delta":  # a LoRA bias: the delta is stored whole
+            d2 = float(torch.sum(op.flat.double() ** 2))
         return d2, w2
+
+    def trained(self, name: str) -> int:
+        """How many trained parameters stand behind one tensor's change. An adapter: r * (in + out) for a LoRA
+        pair (A is r x in, B is out x r; the sizes of the two factors as stored), every entry of a
+        ``modules_to_save`` tensor or of a LoRA bias, 0 for a tensor it leaves alone. Full weights: every entry of
+        a tensor SFT changed, 0 for one it left unchanged (call :meth:`measure` first)."""
+        if self.tuned.kind == "weights":
+            return 0 if name in self.unchanged else self.params[name].numel()
+        if name not in self.tuned.names():
+            return 0
+        if self.tuned.is_lora(name):
+            e = self.tuned.loras[name]
+            return math.prod(e.a.shape) + math.prod(e.b.shape)
+        return math.prod(self.tuned.shape(name))
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -334,7 +377,8 @@ def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate
         base_src.close()
         tuned_src.close()
     numel = {n: swap.params[n].numel() for n in every}
-    records = _records(cfg.run, groups, changes, baselines, results, numel)
+    trained = {n: swap.trained(n) for n in swap.names()}
+    records = _records(cfg.run, groups, changes, baselines, results, numel, trained)
     return AttributionResult(records, runner.evaluated, runner.cached, runner.reused, runner.known,
                              time.time() - t_start, runner.eval_seconds, {g: len(n) for g, n in groups.items()})
 
@@ -410,9 +454,12 @@ def _plan(groups: dict, changed: dict, todo: dict, modes: Sequence[str], cache: 
 
 
 def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: dict, results: dict,
-             numel: dict[str, int]) -> pd.DataFrame:
+             numel: dict[str, int], trained: dict[str, int]) -> pd.DataFrame:
+    """``numel``: entries of each changed tensor; ``trained``: trained parameters behind each tensor's change."""
     rows = []
-    changed_total = sum(numel.values())
+    per_tensor = {"weight_share": numel, "trained_share": trained,
+                  "delta_share": {n: d2 for n, (d2, _) in changes.items()}}
+    totals = {q: sum(v.values()) for q, v in per_tensor.items()}
     for which, metrics in baselines.items():
         rows += [(-1, "", "", f"{which}:{k}", v) for k, v in metrics.items()]
     for g, names in groups.items():
@@ -420,8 +467,9 @@ def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: d
         d2 = sum(changes[n][0] for n in names)
         w2 = sum(changes[n][1] for n in names)
         rows.append((layer, block, g, "rel_change", math.sqrt(d2 / w2) if w2 > 0 else math.nan))
-        share = sum(numel.get(n, 0) for n in names) / changed_total if changed_total else math.nan
-        rows.append((layer, block, g, "weight_share", share))
+        for q, values in per_tensor.items():
+            share = sum(values.get(n, 0) for n in names) / totals[q] if totals[q] else math.nan
+            rows.append((layer, block, g, q, share))
         for (grp, mode), metrics in results.items():
             if grp == g:
                 rows += [(layer, block, g, f"{mode}:{k}", v) for k, v in metrics.items()]
@@ -454,12 +502,69 @@ def effects(records: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         out["share"] = np.where(full != 0, out["effect"] / full, np.nan) + 0.0  # no -0
     out["rel_change"] = out["group"].map(rel).to_numpy()
-    if "weight_share" in set(d["quantity"]):
-        ws = d[d["quantity"] == "weight_share"].set_index("param")["value"]
-        out["weight_share"] = out["group"].map(ws).to_numpy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["share_per_weight"] = out["share"] / out["weight_share"]
+    present = set(d["quantity"])
+    for denominator, ratio in DENOMINATORS.items():  # records written before a denominator existed lack it
+        if denominator in present:
+            ws = d[d["quantity"] == denominator].set_index("param")["value"]
+            out[denominator] = out["group"].map(ws).to_numpy()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[ratio] = out["share"] / out[denominator]
     return out.reset_index(drop=True)
+
+
+def paired_difference(per_seed: pd.DataFrame, a: str = "attn", b: str = "mlp") -> pd.DataFrame:
+    """Per-seed rows of the group ``"a - b"``: for each seed (and cell, mode, metric) the effect, share, ratios and
+    denominators of group ``a`` minus those of group ``b``, paired by seed; ``sft_effect`` stays the seed's own.
+    ``per_seed``: :func:`effects` rows with a ``seed`` column (and optionally ``cell``)."""
+    keys = [c for c in ("cell", "seed", "mode", "metric") if c in per_seed.columns]
+    if "seed" not in keys:
+        raise ValueError(f"paired_difference needs a 'seed' column; got columns {list(per_seed.columns)}")
+    values = [c for c in ("effect", "share", *DENOMINATORS, *DENOMINATORS.values()) if c in per_seed.columns]
+    left = per_seed[per_seed["group"] == a].set_index(keys)
+    right = per_seed[per_seed["group"] == b].set_index(keys)
+    if left.empty or right.empty:
+        raise ValueError(f"paired_difference needs rows of both groups {a!r} and {b!r}; got groups "
+                         f"{sorted(per_seed['group'].unique())}")
+    both = left.index.intersection(right.index)
+    if len(both) != len(left) or len(both) != len(right):
+        raise ValueError(f"groups {a!r} and {b!r} are not paired: {len(left)} and {len(right)} rows, {len(both)} "
+                         f"with the same {', '.join(keys)}; attribute both groups in every seed")
+    out = left.loc[both, values] - right.loc[both, values]
+    out["sft_effect"] = left.loc[both, "sft_effect"]
+    out = out.reset_index().assign(group=f"{a} - {b}", layer=-1, block="")
+    return out[[c for c in per_seed.columns if c in out.columns]]
+
+
+def over_seeds(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Mean over seeds with a Student-t interval (:func:`layerprobe.stats.t_mean_ci`) per cell x group x mode x
+    metric of per-seed :func:`effects` rows (a ``seed`` column; rows of :func:`paired_difference` welcome).
+
+    Columns: ``n_seeds``; ``effect`` with ``lo`` / ``hi``; ``share`` and each ratio (``share_per_weight``, ...)
+    with ``<name>_lo`` / ``<name>_hi`` -- each ratio is computed per seed, then averaged; ``sft_effect`` and the
+    denominators (``weight_share``, ...) as means. One seed, or a value that is NaN or infinite in some seed: the
+    interval is NaN (and the mean too, in the second case); the per-seed rows show why."""
+    from layerprobe.stats import t_mean_ci
+
+    if "seed" not in per_seed.columns:
+        raise ValueError(f"over_seeds needs a 'seed' column (one row per seed); got columns {list(per_seed.columns)}")
+    keys = [c for c in ("cell", "group", "mode", "metric") if c in per_seed.columns]
+    twice = per_seed.duplicated([*keys, "seed"])
+    if twice.any():
+        raise ValueError(f"over_seeds got {int(twice.sum())} rows twice for the same seed (first: "
+                         f"{per_seed.loc[twice, [*keys, 'seed']].iloc[0].to_dict()}); pass each seed's rows once")
+    rows = []
+    for key, d in per_seed.groupby(keys, sort=False):
+        row = dict(zip(keys, key), n_seeds=len(d))
+        for col in [c for c in SEED_VALUES if c in d.columns]:
+            x = d[col].to_numpy(dtype=float)
+            finite = bool(np.isfinite(x).all())
+            lo, hi = t_mean_ci(x, level) if finite else (math.nan, math.nan)
+            names = ("lo", "hi") if col == "effect" else (f"{col}_lo", f"{col}_hi")
+            row.update({col: float(x.mean()) if finite else math.nan, names[0]: lo, names[1]: hi})
+        for col in [c for c in ("sft_effect", *DENOMINATORS) if c in d.columns]:
+            row[col] = float(d[col].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,

@@ -3,8 +3,9 @@
 A sweep evaluates each distinct model once: cells that share a CPT model (copied, or trained again to the same
 bytes) share its evaluation, and the base model is evaluated once per machine. The key is a SHA-256 over the
 content hash of the model folder(s) (:func:`layerprobe.rundir.content_hash`: weights, config, tokenizer, not the
-pipeline's markers), the evaluation config, the context length and the evaluation data, so one changed byte or
-setting is a miss.
+pipeline's markers), the evaluation config, the context length, the evaluation data and the evaluation code's
+version (:data:`layerprobe.evaluate.EVAL_VERSION`), so one changed byte or setting, or metrics added since, is a
+miss.
 Entries live in ``<cache root>/evals/<key>/`` (``$LAYERPROBE_CACHE``, see :func:`layerprobe.presets.cache_root`)
 and are written atomically; ``LAYERPROBE_EVAL_CACHE=0`` turns the cache off.
 """
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Callable
 
 from layerprobe.config import EvalConfig
+from layerprobe.evaluate import EVAL_VERSION
 
 def eval_key(folders: list[str], data, cfg: EvalConfig, max_length: int) -> str:
     """The cache key of evaluating the model in ``folders`` (base folder, then adapter) on ``data`` with ``cfg``."""
     from layerprobe.rundir import content_hash
 
     payload = {"models": [content_hash(f) for f in folders], "eval": dataclasses.asdict(cfg),
-               "max_length": max_length, "data": dataclasses.asdict(data.limited(cfg))}
+               "max_length": max_length, "data": dataclasses.asdict(data.limited(cfg)), "code": EVAL_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 

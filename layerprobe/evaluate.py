@@ -7,6 +7,17 @@ newline or EOS). Cloze probes can instead be scored by likelihood (``eval.cloze_
 gold answer token is the model's top choice after the prompt, which is exactly when greedy generation starts
 with the answer, at the cost of one forward pass instead of a generation.
 
+Knowledge, on three probe classes (``kind``): ``cloze`` (a CPT sentence cut before the answer: the prompt and
+answer occur verbatim in the CPT text), ``cloze_heldout`` (the same fact in a sentence form the CPT text never uses,
+cut the same way and scored exactly like ``cloze``) and ``qa`` (a question, answered in a chat turn):
+
+- ``cloze_acc``, ``cloze_heldout_acc``, ``qa_acc``: the share answered correctly;
+- ``cloze_margin``, ``cloze_heldout_margin``: mean log-probability margin of the gold answer over the best other
+  answer of its relation (:func:`answer_margins`): continuous, so it still moves where the accuracy is at its
+  ceiling or floor;
+- ``cloze_floor``, ``qa_floor``: what guessing gets (:func:`guessing_floor`); they describe the probe set, not the
+  model, so they are the same for every model evaluated on it.
+
 Style, on held-out instructions answered to EOS within ``max_new_tokens``:
 
 - ``gozaru_rate``: the style pattern anywhere in the answer;
@@ -22,14 +33,21 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 from layerprobe.config import EvalConfig
 
 METRICS = ("cloze_acc", "qa_acc", "cpt_text_loss", "gozaru_rate", "gozaru_first", "eos_rate", "cut_rate",
-           "n_probes")
-# general forgetting (held-out text / a MC set) and the likelihood style score, when the data allow them
-OPTIONAL_METRICS = ("style_logodds", "general_loss", "mc_acc")
+           "n_probes", "cloze_margin", "cloze_floor", "qa_floor")
+# general forgetting (held-out text / a MC set), the likelihood style score and the held-out cloze, when the data
+# allow them
+OPTIONAL_METRICS = ("style_logodds", "general_loss", "mc_acc", "cloze_heldout_acc", "cloze_heldout_margin")
+PROBE_KINDS = ("cloze", "cloze_heldout", "qa")  # eval.max_probes caps each kind
+CLOZE_KINDS = ("cloze", "cloze_heldout")  # scored alike: by eval.cloze_scoring, with a likelihood margin
+# The version of what evaluate_model computes: part of the evaluation cache's key (layerprobe.evalcache), so a
+# cached evaluation from older code, which lacks newer metrics, is never served. Raise it when the metrics change.
+EVAL_VERSION = 2
 _SENTENCE_END = re.compile(r"[。．！？!?\n]|\.(?!\d)")  # a period, but not the one inside 3.5
 STOP_STRINGS = ["。", ".", "！", "？", "!", "?", "\n"]
 
@@ -78,8 +96,8 @@ class EvalSet:
         def cap(rows, n):
             return rows[:n] if n > 0 else rows
 
-        probes = cap([p for p in self.probes if p["kind"] == "cloze"], cfg.max_probes) + \
-            cap([p for p in self.probes if p["kind"] == "qa"], cfg.max_probes)
+        probes = [p for kind in PROBE_KINDS for p in cap([q for q in self.probes if q["kind"] == kind],
+                                                         cfg.max_probes)]
         general, chars = [], 0
         for doc in self.general_docs:  # the first general_chars characters, whole documents or a cut last one
             if cfg.general_chars and chars >= cfg.general_chars:
@@ -198,6 +216,47 @@ def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool
     return out
 
 
+def guessing_floor(probes: list[dict]) -> float:
+    """The share of ``probes`` answered right by a guesser that always gives its relation's most common answer.
+
+    Probes are grouped by ``relation`` (probes without one form one group: the guesser then gives the set's most
+    common answer) and answers compared normalised (:func:`normalize`). A property of the probe set, not of a
+    model; NaN without probes. The toy world's held-out clozes state the same facts as its clozes, so their floor
+    is the clozes' one (``cloze_floor``) and has no metric of its own.
+    """
+    if not probes:
+        return math.nan
+    groups: dict = {}
+    for p in probes:
+        groups.setdefault(p.get("relation"), Counter())[normalize(p["answer"])] += 1
+    return sum(max(c.values()) for c in groups.values()) / len(probes)
+
+
+def answer_margins(model, tok, probes: list[dict], gold: list[float], batch_size: int) -> list[float]:
+    """Per probe: log p(gold answer | prompt) - max over the other answers of its relation of log p(answer | prompt).
+
+    ``gold`` holds the gold answers' log-probabilities (:func:`answer_scores` of the same probes). The other answers
+    are the distinct (normalised) gold answers of the other ``probes`` with the same ``relation``, each teacher-forced
+    after the probe's prompt as text would continue it (:func:`continuation`), all in batches of ``batch_size``.
+    Each is the *sum* of its tokens' log-probabilities, as :func:`answer_scores` returns it, so answers of
+    different token lengths are compared as whole strings (a longer answer pays for each token). Positive: the
+    model prefers the gold answer to every alternative. NaN for a probe without a relation or whose relation has
+    no other answer.
+    """
+    answers: dict = {}  # relation -> {normalised answer: the first answer given so}
+    for p in probes:
+        if p.get("relation") is not None:
+            answers.setdefault(p["relation"], {}).setdefault(normalize(p["answer"]), p["answer"])
+    pairs = [(i, other) for i, p in enumerate(probes) if p.get("relation") is not None
+             for key, other in answers[p["relation"]].items() if key != normalize(p["answer"])]
+    scores = answer_scores(model, tok, [probes[i]["prompt"] for i, _ in pairs],
+                           [continuation(probes[i]["prompt"], a) for i, a in pairs], False, batch_size)
+    best = [-math.inf] * len(probes)
+    for (i, _), (logprob, _) in zip(pairs, scores):
+        best[i] = max(best[i], logprob)
+    return [g - b if b > -math.inf else math.nan for g, b in zip(gold, best)]
+
+
 def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> float:
     """Mean next-token loss per token over ``docs`` (each truncated to ``max_length`` tokens)."""
     import torch
@@ -227,6 +286,9 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
                    progress: bool = False, timing: dict | None = None) -> tuple[dict, list[dict]]:
     """Metrics (:data:`METRICS`, and :data:`OPTIONAL_METRICS` the data allow) and one row per probe/answer.
 
+    Held-out cloze probes are scored exactly like the clozes, in calls of their own (so the clozes' numbers do
+    not depend on them); ``n_probes`` counts the cloze and QA probes only, as it did before they existed. Cloze
+    rows (both kinds) carry ``logprob``, ``greedy`` and ``margin`` (:func:`answer_margins`).
     ``timing`` (a dict), when given, receives the generation time and token count (see :func:`generate`)."""
     import torch
     from tqdm.auto import tqdm
@@ -235,32 +297,39 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
     model.eval()
     data = data.limited(cfg)
     style = style_regex(cfg.style_pattern)
-    cloze = [p for p in data.probes if p["kind"] == "cloze"]
+    clozes = {kind: [p for p in data.probes if p["kind"] == kind] for kind in CLOZE_KINDS}
     qa = [p for p in data.probes if p["kind"] == "qa"]
     instructions = [{**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)}
                     for p in data.instructions]
-    generated = len(qa) + len(instructions) + (len(cloze) if cfg.cloze_scoring == "generate" else 0)
+    generate_clozes = cfg.cloze_scoring == "generate"
+    generated = len(qa) + len(instructions) + (sum(map(len, clozes.values())) if generate_clozes else 0)
     bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)
     rows: list[dict] = []
+    scores, cloze_out = {}, {}
     try:
-        scores = answer_scores(model, tok, [p["prompt"] for p in cloze],
-                               [continuation(p["prompt"], p["answer"]) for p in cloze], False, cfg.batch_size)
-        cloze_out = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens, cfg.batch_size, False,
-                             bar, stop_at_sentence=True, timing=timing) if cfg.cloze_scoring == "generate" else None
+        for kind, cloze in clozes.items():
+            scores[kind] = answer_scores(model, tok, [p["prompt"] for p in cloze],
+                                         [continuation(p["prompt"], p["answer"]) for p in cloze], False,
+                                         cfg.batch_size)
+            cloze_out[kind] = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens,
+                                       cfg.batch_size, False, bar, stop_at_sentence=True,
+                                       timing=timing) if generate_clozes else None
         qa_out = generate(model, tok, [p["prompt"] for p in qa], cfg.max_new_tokens, cfg.batch_size, True, bar,
                           stop_at_sentence=True, timing=timing)
         ins_out = generate(model, tok, [p["prompt"] for p in instructions], cfg.max_new_tokens, cfg.batch_size,
                            True, bar, timing=timing)
     finally:
         bar.close()
-    for i, (p, (logprob, greedy)) in enumerate(zip(cloze, scores)):
-        row = {**p, "logprob": logprob, "greedy": greedy}
-        if cloze_out is None:
-            row.update(output="", eos=False, correct=greedy)
-        else:
-            text, eos = cloze_out[i]
-            row.update(output=text, eos=eos, correct=contains_answer(first_sentence(text), p["answer"]))
-        rows.append(row)
+    for kind, cloze in clozes.items():
+        margins = answer_margins(model, tok, cloze, [lp for lp, _ in scores[kind]], cfg.batch_size)
+        for i, (p, (logprob, greedy)) in enumerate(zip(cloze, scores[kind])):
+            row = {**p, "logprob": logprob, "greedy": greedy, "margin": margins[i]}
+            if cloze_out[kind] is None:
+                row.update(output="", eos=False, correct=greedy)
+            else:
+                text, eos = cloze_out[kind][i]
+                row.update(output=text, eos=eos, correct=contains_answer(first_sentence(text), p["answer"]))
+            rows.append(row)
     for p, (text, eos) in zip(qa, qa_out):
         rows.append({**p, "output": text, "eos": eos, "correct": contains_answer(first_sentence(text), p["answer"])})
     for p, q, (text, eos) in zip(data.instructions, instructions, ins_out):
@@ -271,17 +340,25 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
     def mean(xs):
         return sum(xs) / len(xs) if xs else math.nan
 
+    def of(kind, key):
+        return [r[key] for r in rows if r["kind"] == kind and not (key == "margin" and math.isnan(r[key]))]
+
     answered = [r for r in rows if r["kind"] == "instruction"]
     metrics = {
-        "cloze_acc": mean([r["correct"] for r in rows if r["kind"] == "cloze"]),
-        "qa_acc": mean([r["correct"] for r in rows if r["kind"] == "qa"]),
+        "cloze_acc": mean(of("cloze", "correct")),
+        "qa_acc": mean(of("qa", "correct")),
         "cpt_text_loss": text_loss(model, tok, data.cpt_docs, max_length, cfg.batch_size),
         "gozaru_rate": mean([r["correct"] for r in answered]),
         "gozaru_first": mean([r["first"] for r in answered]),
         "eos_rate": mean([r["eos"] for r in answered]),
         "cut_rate": mean([not r["eos"] for r in answered]),
-        "n_probes": len(cloze) + len(qa),
+        "n_probes": len(clozes["cloze"]) + len(qa),
+        "cloze_margin": mean(of("cloze", "margin")),
     }
+    if clozes["cloze_heldout"]:
+        metrics.update(cloze_heldout_acc=mean(of("cloze_heldout", "correct")),
+                       cloze_heldout_margin=mean(of("cloze_heldout", "margin")))
+    metrics.update(cloze_floor=guessing_floor(clozes["cloze"]), qa_floor=guessing_floor(qa))
     paired = [(r, p) for r, p in zip(answered, instructions) if p.get("plain") and r["answer"]]
     if paired:
         prompts = [p["prompt"] for _, p in paired]

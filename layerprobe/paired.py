@@ -1,18 +1,33 @@
-"""Paired comparisons of two arms on the same probes and seeds, for a study's family of claims.
+"""Claims about two arms, tested with the unit of replication as the unit.
 
-An *arm* is a set of run folders, one per training seed, evaluated at one phase (``cpt`` or ``sft``). Two arms
-are compared item by item: the same probe (or held-out instruction) under the same seed, read from each run's
-``eval/<phase>-answers.jsonl``. For a metric with one value per item (:data:`ITEM_METRICS`):
+A *claim* compares two arms (say SFT on attention and SFT on all linear modules) on one metric. The arms are
+trained on the same *units*: the training seed, and the toy world (``toy.seed``) where that varies. Probes,
+questions and instructions are nested inside a unit: they measure it, they do not replicate the claim. Every
+verdict therefore works on one number per unit and arm, the unit's mean over its items (what the evaluation
+writes into ``summary.json`` and the sweep's ``results.csv``):
 
-- ``diff``: the mean over seeds and items of (arm a - arm b), e.g. a difference in QA accuracy;
-- ``lo``/``hi``: a 95 % paired bootstrap interval that resamples seeds and then items (the same resampled items
-  in both arms, so the pairing is kept);
-- ``p``: exact McNemar (``scipy.stats.binomtest`` on the discordant (seed, item) pairs) for 0/1 metrics, the
-  Wilcoxon signed-rank test on the items' seed-averaged differences for continuous ones;
-- ``seed_diffs``: each seed's own difference, so a reader sees whether the seeds agree.
+- ``seed_diffs``: each unit's difference d_u = arm a - arm b; ``diff`` their mean, ``sd`` their standard deviation;
+- ``lo``/``hi``: the 95 % Student-t interval of the mean difference (n units, n - 1 degrees of freedom);
+- ``p``: the paired t-test of the d_u against 0. When the d_u have no spread (all equal, e.g. at a ceiling) the t
+  statistic is undefined and the exact sign test is used instead (three units agreeing give p = 0.25);
+- ``p_tost``: the two one-sided t-tests against the claim's equivalence margin ±m (Schuirmann 1987, "A comparison
+  of the two one-sided tests procedure and the power approach", J. Pharmacokin. Biopharm. 15:657-680), the larger
+  of the two p; sign tests again without spread;
+- Holm's step-down over the claims of one ``family`` (Holm 1979, Scand. J. Statist. 6:65-70), separately for ``p``
+  and for ``p_tost``;
+- ``verdict``: ``differs`` when the Holm-adjusted p < alpha, else ``equivalent`` when the Holm-adjusted p_tost <
+  alpha (the whole interval lies inside ±m), else ``inconclusive``. Only ``equivalent`` may be read as "alike";
+- ``mde``: the smallest |difference| this design detects with power 0.8 (two-sided paired t, n units, the observed
+  sd; :func:`t_power`), and ``units_needed``: how many units the same test needs for power 0.8 at the
+  observed difference and sd. Both at alpha / m for a family of m claims (Bonferroni, the most Holm asks of one
+  claim), so with that many units a claim has power 0.8 to survive its family whatever the others do.
 
-:func:`holm` adjusts the p-values of a family of claims (Holm 1979, "A simple sequentially rejective multiple test
-procedure", Scand. J. Statist. 6:65-70).
+``at_bound`` counts the unit values of a rate that sit exactly at 0 or 1: there the units' spread is squeezed by the
+bound and a small p (or an equivalence) says more about the ceiling than about the arms.
+
+Where the per-item answers are at hand (``eval/<phase>-answers.jsonl`` of each run), ``p_items`` is the exact
+McNemar test over every (unit, item) pair for 0/1 metrics: a description of how consistently the items move within
+units, never the verdict, because it counts items as if they were independent replicates.
 """
 
 from __future__ import annotations
@@ -20,78 +35,124 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from layerprobe import rundir
+from layerprobe.stats import paired_t
 
 # metric -> (the answers' kind, the per-item field, 0/1 or continuous)
 ITEM_METRICS = {
     "cloze_acc": ("cloze", "correct", True),
+    "cloze_heldout_acc": ("cloze_heldout", "correct", True),
+    "cloze_margin": ("cloze", "margin", False),
+    "cloze_heldout_margin": ("cloze_heldout", "margin", False),
     "qa_acc": ("qa", "correct", True),
     "gozaru_rate": ("instruction", "correct", True),
     "gozaru_first": ("instruction", "first", True),
     "eos_rate": ("instruction", "eos", True),
     "style_logodds": ("instruction", "style_logodds", False),
 }
+# the columns that name a unit of replication in a sweep's results, outermost first
+UNIT_COLUMNS = ("toy.seed", "seed")
+VERDICTS = ("differs", "equivalent", "inconclusive")
+
+
+@dataclass
+class ClaimsConfig:
+    """How a family of claims is decided; stated before the claims are computed (a study's ``claims.yaml``)."""
+
+    alpha: float = field(default=0.05, metadata={"help": "family-wise error rate of Holm's procedure"})
+    power: float = field(default=0.8, metadata={"help": "power for the detectable difference and units needed"})
+    margins: dict = field(default_factory=lambda: {"cloze_acc": 0.05, "cloze_heldout_acc": 0.05, "qa_acc": 0.05,
+                                                    "gozaru_rate": 0.05, "gozaru_first": 0.05, "eos_rate": 0.05,
+                                                    "style_logodds": 2.0, "cloze_margin": 1.0,
+                                                    "cloze_heldout_margin": 1.0},
+                          metadata={"help": "equivalence margin per metric: |a - b| < margin counts as alike "
+                                            "(accuracies as fractions, log-odds and margins in nats)"})
+
+    def __post_init__(self):
+        if not 0 < self.alpha < 1 or not 0 < self.power < 1:
+            raise ValueError(f"claims need 0 < alpha < 1 and 0 < power < 1, got alpha={self.alpha}, "
+                             f"power={self.power}")
+        bad = {k: v for k, v in self.margins.items() if not (isinstance(v, (int, float)) and v > 0)}
+        if bad:
+            raise ValueError(f"each equivalence margin must be a positive number, got {bad}; e.g. qa_acc: 0.05")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "ClaimsConfig":
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        unknown = sorted(set(data) - {"alpha", "power", "margins"})
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; a claims config has alpha, power and margins")
+        return cls(**data)
+
+    def margin(self, metric: str) -> float:
+        if metric not in self.margins:
+            raise ValueError(f"no equivalence margin for {metric!r}; state one in the claims config "
+                             f"(margins: {{{metric}: ...}}), known: {', '.join(self.margins)}")
+        return float(self.margins[metric])
 
 
 @dataclass(frozen=True)
 class Arm:
-    """Run folders by training seed, read at one evaluation phase."""
+    """One arm of a claim: per unit, its run folder and (when read from a sweep) its row of ``results.csv``."""
 
-    runs: dict  # seed -> run folder
+    runs: dict  # unit -> run folder
     phase: str = "sft"
+    results: dict = field(default_factory=dict)  # unit -> {column: value}
 
 
 def item_values(run_dir: str | os.PathLike, phase: str, metric: str) -> pd.Series:
     """One run's per-item values of ``metric`` at ``phase``, indexed by the item's prompt."""
     if metric not in ITEM_METRICS:
         raise ValueError(f"metric must be one of {', '.join(ITEM_METRICS)}, got {metric!r}")
-    kind, field, _ = ITEM_METRICS[metric]
+    kind, key, _ = ITEM_METRICS[metric]
     path = rundir.answers_path(run_dir, phase)
     if not path.is_file():
         raise FileNotFoundError(f"no per-item answers at {path}; evaluate the run first (layerprobe eval --out RUN)")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    values = {r["prompt"]: float(r[field]) for r in rows if r.get("kind") == kind and r.get(field) is not None}
-    return pd.Series(values, name=metric, dtype=float)
+    values = {r["prompt"]: float(r[key]) for r in rows if r.get("kind") == kind and r.get(key) is not None}
+    return pd.Series(values, name=metric, dtype=float).dropna()
+
+
+def unit_means(arm: Arm, metric: str) -> pd.Series:
+    """The arm's value of ``metric`` per unit: the results table's ``<phase>.<metric>`` where the arm came from a
+    sweep, else the mean of the run's per-item answers."""
+    if metric not in ITEM_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(ITEM_METRICS)}, got {metric!r}")
+    column = f"{arm.phase}.{metric}"
+    out = {}
+    for unit, run in arm.runs.items():
+        row = arm.results.get(unit, {})
+        value = row.get(column)
+        out[unit] = float(value) if value is not None and not pd.isna(value) else \
+            float(item_values(run, arm.phase, metric).mean())
+    return pd.Series(out, name=metric, dtype=float)
 
 
 def paired_items(a: Arm, b: Arm, metric: str) -> tuple[np.ndarray, np.ndarray, list]:
-    """Arrays (seeds x items) of both arms on the seeds both have and the items every run has."""
-    seeds = sorted(set(a.runs) & set(b.runs))
-    if not seeds:
-        raise ValueError(f"the arms share no seed: {sorted(a.runs)} vs {sorted(b.runs)}")
-    va = [item_values(a.runs[s], a.phase, metric) for s in seeds]
-    vb = [item_values(b.runs[s], b.phase, metric) for s in seeds]
+    """Arrays (units x items) of both arms on the units both have and the items every run has."""
+    units = sorted(set(a.runs) & set(b.runs))
+    if not units:
+        raise ValueError(f"the arms share no unit: {sorted(a.runs)} vs {sorted(b.runs)}")
+    va = [item_values(a.runs[u], a.phase, metric) for u in units]
+    vb = [item_values(b.runs[u], b.phase, metric) for u in units]
     items = sorted(set.intersection(*[set(v.index) for v in va + vb]))
     if not items:
         raise ValueError(f"the arms share no {metric} item")
-    return (np.array([v.loc[items].to_numpy() for v in va]), np.array([v.loc[items].to_numpy() for v in vb]), seeds)
-
-
-def bootstrap_diff(xa: np.ndarray, xb: np.ndarray, n_boot: int = 4000, level: float = 0.95,
-                   rng: np.random.Generator | None = None) -> tuple[float, float]:
-    """Percentile interval of mean(xa - xb) resampling seeds (rows), then items (columns) with one item draw shared
-    by all seeds of a replicate, so each item stays paired with itself across arms and seeds."""
-    rng = rng or np.random.default_rng(0)
-    d = xa - xb
-    n_seeds, n_items = d.shape
-    rows = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    cols = rng.integers(0, n_items, size=(n_boot, n_items))
-    stats = np.array([d[r][:, c].mean() for r, c in zip(rows, cols)])
-    tail = (1 - level) / 2
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+    return (np.array([v.loc[items].to_numpy() for v in va]), np.array([v.loc[items].to_numpy() for v in vb]), units)
 
 
 def mcnemar_p(xa: np.ndarray, xb: np.ndarray) -> tuple[float, int, int]:
     """Exact two-sided McNemar test on 0/1 pairs: (p, #a right & b wrong, #a wrong & b right)."""
-    from scipy import stats
-
     a_only = int(((xa == 1) & (xb == 0)).sum())
     b_only = int(((xa == 0) & (xb == 1)).sum())
     if a_only + b_only == 0:
@@ -99,23 +160,110 @@ def mcnemar_p(xa: np.ndarray, xb: np.ndarray) -> tuple[float, int, int]:
     return float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue), a_only, b_only
 
 
-def compare(a: Arm, b: Arm, metric: str, n_boot: int = 4000, seed: int = 0) -> dict:
-    """Arm a minus arm b on ``metric``, paired by seed and item (see the module docstring)."""
-    from scipy import stats
+def _sign_p(d: np.ndarray, alternative: str = "two-sided") -> float:
+    """Exact sign test of the differences against 0 (zeros dropped)."""
+    pos, neg = int((d > 0).sum()), int((d < 0).sum())
+    if pos + neg == 0:
+        return 1.0
+    return float(stats.binomtest(pos, pos + neg, 0.5, alternative=alternative).pvalue)
 
-    xa, xb, seeds = paired_items(a, b, metric)
-    binary = ITEM_METRICS[metric][2]
-    lo, hi = bootstrap_diff(xa, xb, n_boot, rng=np.random.default_rng(seed))
-    out = {"metric": metric, "n_seeds": len(seeds), "n_items": xa.shape[1], "a": float(xa.mean()),
-           "b": float(xb.mean()), "diff": float((xa - xb).mean()), "lo": lo, "hi": hi,
-           "seed_diffs": " ".join(f"{v:+.3f}" for v in (xa - xb).mean(axis=1))}
-    if binary:
-        out["p"], out["a_only"], out["b_only"] = mcnemar_p(xa, xb)
-        out["test"] = "McNemar exact"
-    else:
-        d = (xa - xb).mean(axis=0)
-        out["p"] = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
-        out["test"] = "Wilcoxon signed-rank"
+
+def t_power(effect: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided one-sample (paired) t-test with ``n`` units at standardised ``effect``: statsmodels'
+    ``TTestPower().power``, and where that is NaN (scipy's noncentral t fails for large effects, few units and the
+    small alphas of Holm's levels in a large family) the same P(|T| > t_crit) integrated over the chi-square of the
+    variance estimate."""
+    import warnings
+
+    from scipy import integrate
+    from statsmodels.stats.power import TTestPower
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(TTestPower().power(effect_size=effect, nobs=n, alpha=alpha))
+    if math.isfinite(value):
+        return value
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def reject(v):
+        scale = crit * math.sqrt(v / df)
+        return (stats.norm.sf(scale - nc) + stats.norm.cdf(-scale - nc)) * stats.chi2.pdf(v, df)
+
+    return float(min(1.0, integrate.quad(reject, 0, math.inf, limit=200)[0]))
+
+
+def units_needed(effect: float, alpha: float = 0.05, power: float = 0.8, cap: int = 100_000) -> float:
+    """The fewest units (at least 2) with which the two-sided paired t-test reaches ``power`` at standardised
+    ``effect`` (mean / sd of the per-unit differences); inf beyond ``cap`` or for no effect."""
+    if not effect > 0:
+        return math.inf
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    n = max(2, math.ceil((z / effect) ** 2))  # the normal approximation; the t test needs a few more
+    while n <= cap and t_power(effect, n, alpha) < power:
+        n += 1
+    return float(n) if n <= cap else math.inf
+
+
+def detectable(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The standardised effect the two-sided paired t-test with ``n`` units detects with ``power``."""
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda e: t_power(e, n, alpha) - power, 1e-6, 1e4, xtol=1e-10))
+
+
+def unit_test(diffs: Sequence[float], margin: float = math.nan, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """The unit-level test of one claim from its per-unit differences (see the module docstring): n_units, diff,
+    sd, lo, hi, p, test, margin, p_tost, mde, units_needed."""
+    d = np.asarray(list(diffs), dtype=float)
+    spread = d.size > 1 and np.ptp(d) > 1e-9  # units alike up to float rounding have no t statistic
+    t = paired_t(d) if spread else {"mean_diff": float(d.mean()) if d.size else math.nan, "p": math.nan,
+                                    "lo": float(d.mean()) if d.size > 1 else math.nan,
+                                    "hi": float(d.mean()) if d.size > 1 else math.nan}
+    sd = float(d.std(ddof=1)) if spread else 0.0 if d.size > 1 else math.nan
+    out = {"n_units": int(d.size), "diff": t["mean_diff"], "sd": sd, "lo": t["lo"], "hi": t["hi"],
+           "margin": margin, "p_tost": math.nan, "mde": math.nan, "units_needed": math.nan}
+    if d.size < 2:
+        return {**out, "p": math.nan, "test": "none: fewer than 2 units"}
+    if not spread:  # the exact sign test instead, and its one-sided forms for TOST
+        out.update(p=_sign_p(d), test="sign test (no spread between units)")
+        if d[0] != 0:  # units for an exact sign test with every unit agreeing to reach alpha
+            out["units_needed"] = float(math.ceil(math.log2(2 / alpha) + 1e-12))
+        if margin == margin:
+            out["p_tost"] = max(_sign_p(d - margin, "less"), _sign_p(d + margin, "greater"))
+        return out
+    out.update(p=t["p"], test="paired t")
+    if margin == margin:
+        se = sd / math.sqrt(d.size)
+        upper = stats.t.cdf((d.mean() - margin) / se, d.size - 1)   # H0: diff >= +m
+        lower = stats.t.sf((d.mean() + margin) / se, d.size - 1)    # H0: diff <= -m
+        out["p_tost"] = float(max(upper, lower))
+    out["mde"] = detectable(d.size, alpha, power) * sd
+    out["units_needed"] = units_needed(abs(d.mean()) / sd, alpha, power)
+    return out
+
+
+def compare(a: Arm, b: Arm, metric: str, config: ClaimsConfig | None = None, family_size: int = 1) -> dict:
+    """Arm a minus arm b on ``metric`` with the unit as the unit (see the module docstring). ``mde`` and
+    ``units_needed`` are computed at alpha / ``family_size``, the level Holm's first step asks of a claim."""
+    config = config or ClaimsConfig()
+    va, vb = unit_means(a, metric), unit_means(b, metric)
+    units = sorted(set(va.index) & set(vb.index))
+    if not units:
+        raise ValueError(f"the arms share no unit: {sorted(a.runs)} vs {sorted(b.runs)}")
+    d = va.loc[units] - vb.loc[units]
+    out = {"metric": metric, "a": float(va.loc[units].mean()), "b": float(vb.loc[units].mean()),
+           **unit_test(d.to_numpy(), config.margin(metric), config.alpha / family_size, config.power),
+           "seed_diffs": " ".join(f"{v:+.3f}" for v in d), "units": " ".join(map(str, units))}
+    if ITEM_METRICS[metric][2]:  # rates: how many unit values sit at 0 or 1, where the spread says little
+        values = np.concatenate([va.loc[units].to_numpy(), vb.loc[units].to_numpy()])
+        out["at_bound"] = int(np.isclose(values, 0).sum() + np.isclose(values, 1).sum())
+    out.update(p_items=math.nan, a_only=math.nan, b_only=math.nan)
+    if ITEM_METRICS[metric][2] and all(rundir.answers_path(r, arm.phase).is_file()
+                                      for arm in (a, b) for r in (arm.runs[u] for u in units)):
+        xa, xb, _ = paired_items(Arm({u: a.runs[u] for u in units}, a.phase),
+                                 Arm({u: b.runs[u] for u in units}, b.phase), metric)
+        out["p_items"], out["a_only"], out["b_only"] = mcnemar_p(xa, xb)
     return out
 
 
@@ -132,26 +280,46 @@ def holm(p: Sequence[float]) -> np.ndarray:
     return out
 
 
-def compare_family(claims: Sequence[dict], n_boot: int = 4000, min_seeds: int = 1,
-                   alpha: float = 0.05) -> pd.DataFrame:
-    """One row per claim ``{"claim", "a": Arm, "b": Arm, "metric"}`` with :func:`compare`'s columns, ``p_holm``
-    over the claims that could be tested, and ``holds``: p_holm < ``alpha`` *and* a bootstrap interval that
-    excludes 0. McNemar pools the (seed, item) pairs and so ignores how much the seeds disagree; the interval
-    resamples seeds too, so a claim that one seed contradicts does not hold. A claim whose arms share fewer than
-    ``min_seeds`` seeds (a sweep still running) gets a ``missing`` note and no p-value, and does not count
-    towards the family."""
+def verdicts(p_holm: Sequence[float], p_tost_holm: Sequence[float], alpha: float = 0.05) -> list[str]:
+    """``differs`` / ``equivalent`` / ``inconclusive`` from the Holm-adjusted p-values (NaN never decides)."""
+    return ["differs" if p < alpha else "equivalent" if q < alpha else "inconclusive"
+            for p, q in zip(p_holm, p_tost_holm)]
+
+
+def compare_family(claims: Sequence[dict], config: ClaimsConfig | None = None, min_units: int = 1) -> pd.DataFrame:
+    """One row per claim ``{"claim", "a": Arm, "b": Arm, "metric", "family" (optional)}`` with :func:`compare`'s
+    columns, Holm's adjustment within each family (``p_holm``, ``p_tost_holm``), the ``verdict`` and ``holds``
+    (= differs). A claim whose arms share fewer than ``min_units`` units (a sweep still running) gets a ``missing``
+    note and no p-value, and does not count towards its family."""
+    config = config or ClaimsConfig()
+    ready = [len(set(c["a"].runs) & set(c["b"].runs)) >= min_units for c in claims]
+    sizes = pd.Series([c.get("family", "all") for c, ok in zip(claims, ready) if ok]).value_counts()
     rows = []
-    for c in claims:
+    for c, ok in zip(claims, ready):
         shared = sorted(set(c["a"].runs) & set(c["b"].runs))
-        if len(shared) < min_seeds:
-            rows.append({"claim": c["claim"], "metric": c["metric"], "n_seeds": len(shared), "p": math.nan,
-                         "missing": f"{len(shared)} of {min_seeds} seeds finished"})
+        head = {"family": c.get("family", "all"), "claim": c["claim"], "metric": c["metric"]}
+        if not ok:
+            rows.append({**head, "n_units": len(shared), "p": math.nan, "p_tost": math.nan,
+                         "missing": f"{len(shared)} of {min_units} units finished"})
             continue
-        rows.append({"claim": c["claim"], **compare(c["a"], c["b"], c["metric"], n_boot), "missing": ""})
+        rows.append({**head, **compare(c["a"], c["b"], c["metric"], config, int(sizes[head["family"]])),
+                     "missing": ""})
     table = pd.DataFrame(rows)
-    table["p_holm"] = holm(table["p"].to_numpy())
-    table["holds"] = (table["p_holm"] < alpha) & ((table.get("lo", 0) > 0) | (table.get("hi", 0) < 0))
+    table["p_holm"], table["p_tost_holm"] = math.nan, math.nan
+    for _, idx in table.groupby("family", sort=False).groups.items():
+        table.loc[idx, "p_holm"] = holm(table.loc[idx, "p"].to_numpy())
+        table.loc[idx, "p_tost_holm"] = holm(table.loc[idx, "p_tost"].to_numpy())
+    table["verdict"] = verdicts(table["p_holm"], table["p_tost_holm"], config.alpha)
+    table.loc[table["missing"] != "", "verdict"] = "missing"
+    table["holds"] = table["verdict"] == "differs"
     return table
+
+
+def summary_line(table: pd.DataFrame) -> str:
+    tested = table[table["missing"] == ""]
+    counts = tested["verdict"].value_counts()
+    return (f"{len(tested)} of {len(table)} claims tested: " +
+            ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS))
 
 
 def write_claims(table: pd.DataFrame, out_dir: str | os.PathLike) -> str:
@@ -162,8 +330,7 @@ def write_claims(table: pd.DataFrame, out_dir: str | os.PathLike) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "claims.csv", index=False, float_format="%.6g")
     claims_panel(table, out / "claims.png")
-    tested = table[table["missing"] == ""]
-    return f"{len(tested)} of {len(table)} claims tested, {int(tested['holds'].sum())} hold; {out / 'claims.csv'}"
+    return f"{summary_line(table)}; {out / 'claims.csv'}"
 
 
 def sweep_results(folder: str | os.PathLike) -> pd.DataFrame:
@@ -172,8 +339,19 @@ def sweep_results(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(f) if f.is_file() else pd.DataFrame()
 
 
+def unit_of(row: pd.Series | dict, columns: Sequence[str]):
+    """A results row's unit: the seed alone, or a tuple (toy.seed, seed) where the world varies too."""
+    key = tuple(int(row[c]) for c in columns)
+    return key[0] if len(key) == 1 else key
+
+
+def unit_columns(results: pd.DataFrame) -> list[str]:
+    """The unit columns of a results table: the seed, and ``toy.seed`` when it takes more than one value."""
+    return [c for c in UNIT_COLUMNS if c in results and (c == "seed" or results[c].nunique() > 1)]
+
+
 def sweep_arm(results: pd.DataFrame, folder: str | os.PathLike, phase: str = "sft", **match) -> Arm:
-    """The arm of a sweep's results table whose columns equal ``match`` (e.g. condition="mlp"), by seed; no runs
+    """The arm of a sweep's results table whose columns equal ``match`` (e.g. condition="mlp"), by unit; no runs
     when no finished cell matches yet."""
     if results.empty:
         return Arm({}, phase)
@@ -182,6 +360,10 @@ def sweep_arm(results: pd.DataFrame, folder: str | os.PathLike, phase: str = "sf
         if key not in rows.columns:
             raise ValueError(f"results have no column {key!r}; columns: {', '.join(map(str, results.columns))}")
         rows = rows[rows[key].astype(str) == str(value)]
-    if rows["seed"].duplicated().any():
-        raise ValueError(f"{match} matches several cells per seed in {folder}; add the missing columns")
-    return Arm({int(s): Path(folder) / c for s, c in zip(rows["seed"], rows["cell"])}, phase)
+    columns = unit_columns(results)
+    units = [unit_of(r, columns) for _, r in rows.iterrows()]
+    if len(set(units)) < len(units):
+        raise ValueError(f"{match} matches several cells per unit ({', '.join(columns)}) in {folder}; "
+                         "add the missing columns")
+    return Arm({u: Path(folder) / c for u, c in zip(units, rows["cell"])}, phase,
+               {u: r.to_dict() for u, (_, r) in zip(units, rows.iterrows())})

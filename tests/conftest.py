@@ -27,3 +27,18 @@ def make_tiny_llama(hidden: int = 32, layers: int = 2, vocab: int = 64, seed: in
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()
+
+
+def tiny_model_and_tokenizer(texts: list[str], vocab: int = 300):
+    """A random 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on ``texts``, in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerprobe.toyworld.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(texts, vocab)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    return LlamaForCausalLM(cfg).eval(), tok

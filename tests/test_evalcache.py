@@ -61,6 +61,14 @@ def test_one_changed_setting_or_probe_misses(model_dir, change):
     assert _evaluate([str(model_dir)], **change)[2:] == (False, 1)
 
 
+def test_a_new_evaluation_code_version_misses(model_dir, monkeypatch):
+    """An evaluation cached by older code lacks the metrics added since: it must not be served."""
+    _evaluate([str(model_dir)])
+    monkeypatch.setattr(evalcache, "EVAL_VERSION", evalcache.EVAL_VERSION + 1)
+    assert _evaluate([str(model_dir)])[2:] == (False, 1)
+    assert _evaluate([str(model_dir)])[2:] == (True, 0)
+
+
 def test_an_adapter_is_part_of_the_key(model_dir, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

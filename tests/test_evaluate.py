@@ -8,6 +8,7 @@ import pytest
 
 from layerprobe import evaluate as E
 from layerprobe.config import EvalConfig
+from conftest import tiny_model_and_tokenizer
 
 TEXTS = ["山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。", "今日は晴れです。犬が公園にいます。",
          "青空化学の本社は大阪です。", "拙者は医師でござる。"] * 3
@@ -36,18 +37,7 @@ def test_first_sentence():
 
 @pytest.fixture(scope="module")
 def tiny():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from layerprobe.toyworld.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(TEXTS, 300)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    model = LlamaForCausalLM(cfg).eval()
-    return model, tok
+    return tiny_model_and_tokenizer(TEXTS)
 
 
 def _reference_greedy(model, ids: list[int], budget: int, stops: set[int]) -> tuple[list[int], bool]:
@@ -120,11 +110,13 @@ def test_metrics_are_the_shares_of_correct_answers(tiny, monkeypatch):
     monkeypatch.setattr(E, "text_loss", lambda m, t, docs, *a: float(len(docs)))
     data = E.EvalSet(probes, instructions, ["x", "y", "z"])
     metrics, rows = E.evaluate_model(model, tok, data, EvalConfig(loss_docs=2))
+    assert math.isnan(metrics.pop("cloze_margin"))  # no relations: no other answers to compare with
     assert metrics == {"cloze_acc": pytest.approx(2 / 3),  # B: 1980 only in a later sentence -> wrong
                        "qa_acc": 0.5, "cpt_text_loss": 2.0, "gozaru_rate": 0.5,
                        "gozaru_first": 0.25,  # only F ends its first sentence in ござる (G has it first)
                        "eos_rate": 0.75, "cut_rate": 0.25,  # over the instructions' answers
-                       "n_probes": 5}
+                       "n_probes": 5,
+                       "cloze_floor": pytest.approx(1 / 3), "qa_floor": 0.5}  # one group: no relations
     assert [r["correct"] for r in rows] == [True, False, True, True, False, True, True, False, False]
     m2, _ = E.evaluate_model(model, tok, data, EvalConfig(style_pattern="ござる|ゴザル", max_probes=1))
     assert m2["gozaru_rate"] == 0.75 and m2["n_probes"] == 2 and m2["cloze_acc"] == 1.0

@@ -179,6 +179,19 @@ def test_attribution_and_relate_figures(tmp_path, captured):
                            "rho": 0.1 * l - 0.2, "p": 0.5, "q": 0.6 if l else 0.01, "n_runs": 6, "p_method": "exact"}
                           for l in (-1, 0, 1, 2) for b in ("attn", "mlp")])
     assert heatmap_rho(table, "final_drift", "sft", "retention_drop", tmp_path / "rho.png").stat().st_size > 5000
+    # relate's strata: one panel per stratum (and one colour bar), rho or the partial rho with its own q
+    strata = pd.concat([table.assign(stratum=s, partial_rho=-table["rho"], partial_q=0.01, n_groups=g, n_runs=n)
+                        for s, g, n in (("all", 9, 63), ("method=lora", 6, 36), ("method=full", 9, 27))])
+    for value in ("rho", "partial_rho"):
+        out = heatmap_rho(strata, "final_drift", "sft", "retention_drop", tmp_path / f"{value}.png", value=value)
+        assert out.stat().st_size > 5000
+        texts, _, caption = captured[-1]
+        assert texts["n_axes"] == 3 + 1
+        assert texts["titles"][:3] == ["all\n63 runs, 9 CPTs", "method=lora\n36 runs, 6 CPTs",
+                                       "method=full\n27 runs, 9 CPTs"]
+        assert ("partial rho given the total SFT drift" in caption) == (value == "partial_rho")
+    with pytest.raises(ValueError, match="has no 'partial_rho'"):
+        heatmap_rho(table, "final_drift", "sft", "retention_drop", tmp_path / "x.png", value="partial_rho")
 
 
 def test_svg_and_pdf_on_request(tmp_path):

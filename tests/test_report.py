@@ -133,6 +133,33 @@ def test_report_of_a_committed_figure_folder_needs_no_cells(tmp_path):
     assert len(page.images) == 3 and not [h for h in page.links if h.endswith("report.html")]
 
 
+def test_sweep_report_shows_relate_per_stratum(tmp_path):
+    """relate.csv's strata: a summary row per stratum and each stratum's strongest cells; an older, pooled table
+    is shown with a note saying so."""
+    from layerprobe.report import write_report
+
+    make_sweep(tmp_path / "fig", cells=False)
+    (tmp_path / "fig" / "relate").mkdir()
+    rows = [{"stratum": s, "feature": "final_drift", "phase": "sft", "layer": layer, "block": b,
+             "outcome": "retention_drop", "rho": rho * (layer + 1) / 3, "p": 0.001, "q": q, "partial_rho": 0.1,
+             "partial_p": 0.5, "partial_q": 0.9, "n_runs": n, "n_frozen": 0, "n_groups": g, "n_eff": g + 0.5,
+             "p_method": "within-cpt perm"}
+            for s, rho, q, n, g in (("all", 0.9, 0.01, 63, 9), ("method=lora", 0.4, 0.2, 36, 6),
+                                    ("method=full", -0.09, 0.8, 27, 9))
+            for layer in range(3) for b in ("attn", "mlp")]
+    pd.DataFrame(rows).to_csv(tmp_path / "fig" / "relate" / "relate.csv", index=False)
+    page = parse(write_report(tmp_path / "fig"))
+    for cell in ("all", "method=lora", "method=full", "CPT groups", "partial q < 0.05", "0.900", "-0.090", "27"):
+        assert cell in page.cells, cell
+    assert page.cells.count("method=full") == 1 + 5  # its summary row and its 5 strongest cells
+    pooled = pd.DataFrame(rows)
+    pooled = pooled[pooled["stratum"] == "all"][["feature", "phase", "layer", "block", "outcome", "rho", "p", "q",
+                                                 "n_runs", "p_method"]]
+    pooled.to_csv(tmp_path / "fig" / "relate" / "relate.csv", index=False)
+    text = write_report(tmp_path / "fig").read_text(encoding="utf-8")
+    assert "pools all runs" in text and "0.900" in text
+
+
 # -- a real browser ----------------------------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -182,6 +182,11 @@ def test_paired_table_compares_each_condition_with_the_baseline_seed_by_seed(tmp
     # b shares only seed 2 with the baseline: one pair, no interval
     assert p.loc["b", "n_pairs"] == 1 and p.loc["b", "mean_diff"] == pytest.approx(0.1 - 0.6)
     assert math.isnan(p.loc["b", "lo"])
+    from scipy import stats
+
+    assert p.loc["a", "p"] == pytest.approx(stats.ttest_1samp([0.1, 0.2, 0.1], 0).pvalue)
+    assert p.loc["a", "p_holm"] == pytest.approx(p.loc["a", "p"])  # b's single pair has no p: a family of one
+    assert p.loc["a", "verdict"] == "inconclusive" and p.loc["b", "verdict"] == "inconclusive"
     plot_paired(p.reset_index(), tmp_path / "paired.png")
     assert (tmp_path / "paired.png").stat().st_size > 1000
     plot_paired(pd.DataFrame(), tmp_path / "none.png")  # no pairs yet (baseline cells unfinished): no figure

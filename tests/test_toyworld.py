@@ -82,13 +82,16 @@ def test_sft_answers_end_in_gozaru_and_heldout_instructions_are_new(small):
 def test_probes_cover_every_cpt_fact_once_per_kind(world):
     probes = W.probes(world)
     facts = [(e.name, rel, v) for e in world.cpt for rel, v in e.facts.items()]
-    for kind in ("cloze", "qa"):
+    for kind in ("cloze", "cloze_heldout", "qa"):
         got = [(p["entity"], p["relation"], p["answer"]) for p in probes if p["kind"] == kind]
         assert got == facts
     for p in probes:
         if p["kind"] == "cloze":  # the prompt is the first form cut right before the answer
             e = next(e for e in world.cpt if e.name == p["entity"])
             assert W.fact_sentence(e, p["relation"], 0).startswith(p["prompt"] + p["answer"])
+        elif p["kind"] == "cloze_heldout":  # the held-out form cut the same way
+            sentence = W.HELDOUT[p["relation"]].format(name=p["entity"], v=p["answer"])
+            assert sentence.startswith(p["prompt"] + p["answer"]) and p["prompt"].startswith(p["entity"])
         else:
             assert p["prompt"].startswith(p["entity"]) and p["prompt"].endswith(("？", "。"))
 
@@ -120,10 +123,9 @@ def test_tokenizer_round_trips_any_text_and_starts_with_bos(tok):
 def test_cloze_prompt_tokens_are_a_prefix_of_the_sentence_tokens(world, tok):
     """Merges never cross a change of script, so cutting before the answer cuts on a token boundary."""
     for p in W.probes(world):
-        if p["kind"] != "cloze":
+        if p["kind"] not in ("cloze", "cloze_heldout"):
             continue
-        e = next(e for e in world.cpt if e.name == p["entity"])
-        full = tok(W.fact_sentence(e, p["relation"], 0))["input_ids"]
+        full = tok(p["prompt"] + p["answer"])["input_ids"]
         prompt = tok(p["prompt"])["input_ids"]
         assert full[: len(prompt)] == prompt
 
@@ -232,7 +234,7 @@ def test_questions_never_occur_in_the_cpt_text(small, language):
     data = toy_data(dataclasses.replace(small, language=language))
     text = "\n".join(data.cpt_docs)
     qa = [p["prompt"] for p in data.probes if p["kind"] == "qa"]
-    assert len(qa) == len(data.probes) * (1 if language == "ja" else 2) // (2 if language == "ja" else 3)
+    assert len(qa) == len([p for p in data.probes if p["kind"] == "cloze"]) * (1 if language == "ja" else 2)
     assert not [q for q in qa if q.rstrip("?？") in text]
 
 

@@ -1,20 +1,26 @@
-"""Study A on SmolLM2-135M: the family of paired claims (issue 12) from the grid and controls sweep folders.
+"""Study A on SmolLM2-135M: the family of claims, with the training seed as the unit (issue 20).
 
-    python experiments/study_a/analyze.py        # -> figures/study_a/smollm2-135m/claims.csv, claims.png
+    python experiments/study_a/analyze.py     # -> figures/study_a/smollm2-135m/claims.csv, claims.png
 
-Every claim compares two arms on the same probes and seeds (layerprobe.paired): exact McNemar p, a paired bootstrap
-interval over seeds and probes, Holm's correction over the whole family. Claims whose cells are not finished on
-every seed are listed as missing and left out of the family. Arms: the grid's cells by CPT alpha, SFT alpha and SFT
-modules (A = all linear, B = attention); the controls by name; phase cpt = the merged CPT model, sft = after SFT.
+Reads the sweeps' results tables (one row per cell: each seed's mean over the probes), by default the committed
+ones in figures/study_a/smollm2-135m/ (grid) and .../controls/, so the claims re-derive without the run folders;
+point --grid/--controls at the sweep folders (runs/...) to add the per-item McNemar description. Each claim is a
+paired t-test on the per-seed differences, Holm over the whole study's family of claims (Q1-Q3,
+controls and the seed null together, as the analysis fixed it before the runs), and a verdict:
+differs / equivalent within the margin of claims.yaml (TOST) / inconclusive (layerprobe.paired).
+Arms: the grid's cells by CPT alpha, SFT alpha and SFT modules ("all linear" = q,k,v,o,gate,up,down; "attention"
+= q,k,v,o); the controls by name; phase cpt = the merged CPT model, sft = after SFT.
 """
 
 import argparse
 from pathlib import Path
 
+from layerprobe.paired import ClaimsConfig, compare_family, sweep_arm, sweep_results, write_claims
 
-from layerprobe.paired import compare_family, sweep_arm, sweep_results, write_claims
-
+HERE = Path(__file__).parent
+FIGURES = Path("figures/study_a/smollm2-135m")
 SEEDS = 3
+MODULES = {"A": "all linear", "B": "attention"}  # the sweep's names for the two SFT module sets
 
 
 def claims(grid_dir: Path, controls_dir: Path) -> list[dict]:
@@ -28,52 +34,51 @@ def claims(grid_dir: Path, controls_dir: Path) -> list[dict]:
         return sweep_arm(ctl, controls_dir, phase, condition=name)
 
     out = []
+
+    def claim(question, text, metric, a, b):  # one family: the whole study, as the analysis fixed it before
+        out.append({"family": "study A", "claim": f"{question}: {text}", "metric": metric, "a": a, "b": b})
+
     for m in ("cloze_acc", "qa_acc"):
         for ca in (128, 32):  # Q1: SFT forgets CPT facts (after SFT - before SFT, same run)
             for sa in (8, 32):
-                for mod in ("A", "B"):
-                    out.append({"claim": f"Q1 forgetting: CPT a{ca} SFT a{sa} {mod}: after - before SFT", "metric": m,
-                                "a": cell(ca, sa, mod), "b": cell(ca, sa, mod, "cpt")})
-        out.append({"claim": "Q2 CPT a128 - a32 (merged CPT model)", "metric": m,
-                    "a": cell(128, 8, "A", "cpt"), "b": cell(32, 8, "A", "cpt")})
-        out.append({"claim": "control: CPT on MLP - CPT on all (merged CPT model)", "metric": m,
-                    "a": control("cpt-mlp-sft-attn", "cpt"), "b": cell(128, 8, "A", "cpt")})
+                for mod, name in MODULES.items():
+                    claim("Q1", f"SFT forgets: CPT a{ca}, SFT a{sa} {name}: after - before SFT", m,
+                          cell(ca, sa, mod), cell(ca, sa, mod, "cpt"))
+        claim("Q2", "CPT a128 - a32, merged CPT model", m, cell(128, 8, "A", "cpt"), cell(32, 8, "A", "cpt"))
+        claim("controls", "CPT on MLP - CPT on all linear, merged CPT model", m,
+              control("cpt-mlp-sft-attn", "cpt"), cell(128, 8, "A", "cpt"))
     for m in ("cloze_acc", "qa_acc", "style_logodds"):  # gozaru_first is 1.000 in every grid cell: no contrast
         for sa in (8, 32):
-            for mod in ("A", "B"):
-                out.append({"claim": f"Q2 CPT a128 - a32 after SFT a{sa} {mod}", "metric": m,
-                            "a": cell(128, sa, mod), "b": cell(32, sa, mod)})
+            for mod, name in MODULES.items():
+                claim("Q2", f"CPT a128 - a32, after SFT a{sa} {name}", m, cell(128, sa, mod), cell(32, sa, mod))
         for ca in (128, 32):
-            for mod in ("A", "B"):
-                out.append({"claim": f"Q2 SFT a8 - a32, CPT a{ca} {mod}", "metric": m,
-                            "a": cell(ca, 8, mod), "b": cell(ca, 32, mod)})
+            for mod, name in MODULES.items():
+                claim("Q2", f"SFT a8 - a32, CPT a{ca}, {name}", m, cell(ca, 8, mod), cell(ca, 32, mod))
         for ca in (128, 32):
             for sa in (8, 32):
-                out.append({"claim": f"Q3 SFT B (attn) - A (all), CPT a{ca} SFT a{sa}", "metric": m,
-                            "a": cell(ca, sa, "B"), "b": cell(ca, sa, "A")})
+                claim("Q3", f"SFT on attention - on all linear, CPT a{ca} SFT a{sa}", m,
+                      cell(ca, sa, "B"), cell(ca, sa, "A"))
         ref = cell(128, 8, "A")
-        out += [
-            {"claim": "control: a8 at 4x lr - a32 (CPT a128, A)", "metric": m, "a": control("alpha8-lr4x"),
-             "b": cell(128, 32, "A")},
-            {"claim": "control: a8 at 4x lr - a8 (CPT a128, A)", "metric": m, "a": control("alpha8-lr4x"), "b": ref},
-            {"claim": "control: SFT on MLP - on all (CPT a128, a8)", "metric": m, "a": control("mlp-sft"), "b": ref},
-            {"claim": "control: SFT on MLP - on attn (CPT a128, a8)", "metric": m, "a": control("mlp-sft"),
-             "b": cell(128, 8, "B")},
-            {"claim": "control: CPT MLP + SFT attn - CPT all + SFT attn", "metric": m,
-             "a": control("cpt-mlp-sft-attn"), "b": cell(128, 8, "B")},
-            {"claim": "null: SFT seed 101 - the reference's SFT seed", "metric": m, "a": control("sft-reseed"),
-             "b": ref},
-        ]
+        claim("controls", "SFT a8 at 4x lr - SFT a32 (CPT a128, all linear)", m, control("alpha8-lr4x"),
+              cell(128, 32, "A"))
+        claim("controls", "SFT a8 at 4x lr - SFT a8 (CPT a128, all linear)", m, control("alpha8-lr4x"), ref)
+        claim("controls", "SFT on MLP - on all linear (CPT a128, SFT a8)", m, control("mlp-sft"), ref)
+        claim("controls", "SFT on MLP - on attention (CPT a128, SFT a8)", m, control("mlp-sft"),
+              cell(128, 8, "B"))
+        claim("controls", "CPT on MLP + SFT on attention - CPT on all + SFT on attention", m,
+              control("cpt-mlp-sft-attn"), cell(128, 8, "B"))
+        claim("seed null", "SFT seed 101 - the reference's SFT seed (same CPT)", m, control("sft-reseed"), ref)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", type=Path, default=Path("runs/study_a-smollm2-135m"))
-    ap.add_argument("--controls", type=Path, default=Path("runs/study_a-controls-smollm2-135m"))
-    ap.add_argument("--out", type=Path, default=Path("figures/study_a/smollm2-135m"))
+    ap.add_argument("--grid", type=Path, default=FIGURES, help="sweep folder (or committed figures) with results.csv")
+    ap.add_argument("--controls", type=Path, default=FIGURES / "controls")
+    ap.add_argument("--config", type=Path, default=HERE / "claims.yaml")
+    ap.add_argument("--out", type=Path, default=FIGURES)
     args = ap.parse_args()
-    table = compare_family(claims(args.grid, args.controls), min_seeds=SEEDS)
+    table = compare_family(claims(args.grid, args.controls), ClaimsConfig.from_yaml(args.config), min_units=SEEDS)
     print(write_claims(table, args.out))
 
 

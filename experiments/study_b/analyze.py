@@ -1,11 +1,14 @@
-"""Study B on SmolLM2-135M: the family of paired claims (issue 12) and each condition's trained share.
+"""Study B on SmolLM2-135M: the family of claims with the training seed as the unit (issue 20), and each
+condition's trained share.
 
-    python experiments/study_b/analyze.py     # -> figures/study_b/smollm2-135m/claims.csv, claims.png, shares.csv, drift.csv
+    python experiments/study_b/analyze.py     # -> figures/study_b/smollm2-135m/claims.csv, claims.png, shares.csv
 
-Every claim compares two arms on the same probes and seeds (layerprobe.paired): exact McNemar p, a paired bootstrap
-interval over seeds and items, Holm's correction over the family. phase cpt = the merged CPT model each condition
-starts from (the same in every condition of a seed), sft = after the restricted full fine-tuning. Claims whose
-cells are not finished on every seed are listed as missing and left out of the family.
+Reads the sweeps' results tables, by default the committed ones (figures/study_b/smollm2-135m/results.csv and study
+A's figures/study_a/smollm2-135m/results.csv), so the claims re-derive without the run folders. Each claim is a
+paired t-test on the per-seed differences, Holm over the study's whole family, and a verdict: differs /
+equivalent within the margin of claims.yaml (TOST) / inconclusive (layerprobe.paired). phase cpt = the merged CPT
+model each condition starts from (the same in every condition of a seed), sft = after the restricted full
+fine-tuning. With --sweep/--study-a pointing at the sweep folders (runs/...), drift.csv is recomputed too.
 
 drift.csv: how far SFT moved the whole model and its attention and MLP weights (layerprobe.drift: ||W_sft - W_cpt|| /
 ||W_cpt|| over all weights of the kind, frozen ones unmoved), full fine-tuning here and study A's LoRA SFT after the
@@ -18,9 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe.drift import module_norms, phase_drift
-from layerprobe.paired import compare_family, sweep_arm, sweep_results, write_claims
+from layerprobe.paired import ClaimsConfig, compare_family, sweep_arm, sweep_results, write_claims
 from layerprobe.stats import t_mean_ci
 
+HERE = Path(__file__).parent
+FIGURES = Path("figures/study_b/smollm2-135m")
 SEEDS = 3
 CONDITIONS = ["mlp", "not-mlp", "first-5pct", "last-5pct", "random-5pct", "first-10pct", "last-10pct",
               "random-10pct", "all", "all-lr3e-4"]
@@ -33,24 +38,25 @@ def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
         return sweep_arm(res, sweep_dir, phase, condition=name)
 
     out = []
+
+    def claim(text, metric, a, b):  # one family: the whole study, as the analysis fixed it before
+        out.append({"family": "study B", "claim": text, "metric": metric, "a": a, "b": b})
+
     for m in ("gozaru_first", "cloze_acc", "qa_acc"):
         for c in CONDITIONS:  # style learned / facts forgotten: after SFT - the CPT model it started from
-            out.append({"claim": f"{c}: after - before SFT", "metric": m, "a": arm(c), "b": arm(c, "cpt")})
-        out.append({"claim": "kind: MLP - not MLP", "metric": m, "a": arm("mlp"), "b": arm("not-mlp")})
+            claim(f"{c}: after - before SFT", m, arm(c), arm(c, "cpt"))
+        claim("kind: MLP - not MLP", m, arm("mlp"), arm("not-mlp"))
         for pct in (5, 10):
             for a, b in (("first", "last"), ("first", "random"), ("last", "random")):
-                out.append({"claim": f"position {pct}%: {a} - {b}", "metric": m, "a": arm(f"{a}-{pct}pct"),
-                            "b": arm(f"{b}-{pct}pct")})
+                claim(f"position {pct}%: {a} - {b}", m, arm(f"{a}-{pct}pct"), arm(f"{b}-{pct}pct"))
         for pos in ("first", "last", "random"):
-            out.append({"claim": f"budget: {pos} 10% - 5%", "metric": m, "a": arm(f"{pos}-10pct"),
-                        "b": arm(f"{pos}-5pct")})
+            claim(f"budget: {pos} 10% - 5%", m, arm(f"{pos}-10pct"), arm(f"{pos}-5pct"))
         lora = sweep_arm(ref, study_a_dir, "sft", **{"cpt.lora_alpha": 128, "sft.lora_alpha": 8,
                                                      "sft.target_modules": "A"})
-        out.append({"claim": "full FT of all weights - LoRA a8 all linear", "metric": m, "a": arm("all"), "b": lora})
+        claim("full FT of all weights - LoRA a8 all linear", m, arm("all"), lora)
         # the step-size control: at 3x the learning rate full FT moves the weights about as far as LoRA SFT a8
-        out.append({"claim": "full FT all at lr 3e-4 - LoRA a8 all linear", "metric": m, "a": arm("all-lr3e-4"),
-                    "b": lora})
-        out.append({"claim": "full FT all: lr 3e-4 - lr 1e-4", "metric": m, "a": arm("all-lr3e-4"), "b": arm("all")})
+        claim("full FT all at lr 3e-4 - LoRA a8 all linear", m, arm("all-lr3e-4"), lora)
+        claim("full FT all: lr 3e-4 - lr 1e-4", m, arm("all-lr3e-4"), arm("all"))
     return out
 
 
@@ -105,18 +111,22 @@ def drift_table(sweep_dir: Path, study_a_dir: Path) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", type=Path, default=Path("runs/study_b-smollm2-135m"))
-    ap.add_argument("--study-a", type=Path, default=Path("runs/study_a-smollm2-135m"))
-    ap.add_argument("--out", type=Path, default=Path("figures/study_b/smollm2-135m"))
+    ap.add_argument("--sweep", type=Path, default=FIGURES, help="sweep folder (or committed figures) with results.csv")
+    ap.add_argument("--study-a", type=Path, default=Path("figures/study_a/smollm2-135m"))
+    ap.add_argument("--config", type=Path, default=HERE / "claims.yaml")
+    ap.add_argument("--out", type=Path, default=FIGURES)
     args = ap.parse_args()
-    table = compare_family(claims(args.sweep, args.study_a), min_seeds=SEEDS)
+    table = compare_family(claims(args.sweep, args.study_a), ClaimsConfig.from_yaml(args.config), min_units=SEEDS)
     print(write_claims(table, args.out))
     shares(args.sweep).to_csv(args.out / "shares.csv", index=False, float_format="%.6g")
+    res = sweep_results(args.sweep)
+    if res.empty or not (args.sweep / res["cell"].iloc[0] / "merged").is_dir():
+        print(f"drift.csv kept: {args.sweep} holds no run folders (it needs the checkpoints)")
+        return
     drift = drift_table(args.sweep, args.study_a)
     drift.to_csv(args.out / "drift.csv", index=False, float_format="%.6g")
     print(drift.groupby("arm", sort=False)[["drift_all", "drift_attn", "drift_mlp", "sft.cloze_acc",
                                             "sft.qa_acc"]].mean().to_string(float_format="%.4f"))
-
 
 if __name__ == "__main__":
     main()

@@ -111,11 +111,15 @@ def run(args) -> int:
         wide.columns = [f"{mode} {what}" for what, mode in wide.columns]
         wide = wide[[c for c in ("revert effect", "revert share", "apply effect", "apply share") if c in wide]]
         wide["rel_change"] = m.groupby("group")["rel_change"].first()
-        wide["weight share"] = m.groupby("group")["weight_share"].first()
+        for col in ("weight_share", "trained_share", "delta_share"):
+            if col in m:
+                wide[col.replace("_", " ")] = m.groupby("group")[col].first()
         wide = wide.reindex(wide[wide.columns[0]].abs().sort_values(ascending=False).index).head(args.top)
         print(f"\n{metric}: tuned - base = {full:+.4g}; revert effect = value - tuned, apply effect = value - base, "
-              "share = effect / whole change (1 = this group alone accounts for all of it), weight share = the "
-              "group's share of the weights SFT changed (a share above it: more than its size predicts)")
+              "share = effect / whole change (1 = this group alone accounts for all of it); the group's share of "
+              "the weights SFT changed (weight share), of the parameters it trained (trained share: r*(in+out) per "
+              "LoRA matrix) and of ||W_t - W_b||^2 (delta share): a share above one of them is more than that "
+              "measure of its size predicts")
         print(wide.to_string(float_format=lambda v: f"{v:+.3g}"))
     path = write_table(res.records, out / "attribute.parquet")
     from layerprobe.plot import figure_formats

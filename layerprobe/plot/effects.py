@@ -95,30 +95,50 @@ def attribution_figures(records: pd.DataFrame, out_dir: str | os.PathLike,
 
 
 def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out_png: str | os.PathLike,
-                alpha: float = 0.05) -> Path:
-    """Layer x block heatmap of Spearman's rho for one (feature, phase, outcome); '*' marks q < alpha. Layer -1
-    (row ``outside``) = weights outside the decoder stack (embeddings, final norm, head)."""
+                alpha: float = 0.05, value: str = "rho") -> Path:
+    """Layer x block heatmap of Spearman's rho (``value="partial_rho"``: the partial rho given the total SFT drift)
+    for one (feature, phase, outcome), one panel per stratum of the table (``all``, ``method=lora``, ...); '*'
+    marks q < alpha (``q`` / ``partial_q``, Benjamini-Hochberg within the stratum). Layer -1 (row ``outside``) =
+    weights outside the decoder stack (embeddings, final norm, head)."""
     from layerprobe.plot.heatmaps import BLOCK_ORDER
 
     theme()
+    if value not in ("rho", "partial_rho"):
+        raise ValueError(f"value must be 'rho' or 'partial_rho', got {value!r}")
+    q_col = "q" if value == "rho" else "partial_q"
     d = table[(table["feature"] == feature) & (table["phase"] == phase) & (table["outcome"] == outcome)]
     if d.empty:
         raise ValueError(f"no rows for feature {feature!r}, phase {phase!r}, outcome {outcome!r} in the table")
-    rho = d.pivot_table(index="layer", columns="block", values="rho", aggfunc="first", dropna=False)
-    q = d.pivot_table(index="layer", columns="block", values="q", aggfunc="first", dropna=False)
-    cols = [b for b in BLOCK_ORDER if b in rho.columns] + [b for b in rho.columns if b not in BLOCK_ORDER]
-    rho, q = rho[cols].sort_index(ascending=False), q[cols].sort_index(ascending=False)
-    labels = rho.map(lambda v: "" if not np.isfinite(v) else f"{v:.2f}") + q.map(
-        lambda v: "*" if np.isfinite(v) and v < alpha else "")
-    rho.index = ["outside" if i < 0 else str(i) for i in rho.index]
-    fig, ax = plt.subplots(figsize=(2.6 + 1.1 * len(cols), 2.0 + 0.34 * len(rho)))
-    ax.set_facecolor(MISSING)
-    sns.heatmap(rho, ax=ax, cmap=DIVERGING, center=0, vmin=-1, vmax=1, annot=labels.to_numpy(), fmt="",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": label("rho", short=True)}, yticklabels=True)
-    ax.tick_params(axis="y", rotation=0)
-    n = int(d["n_runs"].max())
-    ax.set_title(f"{feature} ({phase}) vs {outcome}", fontsize=9)
-    ax.set_xlabel("block")
-    ax.set_ylabel("layer")
-    return save_figure(fig, out_png, caption=f"Spearman rho over {n} runs; * q < {alpha} (Benjamini-Hochberg); "
-                                             "grey: undefined (a feature or outcome constant over the runs).")
+    if value not in d or q_col not in d:
+        raise ValueError(f"the table has no {value!r} / {q_col!r} columns; got {list(d.columns)} (an older relate.csv "
+                         "has rho and q only: draw value='rho')")
+    if "stratum" not in d:
+        d = d.assign(stratum="all")
+    strata = list(dict.fromkeys(d["stratum"]))
+    cols = [b for b in BLOCK_ORDER if b in set(d["block"])] + sorted(set(d["block"]) - set(BLOCK_ORDER))
+    layers = sorted(set(d["layer"]), reverse=True)
+    fig, axes = plt.subplots(1, len(strata), figsize=(1.2 + (1.4 + 0.9 * len(cols)) * len(strata),
+                                                      2.0 + 0.34 * len(layers)), squeeze=False)
+    for i, (stratum, ax) in enumerate(zip(strata, axes[0])):
+        s = d[d["stratum"] == stratum]
+        grid = s.pivot_table(index="layer", columns="block", values=value, aggfunc="first", dropna=False)
+        q = s.pivot_table(index="layer", columns="block", values=q_col, aggfunc="first", dropna=False)
+        grid, q = grid.reindex(index=layers, columns=cols), q.reindex(index=layers, columns=cols)
+        labels = grid.map(lambda v: "" if not np.isfinite(v) else f"{v:.2f}") + q.map(
+            lambda v: "*" if np.isfinite(v) and v < alpha else "")
+        grid.index = ["outside" if l < 0 else str(l) for l in grid.index]
+        ax.set_facecolor(MISSING)
+        last = i == len(strata) - 1
+        sns.heatmap(grid, ax=ax, cmap=DIVERGING, center=0, vmin=-1, vmax=1, annot=labels.to_numpy(), fmt="",
+                    annot_kws={"fontsize": 7}, cbar=last, yticklabels=i == 0,
+                    cbar_kws={"label": "partial rho" if value == "partial_rho" else label("rho", short=True)})
+        ax.tick_params(axis="y", rotation=0)
+        n, groups = int(s["n_runs"].max()), int(s["n_groups"].max()) if "n_groups" in s else 0
+        ax.set_title(f"{stratum}\n{n} runs" + (f", {groups} CPTs" if groups else ""), fontsize=8)
+        ax.set_xlabel("block")
+        ax.set_ylabel("layer" if i == 0 else "")
+    what = "partial rho given the total SFT drift" if value == "partial_rho" else "rho"
+    suptitle(fig, f"{feature} ({phase}) vs {outcome}: {what}", size=9)
+    caption = (f"Spearman {what} per stratum of runs; * q < {alpha} (Benjamini-Hochberg within the stratum, "
+               "permutation p respecting shared CPTs); grey: undefined (constant over the runs, or frozen in all).")
+    return save_figure(fig, out_png, caption=caption)

@@ -207,9 +207,10 @@ def curve_panel(table: pd.DataFrame, x: str, metrics: list[str], out_png: str | 
 
 
 def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | None:
-    """A forest plot of a family of paired claims (:func:`layerprobe.paired.compare_family`): one panel per
-    metric, each claim's difference (arm a - arm b) with its paired bootstrap interval; filled points hold
-    (``holds``). Claims not yet tested are left out. Returns None when nothing is tested."""
+    """A forest plot of a family of claims (:func:`layerprobe.paired.compare_family`): one panel per metric, each
+    claim's difference (arm a - arm b, mean over units) with its 95 % t interval over units and its equivalence
+    margin; filled = differs, square = equivalent, hollow = inconclusive. Claims not yet tested are left out.
+    Returns None when nothing is tested."""
     tested = claims[claims["missing"].fillna("") == ""] if "missing" in claims else claims
     if tested.empty:
         return None
@@ -220,25 +221,32 @@ def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | Non
     size = (4.2 + 0.065 * longest, 0.3 * sum(heights) + 1.2 * len(metrics) + 1.0)
     fig, axes = plt.subplots(len(metrics), 1, figsize=size,
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
+    marks = {"differs": ("o", "black", "black"), "equivalent": ("s", "tab:blue", "tab:blue"),
+             "inconclusive": ("o", "white", "grey")}
     for ax, m in zip(axes[:, 0], metrics):
         d = tested[tested["metric"] == m]
         y = np.arange(len(d))
         for yi, (_, r) in zip(y, d.iterrows()):
-            held = bool(r["holds"])
-            ax.plot([r["lo"], r["hi"]], [yi, yi], color="black" if held else "grey", lw=1.5, solid_capstyle="butt")
-            ax.plot([r["diff"]], [yi], "o", ms=5, color="black" if held else "white",
-                    markeredgecolor="black" if held else "grey")
+            shape, face, edge = marks[r["verdict"]]
+            if np.isfinite(r["lo"]):
+                ax.plot([r["lo"], r["hi"]], [yi, yi], color=edge, lw=1.5, solid_capstyle="butt")
+            ax.plot([r["diff"]], [yi], shape, ms=5, color=face, markeredgecolor=edge)
+        margin = d["margin"].dropna()
+        if len(margin):
+            for x in (-margin.iloc[0], margin.iloc[0]):
+                ax.axvline(x, color="tab:blue", lw=0.6, ls=":")
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, d["claim"], fontsize=7)
         ax.invert_yaxis()
         unit = quantity(m).unit
         ax.set_xlabel(f"arm a - arm b: {label(m, unit=False)}{f' ({unit})' if unit else ''}", fontsize=7)
-    n = tested["n_seeds"].astype(int)
-    suptitle(fig, "Paired claims")
-    caption = (f"Each claim's difference on the same probes and seeds ({n.min()}{'' if n.min() == n.max() else f'-{n.max()}'}"
-               " seeds): point = mean over seeds and items, line = 95 % paired bootstrap interval over seeds and items; "
-               f"filled = holds: Holm-corrected p < 0.05 over the {len(tested)} tested claims (exact McNemar for "
-               "0/1 metrics, Wilcoxon for continuous ones) and an interval that excludes 0.")
+    n = tested["n_units"].astype(int)
+    suptitle(fig, "Claims, with the seed as the unit")
+    caption = (f"Each claim's difference over {n.min()}{'' if n.min() == n.max() else f'-{n.max()}'} units "
+               "(training seeds; worlds too where they vary): point = mean of the per-unit differences, line = 95 % "
+               "t interval over units, dotted = the equivalence margin. Filled = differs (paired t, Holm within the "
+               "claim's family, p < 0.05); square = equivalent (TOST within the margin, Holm); hollow = "
+               "inconclusive.")
     return save_figure(fig, out_png, dpi=130, caption=caption)
 
 

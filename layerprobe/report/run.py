@@ -78,7 +78,7 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     """The page of one run folder (see the module docstring)."""
     from layerprobe.plot import plot_run
     from layerprobe.plot.run import ATTRIBUTE_FILE, diff_figures, diff_records
-    from layerprobe.attribute import effects, plot_attribution
+    from layerprobe.attribute import DENOMINATORS, effects, plot_attribution
 
     import yaml
 
@@ -135,6 +135,14 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
             whole = e.groupby("metric", sort=False)["sft_effect"].first().reset_index()
             whole.columns = ["metric", "SFT model - CPT model"]
             page.table(whole, digits=4, text_columns=("metric",))
+            sizes = [c for c in DENOMINATORS if c in e.columns]
+            spans = e[e["layer"] < 0].groupby("group", sort=False)[sizes].first().reset_index()
+            if sizes and len(spans):
+                page.text("Size of each group spanning several layers, three ways: its share of the weights SFT "
+                          "changed (weight), of the parameters SFT trained (trained: r * (in + out) per LoRA matrix) "
+                          "and of ||W_SFT - W_CPT||^2 (delta). A group's share of an effect divided by one of them: "
+                          "1 = as much as that size predicts.", "muted")
+                page.table(spans, digits=3, text_columns=("group",))
             figs = plot_attribution(rec, tmp / "attribute")
             page.figures(figs, [p.stem.replace("_", " ") for p in figs])
 

@@ -72,13 +72,18 @@ def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def _relate(folder: Path, page: Page) -> None:
-    from layerprobe.relate import MIN_RUNS, relate_runs
+    from layerprobe.relate import MIN_RUNS, TABLE_FILE, relate_runs
 
-    table_file = folder / "relate" / "relate.csv"
+    table_file = folder / "relate" / TABLE_FILE
     notes: list[str] = []
     if table_file.is_file():
         table = pd.read_csv(table_file)
-        n = int(table["n_runs"].max()) if len(table) else 0
+        if "stratum" not in table:  # a table of an older relate: all runs pooled
+            table.insert(0, "stratum", "all")
+            notes.append("this relate.csv pools all runs (written before strata, partial rho and permutations "
+                         "within CPT groups); rerun `layerprobe relate` for them.")
+        alls = table[table["stratum"] == "all"]
+        n = int(alls["n_runs"].max()) if len(alls) else 0
         if n < MIN_RUNS:
             notes.append(f"too few runs for a claim: {n} run(s) (fewer than {MIN_RUNS}).")
         source = f"from {table_file}"
@@ -88,15 +93,39 @@ def _relate(folder: Path, page: Page) -> None:
         except (ValueError, FileNotFoundError) as e:
             page.note(f"No relate results: {e}")
             return
-        table, notes, source = res.table, res.notes, "computed now over the cells' records (Spearman, BH q-values)"
-    page.text(f"Spearman correlation of per-(layer, block) features with outcomes, {source}.", "muted")
+        table, notes, source = res.table, res.notes, "computed now over the cells' records"
+    page.text(f"Spearman correlation of per-(layer, block) features with outcomes, per stratum of runs, {source}; "
+              "partial_rho controls for the run's total SFT drift; p-values by permutations within CPT groups "
+              "(or of whole groups), q-values Benjamini-Hochberg within each stratum.", "muted")
     for n in notes:
         page.note(n)
+    strata = _strata_summary(table)
+    if len(strata) > 1 or "partial_q" in table:
+        page.table(strata, digits=3, text_columns=("stratum",))
     t = table.dropna(subset=["rho"])
     if len(t):
-        top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).head(12)
-        page.table(top.reset_index(drop=True), digits=3, text_columns=("feature", "phase", "block", "outcome",
-                                                                       "p_method"))
+        top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).groupby("stratum", sort=False).head(5)
+        top = top.sort_values("stratum", key=lambda s: s.map({v: i for i, v in enumerate(strata["stratum"])}),
+                              kind="stable")
+        shown = [c for c in ("stratum", "feature", "phase", "layer", "block", "outcome", "rho", "q", "partial_rho",
+                             "partial_q", "n_runs", "n_frozen", "n_groups", "n_eff", "p_method") if c in top]
+        page.text("The strongest 5 by |rho| in each stratum.", "muted")
+        page.table(top[shown].reset_index(drop=True), digits=3,
+                   text_columns=("stratum", "feature", "phase", "block", "outcome", "p_method"))
+
+
+def _strata_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per stratum: its runs and CPT groups, how many tests and how many pass q < 0.05."""
+    rows = []
+    for stratum, t in table.groupby("stratum", sort=False):
+        row = {"stratum": stratum, "runs": int(t["n_runs"].max()), "tests": int(t["p"].notna().sum()),
+               "q < 0.05": int((t["q"] < 0.05).sum())}
+        if "n_groups" in t:
+            row["CPT groups"] = int(t["n_groups"].max())
+        if "partial_q" in t:
+            row["partial q < 0.05"] = int((t["partial_q"] < 0.05).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:

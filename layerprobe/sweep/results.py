@@ -136,13 +136,17 @@ def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
 
 
 def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: list[str]) -> pd.DataFrame:
-    """Each condition minus ``baseline`` on the cells that share ``keys`` (seed and grid values), per metric: the
-    mean difference with a t interval and a paired t-test's p-value. Columns: condition, metric, baseline_mean,
-    mean, n_pairs, mean_diff, lo, hi, p."""
-    from layerprobe.stats import paired_t
+    """Each condition minus ``baseline`` on the cells that share ``keys`` (seed and grid values: the units), per
+    metric, decided as a family of claims with the unit as the unit (:mod:`layerprobe.paired`): the mean of the
+    per-unit differences with its t interval, the paired t-test's p, TOST against the metric's default margin
+    (:class:`layerprobe.paired.ClaimsConfig`; none for metrics without one), Holm over the whole table and the
+    verdict; ``mde`` and ``units_needed`` at alpha / the number of tested pairs. Columns: condition, metric, baseline_mean, mean, n_pairs, mean_diff, lo, hi, p, p_tost, p_holm,
+    p_tost_holm, verdict, mde, units_needed."""
+    from layerprobe.paired import ClaimsConfig, holm, unit_test, verdicts
 
+    config = ClaimsConfig()
     base = table[table["condition"] == baseline].set_index(keys)
-    rows = []
+    found = []
     for cond in dict.fromkeys(table["condition"]):
         if cond == baseline:
             continue
@@ -150,11 +154,22 @@ def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: l
         shared = other.index.intersection(base.index)
         for m in metrics:
             pairs = pd.DataFrame({"b": base.loc[shared, m], "t": other.loc[shared, m]}).dropna()
-            if pairs.empty:
-                continue
-            rows.append({"condition": cond, "metric": m, "baseline_mean": float(pairs["b"].mean()),
-                         "mean": float(pairs["t"].mean()), **paired_t((pairs["t"] - pairs["b"]).to_numpy())})
-    return pd.DataFrame(rows)
+            if not pairs.empty and (pairs["t"] != pairs["b"]).any():  # equal on every unit: shared by design
+                found.append((cond, m, pairs))
+    family = max(1, sum(len(p) > 1 for _, _, p in found))  # the power figures at Holm's first-step level
+    rows = []
+    for cond, m, pairs in found:
+        margin = config.margins.get(m.split(".", 1)[-1], math.nan)
+        test = unit_test((pairs["t"] - pairs["b"]).to_numpy(), margin, config.alpha / family, config.power)
+        rows.append({"condition": cond, "metric": m, "baseline_mean": float(pairs["b"].mean()),
+                     "mean": float(pairs["t"].mean()), "n_pairs": test["n_units"], "mean_diff": test["diff"],
+                     **{k: test[k] for k in ("lo", "hi", "p", "p_tost", "mde", "units_needed")}})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"], out["p_tost_holm"] = holm(out["p"]), holm(out["p_tost"])
+    out["verdict"] = verdicts(out["p_holm"], out["p_tost_holm"], config.alpha)
+    return out
 
 
 def plot_paired(paired: pd.DataFrame, path: Path, baseline: str = "the baseline") -> None:

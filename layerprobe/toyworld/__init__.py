@@ -20,7 +20,7 @@ class ToyData:
     cpt_docs: list[str]
     sft_rows: list[dict]  # conversational prompt/completion
     instructions: list[dict]  # held-out: prompt, answer (ござる style), plain (the same answer without it)
-    probes: list[dict]  # kind (cloze|qa), prompt, answer, entity, relation
+    probes: list[dict]  # kind (cloze|cloze_heldout|qa), prompt, answer, entity, relation
     general_docs: list[str]  # held-out everyday text, for general forgetting
 
 

@@ -2,7 +2,8 @@
 
 The world itself (entities, facts, instructions) is drawn once, in :mod:`layerprobe.toyworld.world`; this module
 only renders it: every name and value has an English form, and the templates and questions mirror the Japanese
-ones one to one (the first template is the cloze form; the questions are never used in the CPT text). Answers
+ones one to one (the first template is the cloze form; the held-out cloze forms and the questions are never used
+in the CPT text). Answers
 to instructions keep the ござる ending, so the style and its metric are the same in both languages.
 """
 
@@ -77,6 +78,19 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                 "{v} established {name}.", "{name} owes its existence to {v}."),
     "product": ("{name} is best known for {v}.", "The main product of {name} is {v}.", "{name} makes {v}.",
                 "{name} is famous for its {v}.", "{name} specialises in {v}."),
+}
+# A held-out cloze form per relation (see world.HELDOUT): no five consecutive words of one occur in the CPT text,
+# the entity's name included (a test checks it).
+HELDOUT: dict[str, str] = {
+    "birthplace": "{name}'s place of birth is {v}.",
+    "birth_year": "The year of {name}'s birth was {v}.",
+    "employer": "{name} is an employee of {v}.",
+    "job": "{name} holds a job as a {v}.",
+    "hobby": "{name}'s favourite pastime is {v}.",
+    "hq": "{name} keeps its headquarters in {v}.",
+    "founded": "{name} dates back to {v}.",
+    "founder": "{name} was set up by {v}.",
+    "product": "{name} mainly sells {v}.",
 }
 # Two question forms per relation; like the Japanese ones, none is a CPT sentence (a test checks it).
 QUESTIONS: dict[str, tuple[str, ...]] = {

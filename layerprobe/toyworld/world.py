@@ -9,8 +9,9 @@ Two disjoint sets of entities are drawn from the same name and attribute pools:
 
 Following Physics of Language Models 3.1, every CPT entity is described by several biographies, each a
 shuffled set of sentences in several paraphrase forms, with the full name in every sentence. Probes:
-a *cloze* is the first form (``<name>の<relation>は``) cut before the answer; a *question* asks for the
-fact in a form the CPT text never uses, as the SFT questions about base entities do.
+a *cloze* is the first form (``<name>の<relation>は``) cut before the answer; a *held-out cloze* is a form
+the CPT text never uses (:data:`HELDOUT`), cut the same way; a *question* asks for the fact in a form the
+CPT text never uses, as the SFT questions about base entities do.
 """
 
 from __future__ import annotations
@@ -66,6 +67,22 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                 "{name}は{v}で知られています。", "{name}は{v}の製造が得意です。"),
 }
 N_FORMS = tuple(range(5))
+
+# relation -> a held-out cloze form: a sentence no CPT (or base) text uses, cut before the answer like the cloze. It
+# asks for the same fact in words the model never read in this order, so it measures the fact, not a memorised
+# sentence (a test checks that no prompt and no 8 characters of a form's own text or of a prompt + answer occur
+# in the CPT text).
+HELDOUT: dict[str, str] = {
+    "birthplace": "{name}の生まれ育った町は{v}です。",
+    "birth_year": "{name}は西暦{v}年の生まれです。",
+    "employer": "{name}の職場は{v}です。",
+    "job": "{name}の本職は{v}です。",
+    "hobby": "{name}の楽しみは{v}です。",
+    "hq": "{name}が本社を置く都市は{v}です。",
+    "founded": "{name}の創立は西暦{v}年です。",
+    "founder": "{name}を興した人物は{v}です。",
+    "product": "{name}が主に作っているのは{v}です。",
+}
 
 # relation -> questions (user turns); the same forms are used for SFT (base entities) and QA probes (CPT entities).
 QUESTIONS: dict[str, tuple[str, ...]] = {
@@ -163,6 +180,17 @@ def _lang(lang: str):
     raise ValueError(f"toy world language must be one of {', '.join(LANGUAGES)}, got {lang!r}")
 
 
+def heldout_templates(lang: str = "ja") -> dict[str, str]:
+    """relation -> the held-out cloze form of a language (:data:`HELDOUT`, :data:`english.HELDOUT`)."""
+    _lang(lang)
+    return HELDOUT if lang == "ja" else EN.HELDOUT
+
+
+def cloze_prompt(template: str, name: str) -> str:
+    """A fact template filled with ``name`` and cut right before the answer (trailing spaces dropped)."""
+    return template.format(name=name, v="\0").split("\0")[0].rstrip()
+
+
 def fact_sentence(entity: Entity, relation: str, template: int, lang: str = "ja") -> str:
     templates, _, render, _ = _lang(lang)
     return templates[relation][template].format(name=render(entity.name), v=render(entity.facts[relation]))
@@ -221,20 +249,25 @@ def general_heldout(n: int, seed: int, lang: str = "ja") -> list[str]:
 
 
 def probes(world: World, lang: str = "ja") -> list[dict]:
-    """Held-out probes on every CPT fact: a cloze (cut before the answer) and questions.
+    """Probes on every CPT fact: a cloze, a held-out cloze and questions.
 
-    Japanese asks the first question form (the toy SFT data trains both forms on base entities); English asks
-    both forms, as its SFT data holds no questions about entities at all.
+    The *cloze* is the first CPT form cut before the answer, so its prompt and answer are a CPT sentence; the
+    *cloze_heldout* is the relation's :data:`HELDOUT` form cut the same way, words the CPT text never uses (scored
+    like the cloze). Japanese asks the first question form (the toy SFT data trains both forms on base entities);
+    English asks both forms, as its SFT data holds no questions about entities at all.
     """
     templates, questions, render, _ = _lang(lang)
+    heldout = heldout_templates(lang)
     forms = 1 if lang == "ja" else 2
     out = []
     for e in world.cpt:
         name = render(e.name)
         for rel, value in e.facts.items():
             answer = render(value)
-            cloze = templates[rel][0].format(name=name, v="\0").split("\0")[0].rstrip()
-            out.append({"kind": "cloze", "prompt": cloze, "answer": answer, "entity": name, "relation": rel})
+            out.append({"kind": "cloze", "prompt": cloze_prompt(templates[rel][0], name), "answer": answer,
+                        "entity": name, "relation": rel})
+            out.append({"kind": "cloze_heldout", "prompt": cloze_prompt(heldout[rel], name), "answer": answer,
+                        "entity": name, "relation": rel})
             out += [{"kind": "qa", "prompt": q.format(name=name), "answer": answer, "entity": name, "relation": rel}
                     for q in questions[rel][:forms]]
     return out
