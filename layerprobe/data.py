@@ -155,17 +155,20 @@ def load_sft_rows(spec: str, split: str = "train", limit: int = 0) -> list[dict]
 
 
 def load_probes(spec: str, split: str = "train") -> list[dict]:
-    """Knowledge probes: rows with ``kind`` (cloze or qa), ``prompt`` and ``answer``."""
+    """Knowledge probes: rows with ``kind`` (cloze, cloze_heldout or qa), ``prompt`` and ``answer``, and an
+    optional ``relation`` (probes of one relation share the candidate answers of the margin and the guessing
+    floor; see :mod:`layerprobe.evaluate`)."""
     rows, desc = load_rows(spec, split)
     expected = ["answer", "kind", "prompt"]
     _need(rows, desc, "probe data", str(expected))
     if not isinstance(rows[0], dict) or not set(expected) <= set(rows[0]):
         raise ValueError(f"probe data {desc} has fields {_fields(rows)}; expected {expected} "
-                         "(kind is 'cloze' or 'qa')")
-    bad = sorted({str(r.get("kind")) for r in rows} - {"cloze", "qa"})
+                         "(kind is 'cloze', 'cloze_heldout' or 'qa')")
+    bad = sorted({str(r.get("kind")) for r in rows} - {"cloze", "cloze_heldout", "qa"})
     if bad:
-        raise ValueError(f"probe data {desc} has kind {bad[0]!r}; expected 'cloze' or 'qa'")
-    return [{"kind": r["kind"], "prompt": str(r["prompt"]), "answer": str(r["answer"])} for r in rows]
+        raise ValueError(f"probe data {desc} has kind {bad[0]!r}; expected 'cloze', 'cloze_heldout' or 'qa'")
+    return [{"kind": r["kind"], "prompt": str(r["prompt"]), "answer": str(r["answer"]),
+             **({"relation": str(r["relation"])} if r.get("relation") else {})} for r in rows]
 
 
 def load_instructions(spec: str, split: str = "train") -> list[dict]:

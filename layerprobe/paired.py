@@ -58,6 +58,7 @@ ITEM_METRICS = {
     "eos_rate": ("instruction", "eos", True),
     "style_logodds": ("instruction", "style_logodds", False),
 }
+ANSWERS_TABLE = "answers.parquet"  # a sweep's per-item answers of every cell, beside its results.csv
 # the columns that name a unit of replication in a sweep's results, outermost first
 UNIT_COLUMNS = ("toy.seed", "seed")
 VERDICTS = ("differs", "equivalent", "inconclusive")
@@ -110,17 +111,58 @@ class Arm:
     results: dict = field(default_factory=dict)  # unit -> {column: value}
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _answers(run_dir: Path, phase: str) -> list[dict]:
+    """A run's per-item answers at ``phase``: its ``eval/<phase>-answers.jsonl``, or, where the run folder is gone,
+    its rows of the sweep's :data:`ANSWERS_TABLE` beside it (``figures/...`` of a committed study)."""
+    path = rundir.answers_path(run_dir, phase)
+    if path.is_file():
+        return _jsonl(path)
+    table = run_dir.parent / ANSWERS_TABLE
+    if table.is_file():
+        rows = pd.read_parquet(table)
+        rows = rows[(rows["cell"] == run_dir.name) & (rows["phase"] == phase)]
+        if len(rows):
+            return [{k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+                    for r in rows.to_dict("records")]
+    raise FileNotFoundError(f"no per-item answers at {path} (nor in {table}); evaluate the run first "
+                            "(layerprobe eval --out RUN)")
+
+
+def has_answers(run_dir: str | os.PathLike, phase: str) -> bool:
+    try:
+        return bool(_answers(Path(run_dir), phase))
+    except FileNotFoundError:
+        return False
+
+
 def item_values(run_dir: str | os.PathLike, phase: str, metric: str) -> pd.Series:
     """One run's per-item values of ``metric`` at ``phase``, indexed by the item's prompt."""
     if metric not in ITEM_METRICS:
         raise ValueError(f"metric must be one of {', '.join(ITEM_METRICS)}, got {metric!r}")
     kind, key, _ = ITEM_METRICS[metric]
-    path = rundir.answers_path(run_dir, phase)
-    if not path.is_file():
-        raise FileNotFoundError(f"no per-item answers at {path}; evaluate the run first (layerprobe eval --out RUN)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _answers(Path(run_dir), phase)
     values = {r["prompt"]: float(r[key]) for r in rows if r.get("kind") == kind and r.get(key) is not None}
     return pd.Series(values, name=metric, dtype=float).dropna()
+
+
+ANSWER_FIELDS = ("kind", "relation", "prompt", "answer", "output", "correct", "first", "eos", "logprob", "margin",
+                 "style_logodds")
+
+
+def answers_table(sweep_dir: Path, cells: list[str]) -> pd.DataFrame:
+    """One row per (cell, phase, item) of the cells' ``eval/<phase>-answers.jsonl``: the per-item inputs of every
+    claim (a few MB for a study), so a claim can be re-derived item by item without the run folders."""
+    rows = []
+    for cell in cells:
+        for phase in rundir.EVAL_PHASES:
+            f = rundir.answers_path(sweep_dir / cell, phase)
+            if f.is_file():
+                rows += [{"cell": cell, "phase": phase, **{k: r.get(k) for k in ANSWER_FIELDS}} for r in _jsonl(f)]
+    return pd.DataFrame(rows, columns=["cell", "phase", *ANSWER_FIELDS])
 
 
 def unit_means(arm: Arm, metric: str) -> pd.Series:
@@ -259,8 +301,7 @@ def compare(a: Arm, b: Arm, metric: str, config: ClaimsConfig | None = None, fam
         values = np.concatenate([va.loc[units].to_numpy(), vb.loc[units].to_numpy()])
         out["at_bound"] = int(np.isclose(values, 0).sum() + np.isclose(values, 1).sum())
     out.update(p_items=math.nan, a_only=math.nan, b_only=math.nan)
-    if ITEM_METRICS[metric][2] and all(rundir.answers_path(r, arm.phase).is_file()
-                                      for arm in (a, b) for r in (arm.runs[u] for u in units)):
+    if ITEM_METRICS[metric][2] and all(has_answers(arm.runs[u], arm.phase) for arm in (a, b) for u in units):
         xa, xb, _ = paired_items(Arm({u: a.runs[u] for u in units}, a.phase),
                                  Arm({u: b.runs[u] for u in units}, b.phase), metric)
         out["p_items"], out["a_only"], out["b_only"] = mcnemar_p(xa, xb)

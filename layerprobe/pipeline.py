@@ -438,7 +438,8 @@ def format_table(summary: dict) -> str:
             return "n/a"
         return f"{v:.0f}" if metric == "n_probes" else f"{v:.3f}"
 
-    lines = [" " * 14 + "".join(f"{label.get(p, p):>14}" for p in phases)]
     shown = METRICS + tuple(m for m in OPTIONAL_METRICS if any(m in summary[p] for p in phases))
-    lines += [f"{m:<14}" + "".join(f"{cell(summary[p].get(m), m):>14}" for p in phases) for m in shown]
+    width = max(14, *(len(m) + 1 for m in shown))
+    lines = [" " * width + "".join(f"{label.get(p, p):>14}" for p in phases)]
+    lines += [f"{m:<{width}}" + "".join(f"{cell(summary[p].get(m), m):>14}" for p in phases) for m in shown]
     return "\n".join(lines)

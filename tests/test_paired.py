@@ -113,6 +113,18 @@ def test_compare_reads_unit_means_and_describes_items_with_mcnemar(tmp_path):
     assert out["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue)
     assert out["seed_diffs"] == " ".join(f"{v:+.3f}" for v in per_seed)
     assert out["p_items"] == pytest.approx(mcnemar_p(xa, xb)[0])  # descriptive only
+    # the same from the sweep's answers table alone, once the run folders are gone
+    import shutil
+
+    from layerprobe.paired import ANSWERS_TABLE, answers_table
+
+    answers_table(tmp_path, [f"{x}{s}" for x in "ab" for s in (1, 2, 3)]).to_parquet(tmp_path / ANSWERS_TABLE)
+    for s in (1, 2, 3):
+        shutil.move(tmp_path / f"a{s}" / "eval", tmp_path / f"gone-a{s}")
+    again = compare(a, b, "qa_acc")
+    assert again["p_items"] == out["p_items"] and again["diff"] == pytest.approx(out["diff"])
+    for s in (1, 2, 3):
+        shutil.move(tmp_path / f"gone-a{s}", tmp_path / f"a{s}" / "eval")
     cont = compare(a, b, "style_logodds")
     d = [np.mean(lo_a[s]) - np.mean(lo_b[s]) for s in (1, 2, 3)]
     assert cont["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue) and math.isnan(cont["p_items"])

@@ -245,6 +245,14 @@ def test_sweep_runs_cells_reuses_cpt_resumes_and_tabulates(tmp_path, toy_cache):
     assert (sw.figures / "cpt.cloze_acc+sft.cloze_acc.png").is_file()
     ci = pd.read_csv(sw.out / "ci.csv")
     assert (sw.figures / "results.csv").read_text() == (sw.out / "results.csv").read_text()
+    # the per-item answers of every cell, beside results.csv, as each cell's answers files hold them
+    items = pd.read_parquet(sw.figures / "answers.parquet")
+    for name in names:
+        for phase in ("cpt", "sft"):
+            rows = [json.loads(x) for x in (sw.out / name / "eval" / f"{phase}-answers.jsonl").read_text().splitlines()]
+            mine = items[(items["cell"] == name) & (items["phase"] == phase)]
+            assert mine["prompt"].tolist() == [r["prompt"] for r in rows]
+            assert mine["correct"].astype(bool).tolist() == [bool(r["correct"]) for r in rows]
     assert set(ci["metric"]) == {"sft.eos_rate", "cpt.cloze_acc", "sft.cloze_acc"}
     assert ci["ci"].str.startswith("Wilson").all()
 

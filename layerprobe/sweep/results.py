@@ -12,8 +12,9 @@ import pandas as pd
 from layerprobe import rundir
 from layerprobe.outcomes import read_outcomes
 from layerprobe.rundir import SUMMARY
-from layerprobe.sweep.spec import (CI_TABLE, DIFFERENCES, PAIRED_TABLE, PHASES, RATE_ITEMS, RESULTS, Sweep, _read_state,
-                                   _safe)
+from layerprobe.paired import ANSWERS_TABLE, answers_table
+from layerprobe.sweep.spec import (CI_TABLE, DIFFERENCES, PAIRED_TABLE, PHASES, RATE_ITEMS, RESULTS,
+                                   Sweep, _read_state, _safe)
 
 
 def flatten(summary: dict, prefix: str = "") -> dict[str, float]:
@@ -65,6 +66,10 @@ def collect(sweep: Sweep) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if not table.empty:
         table.to_csv(sweep.out / RESULTS, index=False)
+        answers = answers_table(sweep.out, list(table["cell"]))
+        for folder in dict.fromkeys([sweep.out, sweep.figures]):
+            folder.mkdir(parents=True, exist_ok=True)
+            answers.to_parquet(folder / ANSWERS_TABLE, index=False)
         write_figures(sweep, table, [sweep.out, sweep.figures])
     return table
 

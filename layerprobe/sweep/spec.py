@@ -21,8 +21,8 @@ SWEEP_JSON = "sweep.json"
 CI_TABLE = "ci.csv"
 PAIRED_TABLE = "paired.csv"
 # Rate metrics and the answer kinds (eval/<phase>-answers.jsonl) they are a share of: their n for Wilson.
-RATE_ITEMS = {"cloze_acc": ("cloze",), "qa_acc": ("qa",), "gozaru_rate": ("instruction",),
-              "gozaru_first": ("instruction",), "eos_rate": ("instruction",), "cut_rate": ("instruction",)}
+RATE_ITEMS = {"cloze_acc": ("cloze",), "cloze_heldout_acc": ("cloze_heldout",), "qa_acc": ("qa",),
+              "gozaru_rate": ("instruction",), "gozaru_first": ("instruction",), "eos_rate": ("instruction",), "cut_rate": ("instruction",)}
 PHASES = rundir.EVAL_PHASES
 DIFFERENCES = [name for name, (definition, _) in OUTCOMES.items() if " - " in definition]  # not plain copies
 _SAFE = re.compile(r"[^\w.%+@=,-]+")
