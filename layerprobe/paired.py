@@ -180,6 +180,20 @@ def unit_means(arm: Arm, metric: str) -> pd.Series:
     return pd.Series(out, name=metric, dtype=float)
 
 
+def measured(arm: Arm, metric: str) -> bool:
+    """Whether every run of the arm has ``metric``: a results column or per-item answers of its kind."""
+    column = f"{arm.phase}.{metric}"
+    for unit, run in arm.runs.items():
+        value = arm.results.get(unit, {}).get(column)
+        if value is None or pd.isna(value):
+            try:
+                if item_values(run, arm.phase, metric).empty:
+                    return False
+            except FileNotFoundError:
+                return False
+    return True
+
+
 def paired_items(a: Arm, b: Arm, metric: str) -> tuple[np.ndarray, np.ndarray, list]:
     """Arrays (units x items) of both arms on the units both have and the items every run has."""
     units = sorted(set(a.runs) & set(b.runs))
@@ -331,17 +345,23 @@ def compare_family(claims: Sequence[dict], config: ClaimsConfig | None = None, m
     """One row per claim ``{"claim", "a": Arm, "b": Arm, "metric", "family" (optional)}`` with :func:`compare`'s
     columns, Holm's adjustment within each family (``p_holm``, ``p_tost_holm``), the ``verdict`` and ``holds``
     (= differs). A claim whose arms share fewer than ``min_units`` units (a sweep still running) gets a ``missing``
-    note and no p-value, and does not count towards its family."""
+    note and no p-value, and does not count towards its family; so does a claim on a metric its runs did not
+    measure (the held-out cloze in runs evaluated before it existed)."""
     config = config or ClaimsConfig()
-    ready = [len(set(c["a"].runs) & set(c["b"].runs)) >= min_units for c in claims]
+    ready = [len(set(c["a"].runs) & set(c["b"].runs)) >= min_units and measured(c["a"], c["metric"])
+             and measured(c["b"], c["metric"]) for c in claims]
     sizes = pd.Series([c.get("family", "all") for c, ok in zip(claims, ready) if ok]).value_counts()
     rows = []
     for c, ok in zip(claims, ready):
         shared = sorted(set(c["a"].runs) & set(c["b"].runs))
         head = {"family": c.get("family", "all"), "claim": c["claim"], "metric": c["metric"]}
-        if not ok:
+        if len(shared) < min_units:
             rows.append({**head, "n_units": len(shared), "p": math.nan, "p_tost": math.nan,
                          "missing": f"{len(shared)} of {min_units} units finished"})
+            continue
+        if not ok:
+            rows.append({**head, "n_units": len(shared), "p": math.nan, "p_tost": math.nan,
+                         "missing": f"{c['metric']} not measured in these runs"})
             continue
         rows.append({**head, **compare(c["a"], c["b"], c["metric"], config, int(sizes[head["family"]])),
                      "missing": ""})

@@ -172,6 +172,10 @@ def test_family_verdicts_use_holm_within_each_family(tmp_path):
     part = compare_family(claims[:1] + [{**claims[1], "b": Arm({1: arm["base"].runs[1]})}], min_units=3)
     assert part["missing"].tolist() == ["", "1 of 3 units finished"] and math.isnan(part["p_holm"][1])
     assert part["p_holm"][0] == pytest.approx(part["p"][0]) and part["verdict"][1] == "missing"
+    # a metric these runs never measured (no results column, no answers) is listed as missing, not an error
+    unmeasured = compare_family(claims[:1] + [{**claims[0], "metric": "cloze_heldout_acc"}])
+    assert unmeasured["missing"].tolist() == ["", "cloze_heldout_acc not measured in these runs"]
+    assert unmeasured["p_holm"][0] == pytest.approx(unmeasured["p"][0])
     line = write_claims(fam, tmp_path / "out")
     assert line.startswith("3 of 3 claims tested: 1 differs, 1 equivalent, 1 inconclusive")
     back = pd.read_csv(tmp_path / "out" / "claims.csv")
