@@ -323,15 +323,15 @@ def compare(a: Arm, b: Arm, metric: str, config: ClaimsConfig | None = None, fam
 
 
 def holm(p: Sequence[float]) -> np.ndarray:
-    """Holm-adjusted p-values (NaN stays NaN and does not count towards the family's size)."""
+    """Holm-adjusted p-values (statsmodels' ``multipletests``); NaN stays NaN and does not count towards the
+    family's size."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, math.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m, running = len(order), 0.0
-    for i, j in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[j]))
-        out[j] = running
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
 
 

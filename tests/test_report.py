@@ -133,6 +133,24 @@ def test_report_of_a_committed_figure_folder_needs_no_cells(tmp_path):
     assert len(page.images) == 3 and not [h for h in page.links if h.endswith("report.html")]
 
 
+def test_sweep_report_shows_a_studys_claims_with_their_verdicts(tmp_path):
+    from layerprobe.report import write_report
+
+    make_sweep(tmp_path / "fig", cells=False)
+    claims = pd.DataFrame([
+        {"family": "f", "claim": "attention < & > all", "metric": "cloze_acc", "diff": 0.25, "lo": 0.1, "hi": 0.4,
+         "seed_diffs": "+0.200 +0.300", "p_holm": 0.01, "verdict": "differs", "units_needed": 3, "missing": ""},
+        {"family": "f", "claim": "mlp - all", "metric": "cloze_acc", "diff": 0.01, "lo": -0.3, "hi": 0.3,
+         "seed_diffs": "+0.100 -0.080", "p_holm": 0.9, "verdict": "inconclusive", "units_needed": 80, "missing": ""},
+        {"family": "f", "claim": "later", "metric": "qa_acc", "missing": "1 of 3 units finished"}])
+    claims.to_csv(tmp_path / "fig" / "claims.csv", index=False)
+    text = write_report(tmp_path / "fig").read_text(encoding="utf-8")
+    page = parse(tmp_path / "fig" / "report.html")
+    assert "2 of 3 claims tested: 1 differs, 0 equivalent, 1 inconclusive" in text
+    assert "attention &lt; &amp; &gt; all" in text and "later" not in page.cells
+    assert "differs" in page.cells and "inconclusive" in page.cells and "+0.200 +0.300" in page.cells
+
+
 def test_sweep_report_shows_relate_per_stratum(tmp_path):
     """relate.csv's strata: a summary row per stratum and each stratum's strongest cells; an older, pooled table
     is shown with a note saying so."""

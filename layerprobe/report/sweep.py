@@ -186,9 +186,11 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
             paired = paired_table(table, metrics, baseline, keys)
             page.heading(f"Paired comparisons with the baseline ({baseline})", anchor="paired")
             if len(paired):
-                page.text("condition - baseline on the same seed; mean_diff with a 95 % paired t interval [lo, hi] "
-                          "and the paired t-test's p.", "muted")
-                page.table(paired, digits=3, text_columns=("condition", "metric"))
+                page.text("condition - baseline with the seed as the unit: mean_diff over seeds with a 95 % t "
+                          "interval [lo, hi], the paired t-test's p, Holm's correction over the table (p_holm) and "
+                          "the verdict: differs, equivalent within the metric's margin (TOST), or inconclusive; "
+                          "units_needed = seeds for power 0.8 at the observed difference.", "muted")
+                page.table(paired, digits=3, text_columns=("condition", "metric", "verdict"))
                 plot_paired(paired, tmp / "paired.png", baseline)
                 if (tmp / "paired.png").is_file():
                     page.figures([tmp / "paired.png"], ["paired differences from the baseline"])
@@ -199,6 +201,20 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
         names = [f"{_safe('+'.join(m))}.png" for m in _panels(plot)]
         figs = [tmp / n for n in dict.fromkeys(names) if (tmp / n).is_file()]
         page.figures(figs, [p.stem for p in figs])
+    if (folder / "claims.csv").is_file():  # a study's claims (layerprobe.paired.write_claims), when it has them
+        claims = pd.read_csv(folder / "claims.csv", keep_default_na=False, na_values=[""])
+        tested = claims[claims["missing"].fillna("") == ""]
+        page.heading("Claims, with the seed as the unit", anchor="claims")
+        counts = tested["verdict"].value_counts()
+        page.text(f"{len(tested)} of {len(claims)} claims tested: " + ", ".join(
+            f"{int(counts.get(v, 0))} {v}" for v in ("differs", "equivalent", "inconclusive")) + ". Paired t-test on "
+            "the per-seed differences, Holm within each family, TOST against the margin; units_needed = seeds for "
+            "power 0.8 at the observed difference (layerprobe.paired).", "muted")
+        page.table(tested[[c for c in ("claim", "metric", "diff", "lo", "hi", "seed_diffs", "p_holm", "verdict",
+                                       "units_needed") if c in tested]],
+                   text_columns=("claim", "metric", "seed_diffs", "verdict"))
+        if (folder / "claims.png").is_file():
+            page.figures([folder / "claims.png"], ["claims"])
     page.heading("Relate: layer features vs outcomes", anchor="relate")
     _relate(folder, page)
     return page
