@@ -19,6 +19,7 @@ _EXPORTS = {
     "logspaced": "layerprobe.schedules",
     "RecorderCallback": "layerprobe.recorder",
     "Recorder": "layerprobe.recorder",
+    "ProbeCallback": "layerprobe.probes",
     "heatmap_layer_step": "layerprobe.plot",
     "heatmap_layer_module": "layerprobe.plot",
     "plot_run": "layerprobe.plot",

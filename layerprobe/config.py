@@ -18,6 +18,7 @@ from pathlib import Path
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 TOYWORLD = "toyworld"
+PROBE_FIELDS = ("probe_every", "probe_max")  # PhaseConfig's probing settings (left out of to_dict when off)
 
 
 def _help(text: str, **kw):
@@ -62,6 +63,12 @@ class PhaseConfig:
                         default=0.0)
     drift_cap: float = _help("cap on every weight's drift_ratio ||W - W_start|| / ||W_start|| after each step "
                              "(LoRA: of s*B*A), so no layer drifts further; 0 = off", default=0.0)
+    probe_every: int = _help("score the evaluation's probes by likelihood every N optimizer steps of this phase "
+                             "(and before the first and after the last step), into the records (probe_logprob, "
+                             "probe_top1, style_logodds; layerprobe.probes); 0 = off", default=0)
+    probe_max: int = _help("probes of each kind (cloze, held-out cloze, QA) and held-out instructions scored at each "
+                           "probe step: the first N of the evaluation's (0 = all; all makes the last probe point "
+                           "equal the final evaluation's likelihood numbers exactly)", default=32)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):
@@ -85,6 +92,9 @@ class PhaseConfig:
         if self.l2sp < 0 or self.drift_cap < 0:
             raise ValueError(f"l2sp and drift_cap must be >= 0 (0 = off), got l2sp={self.l2sp}, "
                              f"drift_cap={self.drift_cap}")
+        if self.probe_every < 0 or self.probe_max < 0:
+            raise ValueError(f"probe_every and probe_max must be >= 0 (probe_every 0 = off, probe_max 0 = all), got "
+                             f"probe_every={self.probe_every}, probe_max={self.probe_max}")
 
 
 @dataclass
@@ -255,7 +265,15 @@ class TrainConfig:
                              "set sft.replay instead")
 
     def to_dict(self) -> dict:
-        return _typed_dict(self)
+        """The config as plain values. A phase that does not probe (``probe_every`` 0) leaves its probe settings
+        out: they change nothing, and configs, hashes and stage fingerprints of runs made before they existed
+        stay what they were (``resolve`` fills them back in)."""
+        out = _typed_dict(self)
+        for phase in ("cpt", "sft"):
+            if not out[phase]["probe_every"]:
+                for key in PROBE_FIELDS:
+                    out[phase].pop(key)
+        return out
 
     def phase_seed(self, phase: PhaseConfig) -> int:
         """The training seed of one phase: its own seed when set, else the top-level one."""
@@ -421,7 +439,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def resolve(data: dict) -> TrainConfig:
     """A nested dict (missing keys take defaults) -> TrainConfig."""
-    defaults = TrainConfig().to_dict()
+    defaults = _typed_dict(TrainConfig())  # every key, also those to_dict leaves out
     merged = _deep_merge(defaults, data, "")
     return from_dict(TrainConfig, merged)
 

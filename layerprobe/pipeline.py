@@ -157,18 +157,30 @@ def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inpu
     return Plan(state, changes)
 
 
-def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str) -> list:
-    """The recorder (with record on) and the mid-phase checkpoints of a training phase."""
+def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, eval_set: EvalSet | None = None,
+               model_dir: str | None = None) -> list:
+    """The recorder (with record on, first), the probes (with the phase's probe_every: the evaluation's probes
+    ``eval_set`` scored with the tokenizer of ``model_dir``, the phase's input model) and the mid-phase checkpoints
+    of a training phase."""
     from layerprobe.checkpointing import SaveEvery
 
     out = []
+    pc = getattr(cfg, phase)
     if cfg.record:
         from layerprobe.recorder import RecorderCallback
 
         r = cfg.recorder
         out.append(RecorderCallback(run_dir, run=run_dir.name, phase=phase, grad_every=r.grad_every,
                                     update_every=r.update_every, drift_every=r.drift_every))
-    pc = getattr(cfg, phase)
+    if pc.probe_every:
+        from layerprobe.probes import ProbeCallback
+        from layerprobe.stages import load_tokenizer
+
+        shown = (eval_set or EvalSet([], [], [])).limited(cfg.eval)  # what the evaluation scores
+        out.append(ProbeCallback(run_dir, shown.probes, shown.instructions, run=run_dir.name, phase=phase,
+                                 tokenizer=load_tokenizer(model_dir) if model_dir else None, every=pc.probe_every,
+                                 max_per_kind=pc.probe_max, batch_size=cfg.eval.batch_size,
+                                 max_prompt_tokens=cfg.eval.max_prompt_tokens))
     # an anchored phase measures from the weights it starts with: resumed, it would anchor to the checkpoint
     minutes = 0.0 if pc.l2sp or pc.drift_cap else cfg.checkpoint.minutes
     return out + [SaveEvery(minutes, cfg.checkpoint.keep, flush=out)]
@@ -303,6 +315,13 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
     else:
         log(f"base       {cfg.model} -> {base}")
     check_run(cfg, base, data)  # both phases' selectors and targets, and the data, before any stage runs
+    if cfg.cpt.probe_every or cfg.sft.probe_every:
+        from layerprobe.probes import probe_subset
+
+        shown = data.eval_set.limited(cfg.eval)
+        if not any(probe_subset(shown.probes, shown.instructions)):
+            raise ValueError("cpt.probe_every / sft.probe_every need probes to score, got no cloze or QA probes and no "
+                             "held-out instructions with a plain twin; give data.probes, or set probe_every to 0")
     inputs = stage_inputs(cfg, data, rundir.content_hash(base))
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
@@ -323,8 +342,8 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
             "run": run_dir.name, "config_hash": cfg.hash(), "model": cfg.model, "base_model": base,
             "resumed": resumed, **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
             "stages": {s: {k: v for k, v in infos[s].items()
-                           if k in ("what", "out", "steps", "final_loss", "seconds", "record_seconds", "trainable_params",
-                                    "trainable_share", "reused_from")} for s in STAGES},
+                           if k in ("what", "out", "steps", "final_loss", "seconds", "record_seconds", "probe_seconds",
+                                    "trainable_params", "trainable_share", "reused_from")} for s in STAGES},
             "base_seconds": base_seconds, "wall_seconds": round(time.time() - t_start, 1), "figures": figures,
         }
         rundir.write_summary(run_dir, summary)
@@ -398,14 +417,18 @@ def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
             rundir.clear_stage(run_dir, stage)
         out = rundir.mark_started(run_dir, stage, fingerprints[stage])
         if stage in ("cpt", "sft"):
-            callbacks = _callbacks(cfg, run_dir, stage)
+            start = base if stage == "cpt" else str(rundir.stage_dir(run_dir, "merge"))
+            callbacks = _callbacks(cfg, run_dir, stage, data.eval_set, start)
             if stage == "cpt":
                 info = run_cpt(cfg, base, data.cpt_docs, out, callbacks, progress)
             else:
-                info = run_sft(cfg, str(rundir.stage_dir(run_dir, "merge")), data.sft_rows, out, callbacks, progress,
-                               replay_docs=data.cpt_docs)
+                info = run_sft(cfg, start, data.sft_rows, out, callbacks, progress, replay_docs=data.cpt_docs)
             if cfg.record:  # the recorder (first of the callbacks): its own time in this phase, its cost run by run
                 info["record_seconds"] = round(callbacks[0].seconds, 2)
+            if getattr(cfg, stage).probe_every:  # the probes' own time, likewise
+                from layerprobe.probes import ProbeCallback
+
+                info["probe_seconds"] = round(next(c for c in callbacks if isinstance(c, ProbeCallback)).seconds, 2)
         elif stage == "merge":
             info = run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
         else:
@@ -418,8 +441,9 @@ def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
 
 
 def _figures(run_dir: Path, cfg: TrainConfig, log) -> list[str]:
-    """Heatmaps of the run's records (only recorded runs have training records to draw)."""
-    if not cfg.record:
+    """Heatmaps of the run's records and the probes over steps (only runs that recorded or probed have training
+    records to draw)."""
+    if not (cfg.record or cfg.cpt.probe_every or cfg.sft.probe_every):
         return []
     from layerprobe.plot import plot_run
 

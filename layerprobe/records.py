@@ -36,7 +36,9 @@ SCHEMA = pa.schema([
 class RecordWriter:
     """Buffers rows and writes them as Parquet part files ``<out>/records/<phase>-r<rank>-<seq>.parquet``.
 
-    A part is written to a temporary name and renamed, so a reader never sees half a file.
+    A part is written to a temporary name and renamed, so a reader never sees half a file. Its number is the next
+    free one at the time it is written, so several writers of one phase and rank in a process (the recorder and the
+    probes, :mod:`layerprobe.probes`) share the phase's files without overwriting each other's parts.
     """
 
     def __init__(self, out_dir: str | os.PathLike, run: str, phase: str, rank: int = 0,
@@ -53,9 +55,12 @@ class RecordWriter:
         self.run, self.phase, self.rank = str(run), str(phase), int(rank)
         self.flush_every_s, self.flush_rows = flush_every_s, flush_rows
         self._cols: dict[str, list] = {c: [] for c in COLUMNS}
-        parts = [p.stem.rsplit("-", 1)[-1] for p in self.dir.glob(f"{self.phase}-r{self.rank}-*.parquet")]
-        self._seq = max((int(n) for n in parts if n.isdigit()), default=-1) + 1
+        self._seq = self._next_seq()
         self._last_flush = time.monotonic()
+
+    def _next_seq(self) -> int:
+        parts = [p.stem.rsplit("-", 1)[-1] for p in self.dir.glob(f"{self.phase}-r{self.rank}-*.parquet")]
+        return max((int(n) for n in parts if n.isdigit()), default=-1) + 1
 
     def add(self, step: int, layer: int, block: str, module: str, param: str, quantity: str, value: float) -> None:
         c = self._cols
@@ -75,6 +80,7 @@ class RecordWriter:
         if not len(self):
             return
         table = pa.table({c: self._cols[c] for c in COLUMNS}, schema=SCHEMA)
+        self._seq = max(self._seq, self._next_seq())  # another writer of this phase and rank may have written
         final = self.dir / f"{self.phase}-r{self.rank}-{self._seq:06d}.parquet"
         tmp = final.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)

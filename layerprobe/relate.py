@@ -47,7 +47,7 @@ values (frozen ones excluded):
   and rank(y) after an ordinary least-squares fit of each on [1, rank(total_drift)], ranks over the runs having
   all three.
 - p-values by permutation, because runs sharing a CPT are not independent:
-  *within CPT groups* when the within-group orderings of the outcome number at least ``min_within`` (1000) and
+  *within CPT groups* when the within-group orderings of the outcome number at least ``min_within`` (40, so that an exact within-group p can reach 0.025) and
   some group has both x and y varying: the outcome (for ``partial_rho``: its residual) is permuted only among
   runs of the same CPT, so the null keeps every CPT's effect and the test asks whether x relates to y among runs
   of one CPT; otherwise *between CPT groups*: x, y (and the control) are averaged per CPT group and the same
@@ -107,7 +107,7 @@ _SFT_CHANGE = ("cos_cpt_sft", "undo_frac", "null_sd_cos", "null_sd_undo_frac")  
 MIN_RUNS = 5
 EXACT_MAX_RUNS = 9  # rho of up to 9 units: all 9! orderings (once per tie pattern)
 PERMUTATIONS = 2000
-MIN_WITHIN = 1000
+MIN_WITHIN = 40  # 2 / 0.05: with fewer orderings an exact within-group p cannot fall below 0.025
 REFINE = 4  # a p below alpha is refined to B = REFINE * m / alpha orderings for the m tests of its stratum
 CONTROL = "total_drift"
 TABLE_FILE = "relate.csv"

@@ -434,8 +434,8 @@ def test_permutations_stay_within_cpt_groups_and_that_changes_p():
     across = _pearson_null(rx, ry, np.array(list(itertools.permutations(range(9)))))  # all 9! orderings
     across = min(1.0, 2 * min(np.sum(across <= obs + 1e-9), np.sum(across >= obs - 1e-9)) / len(across))
     assert across < 0.01 < 0.2 < row["p"]
-    # too few within-group orderings (216 < 1000): whole groups, over their means (3 groups: exact, p >= 1/3)
-    row = correlate(feats, outcomes, design).iloc[0]
+    # too few within-group orderings (216 < 1000 asked for): whole groups, over their means (3 groups: exact)
+    row = correlate(feats, outcomes, design, RelateConfig(min_within=1000)).iloc[0]
     xg, yg = [pd.Series(v).groupby(codes).mean().to_numpy() for v in (x, y)]
     ref = stats.permutation_test((xg,), lambda a: stats.spearmanr(a, yg).statistic, permutation_type="pairings",
                                  n_resamples=np.inf).pvalue

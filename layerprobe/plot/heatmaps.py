@@ -127,12 +127,16 @@ def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.Path
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
              quantities: Iterable[str] = ("grad_norm", "update_ratio", "drift_ratio")) -> list[Path]:
     """Draw the standard figures of a run folder into ``<run_dir>/figures`` (or ``out_dir``): per phase, layer x
-    step of each quantity and layer x module of the final drift. Phases share one colour scale per quantity."""
+    step of each quantity, layer x module of the final drift and, where the phase was probed
+    (:mod:`layerprobe.probes`), the probes over steps under the drift heatmap (:func:`~layerprobe.plot.probes.
+    probe_figure`, ``<phase>_probes_over_steps.png``). Phases share one colour scale per quantity."""
+    from layerprobe.plot.probes import FIGURE, HEAT_QUANTITIES, has_probes, probe_figure
+
     df = load_records(run_dir)
     quantities = list(quantities)
     agg = df[(df["param"] == "") & (df["phase"] != "diff")]
-    if not agg["quantity"].isin(quantities).any():
-        raise ValueError(f"nothing to plot in {run_dir}: no aggregated rows of {quantities}; "
+    if not agg["quantity"].isin(quantities).any() and not has_probes(agg):
+        raise ValueError(f"nothing to plot in {run_dir}: no aggregated rows of {quantities} and no probe rows; "
                          f"the records have {sorted(agg['quantity'].unique())}")
     out = Path(out_dir) if out_dir is not None else rundir.figures_dir(run_dir)
     paths = []
@@ -149,6 +153,9 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
             last = last[last["step"] == last.groupby("phase")["step"].transform("max")]["value"]
             paths.append(heatmap_layer_module(df, "drift_ratio", out / f"{phase}_drift_layer_module.png",
                                               phase=phase, scale_values=last))
+        if has_probes(agg, phase):  # on the phase's own colour scale: it shows when, within the phase
+            heat = next((q for q in HEAT_QUANTITIES if q in have), None)
+            paths.append(probe_figure(df, out / f"{phase}_{FIGURE}.png", phase=phase, heat=heat))
     return paths
 
 

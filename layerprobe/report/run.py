@@ -77,6 +77,7 @@ def _provenance(run: Path, summary: dict, config: dict) -> tuple[pd.DataFrame, s
 def build_run_page(run: Path, link_up: str = "") -> Page:
     """The page of one run folder (see the module docstring)."""
     from layerprobe.plot import plot_run
+    from layerprobe.plot.probes import FIGURE as PROBE_FIGURE
     from layerprobe.plot.run import ATTRIBUTE_FILE, diff_figures, diff_records
     from layerprobe.attribute import DENOMINATORS, effects, plot_attribution
 
@@ -108,13 +109,23 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
             by_kind: dict[str, list[Path]] = {}
             for p in paths:
                 by_kind.setdefault(p.stem.split("_", 1)[1], []).append(p)
-            page.text("Per quantity, CPT and SFT side by side on one colour scale; grey cells have no value "
-                      "(frozen or not recorded).", "muted")
+            probed = by_kind.pop(PROBE_FIGURE, [])
+            if by_kind:
+                page.text("Per quantity, CPT and SFT side by side on one colour scale; grey cells have no value "
+                          "(frozen or not recorded).", "muted")
             for kind, group in by_kind.items():
                 page.heading(kind.replace("_", " "), level=3)
                 page.figures(group, [p.stem.replace("_", " ") for p in group])
+            if probed:
+                page.heading("When the probes moved during training", anchor="probes")
+                page.text("Per phase, on one step axis: the per-layer drift (or update ratio) on top, and the probes "
+                          "scored by likelihood every few steps below it (log-probability of the gold answer, the "
+                          "share whose every gold token is the top choice, the style log-odds). The last point is "
+                          "the trained model, which the evaluation above scores with the same scorer.", "muted")
+                page.figures(probed, [p.stem.replace("_", " ") for p in probed])
         else:
-            page.note("No training records in this run (train with --record to get per-layer heatmaps).")
+            page.note("No training records in this run (train with --record to get per-layer heatmaps, "
+                      "--sft.probe_every N to probe the facts and style during SFT).")
 
         diff = diff_records(run)
         if diff is not None:
