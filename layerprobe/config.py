@@ -67,8 +67,9 @@ class PhaseConfig:
                              "(and before the first and after the last step), into the records (probe_logprob, "
                              "probe_top1, style_logodds; layerprobe.probes); 0 = off", default=0)
     probe_max: int = _help("probes of each kind (cloze, held-out cloze, QA) and held-out instructions scored at each "
-                           "probe step: the first N of the evaluation's (0 = all; all makes the last probe point "
-                           "equal the final evaluation's likelihood numbers exactly)", default=32)
+                           "probe step: the first N of the evaluation's, scored as it scores them (0 = all: the last "
+                           "probe point then equals the final evaluation's likelihood numbers exactly; fewer may "
+                           "differ in float rounding, as batches are narrower)", default=32)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):

@@ -112,7 +112,8 @@ def probe_figure(df: pd.DataFrame, out_png: str | os.PathLike, *, phase: str, he
         cax = fig.add_subplot(gs[:len(panels), 1])
         fig.colorbar(mesh, cax=cax, label=label(heat, short=True))
 
-    colours = dict(zip(KINDS, sns.color_palette("colorblind", len(KINDS))))
+    palette = sns.color_palette("colorblind")
+    colours = {kind: palette[i] for kind, i in zip(KINDS, (0, 1, 2, 4))}  # 3 (vermilion) is too near 1 (orange)
     handles = {}
     for ax, (quantity, what, short) in zip(axes[len(panels):], curves):
         d = means[means["quantity"] == quantity]
