@@ -4,6 +4,9 @@ from __future__ import annotations
 
 HELP = "run a sweep (conditions x grid x seeds, each cell a run folder); resumable; writes results.csv and figures"
 EXAMPLE = ("layerprobe sweep experiments/study_a/sweep.yaml --dry-run\n"
+           "  layerprobe sweep experiments/study_a/sweep.yaml --workers 2          # 2 cells at once on this machine\n"
+           "  layerprobe sweep experiments/study_a/sweep.yaml --executor ray --address auto --cell-gpus 1\n"
+           "  layerprobe sweep experiments/study_a/sweep.yaml --executor slurm --partition gpu --cell-gpus 1 --time 60\n"
            "  layerprobe sweep experiments/study_b/sweep.yaml --only 'random*' --set sft.max_steps=20\n"
            "  layerprobe sweep experiments/study_a/sweep.yaml --redraw --format svg   # figures from results.csv")
 SHOWN = ("cpt.cloze_acc", "sft.cloze_acc", "retention_drop", "sft.gozaru_rate", "sft.eos_rate", "cpt.general_loss",
@@ -30,6 +33,32 @@ def add_arguments(parser) -> None:
                         help="train CPT in every cell instead of reusing an identical finished CPT")
     add_format_argument(parser)
     parser.add_argument("--verbose", action="store_true", help="also print each cell's pipeline lines")
+    run = parser.add_argument_group("where cells run (default: the YAML's executor:, else local with one worker)")
+    run.add_argument("--executor", metavar="NAME", help="local (this machine), ray (pip install 'layerprobe[ray]') "
+                     "or slurm (pip install 'layerprobe[slurm]'); another name than the YAML's drops its settings")
+    run.add_argument("--workers", type=int, metavar="N", help="cells at once; local: N worker processes with "
+                     "cores/N torch threads (or one GPU) each; ray, slurm: at most N cells in flight")
+    run.add_argument("--cell-cpus", type=int, metavar="N", help="CPU cores (torch threads) per cell")
+    run.add_argument("--cell-gpus", type=int, metavar="N", help="GPUs per cell (ray, slurm)")
+    run.add_argument("--address", metavar="ADDR", help="ray: join this cluster ('auto': the one running here); "
+                     "default: start a local one")
+    run.add_argument("--partition", metavar="NAME", help="slurm: the partition of the jobs")
+    run.add_argument("--time", type=int, metavar="MINUTES", help="slurm: minutes a cell's job may run (default 120)")
+    run.add_argument("--slurm-cluster", choices=["slurm", "local"],
+                     help="slurm: 'local' runs the jobs through submitit's local executor on this machine (a test)")
+
+
+def executor_config(args, sweep):
+    """The sweep YAML's executor: with the command line's options on top (another --executor starts afresh)."""
+    from dataclasses import asdict
+
+    from layerprobe.sweep.executors import ExecutorConfig
+
+    given = {k: getattr(args, k) for k in ("workers", "cell_cpus", "cell_gpus", "address", "partition", "time",
+                                           "slurm_cluster") if getattr(args, k, None) is not None}
+    if args.executor and args.executor != sweep.executor.name:
+        return ExecutorConfig(name=args.executor, **given)
+    return ExecutorConfig(**{**asdict(sweep.executor), **given})
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -52,18 +81,20 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from layerprobe import rundir
-    from layerprobe.sweep import (RESULTS, SWEEP_JSON, collect, format_results, load_sweep, redraw, run_sweep,
-                                  select_cells)
+    from layerprobe.sweep import (RESULTS, SWEEP_JSON, collect, format_results, load_sweep, make_plan, redraw,
+                                  run_sweep, select_cells)
 
     sweep = load_sweep(args.config, out=args.out, overrides=parse_sets(args.sets), figures=args.figures)
+    executor = executor_config(args, sweep)
     cells = select_cells(sweep, args.only)
     if args.dry_run:
+        plan = make_plan(cells, sweep.out, reuse=not args.no_reuse)
+        pending = [c.name for c in cells if c.name not in plan.finished]
         for i, c in enumerate(cells, 1):
-            done = rundir.summary_path(sweep.out / c.name).is_file()
+            role = "finished" if c.name in plan.finished else plan.role(c.name, pending)
             sets = ", ".join(f"{k}={v}" for k, v in c.overrides.items())
-            print(f"[{i}/{len(cells)}] {c.name}{'  (finished)' if done else ''}\n        {sets}")
-        print(f"{len(cells)} cells -> {sweep.out}")
+            print(f"[{i}/{len(cells)}] {c.name}  ({role})\n        {sets}")
+        print(f"{plan.summary(pending)} -> {sweep.out}; executor: {executor.describe()}")
         return 0
     if args.redraw:
         table = redraw(sweep)
@@ -74,7 +105,7 @@ def _run(args) -> int:
     else:
         table = run_sweep(sweep, only=args.only, log=lambda s: print(s, flush=True),
                           pipeline_log=(lambda s: print("      " + s, flush=True)) if args.verbose else None,
-                          reuse=not args.no_reuse)
+                          reuse=not args.no_reuse, executor=executor)
     failed = table.attrs.get("failed", [])
     if table.empty:
         print(f"no finished cells in {sweep.out} yet")

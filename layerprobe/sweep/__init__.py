@@ -19,12 +19,19 @@ A sweep YAML::
     figures: figures/study_a           # optional: figures + copies of results.csv, ci.csv (default <out>/figures)
     plot: [sft.gozaru_rate, [cpt.cloze_acc, sft.cloze_acc]]   # optional panels (a list = metrics side by side)
     baseline: mlp                      # optional: a condition; every other one is compared with it seed by seed
+    executor: {name: local, workers: 2}  # optional: where cells run (local, ray, slurm; see sweep.executors)
 
 Cells are ``condition x grid x seeds``, named ``<condition>,<key>=<value>,...,seed=<seed>`` (stable, readable),
 each a run folder ``<out>/<cell>``. A cell with a summary.json is skipped; a cell folder made with another
 config is refused by the pipeline. A cell whose CPT and merge fingerprints (:mod:`layerprobe.fingerprint`: the
 base model, the CPT documents, the CPT settings) equal those of a finished cell, here or in ``reuse_from``, starts
 from hard-linked copies of that cell's CPT and merge (the pipeline's ``reuse_from``), so it skips them.
+
+Cells run where ``executor:`` (or ``layerprobe sweep --executor``) says: one after another in this process (the
+default), on N local worker processes, as Ray tasks or as Slurm jobs (:mod:`layerprobe.sweep.executors`). Every
+executor follows one plan (:mod:`layerprobe.sweep.plan`): the cells sharing a CPT wait for the one that trains it,
+then fan out; finished cells are skipped; a failed or killed cell is reported and the others go on; a cell whose
+folder another process holds (its lock) is skipped. ``results.csv`` is the same whichever executor ran the cells.
 
 ``<out>/results.csv`` has one row per finished cell: the cell's columns (condition, group, grid labels, seed)
 and every number in its summary.json flattened (``cpt.cloze_acc``, ``sft.gozaru_rate``,
@@ -39,10 +46,14 @@ This module never imports torch; the pipeline is imported only to run cells.
 
 from layerprobe.sweep.results import (collect, flatten, format_results, item_counts, paired_table, plot_paired,
                                       plot_sweep, redraw, summarize, write_figures)
+from layerprobe.sweep.cell import CellJob, run_cell
+from layerprobe.sweep.executors import ExecutorConfig
+from layerprobe.sweep.plan import Plan, make_plan
 from layerprobe.sweep.runner import run_sweep
 from layerprobe.sweep.spec import (CI_TABLE, PAIRED_TABLE, RATE_ITEMS, RESULTS, SWEEP_JSON, Cell, Sweep, load_sweep,
                                    select_cells)
 
-__all__ = ["Cell", "Sweep", "load_sweep", "select_cells", "run_sweep", "collect", "flatten", "item_counts",
+__all__ = ["Cell", "Sweep", "load_sweep", "select_cells", "run_sweep", "ExecutorConfig", "Plan", "make_plan",
+           "CellJob", "run_cell", "collect", "flatten", "item_counts",
            "summarize", "paired_table", "plot_paired", "plot_sweep", "format_results", "redraw", "write_figures",
            "RESULTS", "SWEEP_JSON", "CI_TABLE", "PAIRED_TABLE", "RATE_ITEMS"]

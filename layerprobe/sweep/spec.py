@@ -15,6 +15,7 @@ from typing import Any
 from layerprobe import rundir
 from layerprobe.config import TrainConfig, load_yaml, resolve
 from layerprobe.outcomes import OUTCOMES
+from layerprobe.sweep.executors import ExecutorConfig
 
 RESULTS = "results.csv"
 SWEEP_JSON = "sweep.json"
@@ -51,6 +52,7 @@ class Sweep:
     overrides: dict[str, Any] = field(default_factory=dict)
     reuse_from: list[Path] = field(default_factory=list)  # other sweep folders whose finished CPTs may be reused
     baseline: str = ""  # a condition every other one is compared with, seed by seed
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the cells run
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:
@@ -115,7 +117,8 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
     """Read a sweep YAML (or mapping) into its cells; ``overrides`` (dotted) apply to every cell's base config."""
     where = Path(spec).parent if not isinstance(spec, dict) else Path(".")
     data = dict(spec) if isinstance(spec, dict) else load_yaml(spec)
-    known = {"base", "set", "grid", "conditions", "seeds", "out", "figures", "plot", "reuse_from", "baseline"}
+    known = {"base", "set", "grid", "conditions", "seeds", "out", "figures", "plot", "reuse_from", "baseline",
+             "executor"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown sweep key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
@@ -188,8 +191,9 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
     if baseline and baseline not in [c[0] for c in conditions]:
         raise ValueError(f"baseline {baseline!r} is not a condition; the conditions are "
                          f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}")
+    executor = ExecutorConfig.from_yaml(data.get("executor"))
     return Sweep(cells, out_dir, fig_dir, plot, axis_cols, "" if isinstance(spec, dict) else str(spec),
-                 dict(overrides or {}), [Path(r) for r in reuse_from], baseline)
+                 dict(overrides or {}), [Path(r) for r in reuse_from], baseline, executor)
 
 
 def select_cells(sweep: Sweep, only: str | None) -> list[Cell]:
