@@ -266,6 +266,24 @@ def run_pipeline(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, ove
         return _run(cfg, out_dir, overwrite, progress, log or (lambda s: None), only, reuse_from)
 
 
+def machine_info() -> dict:
+    """What the numbers depend on besides the config: torch's thread count, the cores, the CPU model and the torch
+    build (bf16 autocast makes results differ between CPUs and thread counts)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
+            "cuda": torch.version.cuda or "none"}
+
+
 def choose_threads() -> str | None:
     """Use only the cores other processes leave free, unless OMP_NUM_THREADS says otherwise.
 
@@ -345,6 +363,7 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
                            if k in ("what", "out", "steps", "final_loss", "seconds", "record_seconds", "probe_seconds",
                                     "trainable_params", "trainable_share", "reused_from")} for s in STAGES},
             "base_seconds": base_seconds, "wall_seconds": round(time.time() - t_start, 1), "figures": figures,
+            "machine": machine_info(),
         }
         rundir.write_summary(run_dir, summary)
         return summary

@@ -379,6 +379,14 @@ def test_train_record_writes_a_complete_run_folder(run):
     figures = sorted((out / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     assert sorted(summary["figures"]) == sorted(str(f) for f in figures)
+    import os
+
+    import torch
+
+    machine = summary["machine"]  # what the numbers depend on besides the config
+    assert (machine["threads"], machine["cores"], machine["torch"]) == (torch.get_num_threads(), os.cpu_count(),
+                                                                        torch.__version__)
+    assert machine["cpu"]
 
 
 @pytest.mark.slow

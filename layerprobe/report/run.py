@@ -60,6 +60,7 @@ def _provenance(run: Path, summary: dict, config: dict) -> tuple[pd.DataFrame, s
             ("seed", config.get("seed", "")), ("config hash", summary.get("config_hash", "")),
             ("wall time of the run (s)", summary.get("wall_seconds", "")),
             ("base model build or load (s)", summary.get("base_seconds", ""))]
+    rows += [(f"machine: {k}", v) for k, v in (summary.get("machine") or {}).items()]  # what the numbers depend on
     if metas:
         meta = metas[0]
         rows += [("git commit (at training)", meta.get("git_commit") or "not a git checkout"),
