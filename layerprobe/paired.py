@@ -36,6 +36,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -115,6 +116,12 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@lru_cache(maxsize=4)
+def _read_answers_table(path: str, mtime_ns: int) -> pd.DataFrame:
+    """A sweep's answers table, read once per family of claims (every claim's every run asks for its rows)."""
+    return pd.read_parquet(path)
+
+
 def _answers(run_dir: Path, phase: str) -> list[dict]:
     """A run's per-item answers at ``phase``: its ``eval/<phase>-answers.jsonl``, or, where the run folder is gone,
     its rows of the sweep's :data:`ANSWERS_TABLE` beside it (``figures/...`` of a committed study)."""
@@ -123,7 +130,7 @@ def _answers(run_dir: Path, phase: str) -> list[dict]:
         return _jsonl(path)
     table = run_dir.parent / ANSWERS_TABLE
     if table.is_file():
-        rows = pd.read_parquet(table)
+        rows = _read_answers_table(str(table), table.stat().st_mtime_ns)
         rows = rows[(rows["cell"] == run_dir.name) & (rows["phase"] == phase)]
         if len(rows):
             return [{k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
