@@ -34,12 +34,19 @@ def llama_shapes(layers: int) -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (KV, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "mlp.gate_proj.weight": (INTER, HIDDEN), p + "mlp.up_proj.weight": (INTER, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, INTER),
-            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (KV, HIDDEN),
+                p + "self_attn.v_proj.weight": (KV, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+                p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, INTER),
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+            }
+        )
     shapes.update({"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)})
     return shapes
 
@@ -77,6 +84,7 @@ def rss_anon_kb(pid: int | str = "self") -> int:
 
 # ------------------------------------------------------------------------------------------------ child process
 
+
 def child(variant: str, a: str, b: str) -> None:
     import torch
     from safetensors.torch import load_file
@@ -110,10 +118,15 @@ def reference(a: Path, b: Path) -> dict:
 
     with safe_open(a, "pt") as fa, safe_open(b, "pt") as fb:
         x, y = fa.get_tensor(EMBED).double().ravel(), fb.get_tensor(EMBED).double().ravel()
-    return {"norm_a": float(x.norm()), "delta_norm": float((y - x).norm()), "cosine": float(x @ y / x.norm() / y.norm())}
+    return {
+        "norm_a": float(x.norm()),
+        "delta_norm": float((y - x).norm()),
+        "cosine": float(x @ y / x.norm() / y.norm()),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ parent
+
 
 def measure(cmd: list[str], env: dict) -> tuple[float, int, dict]:
     """Run one variant; returns (wall seconds, peak working memory in kB, the child's JSON or {})."""
@@ -154,7 +167,7 @@ def main() -> None:
         t = time.perf_counter()
         size = generate(a, b, args.layers)
         print(f"generated 2 x {size / 1e9:.2f} GB bf16 ({args.layers} layers) in {time.perf_counter() - t:.0f} s")
-        largest_f32_mb = 4 * VOCAB * HIDDEN / 2 ** 20
+        largest_f32_mb = 4 * VOCAB * HIDDEN / 2**20
         env_default = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env_default["PYTHONPATH"] = str(ROOT)
         env_one = dict(env_default, OMP_NUM_THREADS="1")

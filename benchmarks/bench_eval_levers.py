@@ -47,33 +47,51 @@ def main(argv=None) -> None:
             return round(best, 2), out
 
         variants = {
-            "cloze_generate": lambda: E.generate(model, tok, [p["prompt"] for p in cloze], n, b, False,
-                                                 stop_at_sentence=True),
-            "cloze_likelihood": lambda: E.answer_scores(model, tok, [p["prompt"] for p in cloze],
-                                                        [E.continuation(p["prompt"], p["answer"]) for p in cloze],
-                                                        False, b),
-            "qa_stop_at_sentence": lambda: E.generate(model, tok, [p["prompt"] for p in qa], n, b, True,
-                                                      stop_at_sentence=True),
+            "cloze_generate": lambda: E.generate(
+                model, tok, [p["prompt"] for p in cloze], n, b, False, stop_at_sentence=True
+            ),
+            "cloze_likelihood": lambda: E.answer_scores(
+                model,
+                tok,
+                [p["prompt"] for p in cloze],
+                [E.continuation(p["prompt"], p["answer"]) for p in cloze],
+                False,
+                b,
+            ),
+            "qa_stop_at_sentence": lambda: E.generate(
+                model, tok, [p["prompt"] for p in qa], n, b, True, stop_at_sentence=True
+            ),
             "qa_to_budget": lambda: E.generate(model, tok, [p["prompt"] for p in qa], n, b, True),
-            "qa_given_order": lambda: E.generate(model, tok, [p["prompt"] for p in qa], n, b, True,
-                                                 stop_at_sentence=True, by_length=False),
+            "qa_given_order": lambda: E.generate(
+                model, tok, [p["prompt"] for p in qa], n, b, True, stop_at_sentence=True, by_length=False
+            ),
         }
         res = {k: timed(f) for k, f in variants.items()}
     gen = [E.contains_answer(E.first_sentence(t), p["answer"]) for p, (t, _) in zip(cloze, res["cloze_generate"][1])]
     lik = [g for _, g in res["cloze_likelihood"][1]]
-    verdict = {k: [E.contains_answer(E.first_sentence(t), p["answer"]) for p, (t, _) in zip(qa, res[k][1])]
-               for k in ("qa_stop_at_sentence", "qa_to_budget", "qa_given_order")}
+    verdict = {
+        k: [E.contains_answer(E.first_sentence(t), p["answer"]) for p, (t, _) in zip(qa, res[k][1])]
+        for k in ("qa_stop_at_sentence", "qa_to_budget", "qa_given_order")
+    }
     result = {
-        "model": args.model, "config": args.config, "n_cloze": len(cloze), "n_qa": len(qa), "batch_size": b,
-        "max_new_tokens": n, "seconds": {k: v[0] for k, v in res.items()},
+        "model": args.model,
+        "config": args.config,
+        "n_cloze": len(cloze),
+        "n_qa": len(qa),
+        "batch_size": b,
+        "max_new_tokens": n,
+        "seconds": {k: v[0] for k, v in res.items()},
         "cloze_acc": {"generate": sum(gen) / len(gen), "likelihood": sum(lik) / len(lik)},
         "cloze_agreement": sum(a == c for a, c in zip(gen, lik)) / len(gen),
         "cloze_likelihood_only_wrong": sum(a and not c for a, c in zip(gen, lik)),
         "qa_acc": {k: sum(v) / len(v) for k, v in verdict.items()},
-        "qa_same_verdicts": {k: sum(a == c for a, c in zip(verdict["qa_stop_at_sentence"], v)) / len(v)
-                             for k, v in verdict.items()},
+        "qa_same_verdicts": {
+            k: sum(a == c for a, c in zip(verdict["qa_stop_at_sentence"], v)) / len(v) for k, v in verdict.items()
+        },
         "qa_same_answers_sorted_vs_given_order": sum(
-            a[0] == c[0] for a, c in zip(res["qa_stop_at_sentence"][1], res["qa_given_order"][1])) / len(qa),
+            a[0] == c[0] for a, c in zip(res["qa_stop_at_sentence"][1], res["qa_given_order"][1])
+        )
+        / len(qa),
     }
     print(json.dumps(result, indent=2))
     if args.result:

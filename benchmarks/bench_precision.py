@@ -46,10 +46,17 @@ def main(argv=None) -> None:
                 times[name].append((time.perf_counter() - t) / args.steps)
                 losses[name] = out.training_loss
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"model": cfg.model, "config": args.config or "(default toy run)", "threads": torch.get_num_threads(),
-              "tokens_per_step": phase.batch_size * phase.max_length, "steps": args.steps,
-              "seconds_per_step_median": med, "seconds_per_step_all": times,
-              "bf16_over_fp32": med["bf16"] / med["fp32"], "training_loss_after_steps": losses}
+    result = {
+        "model": cfg.model,
+        "config": args.config or "(default toy run)",
+        "threads": torch.get_num_threads(),
+        "tokens_per_step": phase.batch_size * phase.max_length,
+        "steps": args.steps,
+        "seconds_per_step_median": med,
+        "seconds_per_step_all": times,
+        "bf16_over_fp32": med["bf16"] / med["fp32"],
+        "training_loss_after_steps": losses,
+    }
     print(json.dumps(result, indent=2))
     if args.result:
         Path(args.result).write_text(json.dumps(result, indent=2) + "\n")

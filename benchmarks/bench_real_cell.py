@@ -55,23 +55,31 @@ def main(argv=None) -> None:
         def must_hit():
             raise RuntimeError(f"the {phase} evaluation was not in the cache")
 
-        cached_evaluation([model_dir] + ([adapter] if adapter else []), data.eval_set, cfg.eval, cfg.cpt.max_length,
-                          must_hit)
+        cached_evaluation(
+            [model_dir] + ([adapter] if adapter else []), data.eval_set, cfg.eval, cfg.cpt.max_length, must_hit
+        )
         again[phase] = round(time.time() - t, 2)
 
     def rate(tokens, seconds):
         return round(tokens / seconds, 1) if tokens and seconds else None
 
     result = {
-        "config": args.config, "run": str(out), "torch_threads": threads, "load_average_at_start": load,
-        "wall_seconds": round(wall, 1), "import_seconds": round(t_import, 1),
+        "config": args.config,
+        "run": str(out),
+        "torch_threads": threads,
+        "load_average_at_start": load,
+        "wall_seconds": round(wall, 1),
+        "import_seconds": round(t_import, 1),
         "stages": {s: stages[s].get("seconds") for s in ("cpt", "merge", "sft", "eval")},
-        "eval_seconds": ev.get("phase_seconds"), "eval_cached": ev.get("cached"),
+        "eval_seconds": ev.get("phase_seconds"),
+        "eval_cached": ev.get("cached"),
         "train_tokens_per_s": {p: rate(stages[p].get("tokens"), stages[p].get("seconds")) for p in ("cpt", "sft")},
         "train_tokens": {p: stages[p].get("tokens") for p in ("cpt", "sft")},
         "precision": {p: stages[p].get("precision") for p in ("cpt", "sft")},
-        "generation_tokens_per_s": {p: rate(g.get("generated_tokens"), g.get("generate_seconds"))
-                                    for p, g in (ev.get("generation") or {}).items()},
+        "generation_tokens_per_s": {
+            p: rate(g.get("generated_tokens"), g.get("generate_seconds"))
+            for p, g in (ev.get("generation") or {}).items()
+        },
         "generation": ev.get("generation"),
         "second_evaluation_seconds": again,
         "metrics": {p: summary.get(p) for p in ("base", "cpt", "sft") if p in summary},

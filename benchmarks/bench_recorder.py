@@ -36,8 +36,15 @@ def rss_anon_mb() -> float:
 
 def build(seed=0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=12,
-                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=256,
+    )
     model = LlamaForCausalLM(cfg)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -131,22 +138,30 @@ def memory_of(name: str) -> None:
                 plain.step(batch)
             if plain.rec is not None:
                 plain.rec.close()
-        print(f"{name:<8} +{after.peak - before.peak:6.0f} MB  ({100 * (after.peak - before.peak) / model_mb:5.1f} % "
-              f"of the {model_mb:.0f} MB model)")
+        print(
+            f"{name:<8} +{after.peak - before.peak:6.0f} MB  ({100 * (after.peak - before.peak) / model_mb:5.1f} % "
+            f"of the {model_mb:.0f} MB model)"
+        )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6, help="measured steps per variant (after 1 warm-up step)")
     ap.add_argument("--variants", default="plain,grad,every,wandb", help="variants to time ('' for none)")
-    ap.add_argument("--memory", default="", help="comma-separated variants whose extra memory to measure, one process "
-                                                   "each (e.g. plain,grad,drift,update,every,wandb)")
+    ap.add_argument(
+        "--memory",
+        default="",
+        help="comma-separated variants whose extra memory to measure, one process "
+        "each (e.g. plain,grad,drift,update,every,wandb)",
+    )
     ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_of:
         return memory_of(args.memory_of)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS')}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS')}"
+    )
     batch = torch.randint(0, 8192, (8, 256), generator=torch.Generator().manual_seed(0))
     names = [n for n in args.variants.split(",") if n]
     if names and args.steps:
@@ -163,7 +178,9 @@ def main():
                     v.step(batch)
             plain = statistics.median(variants[0].times) if names[0] == "plain" else None
             print(f"model: {variants[0].model_mb:.0f} MB of fp32 weights; {args.steps} steps per variant, alternating")
-            print(f"{'variant':<9} {'median step s':>13} {'vs plain':>9} {'recorder s/step':>16} {'recorder/plain':>15}")
+            print(
+                f"{'variant':<9} {'median step s':>13} {'vs plain':>9} {'recorder s/step':>16} {'recorder/plain':>15}"
+            )
             for v in variants:
                 med = statistics.median(v.times)
                 rec = statistics.median(v.rec_times) if v.rec else float("nan")
@@ -174,12 +191,16 @@ def main():
             if "every" in by and "grad" in by and plain:
                 upd_drift = statistics.median(by["every"].rec_times) - statistics.median(by["grad"].rec_times)
                 g = statistics.median(by["grad"].rec_times)
-                print(f"amortised at the default schedule (grad every step, update+drift+weight every 25 steps): "
-                      f"{100 * (g + upd_drift / 25) / plain:.2f} % of a plain step "
-                      f"(update+drift+weight pass alone: {100 * upd_drift / plain:.1f} % of a step when it runs)")
+                print(
+                    f"amortised at the default schedule (grad every step, update+drift+weight every 25 steps): "
+                    f"{100 * (g + upd_drift / 25) / plain:.2f} % of a plain step "
+                    f"(update+drift+weight pass alone: {100 * upd_drift / plain:.1f} % of a step when it runs)"
+                )
     if args.memory:
-        print("extra anonymous memory (peak RssAnon while attaching the variant, 2 steps and close, minus peak over 2 "
-              "plain steps before it, same process; fresh process per variant):")
+        print(
+            "extra anonymous memory (peak RssAnon while attaching the variant, 2 steps and close, minus peak over 2 "
+            "plain steps before it, same process; fresh process per variant):"
+        )
         for n in args.memory.split(","):
             # a fixed mmap threshold makes glibc return freed large blocks, so RssAnon tracks live tensors
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}

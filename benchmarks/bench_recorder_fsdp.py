@@ -39,8 +39,15 @@ SPECS = {
 
 def build(out: str, spec):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=8192, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
-                      num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=8192,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        max_position_embeddings=256,
+    )
     model = LlamaForCausalLM(cfg)
     for layer in model.model.layers:
         fully_shard(layer)
@@ -93,9 +100,11 @@ def main():
         model = runs["plain"][0]
         mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
         plain = statistics.median(runs["plain"][3])
-        print(f"torch {torch.__version__}, {world} processes (gloo, CPU), OMP_NUM_THREADS="
-              f"{os.environ.get('OMP_NUM_THREADS')}, {os.cpu_count()} cores; model {mb:.0f} MB of fp32 weights "
-              f"({mb / world:.0f} MB per rank); {args.steps} steps per variant, alternating")
+        print(
+            f"torch {torch.__version__}, {world} processes (gloo, CPU), OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS')}, {os.cpu_count()} cores; model {mb:.0f} MB of fp32 weights "
+            f"({mb / world:.0f} MB per rank); {args.steps} steps per variant, alternating"
+        )
         print(f"{'variant':<9} {'median step s':>13} {'vs plain':>9} {'recorder s/step':>16} {'recorder/plain':>15}")
         for name, (*_, times, rec_times) in runs.items():
             med, own = statistics.median(times), statistics.median(rec_times)
@@ -103,9 +112,11 @@ def main():
             share = f"{100 * own / plain:.2f} %" if name != "plain" else "(clip only)"
             print(f"{name:<9} {med:13.3f} {vs:>9} {own:16.4f} {share:>15}")
         g, e = statistics.median(runs["grad"][4]), statistics.median(runs["every"][4])
-        print(f"amortised at the default schedule (grad every step, update+drift+weight every 25 steps): "
-              f"{100 * (g + (e - g) / 25) / plain:.2f} % of a plain step (recorder's own time; plain FSDP2's own "
-              f"clip_grad_norm_ is {100 * statistics.median(runs['plain'][4]) / plain:.2f} %)")
+        print(
+            f"amortised at the default schedule (grad every step, update+drift+weight every 25 steps): "
+            f"{100 * (g + (e - g) / 25) / plain:.2f} % of a plain step (recorder's own time; plain FSDP2's own "
+            f"clip_grad_norm_ is {100 * statistics.median(runs['plain'][4]) / plain:.2f} %)"
+        )
     dist.destroy_process_group()
 
 

@@ -45,8 +45,11 @@ def main(argv=None) -> None:
     blocks = pack_texts(tok, data.cpt_docs, cfg.cpt.max_length)
     probes = EvalSet(data.eval_set.probes, [], [])
     ecfg = EvalConfig(**{**cfg.to_dict()["eval"], "cloze_scoring": "generate"})
-    print(f"{len(data.cpt_docs)} documents, {sum(map(len, blocks))} tokens in {len(blocks)} blocks; "
-          f"{len(probes.probes)} probes; precision {resolve_precision(cfg.precision, hidden_size(base))[1]}", flush=True)
+    print(
+        f"{len(data.cpt_docs)} documents, {sum(map(len, blocks))} tokens in {len(blocks)} blocks; "
+        f"{len(probes.probes)} probes; precision {resolve_precision(cfg.precision, hidden_size(base))[1]}",
+        flush=True,
+    )
     rows: list[dict] = []
     t_train = [0.0, time.time()]
 
@@ -54,8 +57,13 @@ def main(argv=None) -> None:
         t_train[0] += time.time() - t_train[1]
         t = time.time()
         metrics, _ = evaluate_model(model, tok, probes, ecfg)
-        row = {"step": step, "cloze_acc": metrics["cloze_acc"], "qa_acc": metrics["qa_acc"],
-               "train_seconds": round(t_train[0], 1), "eval_seconds": round(time.time() - t, 1)}
+        row = {
+            "step": step,
+            "cloze_acc": metrics["cloze_acc"],
+            "qa_acc": metrics["qa_acc"],
+            "train_seconds": round(t_train[0], 1),
+            "eval_seconds": round(time.time() - t, 1),
+        }
         rows.append(row)
         print(row, flush=True)
         model.train()
@@ -87,10 +95,15 @@ def draw(table, args, out: Path) -> None:
     from layerprobe.plot.study import curve_panel
 
     cfg = resolve(load_yaml(args.config))
-    curve_panel(table, "step", ["cloze_acc", "qa_acc"], out.with_suffix(".png"),
-                caption=f"{cfg.model}, LoRA CPT r={cfg.cpt.r} alpha={cfg.cpt.lora_alpha:g}, lr "
-                        f"{cfg.cpt.learning_rate:g} {cfg.cpt.lr_scheduler} over {args.steps} steps, "
-                        f"{cfg.cpt.batch_size}x{cfg.cpt.max_length} tokens/step. Greedy answers, first sentence.")
+    curve_panel(
+        table,
+        "step",
+        ["cloze_acc", "qa_acc"],
+        out.with_suffix(".png"),
+        caption=f"{cfg.model}, LoRA CPT r={cfg.cpt.r} alpha={cfg.cpt.lora_alpha:g}, lr "
+        f"{cfg.cpt.learning_rate:g} {cfg.cpt.lr_scheduler} over {args.steps} steps, "
+        f"{cfg.cpt.batch_size}x{cfg.cpt.max_length} tokens/step. Greedy answers, first sentence.",
+    )
     print(f"drew {out.with_suffix('.png')}")
 
 

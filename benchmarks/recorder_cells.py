@@ -9,6 +9,7 @@ quantity the largest relative difference between the two records, row by row.
     OMP_NUM_THREADS=1 layerprobe sweep benchmarks/recorder_cells.yaml
     python benchmarks/recorder_cells.py > benchmarks/results/recorder_cells.txt
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -36,8 +37,11 @@ def summary(run: Path) -> dict | None:
 
 
 def cost(summ: dict) -> dict[str, tuple[float, float]]:
-    return {s: (v["record_seconds"], v["seconds"]) for s, v in summ["stages"].items()
-            if "record_seconds" in v and "reused_from" not in v}  # a CPT linked in from another cell: shown there
+    return {
+        s: (v["record_seconds"], v["seconds"])
+        for s, v in summ["stages"].items()
+        if "record_seconds" in v and "reused_from" not in v
+    }  # a CPT linked in from another cell: shown there
 
 
 def same_outcomes(new: dict, old: dict) -> str:
@@ -47,19 +51,25 @@ def same_outcomes(new: dict, old: dict) -> str:
 
 
 def largest_differences(new: Path, old: Path, phases) -> pd.DataFrame:
-    a, b = (df[df["phase"].isin(phases)].drop(columns="run") for df in (load_records(p, QUANTITIES) for p in (new, old)))
+    a, b = (
+        df[df["phase"].isin(phases)].drop(columns="run") for df in (load_records(p, QUANTITIES) for p in (new, old))
+    )
     both = a.merge(b, on=KEY, how="outer", suffixes=("", "_study"), indicator=True)
     both["rel"] = (both["value"] - both["value_study"]).abs() / both["value_study"].abs().clip(lower=1e-30)
-    return both.groupby(["phase", "quantity"]).agg(rows=("rel", "size"), unmatched=("_merge", lambda m: (m != "both").sum()),
-                                                  max_rel_diff=("rel", "max")).reset_index()
+    return (
+        both.groupby(["phase", "quantity"])
+        .agg(rows=("rel", "size"), unmatched=("_merge", lambda m: (m != "both").sum()), max_rel_diff=("rel", "max"))
+        .reset_index()
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=Path, default=Path("runs/recorder-cells-smollm2-135m"))
     args = ap.parse_args()
-    for cell, study in ((f"{c},seed={seed}", Path(s.format(seed=seed))) for seed in SEEDS
-                        for c, s in STUDY_CELLS.items()):
+    for cell, study in (
+        (f"{c},seed={seed}", Path(s.format(seed=seed))) for seed in SEEDS for c, s in STUDY_CELLS.items()
+    ):
         run = args.cells / cell
         new, study_summary = summary(run), summary(study)
         if new is None:
@@ -71,8 +81,10 @@ def main() -> None:
         for stage, (rec, total) in own.items():
             line = f"{stage}: recorder {rec:.2f} s of {total:.1f} s = {100 * rec / total:.2f} %"
             if stage in old:
-                line += f"   (study cell: {old[stage][0]:.2f} s of {old[stage][1]:.1f} s = " \
-                        f"{100 * old[stage][0] / old[stage][1]:.2f} %, not counting the recorder's start and close)"
+                line += (
+                    f"   (study cell: {old[stage][0]:.2f} s of {old[stage][1]:.1f} s = "
+                    f"{100 * old[stage][0] / old[stage][1]:.2f} %, not counting the recorder's start and close)"
+                )
             print(line)
         if study_summary:
             print(same_outcomes(new, study_summary))

@@ -14,6 +14,7 @@ starts): it is reported on its own and left out of the median.
     OMP_NUM_THREADS=1 python benchmarks/train_step.py ~/.cache/layerprobe/models/smollm2-135m --lora --batch 4 --length 128 --recorder --steps 20
 Results: benchmarks/results/full_ft_step_smollm2.txt, threads_vs_processes.txt, recorder_cell.txt.
 """
+
 import argparse
 import statistics
 import tempfile
@@ -36,15 +37,23 @@ ap.add_argument("--warmup", type=int, default=1, help="first steps left out of t
 ap.add_argument("--recorder", action="store_true", help="time the recorder against plain steps (see above)")
 args = ap.parse_args()
 if args.recorder and (args.warmup + args.steps) // 5 - args.warmup // 5 < 2:
-    ap.error(f"--recorder needs two update+drift steps (every 5th) after the warm-up, got --steps {args.steps} "
-             f"with --warmup {args.warmup}: use --steps 10 or more")
+    ap.error(
+        f"--recorder needs two update+drift steps (every 5th) after the warm-up, got --steps {args.steps} "
+        f"with --warmup {args.warmup}: use --steps 10 or more"
+    )
 torch.manual_seed(0)
 m = load_model(args.model)
 if args.lora:
     from peft import LoraConfig, get_peft_model
 
-    m = get_peft_model(m, LoraConfig(r=32, lora_alpha=128, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    m = get_peft_model(
+        m,
+        LoraConfig(
+            r=32,
+            lora_alpha=128,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
 elif args.select != "all":
     apply_requires_grad(m, args.select)
 params = [p for p in m.parameters() if p.requires_grad]
@@ -67,7 +76,7 @@ if not args.recorder:
         opt.step()
         opt.zero_grad()
         ts.append(time.time() - t)
-    timed = sorted(ts[args.warmup:])
+    timed = sorted(ts[args.warmup :])
     print(what, f"upper median step {timed[len(timed) // 2]:.2f} s", [round(t, 2) for t in ts])
     raise SystemExit
 
@@ -100,10 +109,14 @@ with tempfile.TemporaryDirectory() as tmp:
     rec.close()
 step, g = statistics.median(plain), statistics.median(grad_only)
 first, extra = with_change[0] - g, statistics.median(with_change[1:]) - g
-print(f"{what}: {sum(p.numel() for p in params) / 1e6:.1f} M trainable, batch {args.batch} x {args.length}, "
-      f"torch threads {torch.get_num_threads()}")
-print(f"plain step {step:.3f} s (median of {len(plain)}); recorder without update/drift {g:.4f} s "
-      f"(median of {len(grad_only)}), extra of an update+drift step {extra:.3f} s (median of {len(with_change) - 1}; "
-      f"the first, which creates the snapshot file: {first:.3f} s)")
+print(
+    f"{what}: {sum(p.numel() for p in params) / 1e6:.1f} M trainable, batch {args.batch} x {args.length}, "
+    f"torch threads {torch.get_num_threads()}"
+)
+print(
+    f"plain step {step:.3f} s (median of {len(plain)}); recorder without update/drift {g:.4f} s "
+    f"(median of {len(grad_only)}), extra of an update+drift step {extra:.3f} s (median of {len(with_change) - 1}; "
+    f"the first, which creates the snapshot file: {first:.3f} s)"
+)
 for n in (1, 5, 10, 25):
     print(f"update and drift every {n:>2} steps: {100 * (g + extra / n) / step:5.2f} % of a plain step")

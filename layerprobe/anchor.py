@@ -50,12 +50,14 @@ class Anchor:
         in_pairs = {id(t) for p in self.pairs for t in (p.a, p.b)}
         for p in self.pairs:
             if product_norm(p.b, p.a, p.scale) > 0:
-                raise ValueError(f"anchoring needs LoRA adapters that start at dW = s*B*A = 0 (peft's default "
-                                 f"init); {p.name} starts with a non-zero dW: start a new adapter")
+                raise ValueError(
+                    f"anchoring needs LoRA adapters that start at dW = s*B*A = 0 (peft's default "
+                    f"init); {p.name} starts with a non-zero dW: start a new adapter"
+                )
         self.dense = [d.param for d in units.dense if id(d.param) not in in_pairs]
         self.start = [w.detach().clone() for w in self.dense]
         self.start_norm = [float(torch.linalg.vector_norm(w, dtype=torch.float32)) for w in self.start]
-        self.pair_start_norm = [p.base_norm_sq ** 0.5 for p in self.pairs]
+        self.pair_start_norm = [p.base_norm_sq**0.5 for p in self.pairs]
         self._handle = None
 
     @property
@@ -70,8 +72,7 @@ class Anchor:
         with torch.no_grad():
             for w, w0, n0 in zip(self.dense, self.start, self.start_norm):
                 d = w - w0
-                factor = self._factor(lr_of(w), lambda: float(torch.linalg.vector_norm(d, dtype=torch.float32)),
-                                      n0)
+                factor = self._factor(lr_of(w), lambda: float(torch.linalg.vector_norm(d, dtype=torch.float32)), n0)
                 if factor != 1.0:
                     w.copy_(w0.add(d, alpha=factor))
             for p, n0 in zip(self.pairs, self.pair_start_norm):
@@ -83,8 +84,10 @@ class Anchor:
         """The scalar the change D is multiplied by: the L2-SP shrink, then the cap on what is left."""
         factor = 1.0 - lr * self.l2sp if self.l2sp else 1.0
         if factor < 0:
-            raise ValueError(f"learning_rate * l2sp = {lr * self.l2sp:g} > 1 would overshoot the starting weights; "
-                             "lower l2sp below 1 / learning_rate")
+            raise ValueError(
+                f"learning_rate * l2sp = {lr * self.l2sp:g} > 1 would overshoot the starting weights; "
+                "lower l2sp below 1 / learning_rate"
+            )
         if self.drift_cap:
             limit, norm = self.drift_cap * start_norm, drift_norm() * factor
             if norm > limit:

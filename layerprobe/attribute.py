@@ -61,8 +61,11 @@ PHASE = "attribute"
 MODES = ("revert", "apply")
 GROUPINGS = ("layers", "blocks", "cells")
 # each denominator recorded per group -> the ratio effects() writes (the effect's share / the group's share)
-DENOMINATORS = {"weight_share": "share_per_weight", "trained_share": "share_per_trained",
-                "delta_share": "share_per_delta"}
+DENOMINATORS = {
+    "weight_share": "share_per_weight",
+    "trained_share": "share_per_trained",
+    "delta_share": "share_per_delta",
+}
 # the per-seed columns over_seeds() gives a mean and an interval ("effect" keeps the names lo / hi)
 SEED_VALUES = ("effect", "share", *DENOMINATORS.values())
 Evaluate = Callable[[object, object], dict]
@@ -70,13 +73,20 @@ Evaluate = Callable[[object, object], dict]
 
 @dataclass
 class AttributeConfig:
-    groups: tuple[str, ...] = field(default=("layers", "blocks"), metadata={
-        "help": "groups to revert/apply: 'layers' (each decoder layer), 'blocks' (each block kind over the whole "
-                "model), 'cells' (each block of each layer), or any selector (mlp & layers:0-3)"})
-    modes: tuple[str, ...] = field(default=MODES, metadata={
-        "help": "revert (base on the group, tuned elsewhere) and/or apply (tuned on the group, base elsewhere)"})
-    cache: str | None = field(default=None, metadata={
-        "help": "JSON file caching evaluations (None = no cache)"})
+    groups: tuple[str, ...] = field(
+        default=("layers", "blocks"),
+        metadata={
+            "help": "groups to revert/apply: 'layers' (each decoder layer), 'blocks' (each block kind over the whole "
+            "model), 'cells' (each block of each layer), or any selector (mlp & layers:0-3)"
+        },
+    )
+    modes: tuple[str, ...] = field(
+        default=MODES,
+        metadata={
+            "help": "revert (base on the group, tuned elsewhere) and/or apply (tuned on the group, base elsewhere)"
+        },
+    )
+    cache: str | None = field(default=None, metadata={"help": "JSON file caching evaluations (None = no cache)"})
     run: str = field(default="attribute", metadata={"help": "run name written in the records"})
 
     def __post_init__(self):
@@ -95,23 +105,26 @@ class AttributeConfig:
 @dataclass
 class AttributionResult:
     records: pd.DataFrame
-    n_evaluated: int           # evaluations run now
-    n_cached: int              # evaluations read from the cache
-    n_reused: int              # groups holding the same changed tensors as one evaluated before
-    n_known: int               # group x mode results known exactly without evaluating: SFT left G unchanged
-                               # (revert = tuned, apply = base), or G holds all of the change (the reverse)
-    seconds: float             # wall time of the whole call
-    eval_seconds: float        # of which evaluating
-    groups: dict[str, int] = field(default_factory=dict)   # selector -> number of tensors
+    n_evaluated: int  # evaluations run now
+    n_cached: int  # evaluations read from the cache
+    n_reused: int  # groups holding the same changed tensors as one evaluated before
+    n_known: int  # group x mode results known exactly without evaluating: SFT left G unchanged
+    # (revert = tuned, apply = base), or G holds all of the change (the reverse)
+    seconds: float  # wall time of the whole call
+    eval_seconds: float  # of which evaluating
+    groups: dict[str, int] = field(default_factory=dict)  # selector -> number of tensors
 
     def cost(self) -> str:
         per = self.eval_seconds / self.n_evaluated if self.n_evaluated else 0.0
-        return (f"{self.n_evaluated} evaluation(s) run ({per:.1f}s each), {self.n_cached} from the cache, "
-                f"{self.n_reused} shared with a group holding the same tensors, {self.n_known} known without "
-                f"evaluating (group unchanged by SFT, or holding all of its change); wall time {self.seconds:.1f}s")
+        return (
+            f"{self.n_evaluated} evaluation(s) run ({per:.1f}s each), {self.n_cached} from the cache, "
+            f"{self.n_reused} shared with a group holding the same tensors, {self.n_known} known without "
+            f"evaluating (group unchanged by SFT, or holding all of its change); wall time {self.seconds:.1f}s"
+        )
 
 
 # ------------------------------------------------------------------------------------------ groups
+
 
 def expand_groups(named_shapes: Sequence[tuple[str, tuple[int, ...]]], groups: Iterable[str]) -> list[str]:
     """Selectors for ``layers``/``blocks``/``cells`` (over the tensors present), other entries kept as given."""
@@ -125,8 +138,12 @@ def expand_groups(named_shapes: Sequence[tuple[str, tuple[int, ...]]], groups: I
         elif g == "blocks":
             out += blocks
         elif g == "cells":
-            out += [f"{b} & layers:{i}" for i in layers for b in BLOCKS
-                    if any(p.layer == i and p.block == b for p in parsed)]
+            out += [
+                f"{b} & layers:{i}"
+                for i in layers
+                for b in BLOCKS
+                if any(p.layer == i and p.block == b for p in parsed)
+            ]
         else:
             out.append(g)
     return list(dict.fromkeys(out))
@@ -142,6 +159,7 @@ def group_position(names: Iterable[str]) -> tuple[int, str]:
 
 # ------------------------------------------------------------------------------------------ weights
 
+
 class WeightSwapper:
     """Sets any tensor of an in-memory model to its base or its tuned value, read lazily from the checkpoints.
 
@@ -152,34 +170,44 @@ class WeightSwapper:
 
     def __init__(self, model, base, tuned, state: str):
         if base.kind != "weights":
-            raise ValueError(f"the base must hold full weights (a model folder or .safetensors file), got the "
-                             f"adapter {base.label}; pass the CPT model (merged/) as the base")
+            raise ValueError(
+                f"the base must hold full weights (a model folder or .safetensors file), got the "
+                f"adapter {base.label}; pass the CPT model (merged/) as the base"
+            )
         self.base, self.tuned = base, tuned
         self.params: dict[str, object] = {}
         for name, p in model.named_parameters():  # tied tensors once, under their first name
             self.params.setdefault(parse_name(name).canonical, p)
         missing = [n for n in self.params if n not in base.names()]
         if missing:
-            raise ValueError(f"{len(missing)} tensors of the model are not in the base {base.label} (first: "
-                             f"{missing[:3]}); pass the checkpoint the model was built from")
+            raise ValueError(
+                f"{len(missing)} tensors of the model are not in the base {base.label} (first: "
+                f"{missing[:3]}); pass the checkpoint the model was built from"
+            )
         if tuned.kind == "weights":
             gone = [n for n in self.params if n not in tuned.names()]
             if gone:
-                raise ValueError(f"{len(gone)} tensors of the model are not in the tuned {tuned.label} (first: "
-                                 f"{gone[:3]}); base and tuned must be the same architecture")
+                raise ValueError(
+                    f"{len(gone)} tensors of the model are not in the tuned {tuned.label} (first: "
+                    f"{gone[:3]}); base and tuned must be the same architecture"
+                )
         else:
             extra = sorted(n for n in tuned.names() if n not in self.params)
             if extra:
-                raise ValueError(f"the adapter {tuned.label} updates {len(extra)} tensors the model does not hold as "
-                                 f"separate parameters (first: {extra[:3]}; tied?); merge it and pass the merged model")
+                raise ValueError(
+                    f"the adapter {tuned.label} updates {len(extra)} tensors the model does not hold as "
+                    f"separate parameters (first: {extra[:3]}; tied?); merge it and pass the merged model"
+                )
         for name, p in self.params.items():
             shape = tuple(base.shape(name))
             if tuned.kind == "adapter" and name in tuned.names():
                 tuned.fit_shape(name, shape)
             other = tuned.shape(name) if tuned.kind == "weights" or name in tuned.names() else shape
             if tuple(p.shape) != shape or tuple(other) != shape:
-                raise ValueError(f"{name}: shape {list(p.shape)} in the model, {list(shape)} in the base, "
-                                 f"{list(other)} in the tuned checkpoint; they must match")
+                raise ValueError(
+                    f"{name}: shape {list(p.shape)} in the model, {list(shape)} in the base, "
+                    f"{list(other)} in the tuned checkpoint; they must match"
+                )
         self.state = {n: state for n in self.params}
         self.unchanged: set[str] = set()
 
@@ -241,9 +269,9 @@ class WeightSwapper:
         d2 = w2 = 0.0
         step = 1 << 22
         for i in range(0, b.numel(), step):
-            bi = b[i:i + step].double()
+            bi = b[i : i + step].double()
             if t is not None:
-                d2 += float(torch.sum((t[i:i + step].double() - bi) ** 2))
+                d2 += float(torch.sum((t[i : i + step].double() - bi) ** 2))
             w2 += float(torch.sum(bi * bi))
         if factors is not None:
             left, right = (f.double() for f in factors)
@@ -269,11 +297,15 @@ class WeightSwapper:
 
 # ------------------------------------------------------------------------------------------ cache
 
+
 def fingerprint(path: str | os.PathLike) -> str:
     """A hash of a checkpoint's files (relative names, sizes, mtimes): changes when any file is rewritten."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
+    )
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
@@ -302,8 +334,12 @@ class EvalCache:
         return dict(e["metrics"]) if e else None
 
     def put(self, group: str, mode: str, metrics: dict, seconds: float) -> None:
-        self.entries[self.key(group, mode)] = {"group": group, "mode": mode, "metrics": metrics,
-                                               "seconds": round(seconds, 3)}
+        self.entries[self.key(group, mode)] = {
+            "group": group,
+            "mode": mode,
+            "metrics": metrics,
+            "seconds": round(seconds, 3),
+        }
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".json.tmp")
@@ -313,6 +349,7 @@ class EvalCache:
 
 # ------------------------------------------------------------------------------------------ library call
 
+
 def load_float32(path: str):
     """Default model loader: a causal LM in float32 on the CPU."""
     import torch
@@ -321,10 +358,18 @@ def load_float32(path: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
-def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate: Evaluate, tokenizer=None,
-                     config: AttributeConfig | None = None, *, eval_key: str = "",
-                     load_model: Callable[[str], object] = load_float32, log: Callable[[str], None] = lambda s: None,
-                     **options) -> AttributionResult:
+def attribute_change(
+    base: str | os.PathLike,
+    tuned: str | os.PathLike,
+    evaluate: Evaluate,
+    tokenizer=None,
+    config: AttributeConfig | None = None,
+    *,
+    eval_key: str = "",
+    load_model: Callable[[str], object] = load_float32,
+    log: Callable[[str], None] = lambda s: None,
+    **options,
+) -> AttributionResult:
     """Revert / apply each group of the SFT change and evaluate (see the module docstring).
 
     ``base``: the CPT model folder; ``tuned``: the SFT model folder or an SFT LoRA adapter folder (on ``base``).
@@ -379,8 +424,16 @@ def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate
     numel = {n: swap.params[n].numel() for n in every}
     trained = {n: swap.trained(n) for n in swap.names()}
     records = _records(cfg.run, groups, changes, baselines, results, numel, trained)
-    return AttributionResult(records, runner.evaluated, runner.cached, runner.reused, runner.known,
-                             time.time() - t_start, runner.eval_seconds, {g: len(n) for g, n in groups.items()})
+    return AttributionResult(
+        records,
+        runner.evaluated,
+        runner.cached,
+        runner.reused,
+        runner.known,
+        time.time() - t_start,
+        runner.eval_seconds,
+        {g: len(n) for g, n in groups.items()},
+    )
 
 
 def _resolve_groups(model, swap: WeightSwapper, specs: Sequence[str]) -> dict[str, list[str]]:
@@ -403,8 +456,14 @@ class _Runner:
     shared by several groups (tied embedding and head, a selector equal to a layer) once."""
 
     def __init__(self, model, tokenizer, evaluate: Evaluate, swap: WeightSwapper, cache: EvalCache, log):
-        self.model, self.tokenizer, self.evaluate, self.swap, self.cache, self.log = \
-            model, tokenizer, evaluate, swap, cache, log
+        self.model, self.tokenizer, self.evaluate, self.swap, self.cache, self.log = (
+            model,
+            tokenizer,
+            evaluate,
+            swap,
+            cache,
+            log,
+        )
         self.evaluated = self.cached = self.reused = self.known = 0
         self.eval_seconds = 0.0
         self.planned = 0
@@ -442,8 +501,10 @@ def _plan(groups: dict, changed: dict, todo: dict, modes: Sequence[str], cache: 
     """What will be evaluated, in words, and how many evaluations at most."""
     runs = [(g, m) for g in groups for m in modes if todo[g]] + [("", "tuned"), ("", "base")]
     cached = sum(cache.get(g, m) is not None for g, m in runs)
-    text = (f"{len(groups)} groups x {len(modes)} mode(s): at most {len(runs)} evaluations (2 baselines included), "
-            f"{cached} cached")
+    text = (
+        f"{len(groups)} groups x {len(modes)} mode(s): at most {len(runs)} evaluations (2 baselines included), "
+        f"{cached} cached"
+    )
     same = [g for g in groups if not changed[g]]
     whole = [g for g in groups if changed[g] and not todo[g]]
     if same:
@@ -453,12 +514,22 @@ def _plan(groups: dict, changed: dict, todo: dict, modes: Sequence[str], cache: 
     return text, len(runs) - cached
 
 
-def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: dict, results: dict,
-             numel: dict[str, int], trained: dict[str, int]) -> pd.DataFrame:
+def _records(
+    run: str,
+    groups: dict[str, list[str]],
+    changes: dict,
+    baselines: dict,
+    results: dict,
+    numel: dict[str, int],
+    trained: dict[str, int],
+) -> pd.DataFrame:
     """``numel``: entries of each changed tensor; ``trained``: trained parameters behind each tensor's change."""
     rows = []
-    per_tensor = {"weight_share": numel, "trained_share": trained,
-                  "delta_share": {n: d2 for n, (d2, _) in changes.items()}}
+    per_tensor = {
+        "weight_share": numel,
+        "trained_share": trained,
+        "delta_share": {n: d2 for n, (d2, _) in changes.items()},
+    }
     totals = {q: sum(v.values()) for q, v in per_tensor.items()}
     for which, metrics in baselines.items():
         rows += [(-1, "", "", f"{which}:{k}", v) for k, v in metrics.items()]
@@ -482,6 +553,7 @@ def _records(run: str, groups: dict[str, list[str]], changes: dict, baselines: d
 
 
 # ------------------------------------------------------------------------------------------ reading the records
+
 
 def effects(records: pd.DataFrame) -> pd.DataFrame:
     """One row per group x mode x metric: value, effect (revert: value - tuned; apply: value - base), the full SFT
@@ -523,12 +595,16 @@ def paired_difference(per_seed: pd.DataFrame, a: str = "attn", b: str = "mlp") -
     left = per_seed[per_seed["group"] == a].set_index(keys)
     right = per_seed[per_seed["group"] == b].set_index(keys)
     if left.empty or right.empty:
-        raise ValueError(f"paired_difference needs rows of both groups {a!r} and {b!r}; got groups "
-                         f"{sorted(per_seed['group'].unique())}")
+        raise ValueError(
+            f"paired_difference needs rows of both groups {a!r} and {b!r}; got groups "
+            f"{sorted(per_seed['group'].unique())}"
+        )
     both = left.index.intersection(right.index)
     if len(both) != len(left) or len(both) != len(right):
-        raise ValueError(f"groups {a!r} and {b!r} are not paired: {len(left)} and {len(right)} rows, {len(both)} "
-                         f"with the same {', '.join(keys)}; attribute both groups in every seed")
+        raise ValueError(
+            f"groups {a!r} and {b!r} are not paired: {len(left)} and {len(right)} rows, {len(both)} "
+            f"with the same {', '.join(keys)}; attribute both groups in every seed"
+        )
     out = left.loc[both, values] - right.loc[both, values]
     out["sft_effect"] = left.loc[both, "sft_effect"]
     out = out.reset_index().assign(group=f"{a} - {b}", layer=-1, block="")
@@ -550,8 +626,10 @@ def over_seeds(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     keys = [c for c in ("cell", "group", "mode", "metric") if c in per_seed.columns]
     twice = per_seed.duplicated([*keys, "seed"])
     if twice.any():
-        raise ValueError(f"over_seeds got {int(twice.sum())} rows twice for the same seed (first: "
-                         f"{per_seed.loc[twice, [*keys, 'seed']].iloc[0].to_dict()}); pass each seed's rows once")
+        raise ValueError(
+            f"over_seeds got {int(twice.sum())} rows twice for the same seed (first: "
+            f"{per_seed.loc[twice, [*keys, 'seed']].iloc[0].to_dict()}); pass each seed's rows once"
+        )
     rows = []
     for key, d in per_seed.groupby(keys, sort=False):
         row = dict(zip(keys, key), n_seeds=len(d))
@@ -567,8 +645,9 @@ def over_seeds(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_attribution(records: pd.DataFrame, out_dir: str | os.PathLike,
-                     metrics: Sequence[str] | None = None) -> list[Path]:
+def plot_attribution(
+    records: pd.DataFrame, out_dir: str | os.PathLike, metrics: Sequence[str] | None = None
+) -> list[Path]:
     """Per metric: bars of the effect per layer and per other group, revert on top, apply below (see
     :func:`layerprobe.plot.effects.attribution_figures`, which draws them)."""
     from layerprobe.plot.effects import attribution_figures

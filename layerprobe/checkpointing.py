@@ -22,8 +22,10 @@ class SaveEvery(TrainerCallback):
 
     def __init__(self, minutes: float, keep: int = 1, flush=()):
         if minutes < 0 or keep < 1:
-            raise ValueError(f"checkpoint.minutes must be >= 0 (0 = off) and checkpoint.keep >= 1, got "
-                             f"minutes={minutes}, keep={keep}")
+            raise ValueError(
+                f"checkpoint.minutes must be >= 0 (0 = off) and checkpoint.keep >= 1, got "
+                f"minutes={minutes}, keep={keep}"
+            )
         self.seconds, self.keep, self.flush = minutes * 60.0, keep, list(flush)
         self._last = time.monotonic()
 
@@ -41,7 +43,10 @@ class SaveEvery(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._last = time.monotonic()
         root = Path(args.output_dir)
-        done = sorted((int(d.name.rsplit("-", 1)[-1]), d) for d in root.glob("checkpoint-*")
-                      if d.name.rsplit("-", 1)[-1].isdigit() and (d / "trainer_state.json").is_file())
-        for _, d in done[:-self.keep]:
+        done = sorted(
+            (int(d.name.rsplit("-", 1)[-1]), d)
+            for d in root.glob("checkpoint-*")
+            if d.name.rsplit("-", 1)[-1].isdigit() and (d / "trainer_state.json").is_file()
+        )
+        for _, d in done[: -self.keep]:
             shutil.rmtree(d, ignore_errors=True)

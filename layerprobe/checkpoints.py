@@ -27,9 +27,18 @@ from layerprobe.names import parse_name
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -38,10 +47,12 @@ def _pickle_refused(path: Path) -> ValueError:
     return ValueError(
         f"{path} is a pickle checkpoint: unpickling can run arbitrary code, so it is refused by default; "
         "convert it to safetensors, or pass --allow-pickle (allow_pickle=True) to load it with "
-        "torch.load(weights_only=True)")
+        "torch.load(weights_only=True)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- operands
+
 
 class Flat:
     """A tensor stored whole (memory-mapped or small): ``kind`` is ``"value"`` (a weight) or ``"delta"``."""
@@ -50,7 +61,7 @@ class Flat:
         self.flat, self.rowlen, self.kind = flat, rowlen, kind
 
     def fill(self, r0: int, r1: int, out: torch.Tensor) -> None:
-        out.copy_(self.flat[r0 * self.rowlen: r1 * self.rowlen])
+        out.copy_(self.flat[r0 * self.rowlen : r1 * self.rowlen])
 
 
 class LoraDelta:
@@ -63,7 +74,9 @@ class LoraDelta:
 
     def __init__(self, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, transpose: bool):
         self.a, self.b_scaled, self.transpose = lora_a, lora_b * scale, transpose
-        self.shape = (self.a.shape[1], self.b_scaled.shape[0]) if transpose else (self.b_scaled.shape[0], self.a.shape[1])
+        self.shape = (
+            (self.a.shape[1], self.b_scaled.shape[0]) if transpose else (self.b_scaled.shape[0], self.a.shape[1])
+        )
 
     def fill(self, r0: int, r1: int, out: torch.Tensor) -> None:
         rows = out.view(r1 - r0, self.shape[1])
@@ -79,6 +92,7 @@ class LoraDelta:
 
 # ---------------------------------------------------------------------------------------------------- files
 
+
 @dataclass(frozen=True)
 class TensorRef:
     """Where one tensor lives: its file, raw name, dtype, shape and byte range (absolute, for safetensors)."""
@@ -93,9 +107,12 @@ class TensorRef:
 
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     """Parse and check a safetensors header; a truncated or corrupt file raises ValueError naming it."""
+
     def bad(why: str) -> ValueError:
-        return ValueError(f"{path} is not a valid safetensors file ({why}); it is truncated or corrupt: "
-                          "re-download or re-save it")
+        return ValueError(
+            f"{path} is not a valid safetensors file ({why}); it is truncated or corrupt: re-download or re-save it"
+        )
+
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -126,7 +143,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
             raise bad(f"tensor {key!r} has an unreadable entry {info!r}") from None
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if end - begin != nbytes or begin < 0:
-            raise bad(f"tensor {key!r} spans bytes {begin}..{end}, expected {nbytes} bytes for {info['dtype']} {list(shape)}")
+            raise bad(
+                f"tensor {key!r} spans bytes {begin}..{end}, expected {nbytes} bytes for {info['dtype']} {list(shape)}"
+            )
         if base + end > size:
             raise bad(f"tensor {key!r} ends at byte {base + end} but the file has {size} bytes")
         refs[key] = TensorRef(path, key, dtype, shape, base + begin, base + end)
@@ -206,6 +225,7 @@ def _read_json(path: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- sources
 
+
 class WeightSource:
     """Full weights: a safetensors file, a checkpoint folder (single file or sharded), or opt-in pickle."""
 
@@ -222,13 +242,17 @@ class WeightSource:
                 lora.append(key)
                 continue
             if p.canonical in self.refs:
-                raise ValueError(f"{path}: tensors {self.raw_names[p.canonical]!r} and {key!r} both map to "
-                                 f"{p.canonical!r}; the checkpoint mixes wrapped and plain names")
+                raise ValueError(
+                    f"{path}: tensors {self.raw_names[p.canonical]!r} and {key!r} both map to "
+                    f"{p.canonical!r}; the checkpoint mixes wrapped and plain names"
+                )
             self.refs[p.canonical] = ref
             self.raw_names[p.canonical] = key
         if lora:
-            raise ValueError(f"{path} holds LoRA factors ({lora[0]!r} and {len(lora) - 1} more) next to full weights; "
-                             "pass the adapter folder (adapter_config.json) or merge the adapter first")
+            raise ValueError(
+                f"{path} holds LoRA factors ({lora[0]!r} and {len(lora) - 1} more) next to full weights; "
+                "pass the adapter folder (adapter_config.json) or merge the adapter first"
+            )
         self.aliases: dict[str, str] = {}
         self._order = {f: i for i, f in enumerate(files)}
         self._cache = _ShardCache()
@@ -282,13 +306,17 @@ class AdapterSource:
     def __init__(self, path: Path, file: Path, refs: dict[str, TensorRef], config: dict):
         self.path, self.files, self.config = path, [file], config
         if str(config.get("peft_type", "LORA")).upper() != "LORA":
-            raise ValueError(f"{path}: expected a LoRA adapter, got peft_type={config.get('peft_type')!r}; "
-                             "only LoRA adapters have an effective dW = s*B*A to diff")
+            raise ValueError(
+                f"{path}: expected a LoRA adapter, got peft_type={config.get('peft_type')!r}; "
+                "only LoRA adapters have an effective dW = s*B*A to diff"
+            )
         if config.get("use_dora"):
-            raise ValueError(f"{path}: DoRA adapters (use_dora=true) are not supported: their update is not s*B*A; "
-                             "merge the adapter and diff the merged checkpoint")
+            raise ValueError(
+                f"{path}: DoRA adapters (use_dora=true) are not supported: their update is not s*B*A; "
+                "merge the adapter and diff the merged checkpoint"
+            )
         self.loras: dict[str, _LoraEntry] = {}
-        self.values: dict[str, TensorRef] = {}   # modules_to_save: full replacement weights
+        self.values: dict[str, TensorRef] = {}  # modules_to_save: full replacement weights
         self.biases: dict[str, tuple[TensorRef, str]] = {}  # lora_B.bias (lora_bias=True): delta of the bias
         unknown = []
         for key, ref in refs.items():
@@ -307,12 +335,16 @@ class AdapterSource:
             else:
                 unknown.append(key)
         if unknown:
-            raise ValueError(f"{path}: cannot compute the update of {len(unknown)} adapter tensors "
-                             f"(first: {unknown[:3]}); only LoRA A/B pairs and modules_to_save are supported")
+            raise ValueError(
+                f"{path}: cannot compute the update of {len(unknown)} adapter tensors "
+                f"(first: {unknown[:3]}); only LoRA A/B pairs and modules_to_save are supported"
+            )
         half = [n for n, e in self.loras.items() if e.a is None or e.b is None]
         if half:
-            raise ValueError(f"{path}: LoRA pairs without their A or B factor: {half[:10]} ({len(half)} in all); "
-                             "the adapter file is incomplete, re-save it")
+            raise ValueError(
+                f"{path}: LoRA pairs without their A or B factor: {half[:10]} ({len(half)} in all); "
+                "the adapter file is incomplete, re-save it"
+            )
         for e in self.loras.values():
             e.transpose = e.embedding or bool(config.get("fan_in_fan_out"))
         self._cache = _ShardCache()
@@ -367,8 +399,10 @@ class AdapterSource:
         a = self._cache.flat(e.a).float().view(e.a.shape)
         b = self._cache.flat(e.b).float().view(e.b.shape)
         if a.shape[0] != b.shape[1]:
-            raise ValueError(f"{self.path}: LoRA factors of {name} do not chain: A is {list(a.shape)}, "
-                             f"B is {list(b.shape)}; the adapter file is corrupt")
+            raise ValueError(
+                f"{self.path}: LoRA factors of {name} do not chain: A is {list(a.shape)}, "
+                f"B is {list(b.shape)}; the adapter file is corrupt"
+            )
         return LoraDelta(a, b, self.scale(e.module, a.shape[0]), e.transpose)
 
     def close(self) -> None:
@@ -379,8 +413,10 @@ def open_source(path: str | os.PathLike, allow_pickle: bool = False) -> WeightSo
     """Open a checkpoint folder, a single ``.safetensors`` file or a peft adapter folder (see module docs)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: expected a folder with model.safetensors (or shards "
-                                "and model.safetensors.index.json), a .safetensors file or a peft adapter folder")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: expected a folder with model.safetensors (or shards "
+            "and model.safetensors.index.json), a .safetensors file or a peft adapter folder"
+        )
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             if not allow_pickle:
@@ -418,8 +454,10 @@ def open_source(path: str | os.PathLike, allow_pickle: bool = False) -> WeightSo
         if len(pickles) == 1:
             return WeightSource(path, pickles, _pickle_refs(pickles[0]), config)
     found = [p.name for p in sorted(path.iterdir())][:10]
-    raise ValueError(f"cannot tell which weights to read in {path}: expected one model.safetensors, one "
-                     f"*.safetensors.index.json with its shards, or adapter_config.json; found {found}")
+    raise ValueError(
+        f"cannot tell which weights to read in {path}: expected one model.safetensors, one "
+        f"*.safetensors.index.json with its shards, or adapter_config.json; found {found}"
+    )
 
 
 def _sharded(path: Path, index: Path, config: dict, read) -> WeightSource:
@@ -435,8 +473,10 @@ def _sharded(path: Path, index: Path, config: dict, read) -> WeightSource:
         refs.update(read(f))
     lost = [k for k in weight_map if k not in refs or refs[k].file != path / weight_map[k]]
     if lost:
-        raise ValueError(f"{index} maps {len(lost)} tensors to shards that do not hold them (first: {lost[:10]}); "
-                         "the index and the shards are out of step, re-save the checkpoint")
+        raise ValueError(
+            f"{index} maps {len(lost)} tensors to shards that do not hold them (first: {lost[:10]}); "
+            "the index and the shards are out of step, re-save the checkpoint"
+        )
     return WeightSource(path, files, {k: refs[k] for k in weight_map}, config)
 
 

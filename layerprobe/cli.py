@@ -27,8 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMANDS:
         mod = command(name) if name in STAGES else importlib.import_module(f"layerprobe.commands.{name}")
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog="example:\n  " + mod.EXAMPLE,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=mod.HELP,
+            epilog="example:\n  " + mod.EXAMPLE,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -33,15 +33,18 @@ class PhaseConfig:
     r: int = _help("LoRA rank", default=32)
     lora_alpha: float = _help("LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)", default=32.0)
     lora_dropout: float = _help("dropout on the LoRA input", default=0.0)
-    target_modules: list[str] = _help("modules that get LoRA adapters (peft names; may include embed_tokens, "
-                                      "lm_head)", default_factory=lambda: ATTN + MLP)
+    target_modules: list[str] = _help(
+        "modules that get LoRA adapters (peft names; may include embed_tokens, lm_head)",
+        default_factory=lambda: ATTN + MLP,
+    )
     use_rslora: bool = _help("rank-stabilised LoRA: scale by alpha/sqrt(r)", default=False)
-    layers_to_transform: list[int] | None = _help("only adapt these decoder layers (peft); none = all",
-                                                  default=None)
+    layers_to_transform: list[int] | None = _help("only adapt these decoder layers (peft); none = all", default=None)
     learning_rate: float = _help("peak learning rate", default=2e-4)
-    seed: int | None = _help("this phase's training seed (adapter init, data order); none = the top-level seed. "
-                             "Two SFT runs of one CPT with different sft.seed give the seed-to-seed null",
-                             default=None)
+    seed: int | None = _help(
+        "this phase's training seed (adapter init, data order); none = the top-level seed. "
+        "Two SFT runs of one CPT with different sft.seed give the seed-to-seed null",
+        default=None,
+    )
     epochs: float = _help("passes over the data (ignored when max_steps > 0)", default=1.0)
     max_steps: int = _help("optimizer steps; > 0 overrides epochs", default=-1)
     batch_size: int = _help("sequences per optimizer step (per device, before accumulation)", default=8)
@@ -51,25 +54,45 @@ class PhaseConfig:
     lr_scheduler: str = _help("transformers scheduler name (linear, cosine, constant, ...)", default="linear")
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
-    group_by_length: bool = _help("SFT only: batch rows of similar length together (less padding), in "
-                                  "shuffled mega-batches (the Trainer's group_by_length sampler)", default=False)
-    select: str = _help("train only these weights, in the selector grammar ('mlp + head', 'not mlp', 'first:10%', "
-                        "'random:5%@seed=1 + head', 'layers:0-3'); full: requires_grad mask; lora: replaces "
-                        "target_modules/layers_to_transform; '' = all weights / target_modules", default="")
-    replay: float = _help("SFT only: share of the SFT training rows that are CPT documents (replay; loss on all "
-                          "their tokens), in [0, 1); 0 = off", default=0.0)
-    l2sp: float = _help("decoupled L2-SP: after each step the change since the phase's start shrinks by "
-                        "(1 - learning rate * l2sp); for LoRA the change s*B*A does (layerprobe.anchor); 0 = off",
-                        default=0.0)
-    drift_cap: float = _help("cap on every weight's drift_ratio ||W - W_start|| / ||W_start|| after each step "
-                             "(LoRA: of s*B*A), so no layer drifts further; 0 = off", default=0.0)
-    probe_every: int = _help("score the evaluation's probes by likelihood every N optimizer steps of this phase "
-                             "(and before the first and after the last step), into the records (probe_logprob, "
-                             "probe_top1, style_logodds; layerprobe.probes); 0 = off", default=0)
-    probe_max: int = _help("probes of each kind (cloze, held-out cloze, QA) and held-out instructions scored at each "
-                           "probe step: the first N of the evaluation's, scored as it scores them (0 = all: the last "
-                           "probe point then equals the final evaluation's likelihood numbers exactly; fewer may "
-                           "differ in float rounding, as batches are narrower)", default=32)
+    group_by_length: bool = _help(
+        "SFT only: batch rows of similar length together (less padding), in "
+        "shuffled mega-batches (the Trainer's group_by_length sampler)",
+        default=False,
+    )
+    select: str = _help(
+        "train only these weights, in the selector grammar ('mlp + head', 'not mlp', 'first:10%', "
+        "'random:5%@seed=1 + head', 'layers:0-3'); full: requires_grad mask; lora: replaces "
+        "target_modules/layers_to_transform; '' = all weights / target_modules",
+        default="",
+    )
+    replay: float = _help(
+        "SFT only: share of the SFT training rows that are CPT documents (replay; loss on all "
+        "their tokens), in [0, 1); 0 = off",
+        default=0.0,
+    )
+    l2sp: float = _help(
+        "decoupled L2-SP: after each step the change since the phase's start shrinks by "
+        "(1 - learning rate * l2sp); for LoRA the change s*B*A does (layerprobe.anchor); 0 = off",
+        default=0.0,
+    )
+    drift_cap: float = _help(
+        "cap on every weight's drift_ratio ||W - W_start|| / ||W_start|| after each step "
+        "(LoRA: of s*B*A), so no layer drifts further; 0 = off",
+        default=0.0,
+    )
+    probe_every: int = _help(
+        "score the evaluation's probes by likelihood every N optimizer steps of this phase "
+        "(and before the first and after the last step), into the records (probe_logprob, "
+        "probe_top1, style_logodds; layerprobe.probes); 0 = off",
+        default=0,
+    )
+    probe_max: int = _help(
+        "probes of each kind (cloze, held-out cloze, QA) and held-out instructions scored at each "
+        "probe step: the first N of the evaluation's, scored as it scores them (0 = all: the last "
+        "probe point then equals the final evaluation's likelihood numbers exactly; fewer may "
+        "differ in float rounding, as batches are narrower)",
+        default=32,
+    )
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):
@@ -86,16 +109,21 @@ class PhaseConfig:
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ValueError(f"give epochs > 0 or max_steps > 0, got epochs={self.epochs}, max_steps={self.max_steps}")
         if min(self.batch_size, self.grad_accum, self.max_length) < 1:
-            raise ValueError(f"batch_size, grad_accum and max_length must be >= 1, got {self.batch_size}, "
-                             f"{self.grad_accum}, {self.max_length}")
+            raise ValueError(
+                f"batch_size, grad_accum and max_length must be >= 1, got {self.batch_size}, "
+                f"{self.grad_accum}, {self.max_length}"
+            )
         if not 0.0 <= self.replay < 1.0:
             raise ValueError(f"replay is the share of SFT rows that are CPT documents, in [0, 1); got {self.replay}")
         if self.l2sp < 0 or self.drift_cap < 0:
-            raise ValueError(f"l2sp and drift_cap must be >= 0 (0 = off), got l2sp={self.l2sp}, "
-                             f"drift_cap={self.drift_cap}")
+            raise ValueError(
+                f"l2sp and drift_cap must be >= 0 (0 = off), got l2sp={self.l2sp}, drift_cap={self.drift_cap}"
+            )
         if self.probe_every < 0 or self.probe_max < 0:
-            raise ValueError(f"probe_every and probe_max must be >= 0 (probe_every 0 = off, probe_max 0 = all), got "
-                             f"probe_every={self.probe_every}, probe_max={self.probe_max}")
+            raise ValueError(
+                f"probe_every and probe_max must be >= 0 (probe_every 0 = off, probe_max 0 = all), got "
+                f"probe_every={self.probe_every}, probe_max={self.probe_max}"
+            )
 
 
 @dataclass
@@ -103,17 +131,23 @@ class ToyWorldConfig:
     """The built-in toy world: the generated entities and text, and the tiny base model built for it."""
 
     seed: int = _help("seed of the generated world (names, facts, text)", default=0)
-    language: str = _help("language the CPT text, probes and SFT data are written in: 'ja' (the tiny base model's "
-                          "own) or 'en' (the same world in English, for English real models such as SmolLM2; "
-                          "its SFT data are chores only, its QA asks two question forms per fact)", default="ja")
+    language: str = _help(
+        "language the CPT text, probes and SFT data are written in: 'ja' (the tiny base model's "
+        "own) or 'en' (the same world in English, for English real models such as SmolLM2; "
+        "its SFT data are chores only, its QA asks two question forms per fact)",
+        default="ja",
+    )
     base_people: int = _help("people the base model reads about in pretraining (and SFT asks about)", default=120)
     base_orgs: int = _help("organisations in the base model's pretraining text", default=20)
     base_docs_per_entity: int = _help("biographies per base entity in the pretraining text", default=5)
     everyday_docs: int = _help("short everyday documents in the pretraining text", default=150)
     cpt_people: int = _help("people only the CPT text mentions (facts no model knows)", default=24)
     cpt_orgs: int = _help("organisations only the CPT text mentions", default=6)
-    cpt_docs_per_entity: int = _help("shuffled, paraphrased biographies per CPT entity (each fact in every "
-                                     "form; many distinct documents teach facts, not documents)", default=40)
+    cpt_docs_per_entity: int = _help(
+        "shuffled, paraphrased biographies per CPT entity (each fact in every "
+        "form; many distinct documents teach facts, not documents)",
+        default=40,
+    )
     sft_examples: int = _help("SFT instructions (answers in ござる style, none about CPT entities)", default=400)
     heldout_instructions: int = _help("held-out instructions for the style evaluation", default=60)
     vocab_size: int = _help("byte-level BPE vocabulary (256 bytes + specials + merges)", default=1024)
@@ -125,10 +159,25 @@ class ToyWorldConfig:
     block_size: int = _help("pretraining sequence length in tokens", default=128)
 
     def __post_init__(self):
-        small = {k: getattr(self, k) for k in ("base_people", "base_orgs", "cpt_people", "cpt_orgs",
-                                               "base_docs_per_entity", "cpt_docs_per_entity", "sft_examples",
-                                               "heldout_instructions", "hidden_size", "num_layers", "base_steps",
-                                               "base_batch_size", "block_size") if getattr(self, k) < 1}
+        small = {
+            k: getattr(self, k)
+            for k in (
+                "base_people",
+                "base_orgs",
+                "cpt_people",
+                "cpt_orgs",
+                "base_docs_per_entity",
+                "cpt_docs_per_entity",
+                "sft_examples",
+                "heldout_instructions",
+                "hidden_size",
+                "num_layers",
+                "base_steps",
+                "base_batch_size",
+                "block_size",
+            )
+            if getattr(self, k) < 1
+        }
         if small:
             raise ValueError(f"toy world sizes must be >= 1, got {small}")
         if self.language not in ("ja", "en"):
@@ -136,8 +185,20 @@ class ToyWorldConfig:
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size must be a multiple of 4 (4 attention heads), got {self.hidden_size}")
 
-    BASE_FIELDS = ("seed", "base_people", "base_orgs", "base_docs_per_entity", "everyday_docs", "vocab_size",
-                   "hidden_size", "num_layers", "base_steps", "base_lr", "base_batch_size", "block_size")
+    BASE_FIELDS = (
+        "seed",
+        "base_people",
+        "base_orgs",
+        "base_docs_per_entity",
+        "everyday_docs",
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "base_steps",
+        "base_lr",
+        "base_batch_size",
+        "block_size",
+    )
 
     def base_key(self) -> dict:
         """The fields the cached base model depends on (the CPT part of the world does not change it)."""
@@ -148,27 +209,49 @@ class ToyWorldConfig:
 class DataConfig:
     """Where the text comes from: 'toyworld' or a local JSON/JSONL/Parquet/text file or a hub dataset name."""
 
-    cpt: str = _help("CPT text: 'toyworld', a file (.jsonl/.json/.parquet: a text field; .txt/.md: one document "
-                     "a line), a folder of such files, or a hub dataset name", default=TOYWORLD)
+    cpt: str = _help(
+        "CPT text: 'toyworld', a file (.jsonl/.json/.parquet: a text field; .txt/.md: one document "
+        "a line), a folder of such files, or a hub dataset name",
+        default=TOYWORLD,
+    )
     cpt_text_field: str = _help("field holding the CPT text in JSON/Parquet data", default="text")
-    sft: str = _help("SFT data: 'toyworld', a file or a hub name with messages, prompt/completion or "
-                     "instruction[/input]/output fields", default=TOYWORLD)
-    probes: str = _help("knowledge probes: a JSONL/JSON/Parquet file with kind (cloze|qa), prompt, answer; "
-                        "'' = the toy world's probes when cpt is 'toyworld', else none", default="")
-    instructions: str = _help("held-out instructions for the style evaluation (a prompt or instruction field); "
-                              "'' = the toy world's, or rows held out of the SFT data", default="")
-    heldout: int = _help("rows held out of non-toy SFT data for the style evaluation when no instructions "
-                         "file is given", default=100)
-    sft_rewrite: str = _help("rewrite the answers of non-toy SFT data: '' (as they are) or 'gozaru' (every "
-                             "answer ends in ござる, layerprobe.realdata.gozaru_rewrite)", default="")
+    sft: str = _help(
+        "SFT data: 'toyworld', a file or a hub name with messages, prompt/completion or "
+        "instruction[/input]/output fields",
+        default=TOYWORLD,
+    )
+    probes: str = _help(
+        "knowledge probes: a JSONL/JSON/Parquet file with kind (cloze|qa), prompt, answer; "
+        "'' = the toy world's probes when cpt is 'toyworld', else none",
+        default="",
+    )
+    instructions: str = _help(
+        "held-out instructions for the style evaluation (a prompt or instruction field); "
+        "'' = the toy world's, or rows held out of the SFT data",
+        default="",
+    )
+    heldout: int = _help(
+        "rows held out of non-toy SFT data for the style evaluation when no instructions file is given", default=100
+    )
+    sft_rewrite: str = _help(
+        "rewrite the answers of non-toy SFT data: '' (as they are) or 'gozaru' (every "
+        "answer ends in ござる, layerprobe.realdata.gozaru_rewrite)",
+        default="",
+    )
     split: str = _help("split to load from hub datasets", default="train")
     max_cpt_docs: int = _help("use at most this many CPT documents (0 = all)", default=0)
     max_sft_rows: int = _help("use at most this many SFT rows (0 = all)", default=0)
-    general_text: str = _help("held-out general text for general forgetting (general_loss): a .txt/.md file or folder "
-                              "(e.g. ../shared/data/aozora), JSONL/Parquet with a text field; '' = the toy world's "
-                              "held-out everyday text when cpt is 'toyworld', else none", default="")
-    mc: str = _help("multiple-choice set for general forgetting (mc_acc): JSON lines with question, choice0..N, "
-                    "label (e.g. ../shared/data/jcommonsenseqa); '' = none", default="")
+    general_text: str = _help(
+        "held-out general text for general forgetting (general_loss): a .txt/.md file or folder "
+        "(e.g. ../shared/data/aozora), JSONL/Parquet with a text field; '' = the toy world's "
+        "held-out everyday text when cpt is 'toyworld', else none",
+        default="",
+    )
+    mc: str = _help(
+        "multiple-choice set for general forgetting (mc_acc): JSON lines with question, choice0..N, "
+        "label (e.g. ../shared/data/jcommonsenseqa); '' = none",
+        default="",
+    )
 
     def __post_init__(self):
         if self.sft_rewrite not in ("", "gozaru"):
@@ -179,16 +262,23 @@ class DataConfig:
 class EvalConfig:
     """Evaluation of the CPT model and the SFT model: knowledge retention, style and EOS."""
 
-    style_pattern: str = _help("regular expression whose presence in an answer counts as the style (gozaru rate)",
-                               default="ござる")
-    max_new_tokens: int = _help("generation budget per answer, in tokens (cloze and QA answers also stop at their "
-                                "first sentence end; instructions run to EOS, and cut_rate reports the share this "
-                                "budget cut)", default=24)
-    max_prompt_tokens: int = _help("held-out instructions are cut to their first N tokens before the chat template "
-                                   "(0 = no limit)", default=512)
-    cloze_scoring: str = _help("'generate' (greedy answer contains the gold answer in its first sentence) or "
-                               "'likelihood' (every gold token is the top choice: one forward pass, no generation)",
-                               default="generate")
+    style_pattern: str = _help(
+        "regular expression whose presence in an answer counts as the style (gozaru rate)", default="ござる"
+    )
+    max_new_tokens: int = _help(
+        "generation budget per answer, in tokens (cloze and QA answers also stop at their "
+        "first sentence end; instructions run to EOS, and cut_rate reports the share this "
+        "budget cut)",
+        default=24,
+    )
+    max_prompt_tokens: int = _help(
+        "held-out instructions are cut to their first N tokens before the chat template (0 = no limit)", default=512
+    )
+    cloze_scoring: str = _help(
+        "'generate' (greedy answer contains the gold answer in its first sentence) or "
+        "'likelihood' (every gold token is the top choice: one forward pass, no generation)",
+        default="generate",
+    )
     batch_size: int = _help("prompts per generation batch", default=64)
     max_probes: int = _help("evaluate at most this many probes of each kind (0 = all)", default=0)
     max_instructions: int = _help("evaluate at most this many held-out instructions (0 = all)", default=0)
@@ -199,8 +289,9 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, "
-                             f"{self.batch_size}")
+            raise ValueError(
+                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, {self.batch_size}"
+            )
         if self.cloze_scoring not in ("generate", "likelihood"):
             raise ValueError(f"eval.cloze_scoring must be 'generate' or 'likelihood', got {self.cloze_scoring!r}")
         from layerprobe.evaluate import style_regex
@@ -221,49 +312,80 @@ class RecordConfig:
 class CheckpointConfig:
     """Checkpoints while CPT and SFT train, so a killed run resumes mid-phase (no stage's result depends on them)."""
 
-    minutes: float = _help("save a checkpoint at most every N minutes of training: the most work a kill loses "
-                           "(0 = none; a killed phase restarts)", default=5.0)
-    keep: int = _help("checkpoints kept per phase (older ones are removed; all are removed once the phase is done)",
-                      default=1)
+    minutes: float = _help(
+        "save a checkpoint at most every N minutes of training: the most work a kill loses "
+        "(0 = none; a killed phase restarts)",
+        default=5.0,
+    )
+    keep: int = _help(
+        "checkpoints kept per phase (older ones are removed; all are removed once the phase is done)", default=1
+    )
 
     def __post_init__(self):
         if self.minutes < 0 or self.keep < 1:
-            raise ValueError(f"checkpoint.minutes must be >= 0 (0 = none) and checkpoint.keep >= 1, got "
-                             f"minutes={self.minutes}, keep={self.keep}")
+            raise ValueError(
+                f"checkpoint.minutes must be >= 0 (0 = none) and checkpoint.keep >= 1, got "
+                f"minutes={self.minutes}, keep={self.keep}"
+            )
 
 
 @dataclass
 class TrainConfig:
     """The whole pipeline: CPT (LoRA or full) -> merge -> SFT (LoRA or full) -> evaluation."""
 
-    model: str = _help("base model: 'toyworld' (built and cached locally), a local Hugging Face folder, a hub "
-                       "name or a preset (smollm2-135m)", default=TOYWORLD)
+    model: str = _help(
+        "base model: 'toyworld' (built and cached locally), a local Hugging Face folder, a hub "
+        "name or a preset (smollm2-135m)",
+        default=TOYWORLD,
+    )
     seed: int = _help("training seed", default=3407)
     record: bool = _help("record gradient norms, update ratios and drift of both phases", default=False)
-    precision: str = _help("training precision: 'auto' (bf16 autocast where the CPU or GPU supports bfloat16, else "
-                           "fp32), 'bf16' or 'fp32'; weights, optimizer state and the recorder stay fp32",
-                           default="auto")
+    precision: str = _help(
+        "training precision: 'auto' (bf16 autocast where the CPU or GPU supports bfloat16, else "
+        "fp32), 'bf16' or 'fp32'; weights, optimizer state and the recorder stay fp32",
+        default="auto",
+    )
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig, metadata={"help": "the built-in toy world"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data sources"})
-    cpt: PhaseConfig = field(default_factory=lambda: PhaseConfig(
-        lora_alpha=128.0, lora_dropout=0.2, target_modules=ATTN + MLP + ["embed_tokens", "lm_head"],
-        learning_rate=2e-3, epochs=3, batch_size=8, max_length=128, warmup_ratio=0.05, lr_scheduler="cosine"),
-        metadata={"help": "continued pretraining: next-token prediction on raw text"})
-    sft: PhaseConfig = field(default_factory=lambda: PhaseConfig(
-        lora_alpha=8.0, lora_dropout=0.2, learning_rate=5e-3, epochs=2, batch_size=8, max_length=128,
-        warmup_ratio=0.05),
-        metadata={"help": "supervised fine-tuning on instructions, loss on the answers only"})
+    cpt: PhaseConfig = field(
+        default_factory=lambda: PhaseConfig(
+            lora_alpha=128.0,
+            lora_dropout=0.2,
+            target_modules=ATTN + MLP + ["embed_tokens", "lm_head"],
+            learning_rate=2e-3,
+            epochs=3,
+            batch_size=8,
+            max_length=128,
+            warmup_ratio=0.05,
+            lr_scheduler="cosine",
+        ),
+        metadata={"help": "continued pretraining: next-token prediction on raw text"},
+    )
+    sft: PhaseConfig = field(
+        default_factory=lambda: PhaseConfig(
+            lora_alpha=8.0,
+            lora_dropout=0.2,
+            learning_rate=5e-3,
+            epochs=2,
+            batch_size=8,
+            max_length=128,
+            warmup_ratio=0.05,
+        ),
+        metadata={"help": "supervised fine-tuning on instructions, loss on the answers only"},
+    )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
     recorder: RecordConfig = field(default_factory=RecordConfig, metadata={"help": "recording intervals"})
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig,
-                                         metadata={"help": "mid-phase checkpoints (resume after a kill)"})
+    checkpoint: CheckpointConfig = field(
+        default_factory=CheckpointConfig, metadata={"help": "mid-phase checkpoints (resume after a kill)"}
+    )
 
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.cpt.replay:
-            raise ValueError(f"cpt.replay must be 0 (replay mixes CPT text into SFT), got {self.cpt.replay}; "
-                             "set sft.replay instead")
+            raise ValueError(
+                f"cpt.replay must be 0 (replay mixes CPT text into SFT), got {self.cpt.replay}; set sft.replay instead"
+            )
 
     def to_dict(self) -> dict:
         """The config as plain values. A phase that does not probe (``probe_every`` 0) leaves its probe settings
@@ -365,8 +487,9 @@ def load_yaml(path: str | Path) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"config file {str(p)!r} not found; pass a YAML file such as "
-                                "experiments/study_a/config.yaml")
+        raise FileNotFoundError(
+            f"config file {str(p)!r} not found; pass a YAML file such as experiments/study_a/config.yaml"
+        )
     data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{p} must hold a YAML mapping of config keys, got {type(data).__name__}")
@@ -413,13 +536,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             groups[section] = parser.add_argument_group(f"config: {section}")
         g = groups[section]
         if t is bool and section == "general":  # --record / --no-record
-            g.add_argument(f"--{name}", dest=f"cfg:{name}", action="store_const", const="true", default=None,
-                           help=f"{h} (default: {_show(_get(defaults, name))})")
-            g.add_argument(f"--no-{name}", dest=f"cfg:{name}", action="store_const", const="false",
-                           help=argparse.SUPPRESS)
+            g.add_argument(
+                f"--{name}",
+                dest=f"cfg:{name}",
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{h} (default: {_show(_get(defaults, name))})",
+            )
+            g.add_argument(
+                f"--no-{name}", dest=f"cfg:{name}", action="store_const", const="false", help=argparse.SUPPRESS
+            )
             continue
-        g.add_argument(f"--{name}", dest=f"cfg:{name}", metavar="V", default=None,
-                       help=f"{h} (default: {_show(_get(defaults, name))})")
+        g.add_argument(
+            f"--{name}",
+            dest=f"cfg:{name}",
+            metavar="V",
+            default=None,
+            help=f"{h} (default: {_show(_get(defaults, name))})",
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

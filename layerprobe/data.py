@@ -19,14 +19,20 @@ def hub_offline() -> bool:
 
 
 def offline_error(kind: str, name: str, folder_form: str) -> OSError:
-    return OSError(f"{kind} {name!r} is not a local path and HF_HUB_OFFLINE=1 forbids the hub; "
-                   f"pass a local {folder_form} instead (or unset HF_HUB_OFFLINE when online)")
+    return OSError(
+        f"{kind} {name!r} is not a local path and HF_HUB_OFFLINE=1 forbids the hub; "
+        f"pass a local {folder_form} instead (or unset HF_HUB_OFFLINE when online)"
+    )
 
 
 def _looks_like_path(spec: str) -> bool:
     """Hub names are ``name`` or ``owner/name``; anything else is meant as a local path."""
-    return (spec.startswith((".", "/", "~")) or spec.count("/") >= 2 or "\\" in spec
-            or Path(spec).suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES)
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") >= 2
+        or "\\" in spec
+        or Path(spec).suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES
+    )
 
 
 def load_rows(spec: str, split: str = "train") -> tuple[list[dict] | list[str], str]:
@@ -46,8 +52,10 @@ def load_rows(spec: str, split: str = "train") -> tuple[list[dict] | list[str], 
     if p.is_file():
         return _load_file(p), str(spec)
     if _looks_like_path(spec):
-        raise FileNotFoundError(f"data file {spec!r} not found; expected a .jsonl/.json/.parquet/.txt/.md file, "
-                                "a folder of them, or a hub dataset name")
+        raise FileNotFoundError(
+            f"data file {spec!r} not found; expected a .jsonl/.json/.parquet/.txt/.md file, "
+            "a folder of them, or a hub dataset name"
+        )
     if hub_offline():
         raise offline_error("dataset", spec, "JSONL/JSON/Parquet/text file")
     import datasets
@@ -88,8 +96,9 @@ def json_lines(p: Path) -> list:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{i} is not valid JSON ({e.msg}); expected a JSON list or one JSON "
-                                     "object a line") from None
+                    raise ValueError(
+                        f"{p}:{i} is not valid JSON ({e.msg}); expected a JSON list or one JSON object a line"
+                    ) from None
     return rows
 
 
@@ -108,8 +117,10 @@ def load_cpt_texts(spec: str, text_field: str = "text", split: str = "train", li
     _need(rows, desc, "CPT data", f"a {text_field!r} field")
     if isinstance(rows[0], dict):
         if text_field not in rows[0]:
-            raise ValueError(f"CPT data {desc} has fields {_fields(rows)}; expected a text field {text_field!r} "
-                             f"(set data.cpt_text_field to one of them)")
+            raise ValueError(
+                f"CPT data {desc} has fields {_fields(rows)}; expected a text field {text_field!r} "
+                f"(set data.cpt_text_field to one of them)"
+            )
         rows = [str(r[text_field]) for r in rows if r.get(text_field)]
     return rows[:limit] if limit > 0 else rows
 
@@ -133,8 +144,10 @@ def sft_row(row: dict) -> dict | None:
         completion = c if isinstance(c, list) else [_chat("assistant", c)]
         return {"prompt": prompt, "completion": completion}
     if "instruction" in row and ("output" in row or "response" in row):
-        return {"prompt": [_chat("user", instruction_text(row))],
-                "completion": [_chat("assistant", row.get("output", row.get("response")))]}
+        return {
+            "prompt": [_chat("user", instruction_text(row))],
+            "completion": [_chat("assistant", row.get("output", row.get("response")))],
+        }
     return None
 
 
@@ -162,13 +175,22 @@ def load_probes(spec: str, split: str = "train") -> list[dict]:
     expected = ["answer", "kind", "prompt"]
     _need(rows, desc, "probe data", str(expected))
     if not isinstance(rows[0], dict) or not set(expected) <= set(rows[0]):
-        raise ValueError(f"probe data {desc} has fields {_fields(rows)}; expected {expected} "
-                         "(kind is 'cloze', 'cloze_heldout' or 'qa')")
+        raise ValueError(
+            f"probe data {desc} has fields {_fields(rows)}; expected {expected} "
+            "(kind is 'cloze', 'cloze_heldout' or 'qa')"
+        )
     bad = sorted({str(r.get("kind")) for r in rows} - {"cloze", "cloze_heldout", "qa"})
     if bad:
         raise ValueError(f"probe data {desc} has kind {bad[0]!r}; expected 'cloze', 'cloze_heldout' or 'qa'")
-    return [{"kind": r["kind"], "prompt": str(r["prompt"]), "answer": str(r["answer"]),
-             **({"relation": str(r["relation"])} if r.get("relation") else {})} for r in rows]
+    return [
+        {
+            "kind": r["kind"],
+            "prompt": str(r["prompt"]),
+            "answer": str(r["answer"]),
+            **({"relation": str(r["relation"])} if r.get("relation") else {}),
+        }
+        for r in rows
+    ]
 
 
 def load_instructions(spec: str, split: str = "train") -> list[dict]:
@@ -188,6 +210,8 @@ def load_instructions(spec: str, split: str = "train") -> list[dict]:
         else:
             break
     if len(out) != len(rows):
-        raise ValueError(f"instruction data {desc} has fields {_fields(rows)}; expected 'prompt', "
-                         "'instruction' (+ 'input') or 'messages'")
+        raise ValueError(
+            f"instruction data {desc} has fields {_fields(rows)}; expected 'prompt', "
+            "'instruction' (+ 'input') or 'messages'"
+        )
     return out

@@ -46,17 +46,26 @@ _SHOW = 10
 @dataclass
 class DiffConfig:
     svd: int = field(default=0, metadata={"help": "top singular values (and rank90) of each 2-D delta; 0 = off"})
-    allow_missing: bool = field(default=False, metadata={
-        "help": "diff the tensors the checkpoints share and report the rest, instead of failing"})
-    allow_pickle: bool = field(default=False, metadata={
-        "help": "load .bin/.pt checkpoints with torch.load(weights_only=True); refused by default"})
+    allow_missing: bool = field(
+        default=False,
+        metadata={"help": "diff the tensors the checkpoints share and report the rest, instead of failing"},
+    )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={"help": "load .bin/.pt checkpoints with torch.load(weights_only=True); refused by default"},
+    )
     run: str | None = field(default=None, metadata={"help": "run name in the records (default: B_vs_A)"})
-    threads: int | None = field(default=None, metadata={
-        "help": "worker threads over each tensor's chunks (default: torch.get_num_threads())"})
-    chunk_elems: int = field(default=1 << 18, metadata={
-        "help": "elements per chunk and buffer row (1 MiB of float32: sized for the CPU cache)"})
-    svd_exact_max: int = field(default=1024, metadata={
-        "help": "exact singular values up to this short side; randomized (torch.svd_lowrank) above it"})
+    threads: int | None = field(
+        default=None, metadata={"help": "worker threads over each tensor's chunks (default: torch.get_num_threads())"}
+    )
+    chunk_elems: int = field(
+        default=1 << 18,
+        metadata={"help": "elements per chunk and buffer row (1 MiB of float32: sized for the CPU cache)"},
+    )
+    svd_exact_max: int = field(
+        default=1024,
+        metadata={"help": "exact singular values up to this short side; randomized (torch.svd_lowrank) above it"},
+    )
     progress: bool = field(default=False, metadata={"help": "show a progress bar on stderr"})
 
     def __post_init__(self):
@@ -71,6 +80,7 @@ class DiffConfig:
 
 
 # ------------------------------------------------------------------------------------------ per-tensor math
+
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
@@ -92,21 +102,32 @@ def quantities_from_gram(g: np.ndarray, mode: str) -> dict[str, float]:
         return {"delta_norm": math.sqrt(g[0, 0])}
     aa, ad, dd = g[0, 0], g[0, 1], g[1, 1]
     bb = aa + 2 * ad + dd
-    q = {"norm_a": math.sqrt(aa), "norm_b": math.sqrt(max(bb, 0.0)), "delta_norm": math.sqrt(dd),
-         "rel_change": math.sqrt(_ratio(dd, aa)), "cosine": _cos_shift(aa, dd, ad)}
+    q = {
+        "norm_a": math.sqrt(aa),
+        "norm_b": math.sqrt(max(bb, 0.0)),
+        "delta_norm": math.sqrt(dd),
+        "rel_change": math.sqrt(_ratio(dd, aa)),
+        "cosine": _cos_shift(aa, dd, ad),
+    }
     if mode == "two":
         return q
     ae, de, ee = g[0, 2], g[1, 2], g[2, 2]
     be = ae + de
     cc = bb + 2 * be + ee
     ff, af = dd + 2 * de + ee, ad + ae  # f = C - A = (B - A) + (C - B)
-    q.update({
-        "norm_c": math.sqrt(max(cc, 0.0)),
-        "delta_norm_bc": math.sqrt(ee), "rel_change_bc": math.sqrt(_ratio(ee, bb)), "cosine_bc": _cos_shift(bb, ee, be),
-        "delta_norm_ac": math.sqrt(max(ff, 0.0)), "rel_change_ac": math.sqrt(_ratio(max(ff, 0.0), aa)),
-        "cosine_ac": _cos_shift(aa, ff, af),
-        "cos_cpt_sft": _ratio(de, math.sqrt(dd * ee)), "undo_frac": _ratio(-de, dd),
-    })
+    q.update(
+        {
+            "norm_c": math.sqrt(max(cc, 0.0)),
+            "delta_norm_bc": math.sqrt(ee),
+            "rel_change_bc": math.sqrt(_ratio(ee, bb)),
+            "cosine_bc": _cos_shift(bb, ee, be),
+            "delta_norm_ac": math.sqrt(max(ff, 0.0)),
+            "rel_change_ac": math.sqrt(_ratio(max(ff, 0.0), aa)),
+            "cosine_ac": _cos_shift(aa, ff, af),
+            "cos_cpt_sft": _ratio(de, math.sqrt(dd * ee)),
+            "undo_frac": _ratio(-de, dd),
+        }
+    )
     return q
 
 
@@ -120,7 +141,7 @@ def spectrum(delta, k: int, exact_max: int = 1024) -> tuple[np.ndarray, int]:
     q = max(2 * k, 64)
     while short > exact_max and q <= short // 4:
         s = torch.svd_lowrank(delta, q=q, niter=4)[1].double()
-        if float((s ** 2).sum()) >= RANK_SHARE * total:
+        if float((s**2).sum()) >= RANK_SHARE * total:
             return s[:k].numpy(), _rank_share(s, total)
         q *= 4
     s = torch.linalg.svdvals(delta).double()
@@ -134,7 +155,7 @@ def lora_spectrum(left, right, k: int) -> tuple[np.ndarray, int]:
     rl = torch.linalg.qr(left.double())[1]
     rr = torch.linalg.qr(right.double().T)[1]
     s = torch.linalg.svdvals(rl @ rr.T)
-    return s[:k].numpy(), _rank_share(s, float((s ** 2).sum()))
+    return s[:k].numpy(), _rank_share(s, float((s**2).sum()))
 
 
 def _rank_share(s, total: float) -> int:
@@ -145,6 +166,7 @@ def _rank_share(s, total: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------ streaming engine
+
 
 class _Engine:
     """Reduces one tensor of each model, chunk by chunk, to the Gram matrix of its rows ``[x0, d1, d2, ...]``."""
@@ -170,9 +192,9 @@ class _Engine:
         full = [torch.empty(rows * rowlen) if k else None for k in keep]
         m = len(ops)
         pairs = [(i, j) for i in range(m) for j in range(i, m) if ops[i] is not None and ops[j] is not None]
-        later_value = [any(o is not None and o.kind == "value" for o in ops[k + 1:]) for k in range(m)]
+        later_value = [any(o is not None and o.kind == "value" for o in ops[k + 1 :]) for k in range(m)]
         groups = min(self.threads, len(ranges))
-        split = [ranges[len(ranges) * w // groups: len(ranges) * (w + 1) // groups] for w in range(groups)]
+        split = [ranges[len(ranges) * w // groups : len(ranges) * (w + 1) // groups] for w in range(groups)]
 
         def work(w: int):
             cap = step * rowlen
@@ -202,7 +224,7 @@ class _Engine:
                             prev = x
                     row[k] = d
                     if keep[k]:
-                        full[k][r0 * rowlen: r1 * rowlen].copy_(d)
+                        full[k][r0 * rowlen : r1 * rowlen].copy_(d)
                 for p, (i, j) in enumerate(pairs):
                     torch.dot(row[i], row[j], out=out[c, p])
             return out.double().sum(0)
@@ -221,23 +243,28 @@ class _Engine:
 
 # ------------------------------------------------------------------------------------------ alignment
 
+
 @dataclass
 class _Plan:
-    mode: str                  # delta | two | three
-    names: list[str]           # canonical names to diff, in reading order
-    skipped: list[str]         # problems reported (with allow_missing)
-    tied: list[str]            # aliases made for tied embeddings
+    mode: str  # delta | two | three
+    names: list[str]  # canonical names to diff, in reading order
+    skipped: list[str]  # problems reported (with allow_missing)
+    tied: list[str]  # aliases made for tied embeddings
 
 
 def _plan(sources: list, allow_missing: bool) -> _Plan:
     first = sources[0]
     if first.kind == "adapter" and len(sources) > 1:
-        raise ValueError(f"the first checkpoint must hold full weights, got the adapter {first.label}: an adapter's "
-                         "update is relative to its base; pass the base first (layerprobe diff BASE ADAPTER)")
+        raise ValueError(
+            f"the first checkpoint must hold full weights, got the adapter {first.label}: an adapter's "
+            "update is relative to its base; pass the base first (layerprobe diff BASE ADAPTER)"
+        )
     if len(sources) == 1:
         if first.kind != "adapter":
-            raise ValueError(f"one checkpoint given ({first.label}): pass two or three checkpoints to compare, "
-                             "or one peft adapter folder to measure its update dW")
+            raise ValueError(
+                f"one checkpoint given ({first.label}): pass two or three checkpoints to compare, "
+                "or one peft adapter folder to measure its update dW"
+            )
         names = sorted(first.names(), key=_layer_order)
         return _Plan("delta", [n for n in names if first.is_lora(n)], [], [])
     tied = _tie_embeddings(sources)
@@ -255,13 +282,16 @@ def _plan(sources: list, allow_missing: bool) -> _Plan:
             if src.kind == "adapter":
                 src.fit_shape(n, first.shape(n))
             if tuple(src.shape(n)) != tuple(first.shape(n)):
-                problems.append(f"{n}: shape {list(first.shape(n))} in {first.label}, "
-                                f"{list(src.shape(n))} in {src.label}")
+                problems.append(
+                    f"{n}: shape {list(first.shape(n))} in {first.label}, {list(src.shape(n))} in {src.label}"
+                )
                 drop.add(n)
     if problems and not allow_missing:
-        raise ValueError(f"the checkpoints do not line up: {len(problems)} missing, extra or mismatched tensors; "
-                         f"first {min(len(problems), _SHOW)}: {'; '.join(problems[:_SHOW])}; pass --allow-missing "
-                         "(allow_missing=True) to diff the tensors they share")
+        raise ValueError(
+            f"the checkpoints do not line up: {len(problems)} missing, extra or mismatched tensors; "
+            f"first {min(len(problems), _SHOW)}: {'; '.join(problems[:_SHOW])}; pass --allow-missing "
+            "(allow_missing=True) to diff the tensors they share"
+        )
     weights = [s for s in sources if s.kind == "weights"]
     names = sorted(base_names - drop, key=lambda n: tuple(s.sort_key(n) for s in weights))
     return _Plan("two" if len(sources) == 2 else "three", names, problems, tied)
@@ -286,8 +316,9 @@ def _tie_embeddings(sources: list) -> list[str]:
             embeds = [n for n in x.names() if parse_name(n).block == "embed" and x.shape(n) == owner.shape(head)]
             if len(embeds) != 1:
                 continue
-            if x.ties_word_embeddings() or (owner.kind == "weights" and embeds[0] in owner.names()
-                                            and _same_data(owner, head, embeds[0])):
+            if x.ties_word_embeddings() or (
+                owner.kind == "weights" and embeds[0] in owner.names() and _same_data(owner, head, embeds[0])
+            ):
                 x.alias(head, embeds[0])
                 notes.append(f"{x.label}: {head} tied to {embeds[0]}")
     return notes
@@ -298,13 +329,21 @@ def _same_data(src, a: str, b: str) -> bool:
 
     fa, fb = src.operand(a).flat, src.operand(b).flat
     step = 1 << 22
-    return fa.dtype == fb.dtype and all(torch.equal(fa[i:i + step], fb[i:i + step]) for i in range(0, len(fa), step))
+    return fa.dtype == fb.dtype and all(
+        torch.equal(fa[i : i + step], fb[i : i + step]) for i in range(0, len(fa), step)
+    )
 
 
 # ------------------------------------------------------------------------------------------ library call
 
-def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c: str | os.PathLike | None = None,
-                     config: DiffConfig | None = None, **options) -> pd.DataFrame:
+
+def diff_checkpoints(
+    a: str | os.PathLike,
+    b: str | os.PathLike | None = None,
+    c: str | os.PathLike | None = None,
+    config: DiffConfig | None = None,
+    **options,
+) -> pd.DataFrame:
     """Diff checkpoints tensor by tensor, streaming; returns the records table (see the module docstring).
 
     ``a``, ``b``, ``c``: checkpoint folders (``model.safetensors`` or shards with an index), ``.safetensors``
@@ -325,8 +364,10 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c
     sources = [open_source(p, allow_pickle=cfg.allow_pickle) for p in paths]
     plan = _plan(sources, cfg.allow_missing)
     if not plan.names:
-        raise ValueError(f"nothing to diff in {', '.join(map(str, paths))}: no tensors in common"
-                         f"{' (and an adapter alone is measured by its LoRA pairs only)' if plan.mode == 'delta' else ''}")
+        raise ValueError(
+            f"nothing to diff in {', '.join(map(str, paths))}: no tensors in common"
+            f"{' (and an adapter alone is measured by its LoRA pairs only)' if plan.mode == 'delta' else ''}"
+        )
     run = cfg.run or "_vs_".join(_short(p) for p in reversed(paths))
     threads = cfg.threads or torch.get_num_threads()
     engine = _Engine(threads, cfg.chunk_elems)
@@ -341,12 +382,15 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike | None = None, c
         names = plan.names
         if cfg.progress:
             from tqdm import tqdm
+
             names = tqdm(names, desc="diff", unit="tensor", file=sys.stderr)
         for name in names:
             ops = [s.operand(name) if s.kind == "weights" or name in s.names() else None for s in sources]
             shape = tuple(sources[0].shape(name))
-            dense = [cfg.svd > 0 and len(shape) == 2 and k > 0 and op is not None and not isinstance(op, LoraDelta)
-                     for k, op in enumerate(ops)]
+            dense = [
+                cfg.svd > 0 and len(shape) == 2 and k > 0 and op is not None and not isinstance(op, LoraDelta)
+                for k, op in enumerate(ops)
+            ]
             if plan.mode == "delta":
                 dense = [False]
             g, full = engine.gram(ops, shape, dense)

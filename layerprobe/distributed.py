@@ -84,14 +84,18 @@ def shard_group(params):
         elif is_dtensor(p):
             shard_dims = [i for i, pl in enumerate(p.placements) if not isinstance(pl, Replicate)]
             if len(shard_dims) != 1 or p.placements[shard_dims[0]] != Shard(0):
-                raise ValueError(f"expected parameters sharded on dim 0 over one mesh dimension (FSDP2, HSDP), "
-                                 f"got placements {p.placements}; record tensor-parallel models per shard instead")
+                raise ValueError(
+                    f"expected parameters sharded on dim 0 over one mesh dimension (FSDP2, HSDP), "
+                    f"got placements {p.placements}; record tensor-parallel models per shard instead"
+                )
             groups.append(p.device_mesh.get_group(shard_dims[0]))
     if not groups:
         return None
     if any(g is not groups[0] for g in groups):
-        raise ValueError("expected all trainable parameters sharded over one process group, got several; "
-                         "apply fully_shard with one mesh for the whole model")
+        raise ValueError(
+            "expected all trainable parameters sharded over one process group, got several; "
+            "apply fully_shard with one mesh for the whole model"
+        )
     return groups[0]
 
 
@@ -107,7 +111,7 @@ def sum_over_shards(parts: list[torch.Tensor], group) -> list[torch.Tensor]:
     flat = flat.cpu()
     out, i = [], 0
     for t in parts:
-        out.append(flat[i:i + t.numel()].view(t.shape))
+        out.append(flat[i : i + t.numel()].view(t.shape))
         i += t.numel()
     return out
 
@@ -135,7 +139,7 @@ def rows_like(local: torch.Tensor, p: torch.Tensor, like: torch.Tensor) -> torch
     if is_dtensor(p) or not is_dtensor(like):
         return local
     start = row_offset(like)
-    return local[start:start + like.to_local().shape[0]]
+    return local[start : start + like.to_local().shape[0]]
 
 
 def whole(local: torch.Tensor, p: torch.Tensor, share_: float = 1.0) -> torch.Tensor:
@@ -146,5 +150,5 @@ def whole(local: torch.Tensor, p: torch.Tensor, share_: float = 1.0) -> torch.Te
         return local.double() * share_
     out = torch.zeros(p.shape, dtype=torch.float64, device=local.device)
     start = row_offset(p)
-    out[start:start + local.shape[0]] = local
+    out[start : start + local.shape[0]] = local
     return out

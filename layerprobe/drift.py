@@ -27,8 +27,10 @@ def module_norms(model_dir: str | os.PathLike) -> pd.Series:
     """||W|| per (layer, block, module) of a safetensors checkpoint folder (a tied weight is saved, so counted, once)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"expected *.safetensors in {model_dir}, found none; pass the folder of the model "
-                                "the phase started from (e.g. RUN/merged for SFT)")
+        raise FileNotFoundError(
+            f"expected *.safetensors in {model_dir}, found none; pass the folder of the model "
+            "the phase started from (e.g. RUN/merged for SFT)"
+        )
     sq: dict[tuple, float] = defaultdict(float)
     for f in files:
         with safe_open(str(f), "pt") as st:
@@ -40,19 +42,24 @@ def module_norms(model_dir: str | os.PathLike) -> pd.Series:
     return norms
 
 
-def phase_drift(run_dir: str | os.PathLike, phase: str, norms: pd.Series,
-                blocks: tuple[str, ...] = ("attn", "mlp")) -> dict[str, float]:
+def phase_drift(
+    run_dir: str | os.PathLike, phase: str, norms: pd.Series, blocks: tuple[str, ...] = ("attn", "mlp")
+) -> dict[str, float]:
     """Relative drift of the whole model (``all``) and of each block kind at the phase's last recorded step."""
     r = load_records(run_dir, quantities=["drift_ratio"])
     d = r[(r["phase"] == phase) & (r["param"] == "") & (r["module"] != "")]
     if d.empty:
-        raise ValueError(f"{run_dir} has no drift records for phase {phase!r}; record it with "
-                         "`layerprobe train --record` (drift_every not 'never')")
+        raise ValueError(
+            f"{run_dir} has no drift records for phase {phase!r}; record it with "
+            "`layerprobe train --record` (drift_every not 'never')"
+        )
     d = d[d["step"] == d["step"].max()].set_index(["layer", "block", "module"])["value"]
     unknown = d.index.difference(norms.index)
     if len(unknown):
-        raise ValueError(f"drift recorded for {list(unknown)[:3]} that the start checkpoint does not hold; "
-                         "pass the norms of the model this phase started from")
+        raise ValueError(
+            f"drift recorded for {list(unknown)[:3]} that the start checkpoint does not hold; "
+            "pass the norms of the model this phase started from"
+        )
     moved = (d * norms.reindex(d.index)).pow(2)
     out = {"all": math.sqrt(moved.sum() / norms.pow(2).sum())}
     for block in blocks:

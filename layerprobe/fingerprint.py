@@ -58,8 +58,11 @@ def stage_inputs(cfg, data, base_hash: str) -> dict[str, dict]:
         "cpt": {**_config_part(config, "cpt"), "base_model": base_hash, "cpt_docs": digest(data.cpt_docs)},
         "merge": {},
         "sft": {**_config_part(config, "sft"), **sft_data},
-        "eval": {**_config_part(config, "eval"), "cpt.max_length": cfg.cpt.max_length,
-                 "eval_set": digest(data.eval_set)},
+        "eval": {
+            **_config_part(config, "eval"),
+            "cpt.max_length": cfg.cpt.max_length,
+            "eval_set": digest(data.eval_set),
+        },
     }
 
 

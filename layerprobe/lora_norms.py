@@ -29,8 +29,9 @@ def product_norm(b: torch.Tensor, a: torch.Tensor, scale: float) -> float:
     return abs(scale) * _gram_norm_sq(b, a) ** 0.5
 
 
-def weight_parts(w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor, transposed: bool,
-                 w0_norm_sq: float) -> list[torch.Tensor]:
+def weight_parts(
+    w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor, transposed: bool, w0_norm_sq: float
+) -> list[torch.Tensor]:
     """Pieces of ||W0 + s dW||^2 (dW = B @ A, or its transpose when the base stores W transposed):
     [||W0||^2, B^T W0 (r x q), B^T B (r x r), A]. ``w0`` and ``b`` are the same rows (this rank's), ``a`` is
     this rank's summand of A (see :func:`layerprobe.distributed.whole`)."""
@@ -43,8 +44,11 @@ def weight_parts(w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor, transposed:
 def weight_norm_from(parts: list[torch.Tensor], scale: float) -> float:
     """||W0 + s dW|| = sqrt(||W0||^2 + 2 s <B^T W0, A> + s^2 sum((B^T B) * (A A^T)))."""
     w0_sq, left, gram_b, a = parts
-    total = float(w0_sq[0]) + 2.0 * scale * float((left * a).sum()) + scale * scale * float(
-        (gram_b * (a @ a.T)).sum().clamp_min(0.0))
+    total = (
+        float(w0_sq[0])
+        + 2.0 * scale * float((left * a).sum())
+        + scale * scale * float((gram_b * (a @ a.T)).sum().clamp_min(0.0))
+    )
     return max(total, 0.0) ** 0.5
 
 

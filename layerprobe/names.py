@@ -23,16 +23,56 @@ _WRAPPERS = re.compile(r"\.(?:base_layer|original_module|modules_to_save\.[^.]+)
 # A stack of decoder blocks: model.layers.N, transformer.h.N, gpt_neox.layers.N, encoder.layer.N, blocks.N
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks|block|decoder_layers)\.(\d+)\.")
 
-_EMBED = {"embed_tokens", "wte", "wpe", "embed_in", "word_embeddings", "embed_positions", "position_embeddings",
-          "token_type_embeddings", "embeddings", "tok_embeddings", "shared"}
+_EMBED = {
+    "embed_tokens",
+    "wte",
+    "wpe",
+    "embed_in",
+    "word_embeddings",
+    "embed_positions",
+    "position_embeddings",
+    "token_type_embeddings",
+    "embeddings",
+    "tok_embeddings",
+    "shared",
+}
 _HEAD = {"lm_head", "embed_out", "score", "output"}
 _ATTN_PARENTS = {"self_attn", "attn", "attention", "self_attention", "cross_attn", "mixer"}
-_MLP_PARENTS = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "experts", "shared_expert",
-                "shared_experts"}
-_ATTN_LEAVES = {"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "query_key_value", "query", "key",
-                "value", "wq", "wk", "wv", "wo", "out_proj", "dense"}
-_MLP_LEAVES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "c_fc", "dense_h_to_4h", "dense_4h_to_h",
-               "fc1", "fc2", "w1", "w2", "w3", "router", "gate"}
+_MLP_PARENTS = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "experts", "shared_expert", "shared_experts"}
+_ATTN_LEAVES = {
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "qkv_proj",
+    "c_attn",
+    "query_key_value",
+    "query",
+    "key",
+    "value",
+    "wq",
+    "wk",
+    "wv",
+    "wo",
+    "out_proj",
+    "dense",
+}
+_MLP_LEAVES = {
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "gate_up_proj",
+    "c_fc",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+    "fc1",
+    "fc2",
+    "w1",
+    "w2",
+    "w3",
+    "router",
+    "gate",
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +100,9 @@ class ParamName:
 def parse_name(name: str) -> ParamName:
     """Parse one parameter or tensor name (plain, peft-wrapped, adapter file, GPT-2, GPT-NeoX, Llama, MoE)."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"expected a non-empty parameter name such as 'model.layers.0.mlp.up_proj.weight', got {name!r}")
+        raise ValueError(
+            f"expected a non-empty parameter name such as 'model.layers.0.mlp.up_proj.weight', got {name!r}"
+        )
     n = _PEFT_PREFIX.sub("", name)
     lora = adapter = None
     m = _LORA.search(n)
@@ -77,8 +119,9 @@ def parse_name(name: str) -> ParamName:
     module = module_parts[-1]
     m = _LAYER.search("." + n + ".") if module_parts else None
     layer = int(m.group(1)) if m else -1
-    return ParamName(canonical=n, layer=layer, block=_block(module_parts, module, layer), module=module,
-                     lora=lora, adapter=adapter)
+    return ParamName(
+        canonical=n, layer=layer, block=_block(module_parts, module, layer), module=module, lora=lora, adapter=adapter
+    )
 
 
 def _block(parts: list[str], module: str, layer: int) -> str:

@@ -12,8 +12,10 @@ from typing import Callable, Sequence
 OUTCOMES: dict[str, tuple[str, Callable[[dict], float]]] = {
     "retention_drop": ("cpt.cloze_acc - sft.cloze_acc", lambda s: s["cpt"]["cloze_acc"] - s["sft"]["cloze_acc"]),
     "qa_drop": ("cpt.qa_acc - sft.qa_acc", lambda s: s["cpt"]["qa_acc"] - s["sft"]["qa_acc"]),
-    "loss_rise": ("sft.cpt_text_loss - cpt.cpt_text_loss",
-                  lambda s: s["sft"]["cpt_text_loss"] - s["cpt"]["cpt_text_loss"]),
+    "loss_rise": (
+        "sft.cpt_text_loss - cpt.cpt_text_loss",
+        lambda s: s["sft"]["cpt_text_loss"] - s["cpt"]["cpt_text_loss"],
+    ),
     "gozaru_rate": ("sft.gozaru_rate", lambda s: s["sft"]["gozaru_rate"]),
     "eos_rate": ("sft.eos_rate", lambda s: s["sft"]["eos_rate"]),
 }

@@ -71,17 +71,27 @@ class ClaimsConfig:
 
     alpha: float = field(default=0.05, metadata={"help": "family-wise error rate of Holm's procedure"})
     power: float = field(default=0.8, metadata={"help": "power for the detectable difference and units needed"})
-    margins: dict = field(default_factory=lambda: {"cloze_acc": 0.05, "cloze_heldout_acc": 0.05, "qa_acc": 0.05,
-                                                    "gozaru_rate": 0.05, "gozaru_first": 0.05, "eos_rate": 0.05,
-                                                    "style_logodds": 2.0, "cloze_margin": 1.0,
-                                                    "cloze_heldout_margin": 1.0},
-                          metadata={"help": "equivalence margin per metric: |a - b| < margin counts as alike "
-                                            "(accuracies as fractions, log-odds and margins in nats)"})
+    margins: dict = field(
+        default_factory=lambda: {
+            "cloze_acc": 0.05,
+            "cloze_heldout_acc": 0.05,
+            "qa_acc": 0.05,
+            "gozaru_rate": 0.05,
+            "gozaru_first": 0.05,
+            "eos_rate": 0.05,
+            "style_logodds": 2.0,
+            "cloze_margin": 1.0,
+            "cloze_heldout_margin": 1.0,
+        },
+        metadata={
+            "help": "equivalence margin per metric: |a - b| < margin counts as alike "
+            "(accuracies as fractions, log-odds and margins in nats)"
+        },
+    )
 
     def __post_init__(self):
         if not 0 < self.alpha < 1 or not 0 < self.power < 1:
-            raise ValueError(f"claims need 0 < alpha < 1 and 0 < power < 1, got alpha={self.alpha}, "
-                             f"power={self.power}")
+            raise ValueError(f"claims need 0 < alpha < 1 and 0 < power < 1, got alpha={self.alpha}, power={self.power}")
         bad = {k: v for k, v in self.margins.items() if not (isinstance(v, (int, float)) and v > 0)}
         if bad:
             raise ValueError(f"each equivalence margin must be a positive number, got {bad}; e.g. qa_acc: 0.05")
@@ -98,8 +108,10 @@ class ClaimsConfig:
 
     def margin(self, metric: str) -> float:
         if metric not in self.margins:
-            raise ValueError(f"no equivalence margin for {metric!r}; state one in the claims config "
-                             f"(margins: {{{metric}: ...}}), known: {', '.join(self.margins)}")
+            raise ValueError(
+                f"no equivalence margin for {metric!r}; state one in the claims config "
+                f"(margins: {{{metric}: ...}}), known: {', '.join(self.margins)}"
+            )
         return float(self.margins[metric])
 
 
@@ -133,10 +145,13 @@ def _answers(run_dir: Path, phase: str) -> list[dict]:
         rows = _read_answers_table(str(table), table.stat().st_mtime_ns)
         rows = rows[(rows["cell"] == run_dir.name) & (rows["phase"] == phase)]
         if len(rows):
-            return [{k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-                    for r in rows.to_dict("records")]
-    raise FileNotFoundError(f"no per-item answers at {path} (nor in {table}); evaluate the run first "
-                            "(layerprobe eval --out RUN)")
+            return [
+                {k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+                for r in rows.to_dict("records")
+            ]
+    raise FileNotFoundError(
+        f"no per-item answers at {path} (nor in {table}); evaluate the run first (layerprobe eval --out RUN)"
+    )
 
 
 def has_answers(run_dir: str | os.PathLike, phase: str) -> bool:
@@ -156,8 +171,19 @@ def item_values(run_dir: str | os.PathLike, phase: str, metric: str) -> pd.Serie
     return pd.Series(values, name=metric, dtype=float).dropna()
 
 
-ANSWER_FIELDS = ("kind", "relation", "prompt", "answer", "output", "correct", "first", "eos", "logprob", "margin",
-                 "style_logodds")
+ANSWER_FIELDS = (
+    "kind",
+    "relation",
+    "prompt",
+    "answer",
+    "output",
+    "correct",
+    "first",
+    "eos",
+    "logprob",
+    "margin",
+    "style_logodds",
+)
 
 
 def answers_table(sweep_dir: Path, cells: list[str]) -> pd.DataFrame:
@@ -182,8 +208,11 @@ def unit_means(arm: Arm, metric: str) -> pd.Series:
     for unit, run in arm.runs.items():
         row = arm.results.get(unit, {})
         value = row.get(column)
-        out[unit] = float(value) if value is not None and not pd.isna(value) else \
-            float(item_values(run, arm.phase, metric).mean())
+        out[unit] = (
+            float(value)
+            if value is not None and not pd.isna(value)
+            else float(item_values(run, arm.phase, metric).mean())
+        )
     return pd.Series(out, name=metric, dtype=float)
 
 
@@ -280,12 +309,28 @@ def unit_test(diffs: Sequence[float], margin: float = math.nan, alpha: float = 0
     sd, lo, hi, p, test, margin, p_tost, mde, units_needed."""
     d = np.asarray(list(diffs), dtype=float)
     spread = d.size > 1 and np.ptp(d) > 1e-9  # units alike up to float rounding have no t statistic
-    t = paired_t(d) if spread else {"mean_diff": float(d.mean()) if d.size else math.nan, "p": math.nan,
-                                    "lo": float(d.mean()) if d.size > 1 else math.nan,
-                                    "hi": float(d.mean()) if d.size > 1 else math.nan}
+    t = (
+        paired_t(d)
+        if spread
+        else {
+            "mean_diff": float(d.mean()) if d.size else math.nan,
+            "p": math.nan,
+            "lo": float(d.mean()) if d.size > 1 else math.nan,
+            "hi": float(d.mean()) if d.size > 1 else math.nan,
+        }
+    )
     sd = float(d.std(ddof=1)) if spread else 0.0 if d.size > 1 else math.nan
-    out = {"n_units": int(d.size), "diff": t["mean_diff"], "sd": sd, "lo": t["lo"], "hi": t["hi"],
-           "margin": margin, "p_tost": math.nan, "mde": math.nan, "units_needed": math.nan}
+    out = {
+        "n_units": int(d.size),
+        "diff": t["mean_diff"],
+        "sd": sd,
+        "lo": t["lo"],
+        "hi": t["hi"],
+        "margin": margin,
+        "p_tost": math.nan,
+        "mde": math.nan,
+        "units_needed": math.nan,
+    }
     if d.size < 2:
         return {**out, "p": math.nan, "test": "none: fewer than 2 units"}
     if not spread:  # the exact sign test instead, and its one-sided forms for TOST
@@ -298,8 +343,8 @@ def unit_test(diffs: Sequence[float], margin: float = math.nan, alpha: float = 0
     out.update(p=t["p"], test="paired t")
     if margin == margin:
         se = sd / math.sqrt(d.size)
-        upper = stats.t.cdf((d.mean() - margin) / se, d.size - 1)   # H0: diff >= +m
-        lower = stats.t.sf((d.mean() + margin) / se, d.size - 1)    # H0: diff <= -m
+        upper = stats.t.cdf((d.mean() - margin) / se, d.size - 1)  # H0: diff >= +m
+        lower = stats.t.sf((d.mean() + margin) / se, d.size - 1)  # H0: diff <= -m
         out["p_tost"] = float(max(upper, lower))
     out["mde"] = detectable(d.size, alpha, power) * sd
     out["units_needed"] = units_needed(abs(d.mean()) / sd, alpha, power)
@@ -315,16 +360,22 @@ def compare(a: Arm, b: Arm, metric: str, config: ClaimsConfig | None = None, fam
     if not units:
         raise ValueError(f"the arms share no unit: {sorted(a.runs)} vs {sorted(b.runs)}")
     d = va.loc[units] - vb.loc[units]
-    out = {"metric": metric, "a": float(va.loc[units].mean()), "b": float(vb.loc[units].mean()),
-           **unit_test(d.to_numpy(), config.margin(metric), config.alpha / family_size, config.power),
-           "seed_diffs": " ".join(f"{v:+.3f}" for v in d), "units": " ".join(map(str, units))}
+    out = {
+        "metric": metric,
+        "a": float(va.loc[units].mean()),
+        "b": float(vb.loc[units].mean()),
+        **unit_test(d.to_numpy(), config.margin(metric), config.alpha / family_size, config.power),
+        "seed_diffs": " ".join(f"{v:+.3f}" for v in d),
+        "units": " ".join(map(str, units)),
+    }
     if ITEM_METRICS[metric][2]:  # rates: how many unit values sit at 0 or 1, where the spread says little
         values = np.concatenate([va.loc[units].to_numpy(), vb.loc[units].to_numpy()])
         out["at_bound"] = int(np.isclose(values, 0).sum() + np.isclose(values, 1).sum())
     out.update(p_items=math.nan, a_only=math.nan, b_only=math.nan)
     if ITEM_METRICS[metric][2] and all(has_answers(arm.runs[u], arm.phase) for arm in (a, b) for u in units):
-        xa, xb, _ = paired_items(Arm({u: a.runs[u] for u in units}, a.phase),
-                                 Arm({u: b.runs[u] for u in units}, b.phase), metric)
+        xa, xb, _ = paired_items(
+            Arm({u: a.runs[u] for u in units}, a.phase), Arm({u: b.runs[u] for u in units}, b.phase), metric
+        )
         out["p_items"], out["a_only"], out["b_only"] = mcnemar_p(xa, xb)
     return out
 
@@ -344,8 +395,9 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 def verdicts(p_holm: Sequence[float], p_tost_holm: Sequence[float], alpha: float = 0.05) -> list[str]:
     """``differs`` / ``equivalent`` / ``inconclusive`` from the Holm-adjusted p-values (NaN never decides)."""
-    return ["differs" if p < alpha else "equivalent" if q < alpha else "inconclusive"
-            for p, q in zip(p_holm, p_tost_holm)]
+    return [
+        "differs" if p < alpha else "equivalent" if q < alpha else "inconclusive" for p, q in zip(p_holm, p_tost_holm)
+    ]
 
 
 def compare_family(claims: Sequence[dict], config: ClaimsConfig | None = None, min_units: int = 1) -> pd.DataFrame:
@@ -355,23 +407,40 @@ def compare_family(claims: Sequence[dict], config: ClaimsConfig | None = None, m
     note and no p-value, and does not count towards its family; so does a claim on a metric its runs did not
     measure (the held-out cloze in runs evaluated before it existed)."""
     config = config or ClaimsConfig()
-    ready = [len(set(c["a"].runs) & set(c["b"].runs)) >= min_units and measured(c["a"], c["metric"])
-             and measured(c["b"], c["metric"]) for c in claims]
+    ready = [
+        len(set(c["a"].runs) & set(c["b"].runs)) >= min_units
+        and measured(c["a"], c["metric"])
+        and measured(c["b"], c["metric"])
+        for c in claims
+    ]
     sizes = pd.Series([c.get("family", "all") for c, ok in zip(claims, ready) if ok]).value_counts()
     rows = []
     for c, ok in zip(claims, ready):
         shared = sorted(set(c["a"].runs) & set(c["b"].runs))
         head = {"family": c.get("family", "all"), "claim": c["claim"], "metric": c["metric"]}
         if len(shared) < min_units:
-            rows.append({**head, "n_units": len(shared), "p": math.nan, "p_tost": math.nan,
-                         "missing": f"{len(shared)} of {min_units} units finished"})
+            rows.append(
+                {
+                    **head,
+                    "n_units": len(shared),
+                    "p": math.nan,
+                    "p_tost": math.nan,
+                    "missing": f"{len(shared)} of {min_units} units finished",
+                }
+            )
             continue
         if not ok:
-            rows.append({**head, "n_units": len(shared), "p": math.nan, "p_tost": math.nan,
-                         "missing": f"{c['metric']} not measured in these runs"})
+            rows.append(
+                {
+                    **head,
+                    "n_units": len(shared),
+                    "p": math.nan,
+                    "p_tost": math.nan,
+                    "missing": f"{c['metric']} not measured in these runs",
+                }
+            )
             continue
-        rows.append({**head, **compare(c["a"], c["b"], c["metric"], config, int(sizes[head["family"]])),
-                     "missing": ""})
+        rows.append({**head, **compare(c["a"], c["b"], c["metric"], config, int(sizes[head["family"]])), "missing": ""})
     table = pd.DataFrame(rows)
     table["p_holm"], table["p_tost_holm"] = math.nan, math.nan
     for _, idx in table.groupby("family", sort=False).groups.items():
@@ -386,8 +455,9 @@ def compare_family(claims: Sequence[dict], config: ClaimsConfig | None = None, m
 def summary_line(table: pd.DataFrame) -> str:
     tested = table[table["missing"] == ""]
     counts = tested["verdict"].value_counts()
-    return (f"{len(tested)} of {len(table)} claims tested: " +
-            ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS))
+    return f"{len(tested)} of {len(table)} claims tested: " + ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in VERDICTS
+    )
 
 
 def write_claims(table: pd.DataFrame, out_dir: str | os.PathLike) -> str:
@@ -431,7 +501,11 @@ def sweep_arm(results: pd.DataFrame, folder: str | os.PathLike, phase: str = "sf
     columns = unit_columns(results)
     units = [unit_of(r, columns) for _, r in rows.iterrows()]
     if len(set(units)) < len(units):
-        raise ValueError(f"{match} matches several cells per unit ({', '.join(columns)}) in {folder}; "
-                         "add the missing columns")
-    return Arm({u: Path(folder) / c for u, c in zip(units, rows["cell"])}, phase,
-               {u: r.to_dict() for u, (_, r) in zip(units, rows.iterrows())})
+        raise ValueError(
+            f"{match} matches several cells per unit ({', '.join(columns)}) in {folder}; add the missing columns"
+        )
+    return Arm(
+        {u: Path(folder) / c for u, c in zip(units, rows["cell"])},
+        phase,
+        {u: r.to_dict() for u, (_, r) in zip(units, rows.iterrows())},
+    )

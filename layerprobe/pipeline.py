@@ -60,19 +60,25 @@ def load_data(cfg: TrainConfig) -> PipelineData:
         instructions = []
         if not d.instructions and d.heldout > 0:
             if len(sft_rows) <= d.heldout:
-                raise ValueError(f"SFT data {d.sft!r} has {len(sft_rows)} rows, not more than data.heldout="
-                                 f"{d.heldout} held out for the style evaluation; lower data.heldout or give "
-                                 "data.instructions")
-            instructions = [{"prompt": r["prompt"][-1]["content"], "answer": r["completion"][-1]["content"]}
-                            for r in sft_rows[-d.heldout:]]
+                raise ValueError(
+                    f"SFT data {d.sft!r} has {len(sft_rows)} rows, not more than data.heldout="
+                    f"{d.heldout} held out for the style evaluation; lower data.heldout or give "
+                    "data.instructions"
+                )
+            instructions = [
+                {"prompt": r["prompt"][-1]["content"], "answer": r["completion"][-1]["content"]}
+                for r in sft_rows[-d.heldout :]
+            ]
             sft_rows = sft_rows[: -d.heldout]
     if d.max_sft_rows > 0:
         sft_rows = sft_rows[: d.max_sft_rows]
     if d.sft != TOYWORLD and d.sft_rewrite == "gozaru":
         from layerprobe.realdata import gozaru_rewrite
 
-        sft_rows = [{**r, "completion": [{**m, "content": gozaru_rewrite(m["content"])} for m in r["completion"]]}
-                    for r in sft_rows]
+        sft_rows = [
+            {**r, "completion": [{**m, "content": gozaru_rewrite(m["content"])} for m in r["completion"]]}
+            for r in sft_rows
+        ]
         instructions = [{**r, "answer": gozaru_rewrite(r["answer"]), "plain": r["answer"]} for r in instructions]
     if d.instructions:
         instructions = D.load_instructions(d.instructions, d.split)
@@ -80,8 +86,10 @@ def load_data(cfg: TrainConfig) -> PipelineData:
         probes = D.load_probes(d.probes, d.split)
     else:
         probes = toy.probes if d.cpt == TOYWORLD else []
-    desc = (f"CPT {len(cpt_docs)} documents ({d.cpt}), SFT {len(sft_rows)} rows ({d.sft}), "
-            f"{len(probes)} probes, {len(instructions)} held-out instructions")
+    desc = (
+        f"CPT {len(cpt_docs)} documents ({d.cpt}), SFT {len(sft_rows)} rows ({d.sft}), "
+        f"{len(probes)} probes, {len(instructions)} held-out instructions"
+    )
     if d.general_text:
         general = D.load_cpt_texts(d.general_text, d.cpt_text_field, d.split)
     else:
@@ -157,8 +165,9 @@ def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inpu
     return Plan(state, changes)
 
 
-def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, eval_set: EvalSet | None = None,
-               model_dir: str | None = None) -> list:
+def _callbacks(
+    cfg: TrainConfig, run_dir: Path, phase: str, eval_set: EvalSet | None = None, model_dir: str | None = None
+) -> list:
     """The recorder (with record on, first), the probes (with the phase's probe_every: the evaluation's probes
     ``eval_set`` scored with the tokenizer of ``model_dir``, the phase's input model) and the mid-phase checkpoints
     of a training phase."""
@@ -170,17 +179,35 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, eval_set: EvalSet | 
         from layerprobe.recorder import RecorderCallback
 
         r = cfg.recorder
-        out.append(RecorderCallback(run_dir, run=run_dir.name, phase=phase, grad_every=r.grad_every,
-                                    update_every=r.update_every, drift_every=r.drift_every))
+        out.append(
+            RecorderCallback(
+                run_dir,
+                run=run_dir.name,
+                phase=phase,
+                grad_every=r.grad_every,
+                update_every=r.update_every,
+                drift_every=r.drift_every,
+            )
+        )
     if pc.probe_every:
         from layerprobe.probes import ProbeCallback
         from layerprobe.stages import load_tokenizer
 
         shown = (eval_set or EvalSet([], [], [])).limited(cfg.eval)  # what the evaluation scores
-        out.append(ProbeCallback(run_dir, shown.probes, shown.instructions, run=run_dir.name, phase=phase,
-                                 tokenizer=load_tokenizer(model_dir) if model_dir else None, every=pc.probe_every,
-                                 max_per_kind=pc.probe_max, batch_size=cfg.eval.batch_size,
-                                 max_prompt_tokens=cfg.eval.max_prompt_tokens))
+        out.append(
+            ProbeCallback(
+                run_dir,
+                shown.probes,
+                shown.instructions,
+                run=run_dir.name,
+                phase=phase,
+                tokenizer=load_tokenizer(model_dir) if model_dir else None,
+                every=pc.probe_every,
+                max_per_kind=pc.probe_max,
+                batch_size=cfg.eval.batch_size,
+                max_prompt_tokens=cfg.eval.max_prompt_tokens,
+            )
+        )
     # an anchored phase measures from the weights it starts with: resumed, it would anchor to the checkpoint
     minutes = 0.0 if pc.l2sp or pc.drift_cap else cfg.checkpoint.minutes
     return out + [SaveEvery(minutes, cfg.checkpoint.keep, flush=out)]
@@ -208,11 +235,19 @@ def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
         def run(model_dir=model_dir, adapter=adapter, phase=phase):
             model = load_model(model_dir, adapter)
             timing[phase] = {}
-            return evaluate_model(model, load_tokenizer(adapter or model_dir), data.eval_set, cfg.eval,
-                                  cfg.cpt.max_length, progress, timing[phase])
+            return evaluate_model(
+                model,
+                load_tokenizer(adapter or model_dir),
+                data.eval_set,
+                cfg.eval,
+                cfg.cpt.max_length,
+                progress,
+                timing[phase],
+            )
 
-        metrics, rows, hit = cached_evaluation([model_dir] + ([adapter] if adapter else []), data.eval_set,
-                                               cfg.eval, cfg.cpt.max_length, run)
+        metrics, rows, hit = cached_evaluation(
+            [model_dir] + ([adapter] if adapter else []), data.eval_set, cfg.eval, cfg.cpt.max_length, run
+        )
         seconds[phase] = round(time.time() - t_phase, 1)
         hits += [phase] if hit else []
         results[phase] = metrics
@@ -220,9 +255,15 @@ def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
     rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
     n = data.eval_set.limited(cfg.eval)
     cached = f" ({', '.join(hits)} from the evaluation cache)" if hits else ""
-    return {"what": f"evaluated the {', '.join(phases)} models on {len(n.probes)} probes and {len(n.instructions)} "
-                    f"held-out instructions{cached}", "out": str(out), "seconds": round(time.time() - t0, 1),
-            "phase_seconds": seconds, "cached": hits, "generation": timing}
+    return {
+        "what": f"evaluated the {', '.join(phases)} models on {len(n.probes)} probes and {len(n.instructions)} "
+        f"held-out instructions{cached}",
+        "out": str(out),
+        "seconds": round(time.time() - t0, 1),
+        "phase_seconds": seconds,
+        "cached": hits,
+        "generation": timing,
+    }
 
 
 @contextlib.contextmanager
@@ -233,8 +274,11 @@ def quiet_libraries():
     import datasets
     from transformers.utils import logging as hf_logging
 
-    verbosity, hf_bars, ds_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), \
-        datasets.is_progress_bar_enabled()
+    verbosity, hf_bars, ds_bars = (
+        hf_logging.get_verbosity(),
+        hf_logging.is_progress_bar_enabled(),
+        datasets.is_progress_bar_enabled(),
+    )
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -251,9 +295,15 @@ def quiet_libraries():
             datasets.enable_progress_bars()
 
 
-def run_pipeline(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, overwrite: bool = False,
-                 progress: bool = False, log: Callable[[str], None] | None = None,
-                 only: str | None = None, reuse_from=()) -> dict:
+def run_pipeline(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    only: str | None = None,
+    reuse_from=(),
+) -> dict:
     """Run CPT -> merge -> SFT -> eval (and figures) into ``out_dir``; returns the summary dict.
 
     Stages finished in ``out_dir`` with the same inputs are skipped and an interrupted training stage resumes
@@ -275,13 +325,21 @@ def machine_info() -> dict:
 
     cpu = platform.processor() or platform.machine()
     try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
-            "cuda": torch.version.cuda or "none"}
+    return {
+        "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+    }
 
 
 def choose_threads() -> str | None:
@@ -301,12 +359,21 @@ def choose_threads() -> str | None:
     if threads >= torch.get_num_threads():
         return None
     torch.set_num_threads(threads)
-    return (f"{threads} of {cores} cores (load average {busy:.1f}: other processes are using the rest; "
-            "set OMP_NUM_THREADS to choose)")
+    return (
+        f"{threads} of {cores} cores (load average {busy:.1f}: other processes are using the rest; "
+        "set OMP_NUM_THREADS to choose)"
+    )
 
 
-def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callable[[str], None],
-         only: str | None, reuse_from=()) -> dict:
+def _run(
+    cfg: TrainConfig,
+    out_dir,
+    overwrite: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    only: str | None,
+    reuse_from=(),
+) -> dict:
     from layerprobe.preflight import check_run
     from layerprobe.stages import hidden_size, resolve_model, resolve_precision
 
@@ -317,11 +384,14 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
     t_start = time.time()
     run_dir = Path(out_dir) if out_dir else default_out()
     if not rundir.is_empty_or_run(run_dir):
-        raise FileExistsError(f"{run_dir} exists and is not a layerprobe run folder (no {rundir.CONFIG}); "
-                              "choose another --out")
+        raise FileExistsError(
+            f"{run_dir} exists and is not a layerprobe run folder (no {rundir.CONFIG}); choose another --out"
+        )
     if only not in (None, STAGES[0]) and not rundir.is_run(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a run folder with finished stages; run `layerprobe train --out "
-                                f"{run_dir}` or the stages before {only} first")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder with finished stages; run `layerprobe train --out "
+            f"{run_dir}` or the stages before {only} first"
+        )
     data = load_data(cfg)
     t0 = time.time()
     base = resolve_model(cfg.model, cfg, progress=progress)
@@ -338,8 +408,10 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
 
         shown = data.eval_set.limited(cfg.eval)
         if not any(probe_subset(shown.probes, shown.instructions)):
-            raise ValueError("cpt.probe_every / sft.probe_every need probes to score, got no cloze or QA probes and no "
-                             "held-out instructions with a plain twin; give data.probes, or set probe_every to 0")
+            raise ValueError(
+                "cpt.probe_every / sft.probe_every need probes to score, got no cloze or QA probes and no "
+                "held-out instructions with a plain twin; give data.probes, or set probe_every to 0"
+            )
     inputs = stage_inputs(cfg, data, rundir.content_hash(base))
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
@@ -348,8 +420,9 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
         log(f"threads    {threads_note}")
 
     with rundir.locked(run_dir):
-        infos, ran, resumed = _run_stages(cfg, run_dir, base, data, fingerprints, inputs, overwrite, only,
-                                          list(reuse_from), progress, log)
+        infos, ran, resumed = _run_stages(
+            cfg, run_dir, base, data, fingerprints, inputs, overwrite, only, list(reuse_from), progress, log
+        )
         if "eval" not in infos:
             return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
         if not ran and rundir.summary_path(run_dir).is_file():  # a finished run: nothing to redo or rewrite
@@ -357,31 +430,66 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
         figures = _figures(run_dir, cfg, log)
         metrics = rundir.read_metrics(run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
         summary = {
-            "run": run_dir.name, "config_hash": cfg.hash(), "model": cfg.model, "base_model": base,
-            "resumed": resumed, **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
-            "stages": {s: {k: v for k, v in infos[s].items()
-                           if k in ("what", "out", "steps", "final_loss", "seconds", "record_seconds", "probe_seconds",
-                                    "trainable_params", "trainable_share", "reused_from")} for s in STAGES},
-            "base_seconds": base_seconds, "wall_seconds": round(time.time() - t_start, 1), "figures": figures,
+            "run": run_dir.name,
+            "config_hash": cfg.hash(),
+            "model": cfg.model,
+            "base_model": base,
+            "resumed": resumed,
+            **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
+            "stages": {
+                s: {
+                    k: v
+                    for k, v in infos[s].items()
+                    if k
+                    in (
+                        "what",
+                        "out",
+                        "steps",
+                        "final_loss",
+                        "seconds",
+                        "record_seconds",
+                        "probe_seconds",
+                        "trainable_params",
+                        "trainable_share",
+                        "reused_from",
+                    )
+                }
+                for s in STAGES
+            },
+            "base_seconds": base_seconds,
+            "wall_seconds": round(time.time() - t_start, 1),
+            "figures": figures,
             "machine": machine_info(),
         }
         rundir.write_summary(run_dir, summary)
         return summary
 
 
-def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, fingerprints: dict[str, str],
-                inputs: dict[str, dict], overwrite: bool, only: str | None, reuse_from: list, progress: bool,
-                log: Callable[[str], None]) -> tuple[dict[str, dict], bool, bool]:
+def _run_stages(
+    cfg: TrainConfig,
+    run_dir: Path,
+    base: str,
+    data: PipelineData,
+    fingerprints: dict[str, str],
+    inputs: dict[str, dict],
+    overwrite: bool,
+    only: str | None,
+    reuse_from: list,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, dict], bool, bool]:
     """Run the stages the plan asks for; returns (stage infos, whether any ran, whether the folder had any)."""
     from layerprobe.stages import run_cpt, run_merge, run_sft
 
     plan = plan_run(run_dir, cfg, fingerprints, inputs)
     if only is not None:
-        for s in STAGES[:STAGES.index(only)]:
+        for s in STAGES[: STAGES.index(only)]:
             if plan.state[s] != "done":
                 why = f" (its inputs changed: {plan.changes_text()})" if plan.state[s] == "stale" else ""
-                raise ValueError(f"stage {s} is not done in {run_dir} for this config{why}; run `layerprobe {s} "
-                                 f"--out {run_dir}` (or `layerprobe train --out {run_dir}`) first")
+                raise ValueError(
+                    f"stage {s} is not done in {run_dir} for this config{why}; run `layerprobe {s} "
+                    f"--out {run_dir}` (or `layerprobe train --out {run_dir}`) first"
+                )
     stale = plan.stale()
     if stale:
         kept = [s for s in STAGES if plan.state[s] == "done"]
@@ -389,9 +497,12 @@ def _run_stages(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
             raise FileExistsError(
                 f"{run_dir} was made with a different config ({plan.changes_text()}): {', '.join(stale)} would run "
                 f"again{'; kept: ' + ', '.join(kept) if kept else ''}; pass --overwrite to replace "
-                f"{'that stage' if len(stale) == 1 else 'those stages'}, or choose another --out")
-        log(f"overwrite  {', '.join(stale)} {'runs' if len(stale) == 1 else 'run'} again ({plan.changes_text()}); "
-            f"kept: {', '.join(kept) or 'nothing'}")
+                f"{'that stage' if len(stale) == 1 else 'those stages'}, or choose another --out"
+            )
+        log(
+            f"overwrite  {', '.join(stale)} {'runs' if len(stale) == 1 else 'run'} again ({plan.changes_text()}); "
+            f"kept: {', '.join(kept) or 'nothing'}"
+        )
         for s in stale:
             rundir.clear_stage(run_dir, s)
             plan.state[s] = "run"

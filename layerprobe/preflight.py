@@ -13,11 +13,15 @@ from __future__ import annotations
 def check_run(cfg, base: str, data) -> None:
     """Raise a one-line ValueError naming the config entry at fault, before any work is spent."""
     if not data.cpt_docs:
-        raise ValueError(f"the CPT data ({cfg.data.cpt}) holds no documents; expected documents with text "
-                         "(check data.cpt, data.cpt_text_field and data.max_cpt_docs)")
+        raise ValueError(
+            f"the CPT data ({cfg.data.cpt}) holds no documents; expected documents with text "
+            "(check data.cpt, data.cpt_text_field and data.max_cpt_docs)"
+        )
     if not data.sft_rows:
-        raise ValueError(f"the SFT data ({cfg.data.sft}) holds no rows; expected prompt/completion, messages or "
-                         "instruction/output rows (check data.sft, data.max_sft_rows and data.heldout)")
+        raise ValueError(
+            f"the SFT data ({cfg.data.sft}) holds no rows; expected prompt/completion, messages or "
+            "instruction/output rows (check data.sft, data.max_sft_rows and data.heldout)"
+        )
     check_phases(cfg, base)
 
 
@@ -57,5 +61,7 @@ def _check(model, phase, seed: int, name: str) -> None:
     except Exception as e:  # peft raises its own error types; all are config errors here
         what = f"{name}.select {phase.select!r}" if phase.select else f"{name}.target_modules/layers_to_transform"
         msg = " ".join(str(e).split())
-        raise ValueError(f"{what} does not fit the model: {msg}; fix --{name}.select / --{name}.target_modules "
-                         "before anything trains") from None
+        raise ValueError(
+            f"{what} does not fit the model: {msg}; fix --{name}.select / --{name}.target_modules "
+            "before anything trains"
+        ) from None

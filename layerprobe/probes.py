@@ -49,8 +49,9 @@ STYLE_KIND = "instruction"  # the module of the style rows (the evaluation's kin
 QUANTITIES = ("probe_logprob", "probe_top1", "style_logodds")
 
 
-def probe_subset(probes: Iterable[dict], instructions: Iterable[dict] = (),
-                 max_per_kind: int = 0) -> tuple[list[dict], list[dict]]:
+def probe_subset(
+    probes: Iterable[dict], instructions: Iterable[dict] = (), max_per_kind: int = 0
+) -> tuple[list[dict], list[dict]]:
     """The probes scored during training: the first ``max_per_kind`` (0 = all) of each kind in
     :data:`~layerprobe.evaluate.PROBE_KINDS`, grouped by kind in that order, and the first ``max_per_kind``
     instructions with both a styled ``answer`` and a ``plain`` twin. Both are prefixes of what the evaluation
@@ -70,8 +71,9 @@ def probe_subset(probes: Iterable[dict], instructions: Iterable[dict] = (),
     return chosen, paired
 
 
-def score_probes(model, tok, probes: list[dict], instructions: list[dict] = (), batch_size: int = 64,
-                 max_prompt_tokens: int = 512) -> list[tuple[str, str, str, float]]:
+def score_probes(
+    model, tok, probes: list[dict], instructions: list[dict] = (), batch_size: int = 64, max_prompt_tokens: int = 512
+) -> list[tuple[str, str, str, float]]:
     """(module, param, quantity, value) rows (see the module's docstring) for ``probes`` and the paired
     ``instructions`` (call :func:`probe_subset` first), scored as :func:`~layerprobe.evaluate.evaluate_model` scores
     them: one :func:`~layerprobe.evaluate.answer_scores` call per probe kind (QA as a chat
@@ -88,8 +90,10 @@ def score_probes(model, tok, probes: list[dict], instructions: list[dict] = (), 
         scores = answer_scores(model, tok, [p["prompt"] for p in group], answers, chat, batch_size)
         for p, (logprob, top1) in zip(group, scores):
             rows += [(kind, _param(p), "probe_logprob", logprob), (kind, _param(p), "probe_top1", float(top1))]
-        rows += [(kind, "", "probe_logprob", sum(lp for lp, _ in scores) / len(scores)),
-                 (kind, "", "probe_top1", sum(t for _, t in scores) / len(scores))]
+        rows += [
+            (kind, "", "probe_logprob", sum(lp for lp, _ in scores) / len(scores)),
+            (kind, "", "probe_top1", sum(t for _, t in scores) / len(scores)),
+        ]
     if instructions:
         prompts = [truncate_prompt(tok, i["prompt"], max_prompt_tokens) for i in instructions]
         styled = answer_scores(model, tok, prompts, [i["answer"] for i in instructions], True, batch_size)
@@ -125,17 +129,31 @@ class ProbeCallback(TrainerCallback):
         flush_every_s: write a Parquet part at least this often.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, probes: Iterable[dict] = (), instructions: Iterable[dict] = (),
-                 *, tokenizer=None, run: str | None = None, phase: str = "train",
-                 every: int | str | Schedule = 10, max_per_kind: int = 32, batch_size: int = 64,
-                 max_prompt_tokens: int = 512, at_start: bool = True, flush_every_s: float = 30.0):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        probes: Iterable[dict] = (),
+        instructions: Iterable[dict] = (),
+        *,
+        tokenizer=None,
+        run: str | None = None,
+        phase: str = "train",
+        every: int | str | Schedule = 10,
+        max_per_kind: int = 32,
+        batch_size: int = 64,
+        max_prompt_tokens: int = 512,
+        at_start: bool = True,
+        flush_every_s: float = 30.0,
+    ):
         self.out_dir = Path(out_dir)
         self.run = run or self.out_dir.resolve().name
         self.phase, self.every, self.tokenizer = phase, every, tokenizer
         self.probes, self.instructions = probe_subset(probes, instructions, max_per_kind)
         if not self.probes and not self.instructions:
-            raise ValueError("ProbeCallback got nothing to score: expected probes of kind "
-                             f"{', '.join(PROBE_KINDS)} or instructions with a 'plain' twin")
+            raise ValueError(
+                "ProbeCallback got nothing to score: expected probes of kind "
+                f"{', '.join(PROBE_KINDS)} or instructions with a 'plain' twin"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
@@ -162,8 +180,7 @@ class ProbeCallback(TrainerCallback):
         model.eval()
         try:
             with torch.no_grad():
-                rows = score_probes(model, tok, self.probes, self.instructions, self.batch_size,
-                                    self.max_prompt_tokens)
+                rows = score_probes(model, tok, self.probes, self.instructions, self.batch_size, self.max_prompt_tokens)
         finally:
             for m, flag in flags:
                 m.training = flag
@@ -179,8 +196,10 @@ class ProbeCallback(TrainerCallback):
     def _tok(self, processing_class):
         tok = processing_class if processing_class is not None else self.tokenizer
         if tok is None:
-            raise ValueError("ProbeCallback needs a tokenizer: pass tokenizer= (a Trainer without processing_class, "
-                             "e.g. CPT on packed blocks, gives the callbacks none)")
+            raise ValueError(
+                "ProbeCallback needs a tokenizer: pass tokenizer= (a Trainer without processing_class, "
+                "e.g. CPT on packed blocks, gives the callbacks none)"
+            )
         return tok
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -190,8 +209,7 @@ class ProbeCallback(TrainerCallback):
         self.schedule = parse_schedule(self.every, state.max_steps or None)
         rank, _ = _rank()
         if rank == 0:
-            self.writer = RecordWriter(self.out_dir, self.run, self.phase, rank=rank,
-                                       flush_every_s=self.flush_every_s)
+            self.writer = RecordWriter(self.out_dir, self.run, self.phase, rank=rank, flush_every_s=self.flush_every_s)
         self._seconds += time.perf_counter() - t
         if state.global_step:  # resumed: rows a killed attempt wrote after the checkpoint are probed again
             if rank == 0:

@@ -35,8 +35,10 @@ class Partial:
 
 
 def _rows(units_list, nums, dens=None) -> list[Row]:
-    return [(u.name, u.layer, u.block, u.module, float(n), None if dens is None else float(d))
-            for u, n, d in zip(units_list, nums, dens if dens is not None else nums)]
+    return [
+        (u.name, u.layer, u.block, u.module, float(n), None if dens is None else float(d))
+        for u, n, d in zip(units_list, nums, dens if dens is not None else nums)
+    ]
 
 
 def _sq_norms(tensors: list[torch.Tensor | None], units: Units) -> torch.Tensor:
@@ -53,8 +55,13 @@ def _sq_norms(tensors: list[torch.Tensor | None], units: Units) -> torch.Tensor:
 
 def _weight_parts(p: LoraPair, b: torch.Tensor, a: torch.Tensor) -> list[torch.Tensor]:
     """This rank's pieces of the effective weight norm of pair ``p`` with factors ``b, a`` (this rank's pieces)."""
-    parts = lora_norms.weight_parts(distributed.weight(p.base), distributed.rows_like(b, p.b, p.base),
-                                    distributed.whole(a, p.a, p.a_share), p.transposed, p.base_norm_sq)
+    parts = lora_norms.weight_parts(
+        distributed.weight(p.base),
+        distributed.rows_like(b, p.b, p.base),
+        distributed.whole(a, p.a, p.a_share),
+        p.transposed,
+        p.base_norm_sq,
+    )
     return [t * p.share for t in parts[:3]] + parts[3:]
 
 
@@ -94,7 +101,7 @@ class WeightNorm(Quantity):
             tensors += _weight_parts(p, distributed.weight(p.b), distributed.weight(p.a))
 
         def finish(s):
-            lora = [lora_norms.weight_norm_from(s[1 + 4 * i:5 + 4 * i], p.scale) for i, p in enumerate(units.lora)]
+            lora = [lora_norms.weight_norm_from(s[1 + 4 * i : 5 + 4 * i], p.scale) for i, p in enumerate(units.lora)]
             return _rows(units.dense, s[0].sqrt().tolist()) + _rows(units.lora, lora)
 
         return Partial(self.name, step, tensors, finish)
@@ -143,11 +150,21 @@ class _Change(Quantity):
             rows = _rows(units.dense, dense[:, 0].tolist(), dense[:, 1].tolist()) if len(units.dense) else []
             k = 7 if with_ref else 3
             if with_ref:
-                self._lora_ref_norms = [lora_norms.weight_norm_from(s[4 + k * i:1 + k * (i + 1)], p.scale)
-                                        for i, p in enumerate(units.lora)]
+                self._lora_ref_norms = [
+                    lora_norms.weight_norm_from(s[4 + k * i : 1 + k * (i + 1)], p.scale)
+                    for i, p in enumerate(units.lora)
+                ]
             for i, p in enumerate(units.lora):
-                rows.append((p.name, p.layer, p.block, p.module,
-                             lora_norms.diff_norm_from(s[1 + k * i:4 + k * i], p.scale), self._lora_ref_norms[i]))
+                rows.append(
+                    (
+                        p.name,
+                        p.layer,
+                        p.block,
+                        p.module,
+                        lora_norms.diff_norm_from(s[1 + k * i : 4 + k * i], p.scale),
+                        self._lora_ref_norms[i],
+                    )
+                )
             return rows
 
         return Partial(self.name, step, tensors, finish)

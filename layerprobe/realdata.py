@@ -21,8 +21,10 @@ def default_data_dir() -> Path:
     env = os.environ.get(DATA_ENV)
     path = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
     if not path.is_dir():
-        raise FileNotFoundError(f"no shared data folder at {path}; set {DATA_ENV}=/path/to/shared/data "
-                                "(the folder with dolly-15k-ja.jsonl, aozora/, jcommonsenseqa/, fictional-news-ja/)")
+        raise FileNotFoundError(
+            f"no shared data folder at {path}; set {DATA_ENV}=/path/to/shared/data "
+            "(the folder with dolly-15k-ja.jsonl, aozora/, jcommonsenseqa/, fictional-news-ja/)"
+        )
     return path
 
 
@@ -47,8 +49,10 @@ def _sample(rows: list, n: int | None, seed: int | None) -> list:
 
 # --------------------------------------------------------------------------------------------- dolly / ござる
 
-def load_dolly_gozaru(path: str | os.PathLike, n: int | None = None, seed: int | None = 3407,
-                      rewrite: bool = True) -> list[dict]:
+
+def load_dolly_gozaru(
+    path: str | os.PathLike, n: int | None = None, seed: int | None = 3407, rewrite: bool = True
+) -> list[dict]:
     """Rows ``{"instruction", "input", "output"}`` of dolly-15k-ja with every output in ござる style.
 
     ``path``: ``dolly-15k-ja.jsonl`` or its folder. ``n`` rows drawn at random with ``seed`` (``seed=None``: the
@@ -59,10 +63,15 @@ def load_dolly_gozaru(path: str | os.PathLike, n: int | None = None, seed: int |
     rows = json_lines(_file(path, "dolly-15k-ja.jsonl"))
     for i, r in enumerate(rows):
         if not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
-            raise ValueError(f"expected string fields instruction and output in every row, row {i} has "
-                             f"{sorted(r)}")
-    out = [{"instruction": r["instruction"], "input": r.get("input") or "",
-            "output": gozaru_rewrite(r["output"]) if rewrite else r["output"]} for r in rows]
+            raise ValueError(f"expected string fields instruction and output in every row, row {i} has {sorted(r)}")
+    out = [
+        {
+            "instruction": r["instruction"],
+            "input": r.get("input") or "",
+            "output": gozaru_rewrite(r["output"]) if rewrite else r["output"],
+        }
+        for r in rows
+    ]
     return _sample(out, n, seed)
 
 
@@ -75,14 +84,42 @@ _ALREADY = ("ござる", "ござった", "ござろう", "ござらぬ")
 # conjectural copulas take these forms instead of でござった / でござろう.
 _FINAL = {"でござった": "だったでござる", "でござろう": "だろうでござる", "ござった": "あったでござる"}
 _GODAN = {  # ます-stem's last kana -> (dictionary ending, past ending, negative ending)
-    "い": ("う", "った", "わ"), "き": ("く", "いた", "か"), "ぎ": ("ぐ", "いだ", "が"), "し": ("す", "した", "さ"),
-    "ち": ("つ", "った", "た"), "に": ("ぬ", "んだ", "な"), "び": ("ぶ", "んだ", "ば"), "み": ("む", "んだ", "ま"),
+    "い": ("う", "った", "わ"),
+    "き": ("く", "いた", "か"),
+    "ぎ": ("ぐ", "いだ", "が"),
+    "し": ("す", "した", "さ"),
+    "ち": ("つ", "った", "た"),
+    "に": ("ぬ", "んだ", "な"),
+    "び": ("ぶ", "んだ", "ば"),
+    "み": ("む", "んだ", "ま"),
     "り": ("る", "った", "ら"),
 }
 _E_ROW = set("えけげせぜてでねへべぺめれじ")  # じ: 信じ/感じ/生じ are all ichidan
 # i-row stems that are ichidan (できる, 借りる, 過ぎる...) although the same kana is godan elsewhere.
-_ICHIDAN_STEMS = ("でき", "生き", "起き", "尽き", "飽き", "過ぎ", "借り", "降り", "足り", "下り", "浴び", "伸び",
-                  "延び", "帯び", "滅び", "落ち", "満ち", "朽ち", "用い", "強い", "てみ", "でみ")
+_ICHIDAN_STEMS = (
+    "でき",
+    "生き",
+    "起き",
+    "尽き",
+    "飽き",
+    "過ぎ",
+    "借り",
+    "降り",
+    "足り",
+    "下り",
+    "浴び",
+    "伸び",
+    "延び",
+    "帯び",
+    "滅び",
+    "落ち",
+    "満ち",
+    "朽ち",
+    "用い",
+    "強い",
+    "てみ",
+    "でみ",
+)
 _IRREGULAR_I = ("ござい", "ください", "なさい", "いらっしゃい", "おっしゃい")  # ください(ます) -> くださる
 _SURU_KANJI = set("関愛察訳属要課期称対発達反有接解欲帰介")  # one kanji + する (関する), not godan す (示す)
 _SU_OKURIGANA = set("とこらやかごたろわまぼく")  # 落とす, 起こす, 減らす, 増やす, 動かす, 過ごす, 果たす
@@ -104,10 +141,15 @@ def _verb(stem: str) -> tuple[str, str, str] | None:
         return stem[:-1] + "る", stem[:-1] + "った", stem[:-1] + "らない"
     if stem.endswith(("てき", "んでき", "いでき")) or last == "来":
         base = stem[:-1]
-        return (base + "くる", base + "きた", base + "こない") if last == "き" else (stem + "る", stem + "た", stem + "ない")
+        return (
+            (base + "くる", base + "きた", base + "こない")
+            if last == "き"
+            else (stem + "る", stem + "た", stem + "ない")
+        )
     if last == "し":
         godan = (_is_kanji(prev) and not _is_kanji(before) and prev not in _SURU_KANJI) or (
-            prev in _SU_OKURIGANA and _is_kanji(before))
+            prev in _SU_OKURIGANA and _is_kanji(before)
+        )
         if not godan:  # 紹介します, にします, お勧めします: する
             return stem[:-1] + "する", stem + "た", stem + "ない"
     if last == "い" and (not prev or prev in "てでがもはにと、・"):  # ています, がいます: いる
@@ -125,12 +167,26 @@ def _verb(stem: str) -> tuple[str, str, str] | None:
 # Sentence-end rules, first match wins: (ending, fixed replacement) or (ending, None) for the ます forms,
 # which are conjugated back from the ます-stem by _verb.
 _ENDINGS = [
-    ("ありがとうございます", "かたじけないでござる"), ("ありがとうございました", "かたじけないでござる"),
-    ("ございます", "ござる"), ("ございました", "ござった"), ("ございません", "ないでござる"),
-    ("ませんでした", None), ("ましょう", None), ("ました", None), ("ません", None), ("ます", None),
-    ("でしょう", "でござろう"), ("でした", "でござった"), ("です", "でござる"), ("ください", "くださるとよいでござる"),
-    ("であろう", "でござろう"), ("であった", "でござった"), ("である", "でござる"),
-    ("だろう", "でござろう"), ("だった", "でござった"), ("のだ", "のでござる"),
+    ("ありがとうございます", "かたじけないでござる"),
+    ("ありがとうございました", "かたじけないでござる"),
+    ("ございます", "ござる"),
+    ("ございました", "ござった"),
+    ("ございません", "ないでござる"),
+    ("ませんでした", None),
+    ("ましょう", None),
+    ("ました", None),
+    ("ません", None),
+    ("ます", None),
+    ("でしょう", "でござろう"),
+    ("でした", "でござった"),
+    ("です", "でござる"),
+    ("ください", "くださるとよいでござる"),
+    ("であろう", "でござろう"),
+    ("であった", "でござった"),
+    ("である", "でござる"),
+    ("だろう", "でござろう"),
+    ("だった", "でござった"),
+    ("のだ", "のでござる"),
 ]
 
 
@@ -154,8 +210,13 @@ def _rewrite_end(core: str, final: bool = False) -> tuple[str, str | None]:
         if forms is None:
             return core, None
         dic, past, neg = forms
-        conjugated = {"ませんでした": neg[:-1] + "かった", "ましょう": dic + "がよい", "ました": past,
-                      "ません": neg, "ます": dic}[ending]
+        conjugated = {
+            "ませんでした": neg[:-1] + "かった",
+            "ましょう": dic + "がよい",
+            "ました": past,
+            "ません": neg,
+            "ます": dic,
+        }[ending]
         return conjugated + "でござる", ending
     if core.endswith("だ") and not core.endswith(("んだ", "いだ")):  # 読んだ/泳いだ are past verbs
         return core[:-1] + "でござる", "だ"
@@ -250,7 +311,7 @@ def load_news_text(path: str | os.PathLike, topics: list[str] | tuple[str, ...] 
     if unknown:
         raise ValueError(f"unknown topics {unknown} in {path}; expected some of {sorted(files)}")
     texts = []
-    for name in (topics or list(files)):
+    for name in topics or list(files):
         for line in files[name].read_text(encoding="utf-8").splitlines():
             text = strip_markdown(line)
             if text:
@@ -270,7 +331,7 @@ def clean_aozora(text: str) -> str:
     text = text.replace("\r\n", "\n").lstrip("\ufeff")
     rules = list(_HEADER_RULE.finditer(text[:5000]))
     if len(rules) >= 2:
-        text = text[rules[1].end():]
+        text = text[rules[1].end() :]
     footer = _FOOTER.search(text)
     if footer:
         text = text[: footer.start()]
@@ -303,8 +364,10 @@ def load_soseki(path: str | os.PathLike, files: list[str] | tuple[str, ...] | No
 
 # --------------------------------------------------------------------------------------------- JCommonsenseQA
 
-def load_jcommonsenseqa(path: str | os.PathLike, n: int | None = None, split: str = "valid",
-                        seed: int | None = None) -> list[dict]:
+
+def load_jcommonsenseqa(
+    path: str | os.PathLike, n: int | None = None, split: str = "valid", seed: int | None = None
+) -> list[dict]:
     """JCommonsenseQA rows ``{"question", "choice0".."choice4", "label", "q_id"}``, checked.
 
     ``path``: a JSON-lines file, or the folder holding ``*<split>*.json``. ``n``: the first ``n`` rows
@@ -314,8 +377,9 @@ def load_jcommonsenseqa(path: str | os.PathLike, n: int | None = None, split: st
     if path.is_dir():
         found = sorted(path.glob(f"*{split}*.json")) + sorted(path.glob(f"*{split}*.jsonl"))
         if len(found) != 1:
-            raise FileNotFoundError(f"expected one *{split}*.json file in {path}, found {[f.name for f in found]}; "
-                                    "pass the file itself")
+            raise FileNotFoundError(
+                f"expected one *{split}*.json file in {path}, found {[f.name for f in found]}; pass the file itself"
+            )
         path = found[0]
     elif not path.is_file():
         raise FileNotFoundError(f"no JCommonsenseQA file or folder at {path}")
@@ -323,6 +387,7 @@ def load_jcommonsenseqa(path: str | os.PathLike, n: int | None = None, split: st
     for i, r in enumerate(rows):
         k = sum(1 for key in r if re.fullmatch(r"choice\d+", key))
         if "question" not in r or k < 2 or not isinstance(r.get("label"), int) or not 0 <= r["label"] < k:
-            raise ValueError(f"expected question, choice0..choiceN and an int label in every row of {path}, "
-                             f"row {i} is {r}")
+            raise ValueError(
+                f"expected question, choice0..choiceN and an int label in every row of {path}, row {i} is {r}"
+            )
     return _sample(rows, n, seed)

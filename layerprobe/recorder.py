@@ -69,12 +69,24 @@ class Recorder:
         resume_step: the phase resumes after this step (a checkpoint's): see :meth:`_resume`.
     """
 
-    def __init__(self, model: torch.nn.Module, out_dir: str | os.PathLike, *, run: str | None = None,
-                 phase: str = "train", grad_every: int | str | Schedule = 1,
-                 update_every: int | str | Schedule = 25, drift_every: int | str | Schedule = 25,
-                 weight_every: int | str | Schedule = 25, quantities: Iterable[str] | None = None,
-                 per_param: bool = True, max_steps: int | None = None, flush_every_s: float = 30.0,
-                 meta: dict | None = None, resume_step: int = 0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        out_dir: str | os.PathLike,
+        *,
+        run: str | None = None,
+        phase: str = "train",
+        grad_every: int | str | Schedule = 1,
+        update_every: int | str | Schedule = 25,
+        drift_every: int | str | Schedule = 25,
+        weight_every: int | str | Schedule = 25,
+        quantities: Iterable[str] | None = None,
+        per_param: bool = True,
+        max_steps: int | None = None,
+        flush_every_s: float = 30.0,
+        meta: dict | None = None,
+        resume_step: int = 0,
+    ):
         wanted = tuple(quantities) if quantities is not None else QUANTITIES
         unknown = [q for q in wanted if q not in QUANTITIES]
         if unknown:
@@ -84,8 +96,12 @@ class Recorder:
         self.phase, self.per_param = phase, per_param
         self.rank, self.distributed = _rank()
         self.active = self.rank == 0  # rank 0 writes
-        sched = {"grad_norm": grad_every, "update_ratio": update_every, "drift_ratio": drift_every,
-                 "weight_norm": weight_every}
+        sched = {
+            "grad_norm": grad_every,
+            "update_ratio": update_every,
+            "drift_ratio": drift_every,
+            "weight_norm": weight_every,
+        }
         s = {q: parse_schedule(sched[q], max_steps) if q in wanted else parse_schedule("never") for q in QUANTITIES}
         self.grad = GradNorm(s["grad_norm"])
         records = rundir.records_dir(self.out_dir)
@@ -94,8 +110,10 @@ class Recorder:
         self.weight = WeightNorm(s["weight_norm"])
         self.units: Units = find_units(model)
         if not self.units.dense:
-            raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to record; "
-                             "unfreeze parameters or add an adapter before creating the recorder")
+            raise ValueError(
+                "the model has no trainable parameters (requires_grad=True): nothing to record; "
+                "unfreeze parameters or add an adapter before creating the recorder"
+            )
         params = [d.param for d in self.units.dense] + [p.base for p in self.units.lora]
         # sharded (FSDP2, ZeRO-3): every rank computes its part and the parts are summed in one all_reduce;
         # gradients read through DeepSpeed's collective accessor (ZeRO-1/2): every rank reads, rank 0 computes the
@@ -118,14 +136,22 @@ class Recorder:
         if self.active:
             self.writer = RecordWriter(self.out_dir, self.run, phase, rank=self.rank, flush_every_s=flush_every_s)
             config = getattr(model, "config", None)
-            write_meta(self.out_dir, phase, {"run": self.run, "model": type(model).__name__,
-                                            "model_path": getattr(config, "_name_or_path", None),
-                                            "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
-                                            "quantities": list(wanted),
-                                            "grad_norm_clip": meta.pop("grad_norm_clip", "pre"),
-                                            "parameters": distributed.kind(params),
-                                            "sharded_over": _group_size(self.group), "meta": meta,
-                                            "schedules": {q: getattr(s[q], "__name__", str(s[q])) for q in s}})
+            write_meta(
+                self.out_dir,
+                phase,
+                {
+                    "run": self.run,
+                    "model": type(model).__name__,
+                    "model_path": getattr(config, "_name_or_path", None),
+                    "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
+                    "quantities": list(wanted),
+                    "grad_norm_clip": meta.pop("grad_norm_clip", "pre"),
+                    "parameters": distributed.kind(params),
+                    "sharded_over": _group_size(self.group),
+                    "meta": meta,
+                    "schedules": {q: getattr(s[q], "__name__", str(s[q])) for q in s},
+                },
+            )
             if resume_step:
                 self._resume(resume_step)
             else:
@@ -138,8 +164,9 @@ class Recorder:
 
     # -- the two points of a training step -----------------------------------------------------------
 
-    def before_step(self, max_grad_norm: float | None = None, step: int | None = None, *,
-                    optimizer_clips: float | None = None) -> float:
+    def before_step(
+        self, max_grad_norm: float | None = None, step: int | None = None, *, optimizer_clips: float | None = None
+    ) -> float:
         """Call after backward, before the optimizer step. Records pre-clip gradient norms, clips when
         ``max_grad_norm`` is given (exactly as ``torch.nn.utils.clip_grad_norm_``) and returns the clip factor.
         ``optimizer_clips``: the optimizer clips at this norm itself (DeepSpeed); its factor is recorded, not applied.
@@ -149,8 +176,10 @@ class Recorder:
             self.step = step
         clip = max_grad_norm is not None and max_grad_norm > 0
         if clip and any(distributed.is_zero3(d.param) or distributed.is_zero12(d.param) for d in self.units.dense):
-            raise ValueError(f"expected max_grad_norm=None under DeepSpeed, got {max_grad_norm}: DeepSpeed clips "
-                             "inside its step; set gradient_clipping in its config and pass optimizer_clips")
+            raise ValueError(
+                f"expected max_grad_norm=None under DeepSpeed, got {max_grad_norm}: DeepSpeed clips "
+                "inside its step; set gradient_clipping in its config and pass optimizer_clips"
+            )
         due = self.computes and self.grad.due(self.step)
         factor = 1.0
         grads = self.grad.partial(self.units, self.step, self.grad_scale) if clip or due else None
@@ -163,8 +192,9 @@ class Recorder:
             coef = limit / (total + 1e-6) if limit else 1.0
             if clip and (coef < 1.0 or not math.isfinite(coef)):
                 with torch.no_grad():
-                    torch._foreach_mul_([g for d in self.units.dense if (g := distributed.grad(d.param)) is not None],
-                                        coef)
+                    torch._foreach_mul_(
+                        [g for d in self.units.dense if (g := distributed.grad(d.param)) is not None], coef
+                    )
             if limit and (coef < 1.0 or not math.isfinite(coef)):
                 factor = coef
             if due and self.active:
@@ -210,8 +240,9 @@ class Recorder:
             frozen = Partial("", max(last, 0), [torch.tensor(flags, dtype=torch.float64)], lambda s: [])
             self._reduce(parts + [frozen])
             if self.active:
-                for (name, (layer, block, module, _)), flag in zip(self._frozen_fingerprint.items(),
-                                                                   frozen.sums[0].tolist()):
+                for (name, (layer, block, module, _)), flag in zip(
+                    self._frozen_fingerprint.items(), frozen.sums[0].tolist()
+                ):
                     self.writer.add(max(last, 0), layer, block, module, name, "frozen_moved", float(flag > 0))
                 self.writer.flush()
         self.drift.close()
@@ -226,7 +257,7 @@ class Recorder:
         sums = distributed.sum_over_shards([t for p in parts for t in p.tensors], self.group)
         i = 0
         for p in parts:
-            p.sums, i = sums[i:i + len(p.tensors)], i + len(p.tensors)
+            p.sums, i = sums[i : i + len(p.tensors)], i + len(p.tensors)
             if self.active and p.quantity:
                 self._emit(p.quantity, p.finish(p.sums), p.step)
 
@@ -252,7 +283,7 @@ class Recorder:
                 acc[1] += den * den if den is not None else 0.0
                 acc[2] = den is not None
         for key, (n2, d2, has_den) in sums.items():
-            value = _ratio(n2 ** 0.5, d2 ** 0.5) if has_den else n2 ** 0.5
+            value = _ratio(n2**0.5, d2**0.5) if has_den else n2**0.5
             if key[0] == "summary":
                 self.summary[f"layerprobe/{quantity}/{key[1]}"] = value
             else:
@@ -292,8 +323,9 @@ class Recorder:
 
         self.writer.flush()
         drop_rows_after(self.out_dir, self.phase, self.rank, step)
-        self.writer = RecordWriter(self.out_dir, self.run, self.phase, rank=self.rank,
-                                   flush_every_s=self.writer.flush_every_s)
+        self.writer = RecordWriter(
+            self.out_dir, self.run, self.phase, rank=self.rank, flush_every_s=self.writer.flush_every_s
+        )
 
     def flush(self) -> None:
         """Write the buffered rows now (before a checkpoint, so the records on disk reach its step)."""
@@ -303,8 +335,12 @@ class Recorder:
     def _check_finite(self, total: float) -> None:
         if not math.isfinite(total) and not self._warned_nonfinite:
             self._warned_nonfinite = True
-            warnings.warn(f"layerprobe: non-finite gradient norm ({total}) at step {self.step}; recorded as such "
-                          "(further occurrences are recorded without a warning)", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"layerprobe: non-finite gradient norm ({total}) at step {self.step}; recorded as such "
+                "(further occurrences are recorded without a warning)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _group_size(group) -> int | None:
@@ -332,8 +368,7 @@ def _fingerprint(model: torch.nn.Module, only: dict | None = None) -> dict[str, 
         if only is not None and key not in only:
             continue
         t = distributed.weight(p).contiguous().cpu()
-        digest = hashlib.blake2b(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"",
-                                 digest_size=16).digest()
+        digest = hashlib.blake2b(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"", digest_size=16).digest()
         out[key] = (pn.layer, pn.block, pn.module, digest)
     return out
 
@@ -359,8 +394,18 @@ class RecorderCallback(TrainerCallback):
     def __init__(self, out_dir: str | os.PathLike, **kwargs):
         self.out_dir = Path(out_dir)
         self.kwargs = kwargs
-        probe_unknown = set(kwargs) - {"run", "phase", "grad_every", "update_every", "drift_every", "weight_every",
-                                       "quantities", "per_param", "flush_every_s", "meta"}
+        probe_unknown = set(kwargs) - {
+            "run",
+            "phase",
+            "grad_every",
+            "update_every",
+            "drift_every",
+            "weight_every",
+            "quantities",
+            "per_param",
+            "flush_every_s",
+            "meta",
+        }
         if probe_unknown:
             raise TypeError(f"RecorderCallback got unknown keyword(s) {sorted(probe_unknown)}")
         self.recorder: Recorder | None = None
@@ -383,23 +428,38 @@ class RecorderCallback(TrainerCallback):
         zero = getattr(optimizer, "optimizer", None) if getattr(args, "deepspeed", None) else None
         fsdp1 = any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
         if getattr(args, "fsdp", None) and not fsdp1 and not any(distributed.is_dtensor(p) for p in model.parameters()):
-            warnings.warn("layerprobe: TrainingArguments asked for FSDP but the model is not sharded (accelerate "
-                          "applies FSDP on GPUs only; on CPU it runs DDP); recorded as DDP. For FSDP2 on CPU load "
-                          "the model with from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=N))",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "layerprobe: TrainingArguments asked for FSDP but the model is not sharded (accelerate "
+                "applies FSDP on GPUs only; on CPU it runs DDP); recorded as DDP. For FSDP2 on CPU load "
+                "the model with from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=N))",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         clips = bool(args.max_grad_norm and args.max_grad_norm > 0)
-        self.recorder = Recorder(model, self.out_dir, max_steps=state.max_steps or None,
-                                 meta={"seed": args.seed, "grad_norm_clip": "post" if fsdp1 and clips else "pre",
-                                       "trainer_args": {k: str(v) for k, v in args.to_dict().items()}},
-                                 resume_step=state.global_step, **self.kwargs)
+        self.recorder = Recorder(
+            model,
+            self.out_dir,
+            max_steps=state.max_steps or None,
+            meta={
+                "seed": args.seed,
+                "grad_norm_clip": "post" if fsdp1 and clips else "pre",
+                "trainer_args": {k: str(v) for k, v in args.to_dict().items()},
+            },
+            resume_step=state.global_step,
+            **self.kwargs,
+        )
         self.recorder.step = state.global_step + 1
         self._args = args
         if zero is not None:
             self._wrap_zero_step(zero, state)
         elif fsdp1 and clips:
-            warnings.warn("layerprobe: FSDP version 1 clips inside its own step; grad_norm is recorded after clipping "
-                          "(labelled grad_norm_clip=post in the records' meta); use FSDP2 (fsdp_config "
-                          "{'version': 2}) for pre-clip norms", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "layerprobe: FSDP version 1 clips inside its own step; grad_norm is recorded after clipping "
+                "(labelled grad_norm_clip=post in the records' meta); use FSDP2 (fsdp_config "
+                "{'version': 2}) for pre-clip norms",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         elif clips:
             self._max_norm, self._restore_norm = args.max_grad_norm, args.max_grad_norm
             args.max_grad_norm = 0.0
@@ -469,6 +529,10 @@ class RecorderCallback(TrainerCallback):
 def _warn_if_torchrun_without_ddp(args) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and getattr(args, "world_size", world) < world:
-        warnings.warn(f"layerprobe: torchrun started {world} processes but the Trainer is not running distributed "
-                      f"(its world size is {args.world_size}), so each process trains its own copy of the model; "
-                      "on CPU pass use_cpu=True to TrainingArguments for gloo DDP", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"layerprobe: torchrun started {world} processes but the Trainer is not running distributed "
+            f"(its world size is {args.world_size}), so each process trains its own copy of the model; "
+            "on CPU pass use_cpu=True to TrainingArguments for gloo DDP",
+            RuntimeWarning,
+            stacklevel=3,
+        )

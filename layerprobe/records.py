@@ -26,11 +26,19 @@ from layerprobe.rundir import RECORDS as RECORDS_DIR  # the run folder's layout 
 
 _PART = re.compile(r"[\w.]+-r\d+-\d+\.parquet")  # a RecordWriter part file
 COLUMNS = ("run", "phase", "step", "layer", "block", "module", "param", "quantity", "value")
-SCHEMA = pa.schema([
-    ("run", pa.string()), ("phase", pa.string()), ("step", pa.int64()), ("layer", pa.int64()),
-    ("block", pa.string()), ("module", pa.string()), ("param", pa.string()), ("quantity", pa.string()),
-    ("value", pa.float64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("phase", pa.string()),
+        ("step", pa.int64()),
+        ("layer", pa.int64()),
+        ("block", pa.string()),
+        ("module", pa.string()),
+        ("param", pa.string()),
+        ("quantity", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
 
 
 class RecordWriter:
@@ -41,8 +49,15 @@ class RecordWriter:
     probes, :mod:`layerprobe.probes`) share the phase's files without overwriting each other's parts.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, run: str, phase: str, rank: int = 0,
-                 flush_every_s: float = 30.0, flush_rows: int = 200_000):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        run: str,
+        phase: str,
+        rank: int = 0,
+        flush_every_s: float = 30.0,
+        flush_rows: int = 200_000,
+    ):
         self.dir = Path(out_dir) / RECORDS_DIR
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -50,8 +65,9 @@ class RecordWriter:
             probe.touch()
             probe.unlink()
         except OSError as e:
-            raise OSError(f"cannot write records to {self.dir}: {e.strerror or e}; "
-                          "pass an output folder you can write to") from None
+            raise OSError(
+                f"cannot write records to {self.dir}: {e.strerror or e}; pass an output folder you can write to"
+            ) from None
         self.run, self.phase, self.rank = str(run), str(phase), int(rank)
         self.flush_every_s, self.flush_rows = flush_every_s, flush_rows
         self._cols: dict[str, list] = {c: [] for c in COLUMNS}
@@ -64,9 +80,15 @@ class RecordWriter:
 
     def add(self, step: int, layer: int, block: str, module: str, param: str, quantity: str, value: float) -> None:
         c = self._cols
-        c["run"].append(self.run); c["phase"].append(self.phase); c["step"].append(int(step))
-        c["layer"].append(int(layer)); c["block"].append(block); c["module"].append(module)
-        c["param"].append(param); c["quantity"].append(quantity); c["value"].append(float(value))
+        c["run"].append(self.run)
+        c["phase"].append(self.phase)
+        c["step"].append(int(step))
+        c["layer"].append(int(layer))
+        c["block"].append(block)
+        c["module"].append(module)
+        c["param"].append(param)
+        c["quantity"].append(quantity)
+        c["value"].append(float(value))
 
     def __len__(self) -> int:
         return len(self._cols["value"])
@@ -133,17 +155,28 @@ def load_records(path: str | os.PathLike, quantities: Iterable[str] | None = Non
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no records at {path}: expected a run folder, a folder of runs or a .parquet/.csv file")
+        raise FileNotFoundError(
+            f"no records at {path}: expected a run folder, a folder of runs or a .parquet/.csv file"
+        )
     if path.is_file():
         files = [path]
     else:
         files = sorted(p for p in path.rglob("*.parquet") if RECORDS_DIR in p.parts or p.parent == path)
         files += sorted(p for p in path.rglob("*.csv") if p.parent.name == RECORDS_DIR)
     if not files:
-        raise FileNotFoundError(f"no records under {path}: expected Parquet files in a '{RECORDS_DIR}/' folder "
-                                "(written by `layerprobe train --record`, RecorderCallback or `layerprobe diff --out`)")
-    frames = [_named(f, pd.read_csv(f, keep_default_na=False, dtype={"param": str, "module": str, "block": str})
-                     if f.suffix == ".csv" else pd.read_parquet(f)) for f in files]
+        raise FileNotFoundError(
+            f"no records under {path}: expected Parquet files in a '{RECORDS_DIR}/' folder "
+            "(written by `layerprobe train --record`, RecorderCallback or `layerprobe diff --out`)"
+        )
+    frames = [
+        _named(
+            f,
+            pd.read_csv(f, keep_default_na=False, dtype={"param": str, "module": str, "block": str})
+            if f.suffix == ".csv"
+            else pd.read_parquet(f),
+        )
+        for f in files
+    ]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -165,8 +198,19 @@ def _named(f: Path, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def package_versions(names: Iterable[str] = ("torch", "transformers", "peft", "trl", "datasets", "accelerate",
-                                              "safetensors", "numpy", "layerprobe")) -> dict[str, str | None]:
+def package_versions(
+    names: Iterable[str] = (
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "datasets",
+        "accelerate",
+        "safetensors",
+        "numpy",
+        "layerprobe",
+    ),
+) -> dict[str, str | None]:
     out = {}
     for n in names:
         try:
@@ -188,8 +232,14 @@ def write_meta(out_dir: str | os.PathLike, phase: str, meta: Mapping) -> Path:
     """Write run metadata beside the records as ``records/meta-<phase>.json`` (versions and commit added)."""
     d = Path(out_dir) / RECORDS_DIR
     d.mkdir(parents=True, exist_ok=True)
-    full = {"phase": phase, "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(),
-            "packages": package_versions(), "git_commit": git_commit(Path(__file__).parent), **dict(meta)}
+    full = {
+        "phase": phase,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "git_commit": git_commit(Path(__file__).parent),
+        **dict(meta),
+    }
     path = d / f"meta-{phase}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(full, indent=2, default=str, ensure_ascii=False))

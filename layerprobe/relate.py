@@ -113,33 +113,86 @@ CONTROL = "total_drift"
 TABLE_FILE = "relate.csv"
 FEATURES_FILE = "features.parquet"
 DESIGN_COLUMNS = ("study", "method", "cpt_group", "total_drift", "total_drift_from")
-FEATURE_COLUMNS = ("run", "study", "method", "cpt_group", "phase", "layer", "block", "feature", "value", "frozen",
-                   "total_drift", "total_drift_from")  # then one column per outcome
-TABLE_COLUMNS = ("stratum", "feature", "phase", "layer", "block", "outcome", "rho", "p", "q", "partial_rho",
-                 "partial_p", "partial_q", "n_runs", "n_frozen", "n_groups", "n_eff", "p_method")
+FEATURE_COLUMNS = (
+    "run",
+    "study",
+    "method",
+    "cpt_group",
+    "phase",
+    "layer",
+    "block",
+    "feature",
+    "value",
+    "frozen",
+    "total_drift",
+    "total_drift_from",
+)  # then one column per outcome
+TABLE_COLUMNS = (
+    "stratum",
+    "feature",
+    "phase",
+    "layer",
+    "block",
+    "outcome",
+    "rho",
+    "p",
+    "q",
+    "partial_rho",
+    "partial_p",
+    "partial_q",
+    "n_runs",
+    "n_frozen",
+    "n_groups",
+    "n_eff",
+    "p_method",
+)
 _CELL = ["feature", "phase", "layer", "block"]
 
 
 @dataclass
 class RelateConfig:
-    features: tuple[str, ...] = field(default=(), metadata={
-        "help": f"features to relate: {', '.join(RECORD_FEATURES)} or a diff quantity (rel_change, undo_frac, "
-                "cos_cpt_sft, ...); empty = all present"})
-    phases: tuple[str, ...] = field(default=(), metadata={
-        "help": "record phases to take features from (cpt, sft); diff quantities are always phase 'diff'; "
-                "empty = all present"})
-    outcomes: tuple[str, ...] = field(default=(), metadata={
-        "help": f"outcomes: {', '.join(OUTCOMES)} or PHASE.KEY of summary.json (sft.eos_rate); "
-                "empty = every named outcome the summaries hold"})
-    min_runs: int = field(default=MIN_RUNS, metadata={
-        "help": "fewer runs than this: say plainly there are too few runs for a claim (5 is the least for which "
-                "an exact two-sided Spearman test can give p < 0.05)"})
+    features: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": f"features to relate: {', '.join(RECORD_FEATURES)} or a diff quantity (rel_change, undo_frac, "
+            "cos_cpt_sft, ...); empty = all present"
+        },
+    )
+    phases: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "record phases to take features from (cpt, sft); diff quantities are always phase 'diff'; "
+            "empty = all present"
+        },
+    )
+    outcomes: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": f"outcomes: {', '.join(OUTCOMES)} or PHASE.KEY of summary.json (sft.eos_rate); "
+            "empty = every named outcome the summaries hold"
+        },
+    )
+    min_runs: int = field(
+        default=MIN_RUNS,
+        metadata={
+            "help": "fewer runs than this: say plainly there are too few runs for a claim (5 is the least for which "
+            "an exact two-sided Spearman test can give p < 0.05)"
+        },
+    )
     alpha: float = field(default=0.05, metadata={"help": "q-value threshold reported as a finding"})
-    permutations: int = field(default=PERMUTATIONS, metadata={
-        "help": "random permutations per test when there are more orderings than this (else all are enumerated)"})
-    min_within: int = field(default=MIN_WITHIN, metadata={
-        "help": "permute within CPT groups only when they allow at least this many orderings of the outcome; "
-                "else permute whole groups (their means)"})
+    permutations: int = field(
+        default=PERMUTATIONS,
+        metadata={
+            "help": "random permutations per test when there are more orderings than this (else all are enumerated)"
+        },
+    )
+    min_within: int = field(
+        default=MIN_WITHIN,
+        metadata={
+            "help": "permute within CPT groups only when they allow at least this many orderings of the outcome; "
+            "else permute whole groups (their means)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the random permutations"})
 
     def __post_init__(self):
@@ -150,8 +203,10 @@ class RelateConfig:
             setattr(self, name, tuple(value))
         for o in self.outcomes:
             if o not in OUTCOMES and not _dotted(o):
-                raise ValueError(f"unknown outcome {o!r}: expected one of {', '.join(OUTCOMES)} or PHASE.KEY "
-                                 "of summary.json such as sft.eos_rate")
+                raise ValueError(
+                    f"unknown outcome {o!r}: expected one of {', '.join(OUTCOMES)} or PHASE.KEY "
+                    "of summary.json such as sft.eos_rate"
+                )
         if not isinstance(self.min_runs, int) or self.min_runs < 3:
             raise ValueError(f"min_runs must be an int >= 3 (Spearman needs 3 runs to vary), got {self.min_runs!r}")
         if not 0 < self.alpha < 1:
@@ -164,12 +219,12 @@ class RelateConfig:
 
 @dataclass
 class RelateResult:
-    table: pd.DataFrame       # TABLE_COLUMNS, one row per stratum x (feature, phase, layer, block) x outcome
-    features: pd.DataFrame    # FEATURE_COLUMNS + one column per outcome: what features.parquet holds
-    outcomes: pd.DataFrame    # one row per run, one column per outcome
-    design: pd.DataFrame      # one row per run: DESIGN_COLUMNS
+    table: pd.DataFrame  # TABLE_COLUMNS, one row per stratum x (feature, phase, layer, block) x outcome
+    features: pd.DataFrame  # FEATURE_COLUMNS + one column per outcome: what features.parquet holds
+    outcomes: pd.DataFrame  # one row per run, one column per outcome
+    design: pd.DataFrame  # one row per run: DESIGN_COLUMNS
     n_runs: int
-    notes: list[str]          # plain sentences: too few runs, constant outcomes, dropped runs, findings
+    notes: list[str]  # plain sentences: too few runs, constant outcomes, dropped runs, findings
 
     def findings(self, alpha: float = 0.05, stratum: str = "all") -> pd.DataFrame:
         t = self.table[self.table["stratum"] == stratum] if stratum else self.table
@@ -177,6 +232,7 @@ class RelateResult:
 
 
 # ------------------------------------------------------------------------------------------ runs and features
+
 
 def run_features(records: pd.DataFrame) -> pd.DataFrame:
     """Features per (phase, layer, block) of one run's records (columns feature, phase, layer, block, value)."""
@@ -201,8 +257,12 @@ def run_features(records: pd.DataFrame) -> pd.DataFrame:
         parts.append(v.rename("value").reset_index().assign(feature=feature))
     diff = cells[cells["phase"] == "diff"]
     if not diff.empty:
-        parts.append(diff.groupby(["quantity", "phase", "layer", "block"])["value"].last().reset_index()
-                     .rename(columns={"quantity": "feature"}))
+        parts.append(
+            diff.groupby(["quantity", "phase", "layer", "block"])["value"]
+            .last()
+            .reset_index()
+            .rename(columns={"quantity": "feature"})
+        )
     if not parts:
         return pd.DataFrame(columns=["feature", "phase", "layer", "block", "value"])
     out = pd.concat(parts, ignore_index=True)
@@ -274,7 +334,7 @@ def total_drift(run: Path, records: pd.DataFrame, norms: dict | None = None, key
     start = start.combine_first(w[w["phase"] == "cpt"].groupby(keys)["value"].last())
     if d.index.difference(start.index).size:
         return math.nan, ""  # a drift without the norm to weight it by
-    value = math.sqrt(float(((d * start.reindex(d.index)) ** 2).sum() / (start ** 2).sum()))
+    value = math.sqrt(float(((d * start.reindex(d.index)) ** 2).sum() / (start**2).sum()))
     audit = r[(r["phase"] == "sft") & (r["quantity"] == "n_params")].set_index(keys).index.unique()
     left = audit.difference(start.index).size
     return value, "records" + (f" ({left} of {len(audit)} modules without a norm, left out)" if left else "")
@@ -299,7 +359,7 @@ def collect(paths: Sequence[str | os.PathLike], config: RelateConfig) -> tuple[p
     """The long feature table of every run under ``paths`` (:data:`FEATURE_COLUMNS` + one column per outcome)
     and notes on runs left out."""
     runs = _runs_and_studies([Path(p) for p in paths])
-    root = (Path(os.path.commonpath([str(r) for r, _ in runs])) if len(runs) > 1 else runs[0][0].parent)
+    root = Path(os.path.commonpath([str(r) for r, _ in runs])) if len(runs) > 1 else runs[0][0].parent
     wanted_outcomes = list(config.outcomes or OUTCOMES)
     frames, no_records, norms = [], [], {}
     for run, study in runs:
@@ -316,8 +376,15 @@ def collect(paths: Sequence[str | os.PathLike], config: RelateConfig) -> tuple[p
         method, group = run_design(run, name)
         drift, source = total_drift(run, records, norms, group)
         f = mark_frozen(run_features(records), frozen_cells(records))
-        f = f.assign(run=name, study=study, method=method, cpt_group=group, total_drift=drift,
-                     total_drift_from=source, **read_outcomes(summary, wanted_outcomes))
+        f = f.assign(
+            run=name,
+            study=study,
+            method=method,
+            cpt_group=group,
+            total_drift=drift,
+            total_drift_from=source,
+            **read_outcomes(summary, wanted_outcomes),
+        )
         frames.append(f)
     notes = [f"{len(no_records)} run(s) without records, left out: {', '.join(no_records[:5])}"] if no_records else []
     if not frames:
@@ -359,13 +426,17 @@ def read_features(path: str | os.PathLike) -> pd.DataFrame:
     """A feature table written by :func:`write_features` (or by ``layerprobe relate``), checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no feature table at {path}: expected the {FEATURES_FILE} that `layerprobe relate` "
-                                "writes beside relate.csv")
+        raise FileNotFoundError(
+            f"no feature table at {path}: expected the {FEATURES_FILE} that `layerprobe relate` "
+            "writes beside relate.csv"
+        )
     t = pd.read_parquet(path)
     missing = [c for c in FEATURE_COLUMNS if c not in t.columns]
     if missing:
-        raise ValueError(f"{path} is not a relate feature table: missing columns {missing}; expected "
-                         f"{list(FEATURE_COLUMNS)} + one column per outcome")
+        raise ValueError(
+            f"{path} is not a relate feature table: missing columns {missing}; expected "
+            f"{list(FEATURE_COLUMNS)} + one column per outcome"
+        )
     for c in t.columns:
         if isinstance(t[c].dtype, pd.CategoricalDtype):
             t[c] = t[c].astype(str)
@@ -373,6 +444,7 @@ def read_features(path: str | os.PathLike) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ strata
+
 
 def strata(design: pd.DataFrame) -> list[tuple[str, list[str]]]:
     """(name, runs) of every stratum: all, then per method, per study, per study and method when these vary;
@@ -388,8 +460,11 @@ def strata(design: pd.DataFrame) -> list[tuple[str, list[str]]]:
     for s in studies:
         d = design[design["study"] == s]
         if len(methods) > 1 and d["method"].nunique() > 1:
-            candidates += [(f"study={s},method={m}", sorted(d.index[d["method"] == m])) for m in methods
-                           if (d["method"] == m).any()]
+            candidates += [
+                (f"study={s},method={m}", sorted(d.index[d["method"] == m]))
+                for m in methods
+                if (d["method"] == m).any()
+            ]
     out, seen = [], set()
     for name, members in candidates:
         if tuple(members) not in seen:
@@ -399,6 +474,7 @@ def strata(design: pd.DataFrame) -> list[tuple[str, list[str]]]:
 
 
 # ------------------------------------------------------------------------------------------ statistics
+
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     return stats.rankdata(x, axis=-1)
@@ -427,23 +503,25 @@ def _two_sided(le: np.ndarray, ge: np.ndarray, total: int, exact: bool) -> np.nd
     return np.minimum(1.0, 2 * (np.minimum(le, ge) + 1) / (total + 1))
 
 
-def _tail_counts(xu: np.ndarray, yu: np.ndarray, obs: np.ndarray,
-                 perms: np.ndarray | Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _tail_counts(
+    xu: np.ndarray, yu: np.ndarray, obs: np.ndarray, perms: np.ndarray | Iterable[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """How many orderings (rows of ``perms``, an array or blocks of them) give ``xu @ yu[perm]`` <= and >= ``obs``,
     per row of ``xu``; in chunks, so the null never exceeds a few million numbers."""
     le, ge = np.zeros(len(xu)), np.zeros(len(xu))
     tol = 1e-12 * np.maximum(1.0, np.abs(obs))[:, None]
     chunk = max(1, 4_000_000 // max(len(xu), 1))
-    for block in ([perms] if isinstance(perms, np.ndarray) else perms):
+    for block in [perms] if isinstance(perms, np.ndarray) else perms:
         for start in range(0, len(block), chunk):
-            null = xu @ yu[block[start:start + chunk]].T
+            null = xu @ yu[block[start : start + chunk]].T
             le += (null <= obs[:, None] + tol).sum(axis=1)
             ge += (null >= obs[:, None] - tol).sum(axis=1)
     return le, ge
 
 
-def permutation_p(xu: np.ndarray, yu: np.ndarray, obs: np.ndarray, codes: np.ndarray, config: RelateConfig,
-                  refine_to: int = 0) -> tuple[np.ndarray, bool]:
+def permutation_p(
+    xu: np.ndarray, yu: np.ndarray, obs: np.ndarray, codes: np.ndarray, config: RelateConfig, refine_to: int = 0
+) -> tuple[np.ndarray, bool]:
     """(two-sided p of ``obs = xu @ yu`` per row, exact?) with ``yu`` reordered only within the groups ``codes``
     (one group: every ordering). All orderings when there are at most ``config.permutations``; else that many
     random ones (seed ``config.seed``), and rows whose p is then below ``config.alpha`` get ``refine_to`` in all
@@ -483,7 +561,7 @@ def exact_spearman_p(rho: np.ndarray, x_ranks: np.ndarray, y_ranks: np.ndarray) 
     patterns, which = np.unique(np.sort(x_ranks, axis=1), axis=0, return_inverse=True)
     which = which.ravel()
     for k, sorted_ranks in enumerate(patterns):
-        null = np.sort(perms @ _centered_unit(sorted_ranks))   # all n! correlations under the null
+        null = np.sort(perms @ _centered_unit(sorted_ranks))  # all n! correlations under the null
         rows = np.flatnonzero(which == k)
         obs = rho[rows]
         tol = 1e-12 * np.maximum(1.0, np.abs(obs))
@@ -548,7 +626,7 @@ def _icc(r: np.ndarray, codes: np.ndarray) -> np.ndarray:
     ssb = ((means - r.mean(axis=-1, keepdims=True)) ** 2 * sizes).sum(axis=-1)
     ssw = ((r - means[:, codes]) ** 2).sum(axis=-1)
     msb, msw = ssb / (g - 1), ssw / (n - g)
-    m0 = (n - (sizes ** 2).sum() / n) / (g - 1)
+    m0 = (n - (sizes**2).sum() / n) / (g - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         icc = (msb - msw) / (msb + (m0 - 1) * msw)
     return np.clip(np.nan_to_num(icc, nan=0.0), 0.0, 1.0)
@@ -560,7 +638,7 @@ def effective_n(rx: np.ndarray, ry: np.ndarray, codes: np.ndarray) -> np.ndarray
     g = len(sizes)
     if g in (1, n):
         return np.full(len(rx), float(n))
-    m0 = (n - (sizes ** 2).sum() / n) / (g - 1)
+    m0 = (n - (sizes**2).sum() / n) / (g - 1)
     return n / (1 + (m0 - 1) * _icc(rx, codes) * _icc(ry[None, :], codes))
 
 
@@ -581,8 +659,9 @@ def _scheme(x: np.ndarray, y: np.ndarray, codes: np.ndarray, config: RelateConfi
     return _varies_within(x, y, codes)
 
 
-def _group_test(x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray | None, config: RelateConfig,
-                refine_to: int) -> tuple[np.ndarray, str]:
+def _group_test(
+    x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray | None, config: RelateConfig, refine_to: int
+) -> tuple[np.ndarray, str]:
     """p of rho (z None) or of the partial rho given z, over the group means, permuting the groups' outcomes."""
     xg, yg = _means(x, codes), _means(y[None, :], codes)[0]
     g = len(yg)
@@ -599,12 +678,19 @@ def _group_test(x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray |
     return p, "exact" if exact else "perm"
 
 
-def _tests(x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray, config: RelateConfig,
-           refine_to: int = 0) -> dict:
+def _tests(
+    x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray, config: RelateConfig, refine_to: int = 0
+) -> dict:
     """Every statistic of rows ``x`` (k x n, finite) against ``y`` (n,) for one set of runs (see the docstring)."""
     k, n = x.shape
-    out = {"rho": np.full(k, np.nan), "p": np.full(k, np.nan), "partial_rho": np.full(k, np.nan),
-           "partial_p": np.full(k, np.nan), "n_eff": np.full(k, np.nan), "p_method": np.full(k, "none", dtype=object)}
+    out = {
+        "rho": np.full(k, np.nan),
+        "p": np.full(k, np.nan),
+        "partial_rho": np.full(k, np.nan),
+        "partial_p": np.full(k, np.nan),
+        "n_eff": np.full(k, np.nan),
+        "p_method": np.full(k, "none", dtype=object),
+    }
     codes = np.unique(codes, return_inverse=True)[1].ravel()
     n_groups = int(codes.max()) + 1 if n else 0
     out["n_groups"] = np.full(k, n_groups)
@@ -641,18 +727,24 @@ def _tests(x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray, confi
     return out
 
 
-def spearman_rows(x: np.ndarray, y: np.ndarray, config: RelateConfig | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                                           str]:
+def spearman_rows(
+    x: np.ndarray, y: np.ndarray, config: RelateConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Spearman rho and two-sided permutation p of each row of ``x`` (k x n, finite) against ``y`` (n,),
     runs independent: (rho, p, "exact" or "perm")."""
-    res = _tests(np.asarray(x, float), np.asarray(y, float), np.arange(len(y)), np.full(len(y), np.nan),
-                 config or RelateConfig())
+    res = _tests(
+        np.asarray(x, float), np.asarray(y, float), np.arange(len(y)), np.full(len(y), np.nan), config or RelateConfig()
+    )
     methods = {m.split()[-1] for m in res["p_method"] if m != "none"}
     return res["rho"], res["p"], methods.pop() if len(methods) == 1 else "none"
 
 
-def correlate(features: pd.DataFrame, outcomes: pd.DataFrame, design: pd.DataFrame | None = None,
-              config: RelateConfig | None = None) -> pd.DataFrame:
+def correlate(
+    features: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    design: pd.DataFrame | None = None,
+    config: RelateConfig | None = None,
+) -> pd.DataFrame:
     """The tidy table (:data:`TABLE_COLUMNS`): every feature cell against every outcome, per stratum.
 
     ``features``: long (run, feature, phase, layer, block, value[, frozen]); ``outcomes``: one row per run;
@@ -665,8 +757,9 @@ def correlate(features: pd.DataFrame, outcomes: pd.DataFrame, design: pd.DataFra
     wide = f["value"].unstack("run").astype(np.float64)
     frozen = f["frozen"].astype(bool).unstack("run", fill_value=False).reindex_like(wide)
     if design is None:
-        design = pd.DataFrame({"study": "", "method": "", "cpt_group": wide.columns, CONTROL: np.nan},
-                              index=wide.columns)
+        design = pd.DataFrame(
+            {"study": "", "method": "", "cpt_group": wide.columns, CONTROL: np.nan}, index=wide.columns
+        )
     rows = []
     for stratum, members in strata(design.loc[[r for r in design.index if r in wide.columns]]):
         x_all = wide[members].to_numpy(dtype=np.float64, copy=True)
@@ -683,8 +776,7 @@ def correlate(features: pd.DataFrame, outcomes: pd.DataFrame, design: pd.DataFra
             patterns, which = np.unique(ok, axis=0, return_inverse=True)
             which = which.ravel()
             part = wide.index.to_frame(index=False)
-            res = {c: np.full(len(wide), np.nan) for c in ("rho", "p", "partial_rho", "partial_p", "n_eff",
-                                                           "n_groups")}
+            res = {c: np.full(len(wide), np.nan) for c in ("rho", "p", "partial_rho", "partial_p", "n_eff", "n_groups")}
             res["p_method"] = np.full(len(wide), "none", dtype=object)
             for k, mask in enumerate(patterns):
                 idx = np.flatnonzero(which == k)
@@ -705,8 +797,9 @@ def correlate(features: pd.DataFrame, outcomes: pd.DataFrame, design: pd.DataFra
     if not rows:
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     table = pd.concat(rows, ignore_index=True)
-    return table[list(TABLE_COLUMNS)].astype({"layer": "int64", "n_runs": "int64", "n_frozen": "int64",
-                                              "n_groups": "int64"})
+    return table[list(TABLE_COLUMNS)].astype(
+        {"layer": "int64", "n_runs": "int64", "n_frozen": "int64", "n_groups": "int64"}
+    )
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
@@ -725,28 +818,33 @@ def min_exact_p(n: int) -> float:
 
 # ------------------------------------------------------------------------------------------ library calls
 
+
 def _config(config: RelateConfig | None, options: dict) -> RelateConfig:
     if config is not None and options:
         raise ValueError("pass either config= or keyword options, not both")
     return config or RelateConfig(**options)
 
 
-def relate_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], config: RelateConfig | None = None,
-                **options) -> RelateResult:
+def relate_runs(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], config: RelateConfig | None = None, **options
+) -> RelateResult:
     """Correlate per-(layer, block) features of the runs of one or more sweeps with their outcomes, per stratum
     (see the module docstring)."""
     cfg = _config(config, options)
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     features, notes = collect(paths, cfg)
     if features.empty:
-        raise ValueError(f"none of the runs under {', '.join(map(str, paths))} has feature rows: expected records "
-                         "of drift_ratio, update_ratio or grad_norm (train with --record) or diff records "
-                         "(phase 'diff')")
+        raise ValueError(
+            f"none of the runs under {', '.join(map(str, paths))} has feature rows: expected records "
+            "of drift_ratio, update_ratio or grad_norm (train with --record) or diff records "
+            "(phase 'diff')"
+        )
     return relate_features(features, cfg, notes=notes)
 
 
-def relate_features(features: pd.DataFrame | str | os.PathLike, config: RelateConfig | None = None,
-                    notes: Sequence[str] = (), **options) -> RelateResult:
+def relate_features(
+    features: pd.DataFrame | str | os.PathLike, config: RelateConfig | None = None, notes: Sequence[str] = (), **options
+) -> RelateResult:
     """The same table from a feature table alone (a DataFrame or the ``features.parquet`` relate wrote)."""
     cfg = _config(config, options)
     if not isinstance(features, pd.DataFrame):
@@ -770,8 +868,10 @@ def relate_features(features: pd.DataFrame | str | os.PathLike, config: RelateCo
     design, outcomes = per_run[list(DESIGN_COLUMNS)], per_run[outcome_names]
     notes = list(notes)
     if outcomes.shape[1] == 0:
-        raise ValueError(f"none of the {len(per_run)} summaries holds the outcomes {list(cfg.outcomes or OUTCOMES)}; "
-                         f"expected {SUMMARY} with 'cpt' and 'sft' entries (cloze_acc, qa_acc, gozaru_rate, ...)")
+        raise ValueError(
+            f"none of the {len(per_run)} summaries holds the outcomes {list(cfg.outcomes or OUTCOMES)}; "
+            f"expected {SUMMARY} with 'cpt' and 'sft' entries (cloze_acc, qa_acc, gozaru_rate, ...)"
+        )
     for o in outcomes.columns:
         col = outcomes[o].dropna()
         missing = outcomes.index[outcomes[o].isna()].tolist()
@@ -780,32 +880,52 @@ def relate_features(features: pd.DataFrame | str | os.PathLike, config: RelateCo
         if len(col) >= 2 and col.nunique() == 1:
             notes.append(f"outcome {o} is the same ({col.iloc[0]:.4g}) in every run: nothing can correlate with it")
     sources = design["total_drift_from"].str.split(" ").str[0].replace("", "missing").value_counts()
-    notes.append("total SFT drift (the partial correlation's control): "
-                 + ", ".join(f"{v} run(s) from {k}" for k, v in sources.items()))
+    notes.append(
+        "total SFT drift (the partial correlation's control): "
+        + ", ".join(f"{v} run(s) from {k}" for k, v in sources.items())
+    )
     table = correlate(features, outcomes, design, cfg)
     alls = table[table["stratum"] == "all"]
     n = int(alls["n_runs"].max()) if len(alls) else 0
     groups = design["cpt_group"].nunique()
     if n < cfg.min_runs:
-        notes.insert(0, f"too few runs for a claim: {n} run(s) (fewer than {cfg.min_runs}); with n runs the smallest "
-                        f"p-value an exact two-sided Spearman test can give is 2/n! = {min_exact_p(max(n, 1)):.3g}")
+        notes.insert(
+            0,
+            f"too few runs for a claim: {n} run(s) (fewer than {cfg.min_runs}); with n runs the smallest "
+            f"p-value an exact two-sided Spearman test can give is 2/n! = {min_exact_p(max(n, 1)):.3g}",
+        )
     elif groups < cfg.min_runs:
-        notes.insert(0, f"only {groups} CPT group(s) among {len(design)} runs: a relation between CPTs rests on "
-                        f"{groups} independent units")
+        notes.insert(
+            0,
+            f"only {groups} CPT group(s) among {len(design)} runs: a relation between CPTs rests on "
+            f"{groups} independent units",
+        )
     for stratum, t in table.groupby("stratum", sort=False):
         tested, hits = int(t["p"].notna().sum()), int((t["q"] < cfg.alpha).sum())
         partial = int((t["partial_q"] < cfg.alpha).sum())
-        notes.append(f"{stratum}: {hits} of {tested} tests pass q < {cfg.alpha} (Benjamini-Hochberg within the "
-                     f"stratum), {partial} beyond the total SFT drift (partial rho)" if hits or partial else
-                     f"{stratum}: no cell passes q < {cfg.alpha} (Benjamini-Hochberg over {tested} tests): no claim")
-    return RelateResult(table=table, features=features, outcomes=outcomes, design=design, n_runs=len(per_run),
-                        notes=notes)
+        notes.append(
+            f"{stratum}: {hits} of {tested} tests pass q < {cfg.alpha} (Benjamini-Hochberg within the "
+            f"stratum), {partial} beyond the total SFT drift (partial rho)"
+            if hits or partial
+            else f"{stratum}: no cell passes q < {cfg.alpha} (Benjamini-Hochberg over {tested} tests): no claim"
+        )
+    return RelateResult(
+        table=table, features=features, outcomes=outcomes, design=design, n_runs=len(per_run), notes=notes
+    )
 
 
 # ------------------------------------------------------------------------------------------ outputs
 
-def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out_png: str | os.PathLike,
-                alpha: float = 0.05, value: str = "rho") -> Path:
+
+def heatmap_rho(
+    table: pd.DataFrame,
+    feature: str,
+    phase: str,
+    outcome: str,
+    out_png: str | os.PathLike,
+    alpha: float = 0.05,
+    value: str = "rho",
+) -> Path:
     """Layer x block heatmaps of ``value`` (rho or partial_rho) for one (feature, phase, outcome), one panel per
     stratum; '*' marks q < alpha (drawn by :func:`layerprobe.plot.effects.heatmap_rho`)."""
     from layerprobe.plot.effects import heatmap_rho as draw
@@ -813,8 +933,9 @@ def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out
     return draw(table, feature, phase, outcome, out_png, alpha, value=value)
 
 
-def write_outputs(result: RelateResult, out_dir: str | os.PathLike, alpha: float = 0.05,
-                  figures: bool = True) -> list[Path]:
+def write_outputs(
+    result: RelateResult, out_dir: str | os.PathLike, alpha: float = 0.05, figures: bool = True
+) -> list[Path]:
     """``relate.csv``, ``features.parquet`` (the inputs, to recompute the table without the run folders) and,
     with ``figures``, heatmaps of rho and of the partial rho per (feature, phase, outcome) under ``out_dir``."""
     out = Path(out_dir)
@@ -829,6 +950,9 @@ def write_outputs(result: RelateResult, out_dir: str | os.PathLike, alpha: float
         sub = t[(t["feature"] == feature) & (t["phase"] == phase) & (t["outcome"] == outcome)]
         for value, prefix in (("rho", "rho"), ("partial_rho", "partial")):
             if sub[value].notna().any():
-                paths.append(heatmap_rho(t, feature, phase, outcome, out / f"{prefix}_{feature}_{phase}_{outcome}.png",
-                                         alpha, value))
+                paths.append(
+                    heatmap_rho(
+                        t, feature, phase, outcome, out / f"{prefix}_{feature}_{phase}_{outcome}.png", alpha, value
+                    )
+                )
     return paths

@@ -203,7 +203,6 @@ class RunFolderBusy(OSError):
     """Another process holds the run folder."""
 
 
-
 @contextlib.contextmanager
 def locked(run_dir) -> Iterator[None]:
     """Hold the run folder for this process; another process gets a one-line error naming the holder's pid.
@@ -221,8 +220,10 @@ def locked(run_dir) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
-            raise RunFolderBusy(f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
-                               "to finish, stop it, or choose another --out") from None
+            raise RunFolderBusy(
+                f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
+                "to finish, stop it, or choose another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -301,15 +302,19 @@ def find_runs(paths: Iterable[str | os.PathLike], finished: bool = True) -> list
     runs: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
-            raise FileNotFoundError(f"no sweep folder at {path}: expected a run folder (with {mark} and "
-                                    "records/) or a folder of run folders")
+            raise FileNotFoundError(
+                f"no sweep folder at {path}: expected a run folder (with {mark} and "
+                "records/) or a folder of run folders"
+            )
         if (path / mark).is_file():
             runs.append(path)
             continue
         inner = sorted(p.parent for p in path.glob(f"*/{mark}"))
         if not inner:
-            raise FileNotFoundError(f"no runs in {path}: expected run folders (made by `layerprobe train`) holding "
-                                    f"{mark}, as {path}/RUN/{mark}")
+            raise FileNotFoundError(
+                f"no runs in {path}: expected run folders (made by `layerprobe train`) holding "
+                f"{mark}, as {path}/RUN/{mark}"
+            )
         runs += inner
     return list(dict.fromkeys(r.resolve() for r in runs))
 
@@ -323,8 +328,13 @@ def find_done(folders: Iterable[str | os.PathLike], fingerprints: dict[str, str]
     with that fingerprint (``exclude``: a folder not to return, e.g. the run itself)."""
     skip = Path(exclude).resolve() if exclude is not None else None
     for folder in map(Path, folders):
-        candidates = [folder] if is_run(folder) else sorted(p.parent for p in folder.glob(f"*/{CONFIG}")) \
-            if folder.is_dir() else []
+        candidates = (
+            [folder]
+            if is_run(folder)
+            else sorted(p.parent for p in folder.glob(f"*/{CONFIG}"))
+            if folder.is_dir()
+            else []
+        )
         for run in candidates:
             if run.resolve() == skip:
                 continue
@@ -370,9 +380,18 @@ def content_hash(path: str | os.PathLike) -> str:
     or of one file. Equal contents give equal hashes wherever the folder lies; memoised per process by the
     files' sizes and modification times."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and not p.name.startswith(".") and p.name not in _MARKERS
-                                                 and CHECKPOINTS not in p.relative_to(path).parts)
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not p.name.startswith(".")
+            and p.name not in _MARKERS
+            and CHECKPOINTS not in p.relative_to(path).parts
+        )
+    )
     key = (str(path.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if key not in _HASHES:
         h = hashlib.blake2b(digest_size=16)

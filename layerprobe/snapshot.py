@@ -41,7 +41,7 @@ class DiskSnapshot:
                 flat = t.detach().reshape(-1)
                 per = max(1, CHUNK_BYTES // max(flat.element_size(), 1))
                 for i in range(0, flat.numel(), per):
-                    f.write(flat[i:i + per].cpu().contiguous().view(torch.uint8).numpy())
+                    f.write(flat[i : i + per].cpu().contiguous().view(torch.uint8).numpy())
                 index[name] = (offset, t.shape, t.dtype)
                 offset += flat.numel() * flat.element_size()
         if not in_place:
@@ -79,8 +79,10 @@ class DiskSnapshot:
         view of the reused buffer: use it before asking for the next."""
         offset, shape, dtype = self._index[name]
         if live.numel() != shape.numel():
-            raise ValueError(f"snapshot of {name} holds {shape.numel()} values but the live tensor has "
-                             f"{live.numel()}; the model changed shape after the snapshot was written")
+            raise ValueError(
+                f"snapshot of {name} holds {shape.numel()} values but the live tensor has "
+                f"{live.numel()}; the model changed shape after the snapshot was written"
+            )
         if self._buf is None:
             self._buf = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
         flat = live.detach().reshape(-1)
@@ -91,7 +93,7 @@ class DiskSnapshot:
             raw = self._buf[: n * size]
             self._read_at(offset + i * size).readinto(raw.numpy())
             stored = raw.view(dtype).to(device=flat.device, dtype=torch.float32)
-            yield flat[i:i + n].float(), stored
+            yield flat[i : i + n].float(), stored
 
     def _read_at(self, offset: int):
         if self._reader is None:

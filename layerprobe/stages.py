@@ -126,9 +126,16 @@ def _trainable(model, phase: PhaseConfig, seed: int):
             raise ValueError(f"target_modules {missing} not found in the model; its module names include {leaves}")
     leaf_names = targets if isinstance(targets, list) else [m for m in ("embed_tokens", "lm_head") if m in targets]
     untie_embeddings(model, leaf_names)
-    lcfg = LoraConfig(r=phase.r, lora_alpha=phase.lora_alpha, lora_dropout=phase.lora_dropout,
-                      target_modules=targets, use_rslora=phase.use_rslora, layers_to_transform=layers,
-                      bias="none", task_type="CAUSAL_LM")
+    lcfg = LoraConfig(
+        r=phase.r,
+        lora_alpha=phase.lora_alpha,
+        lora_dropout=phase.lora_dropout,
+        target_modules=targets,
+        use_rslora=phase.use_rslora,
+        layers_to_transform=layers,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lcfg)
 
 
@@ -169,13 +176,29 @@ def hidden_size(model_dir: str) -> int | None:
 
 def _training_args(phase: PhaseConfig, out: Path, seed: int, bf16: bool = False, **extra):
     return dict(
-        output_dir=str(checkpoint_dir(out)), per_device_train_batch_size=phase.batch_size,
-        gradient_accumulation_steps=phase.grad_accum, learning_rate=phase.learning_rate,
-        num_train_epochs=phase.epochs, max_steps=phase.max_steps, lr_scheduler_type=phase.lr_scheduler,
-        warmup_steps=phase.warmup_ratio, weight_decay=phase.weight_decay, max_grad_norm=phase.max_grad_norm,
-        logging_steps=10, save_strategy="no", report_to=[], seed=seed, data_seed=seed, use_cpu=_use_cpu(),
-        bf16=bf16, fp16=False, dataloader_num_workers=0, disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding", **extra)
+        output_dir=str(checkpoint_dir(out)),
+        per_device_train_batch_size=phase.batch_size,
+        gradient_accumulation_steps=phase.grad_accum,
+        learning_rate=phase.learning_rate,
+        num_train_epochs=phase.epochs,
+        max_steps=phase.max_steps,
+        lr_scheduler_type=phase.lr_scheduler,
+        warmup_steps=phase.warmup_ratio,
+        weight_decay=phase.weight_decay,
+        max_grad_norm=phase.max_grad_norm,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=_use_cpu(),
+        bf16=bf16,
+        fp16=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        **extra,
+    )
 
 
 def progress_bar(name: str):
@@ -257,10 +280,18 @@ def trainable_share(model) -> tuple[int, float]:
 def _info(trainer, t0: float, what: str, out: Path) -> dict:
     logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainable, share = trainable_share(trainer.model)
-    return {"what": what, "out": str(out), "steps": int(trainer.state.global_step),
-            "trainable_params": trainable, "trainable_share": share,
-            "tokens": int(trainer.state.num_input_tokens_seen), "precision": "bf16" if trainer.args.bf16 else "fp32",
-            "final_loss": logs[-1] if logs else math.nan, "loss_curve": logs, "seconds": round(time.time() - t0, 1)}
+    return {
+        "what": what,
+        "out": str(out),
+        "steps": int(trainer.state.global_step),
+        "trainable_params": trainable,
+        "trainable_share": share,
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
+        "final_loss": logs[-1] if logs else math.nan,
+        "loss_curve": logs,
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 # -- CPT -----------------------------------------------------------------------------------------------------------
@@ -273,11 +304,10 @@ def pack_texts(tok, docs: list[str], block: int) -> list[list[int]]:
         ids.extend(enc + [tok.eos_token_id])
     if len(ids) < block:
         return [ids] if ids else []
-    return [ids[i:i + block] for i in range(0, len(ids) - block + 1, block)]
+    return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
 
 
-def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, callbacks=(),
-                bf16: bool | None = None):
+def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, callbacks=(), bf16: bool | None = None):
     """A Trainer for CPT of ``base`` on ``docs`` (packed blocks, the phase's LoRA or full fine-tuning), as
     :func:`run_cpt` trains; ``bf16=None`` follows ``cfg.precision``. Returns (trainer, number of blocks)."""
     from datasets import Dataset
@@ -290,13 +320,17 @@ def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, ca
     if bf16 is None:
         bf16 = resolve_precision(cfg.precision, model.config.hidden_size)[0]
     args = TrainingArguments(**_training_args(cfg.cpt, out, cfg.phase_seed(cfg.cpt), bf16))
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
-                      data_collator=default_data_collator, callbacks=list(callbacks))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
+        data_collator=default_data_collator,
+        callbacks=list(callbacks),
+    )
     return trainer, len(blocks)
 
 
-def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(),
-            progress: bool = False) -> dict:
+def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(), progress: bool = False) -> dict:
     """Continued pretraining of ``base`` on ``docs`` (next-token prediction); saves the adapter or model in ``out``."""
     t0 = time.time()
     phase = cfg.cpt
@@ -304,8 +338,10 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
     trainer, blocks = cpt_trainer(cfg, base, tok, docs, out, _phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
     _save(trainer.model, tok, out, phase)
-    what = (f"CPT ({_describe(phase, trainer.model)}) on {len(docs)} documents ({blocks} blocks of {phase.max_length} "
-            "tokens)")
+    what = (
+        f"CPT ({_describe(phase, trainer.model)}) on {len(docs)} documents ({blocks} blocks of {phase.max_length} "
+        "tokens)"
+    )
     return _info(trainer, t0, what, out)
 
 
@@ -324,18 +360,26 @@ def run_merge(base: str, cpt_dir: Path, out: Path) -> dict:
         for f in cpt_dir.iterdir():
             if f.is_file() and f.name not in (DONE, STARTED):  # the CPT stage's markers are not the merge's
                 shutil.copy2(f, out / f.name)
-        return {"what": "full fine-tuning: the CPT model is already whole, copied", "out": str(out),
-                "seconds": round(time.time() - t0, 1), "check": None}
+        return {
+            "what": "full fine-tuning: the CPT model is already whole, copied",
+            "out": str(out),
+            "seconds": round(time.time() - t0, 1),
+            "check": None,
+        }
     model = load_model(base, adapter=str(cpt_dir)).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     load_tokenizer(str(cpt_dir)).save_pretrained(out)
     del model
     check = check_merge(base, cpt_dir, out)
     if not check["ok"]:
-        raise ValueError(f"merged weights differ from base + s*B*A by {check['max_abs_diff']:.3g} "
-                         f"(tolerance {MERGE_TOLERANCE:g}) in {check['worst']}; the merge is wrong")
-    what = (f"merged {check['lora_modules']} LoRA modules; max |merged - (base + s*B*A)| = "
-            f"{check['max_abs_diff']:.2g} <= {MERGE_TOLERANCE:g}, other weights unchanged")
+        raise ValueError(
+            f"merged weights differ from base + s*B*A by {check['max_abs_diff']:.3g} "
+            f"(tolerance {MERGE_TOLERANCE:g}) in {check['worst']}; the merge is wrong"
+        )
+    what = (
+        f"merged {check['lora_modules']} LoRA modules; max |merged - (base + s*B*A)| = "
+        f"{check['max_abs_diff']:.2g} <= {MERGE_TOLERANCE:g}, other weights unchanged"
+    )
     return {"what": what, "out": str(out), "seconds": round(time.time() - t0, 1), "check": check}
 
 
@@ -389,8 +433,14 @@ def check_merge(base: str, adapter_dir: Path, merged_dir: Path) -> dict:
         diff = float((got.double() - want).abs().max()) if want.numel() else 0.0
         if diff > max_diff:
             worst, max_diff = name, diff
-    return {"ok": max_diff <= MERGE_TOLERANCE, "max_abs_diff": max_diff, "worst": worst, "lora_modules": modules,
-            "scale": scale, "tensors": len(expected)}
+    return {
+        "ok": max_diff <= MERGE_TOLERANCE,
+        "max_abs_diff": max_diff,
+        "worst": worst,
+        "lora_modules": modules,
+        "scale": scale,
+        "tensors": len(expected),
+    }
 
 
 # -- SFT -----------------------------------------------------------------------------------------------------------
@@ -402,15 +452,27 @@ def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callb
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_training_args(cfg.sft, out, cfg.phase_seed(cfg.sft), resolve_precision(cfg.precision, model.config.hidden_size)[0],
-                                      max_length=cfg.sft.max_length, completion_only_loss=True, packing=False,
-                                      dataset_num_proc=None,
-                                      train_sampling_strategy="group_by_length" if cfg.sft.group_by_length
-                                      else "random"))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=list(callbacks))
-    trainer.replayed = add_replay(trainer, tok, list(replay_docs), cfg.sft.replay, cfg.sft.max_length,
-                                  cfg.phase_seed(cfg.sft)) if cfg.sft.replay else 0
+    args = SFTConfig(
+        **_training_args(
+            cfg.sft,
+            out,
+            cfg.phase_seed(cfg.sft),
+            resolve_precision(cfg.precision, model.config.hidden_size)[0],
+            max_length=cfg.sft.max_length,
+            completion_only_loss=True,
+            packing=False,
+            dataset_num_proc=None,
+            train_sampling_strategy="group_by_length" if cfg.sft.group_by_length else "random",
+        )
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=list(callbacks)
+    )
+    trainer.replayed = (
+        add_replay(trainer, tok, list(replay_docs), cfg.sft.replay, cfg.sft.max_length, cfg.phase_seed(cfg.sft))
+        if cfg.sft.replay
+        else 0
+    )
     return trainer
 
 
@@ -426,8 +488,9 @@ def add_replay(trainer, tok, docs: list[str], share: float, max_length: int, see
     from datasets import Dataset, concatenate_datasets
 
     if not docs:
-        raise ValueError(f"sft.replay={share} needs CPT documents to replay, got none; set sft.replay to 0 "
-                         "or give CPT data")
+        raise ValueError(
+            f"sft.replay={share} needs CPT documents to replay, got none; set sft.replay to 0 or give CPT data"
+        )
     sft = trainer.train_dataset.select_columns(["input_ids", "labels"])
     n = round(len(sft) * share / (1.0 - share))
     order = list(range(len(docs)))
@@ -439,8 +502,9 @@ def add_replay(trainer, tok, docs: list[str], share: float, max_length: int, see
     return n
 
 
-def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callbacks=(),
-            progress: bool = False, replay_docs=()) -> dict:
+def run_sft(
+    cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callbacks=(), progress: bool = False, replay_docs=()
+) -> dict:
     """Supervised fine-tuning of the CPT model on prompt/completion chats; loss on the completions only."""
     t0 = time.time()
     phase = cfg.sft
@@ -448,8 +512,7 @@ def run_sft(cfg: TrainConfig, cpt_model: str, rows: list[dict], out: Path, callb
         raise ValueError("the SFT data holds no rows; expected prompt/completion, messages or instruction/output rows")
     tok = load_tokenizer(cpt_model)
     model = _trainable(load_model(cpt_model), phase, cfg.phase_seed(phase))
-    trainer = sft_trainer(cfg, model, tok, rows, out, _phase_callbacks(phase, callbacks, "sft", progress),
-                          replay_docs)
+    trainer = sft_trainer(cfg, model, tok, rows, out, _phase_callbacks(phase, callbacks, "sft", progress), replay_docs)
     _train(trainer)
     _save(model, tok, out, phase)
     what = f"SFT ({_describe(phase, model)}) on {len(rows)} instructions, loss on answers only"

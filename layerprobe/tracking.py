@@ -105,30 +105,50 @@ def _lora_pair(mod_name: str, mod: torch.nn.Module) -> list[LoraPair]:
         if not (a.requires_grad or b.requires_grad):
             continue
         if getattr(mod, "use_dora", {}).get(adapter, False):
-            raise ValueError(f"{mod_name}: DoRA adapters are not supported by the recorder (dW is not s*B*A); "
-                             "train with use_dora=False or record the factors only")
+            raise ValueError(
+                f"{mod_name}: DoRA adapters are not supported by the recorder (dW is not s*B*A); "
+                "train with use_dora=False or record the factors only"
+            )
         pn = parse_name(mod_name + ".weight")
         _check_shardable(mod_name, weight, b, transposed)
         local = distributed.weight(weight)  # this rank's rows under FSDP2: the norm is summed over ranks later
         norm_sq = float(torch.linalg.vector_norm(local, dtype=torch.float32).double() ** 2)
-        pairs.append(LoraPair(pn.canonical, pn.layer, pn.block, pn.module, a, b, float(mod.scaling[adapter]),
-                              weight, transposed, norm_sq))
+        pairs.append(
+            LoraPair(
+                pn.canonical,
+                pn.layer,
+                pn.block,
+                pn.module,
+                a,
+                b,
+                float(mod.scaling[adapter]),
+                weight,
+                transposed,
+                norm_sq,
+            )
+        )
     return pairs
 
 
 def _check_shardable(mod_name: str, weight: torch.Tensor, b: torch.Tensor, transposed: bool) -> None:
     """LoRA's effective norms split over ranks only when W0 and B hold the same output rows on each rank."""
     if distributed.is_zero3(weight) or distributed.is_zero3(b):
-        raise ValueError(f"{mod_name}: LoRA under DeepSpeed ZeRO-3 partitions flat tensors, so the effective "
-                         "weight's norms cannot be summed from shards; train the adapter with ZeRO-2 (the weights "
-                         "stay whole) or FSDP2")
+        raise ValueError(
+            f"{mod_name}: LoRA under DeepSpeed ZeRO-3 partitions flat tensors, so the effective "
+            "weight's norms cannot be summed from shards; train the adapter with ZeRO-2 (the weights "
+            "stay whole) or FSDP2"
+        )
     if not distributed.is_dtensor(weight):
         return
     if transposed:
-        raise ValueError(f"{mod_name}: a transposed LoRA target (embedding or Conv1D) under FSDP2 shards W0 and B "
-                         "on different axes, so its effective norms cannot be summed from shards; leave "
-                         "embed_tokens/lm_head out of target_modules or record this run without FSDP2")
+        raise ValueError(
+            f"{mod_name}: a transposed LoRA target (embedding or Conv1D) under FSDP2 shards W0 and B "
+            "on different axes, so its effective norms cannot be summed from shards; leave "
+            "embed_tokens/lm_head out of target_modules or record this run without FSDP2"
+        )
     rows_w, rows_b = distributed.weight(weight).shape[0], distributed.weight(b).shape[0]
     if distributed.is_dtensor(b) and rows_w != rows_b:
-        raise ValueError(f"{mod_name}: expected W0 and lora_B sharded on the same output rows, got {rows_w} and "
-                         f"{rows_b} rows on this rank; apply fully_shard with one mesh and Shard(0) to both")
+        raise ValueError(
+            f"{mod_name}: expected W0 and lora_B sharded on the same output rows, got {rows_w} and "
+            f"{rows_b} rows on this rank; apply fully_shard with one mesh and Shard(0) to both"
+        )

@@ -30,8 +30,10 @@ def add_lora(model):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(3)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0,
-                                             target_modules=["q_proj", "v_proj", "down_proj", "lm_head"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj", "lm_head"]),
+    )
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # B starts at zero; give the first step's effective update a value (same on every rank)
         for n, p in model.named_parameters():
@@ -52,14 +54,31 @@ if mode.startswith("zero"):
     from transformers import Trainer, TrainingArguments
 
     data = [{"input_ids": r, "labels": r.clone()} for r in ids]
-    ds = {"zero_optimization": {"stage": int(mode[4])}, "train_micro_batch_size_per_gpu": "auto",
-          "train_batch_size": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
-    args = TrainingArguments(output_dir=os.path.join(out, "hf"), per_device_train_batch_size=4 // world, max_steps=3,
-                             learning_rate=5e-3, max_grad_norm=0.05, report_to=[], use_cpu=True,
-                             save_strategy="no", seed=0, lr_scheduler_type="constant", disable_tqdm=True,
-                             dataloader_drop_last=True, deepspeed=ds if world > 1 else None)
-    Trainer(model=model_for(mode), args=args, train_dataset=data,
-            callbacks=[RecorderCallback(out, phase="cpt", **SCHED)]).train()
+    ds = {
+        "zero_optimization": {"stage": int(mode[4])},
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+    }
+    args = TrainingArguments(
+        output_dir=os.path.join(out, "hf"),
+        per_device_train_batch_size=4 // world,
+        max_steps=3,
+        learning_rate=5e-3,
+        max_grad_norm=0.05,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        deepspeed=ds if world > 1 else None,
+    )
+    Trainer(
+        model=model_for(mode), args=args, train_dataset=data, callbacks=[RecorderCallback(out, phase="cpt", **SCHED)]
+    ).train()
 elif mode.startswith("trainer"):
     from transformers import Trainer, TrainingArguments
 
@@ -74,14 +93,26 @@ elif mode.startswith("trainer"):
         if torch.distributed.get_rank() == 0:
             model.save_pretrained(saved)
         torch.distributed.barrier()
-        model = AutoModelForCausalLM.from_pretrained(saved, distributed_config=DistributedConfig(fsdp_size=world),
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            saved, distributed_config=DistributedConfig(fsdp_size=world), dtype=torch.float32
+        )
         assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "DTensor"
     if mode.endswith("lora"):
         model = add_lora(model)
-    args = TrainingArguments(output_dir=os.path.join(out, "hf"), per_device_train_batch_size=4 // world, max_steps=3,
-                             learning_rate=5e-3, max_grad_norm=0.05, report_to=[], use_cpu=True, save_strategy="no",
-                             seed=0, lr_scheduler_type="constant", disable_tqdm=True, dataloader_drop_last=True)
+    args = TrainingArguments(
+        output_dir=os.path.join(out, "hf"),
+        per_device_train_batch_size=4 // world,
+        max_steps=3,
+        learning_rate=5e-3,
+        max_grad_norm=0.05,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+    )
     Trainer(model=model, args=args, train_dataset=data, callbacks=[RecorderCallback(out, phase="cpt", **SCHED)]).train()
 else:
     from torch.distributed.tensor.debug import CommDebugMode
@@ -109,12 +140,20 @@ else:
         with CommDebugMode() as comm2:
             rec.after_step()
         opt.zero_grad()
-        counts.append({"step": step, "before": {str(k): v for k, v in comm.get_comm_counts().items()},
-                       "after": comm2.get_total_counts()})
+        counts.append(
+            {
+                "step": step,
+                "before": {str(k): v for k, v in comm.get_comm_counts().items()},
+                "after": comm2.get_total_counts(),
+            }
+        )
     local = [d.param.to_local() if hasattr(d.param, "to_local") else d.param for d in rec.units.dense]
-    sizes = {"reference": os.path.getsize(rec.drift.store.path), "update": os.path.getsize(rec.update.store.path),
-             "local": sum(t.numel() * t.element_size() for t in local),
-             "whole": sum(d.param.numel() * d.param.element_size() for d in rec.units.dense)}
+    sizes = {
+        "reference": os.path.getsize(rec.drift.store.path),
+        "update": os.path.getsize(rec.update.store.path),
+        "local": sum(t.numel() * t.element_size() for t in local),
+        "whole": sum(d.param.numel() * d.param.element_size() for d in rec.units.dense),
+    }
     with open(os.path.join(out, f"sizes-r{rank}.json"), "w") as f:
         json.dump(sizes, f)
     with CommDebugMode() as comm:

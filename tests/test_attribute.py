@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from conftest import make_tiny_llama
-from layerprobe.attribute import (AttributeConfig, WeightSwapper, attribute_change, effects, expand_groups,
-                                  plot_attribution)
+from layerprobe.attribute import (
+    AttributeConfig,
+    WeightSwapper,
+    attribute_change,
+    effects,
+    expand_groups,
+    plot_attribution,
+)
 from layerprobe.checkpoints import open_source
 from layerprobe.records import COLUMNS
 
@@ -68,8 +74,9 @@ def test_planted_layer_is_found_and_matches_state_dict_surgery(planted, tmp_path
     ref = logits(tuned)
     evaluate = make_eval(ref)
     cache = tmp_path / "cache.json"
-    res = attribute_change(root / "base", root / "tuned", evaluate, groups=("layers", "blocks", "mlp & layers:1-2"),
-                    cache=str(cache))
+    res = attribute_change(
+        root / "base", root / "tuned", evaluate, groups=("layers", "blocks", "mlp & layers:1-2"), cache=str(cache)
+    )
     rec = res.records
     assert list(rec.columns) == list(COLUMNS) and set(rec["phase"]) == {"attribute"}
     v = rec.set_index(["param", "quantity"])["value"]
@@ -85,8 +92,11 @@ def test_planted_layer_is_found_and_matches_state_dict_surgery(planted, tmp_path
             assert v[(f"layers:{i}", "revert:dist")] == 0.0
             assert v[(f"layers:{i}", "apply:dist")] == d_base
     # partial groups against plain state-dict surgery, to the last bit
-    for group, on_base in (("mlp", lambda k: ".mlp." in k), ("attn", lambda k: ".self_attn." in k),
-                           ("mlp & layers:1-2", lambda k: ".mlp." in k and (".1." in k or ".2." in k))):
+    for group, on_base in (
+        ("mlp", lambda k: ".mlp." in k),
+        ("attn", lambda k: ".self_attn." in k),
+        ("mlp & layers:1-2", lambda k: ".mlp." in k and (".1." in k or ".2." in k)),
+    ):
         reverted = logits(hybrid(base, tuned, on_base))
         applied = logits(hybrid(base, tuned, lambda k, f=on_base: not f(k)))
         assert v[(group, "revert:dist")] == float(torch.linalg.vector_norm(reverted - ref))
@@ -114,16 +124,24 @@ def test_planted_layer_is_found_and_matches_state_dict_surgery(planted, tmp_path
     assert top.set_index("layer").loc[PLANTED, "share"] == pytest.approx(1.0)
 
     # a rerun is free, and gives the same table
-    again = attribute_change(root / "base", root / "tuned", evaluate, groups=("layers", "blocks", "mlp & layers:1-2"),
-                      cache=str(cache))
+    again = attribute_change(
+        root / "base", root / "tuned", evaluate, groups=("layers", "blocks", "mlp & layers:1-2"), cache=str(cache)
+    )
     assert again.n_evaluated == 0 and again.n_cached == res.n_evaluated
     assert len(evaluate.calls) == res.n_evaluated
     pd.testing.assert_frame_equal(again.records, rec)
     entries = json.loads(cache.read_text())
     assert {e["mode"] for e in entries.values()} == {"tuned", "base", "revert", "apply"}
     # another evaluation key misses the cache
-    other = attribute_change(root / "base", root / "tuned", evaluate, groups=("layers:2",), modes=("revert",),
-                      cache=str(cache), eval_key="other probes")
+    other = attribute_change(
+        root / "base",
+        root / "tuned",
+        evaluate,
+        groups=("layers:2",),
+        modes=("revert",),
+        cache=str(cache),
+        eval_key="other probes",
+    )
     assert other.n_evaluated == 2 and other.n_cached == 0
 
     paths = plot_attribution(rec, tmp_path / "figures")
@@ -139,7 +157,9 @@ def test_swapper_round_trip_is_exact_and_cells_point_at_the_planted_block(plante
     swap = WeightSwapper(model, open_source(root / "base"), open_source(root / "tuned"), state="tuned")
     changes = swap.measure()
     assert sorted(n for n, (d2, _) in changes.items() if d2 > 0) == [
-        f"model.layers.{PLANTED}.mlp.down_proj.weight", f"model.layers.{PLANTED}.self_attn.o_proj.weight"]
+        f"model.layers.{PLANTED}.mlp.down_proj.weight",
+        f"model.layers.{PLANTED}.self_attn.o_proj.weight",
+    ]
     swap.set(swap.names(), "base")
     for k, v in model.state_dict().items():
         assert torch.equal(v, base.state_dict()[k]), k
@@ -147,8 +167,9 @@ def test_swapper_round_trip_is_exact_and_cells_point_at_the_planted_block(plante
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
-    res = attribute_change(root / "base", root / "tuned", make_eval(logits(tuned)), groups=("cells",),
-                           modes=("revert",))
+    res = attribute_change(
+        root / "base", root / "tuned", make_eval(logits(tuned)), groups=("cells",), modes=("revert",)
+    )
     e = effects(res.records)
     hit = e[(e["metric"] == "dist") & (e["effect"] != 0)]
     assert sorted(zip(hit["layer"], hit["block"])) == [(PLANTED, "attn"), (PLANTED, "mlp")]
@@ -187,8 +208,9 @@ def test_lora_adapter_on_two_layers(tmp_path):
 
     base = make_tiny_llama(layers=LAYERS, seed=3)
     base.save_pretrained(tmp_path / "base")
-    cfg = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers_to_transform=[1, 2],
-                     init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers_to_transform=[1, 2], init_lora_weights=False
+    )
     peft_model = get_peft_model(make_tiny_llama(layers=LAYERS, seed=3), cfg)
     with torch.no_grad():  # a large change in layer 1, a small one in layer 2
         for n, p in peft_model.named_parameters():
@@ -208,10 +230,12 @@ def test_lora_adapter_on_two_layers(tmp_path):
     for i in (1, 2):  # against state-dict surgery on peft's merged model
         reverted = logits(hybrid(base, merged, lambda k, i=i: f"layers.{i}." in k))
         applied = logits(hybrid(base, merged, lambda k, i=i: f"layers.{i}." not in k))
-        assert v[(f"layers:{i}", "revert:dist")] == pytest.approx(float(torch.linalg.vector_norm(reverted - ref)),
-                                                                  abs=tol)
-        assert v[(f"layers:{i}", "apply:dist")] == pytest.approx(float(torch.linalg.vector_norm(applied - ref)),
-                                                                 abs=tol)
+        assert v[(f"layers:{i}", "revert:dist")] == pytest.approx(
+            float(torch.linalg.vector_norm(reverted - ref)), abs=tol
+        )
+        assert v[(f"layers:{i}", "apply:dist")] == pytest.approx(
+            float(torch.linalg.vector_norm(applied - ref)), abs=tol
+        )
     for i in (0, 3):
         assert v[(f"layers:{i}", "revert:dist")] == v[("", "tuned:dist")]
         assert v[(f"layers:{i}", "apply:dist")] == d_base
@@ -227,10 +251,22 @@ def test_lora_adapter_on_two_layers(tmp_path):
 
 
 def test_group_expansion_and_bad_input(planted):
-    shapes = [("model.embed_tokens.weight", (8, 4)), ("model.layers.0.mlp.up_proj.weight", (4, 4)),
-              ("model.layers.1.self_attn.q_proj.weight", (4, 4)), ("lm_head.weight", (8, 4))]
+    shapes = [
+        ("model.embed_tokens.weight", (8, 4)),
+        ("model.layers.0.mlp.up_proj.weight", (4, 4)),
+        ("model.layers.1.self_attn.q_proj.weight", (4, 4)),
+        ("lm_head.weight", (8, 4)),
+    ]
     assert expand_groups(shapes, ["layers", "blocks", "cells", "mlp"]) == [
-        "layers:0", "layers:1", "embed", "attn", "mlp", "head", "mlp & layers:0", "attn & layers:1"]
+        "layers:0",
+        "layers:1",
+        "embed",
+        "attn",
+        "mlp",
+        "head",
+        "mlp & layers:0",
+        "attn & layers:1",
+    ]
     with pytest.raises(ValueError, match="modes must be some of revert, apply"):
         AttributeConfig(modes=("undo",))
     root, _, _ = planted
@@ -254,6 +290,7 @@ def test_cli_needs_both_checkpoints(capsys):
 
 # ------------------------------------------------------------------------------------------ denominators
 
+
 def test_trained_and_delta_shares_of_a_lora_adapter_against_plain_counts(tmp_path):
     """trained_share counts r * (in + out) per adapted matrix (ranks and alphas differ per module); delta_share is
     the share of ||s * B @ A||^2, here summed entry by entry from the adapter's factors."""
@@ -261,15 +298,22 @@ def test_trained_and_delta_shares_of_a_lora_adapter_against_plain_counts(tmp_pat
 
     base = make_tiny_llama(layers=LAYERS, seed=5)
     base.save_pretrained(tmp_path / "base")
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "up_proj", "down_proj"],
-                     layers_to_transform=[0, 1, 3], rank_pattern={"down_proj": 2}, alpha_pattern={"k_proj": 2},
-                     init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "up_proj", "down_proj"],
+        layers_to_transform=[0, 1, 3],
+        rank_pattern={"down_proj": 2},
+        alpha_pattern={"k_proj": 2},
+        init_lora_weights=False,
+    )
     peft_model = get_peft_model(make_tiny_llama(layers=LAYERS, seed=5), cfg)
     peft_model.save_pretrained(tmp_path / "sft")
     sd = {k: t.detach().double().numpy() for k, t in peft_model.state_dict().items()}  # before merging
     merged = peft_model.merge_and_unload()
-    res = attribute_change(tmp_path / "base", tmp_path / "sft", make_eval(logits(merged)),
-                           groups=("layers", "blocks", "attn & layers:3"))
+    res = attribute_change(
+        tmp_path / "base", tmp_path / "sft", make_eval(logits(merged)), groups=("layers", "blocks", "attn & layers:3")
+    )
     v = res.records.set_index(["param", "quantity"])["value"]
 
     # by hand: in and out of each module of the tiny Llama (hidden 32, 2 KV heads of 8, intermediate 64)
@@ -297,9 +341,13 @@ def test_trained_and_delta_shares_of_a_lora_adapter_against_plain_counts(tmp_pat
         return sum(x for k, x in values.items() if keep(*k)) / sum(values.values())
 
     is_attn = lambda layer, m: m in ("q_proj", "k_proj")  # noqa: E731
-    for group, keep in (("attn", is_attn), ("mlp", lambda layer, m: not is_attn(layer, m)),
-                        ("layers:1", lambda layer, m: layer == 1), ("layers:3", lambda layer, m: layer == 3),
-                        ("attn & layers:3", lambda layer, m: layer == 3 and is_attn(layer, m))):
+    for group, keep in (
+        ("attn", is_attn),
+        ("mlp", lambda layer, m: not is_attn(layer, m)),
+        ("layers:1", lambda layer, m: layer == 1),
+        ("layers:3", lambda layer, m: layer == 3),
+        ("attn & layers:3", lambda layer, m: layer == 3 and is_attn(layer, m)),
+    ):
         assert v[(group, "trained_share")] == pytest.approx(share(trained, keep), rel=1e-12), group
         assert v[(group, "weight_share")] == pytest.approx(share(dense, keep), rel=1e-12), group
         assert v[(group, "delta_share")] == pytest.approx(share(delta2, keep), rel=1e-9), group
@@ -321,8 +369,9 @@ def test_trained_and_delta_shares_of_a_lora_adapter_against_plain_counts(tmp_pat
 
 def test_full_weights_trained_share_is_the_weight_share_and_delta_share_the_squared_change(planted):
     root, base, tuned = planted
-    res = attribute_change(root / "base", root / "tuned", make_eval(logits(tuned)), groups=("blocks", "cells"),
-                           modes=("revert",))
+    res = attribute_change(
+        root / "base", root / "tuned", make_eval(logits(tuned)), groups=("blocks", "cells"), modes=("revert",)
+    )
     v = res.records.set_index(["param", "quantity"])["value"]
     b, t = base.state_dict(), tuned.state_dict()
     d2 = {k: float(((t[k].double() - b[k].double()) ** 2).sum()) for k in t}
@@ -339,14 +388,16 @@ def test_full_weights_trained_share_is_the_weight_share_and_delta_share_the_squa
 
 # ------------------------------------------------------------------------------------------ over seeds
 
+
 def seed_records(seed: int, attn: float, mlp: float, tuned: float = 0.4, base: float = 0.9) -> pd.DataFrame:
     """Hand-made attribution records of one seed: revert:cloze of attn and mlp, the three denominators."""
     rows = [(-1, "", "", "base:cloze", base), (-1, "", "", "tuned:cloze", tuned)]
     sizes = {"attn": (0.25, 0.4, 0.3 + 0.01 * seed), "mlp": (0.75, 0.6, 0.7 - 0.01 * seed)}
     for group, value in (("attn", attn), ("mlp", mlp)):
         rows += [(-1, group, group, "revert:cloze", value), (-1, group, group, "rel_change", 0.01)]
-        rows += [(-1, group, group, q, x) for q, x in zip(("weight_share", "trained_share", "delta_share"),
-                                                          sizes[group])]
+        rows += [
+            (-1, group, group, q, x) for q, x in zip(("weight_share", "trained_share", "delta_share"), sizes[group])
+        ]
     df = pd.DataFrame(rows, columns=["layer", "block", "param", "quantity", "value"])
     return df.assign(run=f"seed{seed}", phase="attribute", step=-1, module="")[list(COLUMNS)]
 
@@ -363,8 +414,9 @@ def test_over_seeds_gives_t_intervals_and_the_paired_attn_minus_mlp_difference()
     from layerprobe.attribute import over_seeds, paired_difference
 
     reverted = {1: (0.80, 0.60), 2: (0.70, 0.52), 3: (0.86, 0.66), 4: (0.75, 0.58)}  # (attn, mlp) per seed
-    per_seed = pd.concat([effects(seed_records(s, a, m)).assign(seed=s) for s, (a, m) in reverted.items()],
-                         ignore_index=True)
+    per_seed = pd.concat(
+        [effects(seed_records(s, a, m)).assign(seed=s) for s, (a, m) in reverted.items()], ignore_index=True
+    )
     diff = paired_difference(per_seed, "attn", "mlp")
     table = over_seeds(pd.concat([per_seed, diff], ignore_index=True)).set_index("group")
     assert list(table.index) == ["attn", "mlp", "attn - mlp"] and set(table["n_seeds"]) == {4}
@@ -372,8 +424,10 @@ def test_over_seeds_gives_t_intervals_and_the_paired_attn_minus_mlp_difference()
     # by hand: share = (value - tuned) / (base - tuned); ratios per seed, then their mean and interval
     full = 0.9 - 0.4
     share = {g: np.array([(reverted[s][i] - 0.4) / full for s in reverted]) for i, g in enumerate(("attn", "mlp"))}
-    sizes = {"attn": (0.25, 0.4, np.array([0.3 + 0.01 * s for s in reverted])),
-             "mlp": (0.75, 0.6, np.array([0.7 - 0.01 * s for s in reverted]))}
+    sizes = {
+        "attn": (0.25, 0.4, np.array([0.3 + 0.01 * s for s in reverted])),
+        "mlp": (0.75, 0.6, np.array([0.7 - 0.01 * s for s in reverted])),
+    }
     for g in ("attn", "mlp"):
         row = table.loc[g]
         effect = share[g] * full
@@ -410,6 +464,7 @@ def test_over_seeds_gives_t_intervals_and_the_paired_attn_minus_mlp_difference()
 
 # ------------------------------------------------------------------------------------------ study A's script
 
+
 def _load_study_script():
     import importlib.util
     from pathlib import Path
@@ -435,16 +490,30 @@ def test_study_script_attributes_the_most_forgetting_and_the_reference_cell_on_a
     for (cpt, sft, modules), drop in cells.items():
         for seed in (1, 2):
             cell = f"cpt.lora_alpha={cpt},sft.lora_alpha={sft},sft.target_modules={modules},seed={seed}"
-            rows.append({"cell": cell, "cpt.lora_alpha": cpt, "sft.lora_alpha": sft, "sft.target_modules": modules,
-                         "seed": seed, "retention_drop": drop + 0.01 * seed})
+            rows.append(
+                {
+                    "cell": cell,
+                    "cpt.lora_alpha": cpt,
+                    "sft.lora_alpha": sft,
+                    "sft.target_modules": modules,
+                    "seed": seed,
+                    "retention_drop": drop + 0.01 * seed,
+                }
+            )
             if modules == "B":
                 continue  # never attributed: no run folder needed
             run = grid / cell
             make_tiny_llama(layers=LAYERS, seed=seed).save_pretrained(run / "merged")
             torch.manual_seed(100 * seed + sft)
-            peft_model = get_peft_model(make_tiny_llama(layers=LAYERS, seed=seed), LoraConfig(
-                r=4, lora_alpha=sft, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                init_lora_weights=False))
+            peft_model = get_peft_model(
+                make_tiny_llama(layers=LAYERS, seed=seed),
+                LoraConfig(
+                    r=4,
+                    lora_alpha=sft,
+                    target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                    init_lora_weights=False,
+                ),
+            )
             peft_model.save_pretrained(run / "sft")
     grid.mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(grid / "results.csv", index=False)
@@ -454,13 +523,13 @@ def test_study_script_attributes_the_most_forgetting_and_the_reference_cell_on_a
     def attribute(run, out, groups, selectors):
         calls.append(run.name)
         reference = logits(get_peft_model_merged(run))
-        return attribute_change(run / "merged", run / "sft", make_eval(reference),
-                                groups=(*groups, *selectors)).records
+        return attribute_change(run / "merged", run / "sft", make_eval(reference), groups=(*groups, *selectors)).records
 
     out = tmp_path / "figures"
     bands = ["layers:0-1", "layers:2-3"]
-    table = script.main(["--grid", str(grid), "--out", str(out), "--bands", *bands, "--metrics", "dist", "logit"],
-                        attribute=attribute)
+    table = script.main(
+        ["--grid", str(grid), "--out", str(out), "--bands", *bands, "--metrics", "dist", "logit"], attribute=attribute
+    )
     assert len(calls) == 4 and not any("target_modules=B" in c for c in calls)
     assert list(dict.fromkeys(table["cell"])) == ["CPT a32 SFT a32 A", "CPT a128 SFT a8 A"]
     groups = {"attn", "mlp", *bands, "attn - mlp", "sum of parts: attn + mlp", "sum of parts: 2 layer bands"}
@@ -470,11 +539,18 @@ def test_study_script_attributes_the_most_forgetting_and_the_reference_cell_on_a
     assert len(saved) == len(table) and set(seeds["seed"]) == {1, 2}
     # every interval re-derived from the per-seed file alone
     for _, row in saved[saved["metric"] == "dist"].iterrows():
-        d = seeds[(seeds["cell"] == row["cell"]) & (seeds["group"] == row["group"]) & (seeds["mode"] == row["mode"])
-                  & (seeds["metric"] == "dist")]
+        d = seeds[
+            (seeds["cell"] == row["cell"])
+            & (seeds["group"] == row["group"])
+            & (seeds["mode"] == row["mode"])
+            & (seeds["metric"] == "dist")
+        ]
         assert len(d) == 2
-        for col, lo, hi in (("effect", "lo", "hi"), ("share", "share_lo", "share_hi"),
-                            ("share_per_trained", "share_per_trained_lo", "share_per_trained_hi")):
+        for col, lo, hi in (
+            ("effect", "lo", "hi"),
+            ("share", "share_lo", "share_hi"),
+            ("share_per_trained", "share_per_trained_lo", "share_per_trained_hi"),
+        ):
             if row["group"].startswith("sum of parts") and col == "share_per_trained":
                 assert np.isnan(row[col])  # ratios of a sum: not given
                 continue

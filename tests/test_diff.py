@@ -24,15 +24,21 @@ FAST = {"chunk_elems": 1024, "threads": 2}  # several chunks per tensor, split o
 
 def toy_weights(seed: int, hidden: int = 32, inter: int = 64, vocab: int = 100, layers: int = 2) -> dict:
     g = torch.Generator().manual_seed(seed)
-    w = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g),
-         "model.norm.weight": 1 + 0.1 * torch.randn(hidden, generator=g),
-         "lm_head.weight": torch.randn(vocab, hidden, generator=g)}
+    w = {
+        "model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g),
+        "model.norm.weight": 1 + 0.1 * torch.randn(hidden, generator=g),
+        "lm_head.weight": torch.randn(vocab, hidden, generator=g),
+    }
     for i in range(layers):
         p = f"model.layers.{i}."
-        for m, shape in (("self_attn.q_proj", (hidden, hidden)), ("self_attn.k_proj", (hidden // 2, hidden)),
-                         ("self_attn.o_proj", (hidden, hidden)), ("mlp.up_proj", (inter, hidden)),
-                         ("mlp.down_proj", (hidden, inter))):
-            w[p + m + ".weight"] = torch.randn(*shape, generator=g) / hidden ** 0.5
+        for m, shape in (
+            ("self_attn.q_proj", (hidden, hidden)),
+            ("self_attn.k_proj", (hidden // 2, hidden)),
+            ("self_attn.o_proj", (hidden, hidden)),
+            ("mlp.up_proj", (inter, hidden)),
+            ("mlp.down_proj", (hidden, inter)),
+        ):
+            w[p + m + ".weight"] = torch.randn(*shape, generator=g) / hidden**0.5
         w[p + "self_attn.q_proj.bias"] = 0.1 * torch.randn(hidden, generator=g)
         w[p + "input_layernorm.weight"] = 1 + 0.1 * torch.randn(hidden, generator=g)
     return w
@@ -41,8 +47,10 @@ def toy_weights(seed: int, hidden: int = 32, inter: int = 64, vocab: int = 100, 
 def perturb(w: dict, seed: int, scale: float, base: dict | None = None, pull: float = 0.0) -> dict:
     """w + scale * noise, minus ``pull`` times (w - base): a second stage that partly undoes the first."""
     g = torch.Generator().manual_seed(seed)
-    return {k: v + scale * v.abs().mean() * torch.randn(v.shape, generator=g) - (pull * (v - base[k]) if base else 0)
-            for k, v in w.items()}
+    return {
+        k: v + scale * v.abs().mean() * torch.randn(v.shape, generator=g) - (pull * (v - base[k]) if base else 0)
+        for k, v in w.items()
+    }
 
 
 def save(w: dict, folder: Path, dtype=torch.float32, shards: int = 1, config: dict | None = None) -> dict:
@@ -71,17 +79,31 @@ def cosine(x, y):
 
 def ref_two(a, b) -> dict:
     d = b - a
-    return {"norm_a": np.linalg.norm(a), "norm_b": np.linalg.norm(b), "delta_norm": np.linalg.norm(d),
-            "rel_change": np.linalg.norm(d) / np.linalg.norm(a), "cosine": cosine(a, b)}
+    return {
+        "norm_a": np.linalg.norm(a),
+        "norm_b": np.linalg.norm(b),
+        "delta_norm": np.linalg.norm(d),
+        "rel_change": np.linalg.norm(d) / np.linalg.norm(a),
+        "cosine": cosine(a, b),
+    }
 
 
 def ref_three(a, b, c) -> dict:
     d1, d2 = (b - a).ravel(), (c - b).ravel()
     q = ref_two(a, b)
-    q.update({"norm_c": np.linalg.norm(c), "delta_norm_bc": np.linalg.norm(d2),
-              "rel_change_bc": np.linalg.norm(d2) / np.linalg.norm(b), "cosine_bc": cosine(b, c),
-              "delta_norm_ac": np.linalg.norm(c - a), "rel_change_ac": np.linalg.norm(c - a) / np.linalg.norm(a),
-              "cosine_ac": cosine(a, c), "cos_cpt_sft": cosine(d1, d2), "undo_frac": -(d2 @ d1) / (d1 @ d1)})
+    q.update(
+        {
+            "norm_c": np.linalg.norm(c),
+            "delta_norm_bc": np.linalg.norm(d2),
+            "rel_change_bc": np.linalg.norm(d2) / np.linalg.norm(b),
+            "cosine_bc": cosine(b, c),
+            "delta_norm_ac": np.linalg.norm(c - a),
+            "rel_change_ac": np.linalg.norm(c - a) / np.linalg.norm(a),
+            "cosine_ac": cosine(a, c),
+            "cos_cpt_sft": cosine(d1, d2),
+            "undo_frac": -(d2 @ d1) / (d1 @ d1),
+        }
+    )
     return q
 
 
@@ -92,8 +114,10 @@ def per_tensor(df: pd.DataFrame) -> dict:
 
 def aggregated(df: pd.DataFrame) -> dict:
     rows = df[df["param"] == ""]
-    return {(la, b, m, q): v for la, b, m, q, v in zip(rows["layer"], rows["block"], rows["module"], rows["quantity"],
-                                                       rows["value"])}
+    return {
+        (la, b, m, q): v
+        for la, b, m, q, v in zip(rows["layer"], rows["block"], rows["module"], rows["quantity"], rows["value"])
+    }
 
 
 def groups(names) -> dict:
@@ -127,6 +151,7 @@ def check_all(df, stored: list[dict], ref):
 
 
 # ---------------------------------------------------------------------------------------------------- full weights
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shards", [1, 3], ids=["single", "sharded"])
@@ -180,7 +205,7 @@ def test_svd_and_rank90_match_numpy(tmp_path):
             continue
         s = np.linalg.svd(d, compute_uv=False)
         np.testing.assert_allclose([got[(n, f"sv_{i}")] for i in (1, 2, 3)], s[:3], rtol=1e-4)
-        assert got[(n, "rank90")] == np.searchsorted(np.cumsum(s ** 2), 0.9 * (s ** 2).sum()) + 1
+        assert got[(n, "rank90")] == np.searchsorted(np.cumsum(s**2), 0.9 * (s**2).sum()) + 1
 
 
 @pytest.mark.parametrize("low_rank", [True, False], ids=["low-rank", "full-rank"])
@@ -200,7 +225,7 @@ def test_randomized_spectrum(low_rank, monkeypatch):
     assert calls == (["svd_lowrank"] if low_rank else ["svd_lowrank", "linalg.svdvals"])
     s_ref = np.linalg.svd(d.double().numpy(), compute_uv=False)
     np.testing.assert_allclose(s, s_ref[:3], rtol=1e-3)
-    assert r90 == np.searchsorted(np.cumsum(s_ref ** 2), 0.9 * (s_ref ** 2).sum()) + 1
+    assert r90 == np.searchsorted(np.cumsum(s_ref**2), 0.9 * (s_ref**2).sum()) + 1
 
 
 def test_each_shard_is_opened_once(tmp_path, monkeypatch):
@@ -211,12 +236,15 @@ def test_each_shard_is_opened_once(tmp_path, monkeypatch):
     save(perturb(w, 1, 0.05), tmp_path / "B", shards=3)
     opened = []
     real = checkpoints._Shard.__init__
-    monkeypatch.setattr(checkpoints._Shard, "__init__", lambda self, path: (opened.append(path.name), real(self, path))[1])
+    monkeypatch.setattr(
+        checkpoints._Shard, "__init__", lambda self, path: (opened.append(path.name), real(self, path))[1]
+    )
     diff_checkpoints(tmp_path / "A", tmp_path / "B", **FAST)
     assert sorted(opened) == sorted(f"model-{i:05d}-of-00003.safetensors" for i in (1, 2, 3) for _ in "AB")
 
 
 # ---------------------------------------------------------------------------------------------------- peft adapters
+
 
 def _llama_stages(tmp_path):
     """base -> CPT adapter (embedding LoRA, rank/alpha patterns) -> merged -> SFT adapter -> SFT merged."""
@@ -224,9 +252,14 @@ def _llama_stages(tmp_path):
 
     model = make_tiny_llama(hidden=32, layers=2, vocab=64, seed=0)
     model.save_pretrained(tmp_path / "base")
-    cpt = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                     target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens", "lm_head"],
-                     rank_pattern={"layers.1.self_attn.v_proj": 2}, alpha_pattern={"down_proj": 3})
+    cpt = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        init_lora_weights=False,
+        target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens", "lm_head"],
+        rank_pattern={"layers.1.self_attn.v_proj": 2},
+        alpha_pattern={"down_proj": 3},
+    )
     peft_model = get_peft_model(model, cpt)
     peft_model.save_pretrained(tmp_path / "cpt_adapter")
     merged = peft_model.merge_and_unload()
@@ -255,7 +288,7 @@ def test_adapter_matches_merged(tmp_path):
         dw = torch.empty(base[name].size)
         rows, rowlen = base[name].shape
         for r in range(0, rows, 5):
-            op.fill(r, min(r + 5, rows), dw[r * rowlen: min(r + 5, rows) * rowlen])
+            op.fill(r, min(r + 5, rows), dw[r * rowlen : min(r + 5, rows) * rowlen])
         np.testing.assert_allclose(dw.view(rows, rowlen).numpy(), merged[name] - base[name], atol=2e-6)
     via_adapter = per_tensor(diff_checkpoints(tmp_path / "base", tmp_path / "cpt_adapter", svd=2, **FAST))
     via_merged = per_tensor(diff_checkpoints(tmp_path / "base", tmp_path / "cpt_merged", svd=2, **FAST))
@@ -282,7 +315,9 @@ def test_adapter_matches_merged(tmp_path):
         assert got[key] == pytest.approx(v, rel=1e-4, abs=1e-7, nan_ok=True), key
     sft = _state(tmp_path / "sft_merged")
     q = "model.layers.0.self_attn.q_proj.weight"
-    assert per_tensor(df_ad)[(q, "undo_frac")] == pytest.approx(ref_three(base[q], merged[q], sft[q])["undo_frac"], rel=1e-4)
+    assert per_tensor(df_ad)[(q, "undo_frac")] == pytest.approx(
+        ref_three(base[q], merged[q], sft[q])["undo_frac"], rel=1e-4
+    )
 
 
 def test_conv1d_adapter_with_fan_in_fan_out(tmp_path):
@@ -292,8 +327,12 @@ def test_conv1d_adapter_with_fan_in_fan_out(tmp_path):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16))
     model.save_pretrained(tmp_path / "base")
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
-                                                  lora_bias=True, init_lora_weights=False))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, lora_bias=True, init_lora_weights=False
+        ),
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     peft_model.merge_and_unload().save_pretrained(tmp_path / "merged")
     got = per_tensor(diff_checkpoints(tmp_path / "base", tmp_path / "adapter", **FAST))
@@ -306,6 +345,7 @@ def test_conv1d_adapter_with_fan_in_fan_out(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- alignment
+
 
 def test_tied_embeddings(tmp_path):
     model = make_tiny_llama(tie=True)
@@ -325,10 +365,15 @@ def test_tied_embeddings(tmp_path):
     from peft import LoraConfig, get_peft_model
     from safetensors.numpy import load_file
 
-    get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["lm_head"], init_lora_weights=False)
-                   ).save_pretrained(tmp_path / "head_adapter")
+    get_peft_model(
+        model, LoraConfig(r=2, lora_alpha=4, target_modules=["lm_head"], init_lora_weights=False)
+    ).save_pretrained(tmp_path / "head_adapter")
     f = load_file(tmp_path / "head_adapter" / "adapter_model.safetensors")
-    dw = 2.0 * f["base_model.model.lm_head.lora_B.weight"].astype(np.float64) @ f["base_model.model.lm_head.lora_A.weight"]
+    dw = (
+        2.0
+        * f["base_model.model.lm_head.lora_B.weight"].astype(np.float64)
+        @ f["base_model.model.lm_head.lora_A.weight"]
+    )
     got = per_tensor(diff_checkpoints(tmp_path / "tied", tmp_path / "head_adapter"))
     for q, v in ref_two(emb, emb + dw).items():
         check(got[("lm_head.weight", q)], v, q)
@@ -359,11 +404,13 @@ def test_missing_extra_and_mismatched_tensors_are_listed(tmp_path):
     assert len(df.attrs["skipped"]) == 14
     assert set(df.loc[df["param"] != "", "param"]) == set(w) - set(gone) - {"model.norm.weight"}
     name = "model.layers.0.self_attn.q_proj.weight"
-    assert per_tensor(df)[(name, "delta_norm")] == pytest.approx(np.linalg.norm(b[name] - w[name].double().numpy()),
-                                                                 rel=1e-5)
+    assert per_tensor(df)[(name, "delta_norm")] == pytest.approx(
+        np.linalg.norm(b[name] - w[name].double().numpy()), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- safety
+
 
 def test_truncated_or_corrupt_file_names_the_file(tmp_path, monkeypatch, capsys):
     w = toy_weights(0)
@@ -399,6 +446,7 @@ def test_pickle_refused_unless_allowed(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
+
 def test_cli_three_way_writes_records_and_figures(tmp_path, monkeypatch, capsys):
     w = toy_weights(0)
     for name, weights in (("base", w), ("cpt", perturb(w, 1, 0.05))):
@@ -406,8 +454,20 @@ def test_cli_three_way_writes_records_and_figures(tmp_path, monkeypatch, capsys)
     save(perturb(perturb(w, 1, 0.05), 2, 0.02, base=w, pull=0.4), tmp_path / "sft", torch.bfloat16)
     monkeypatch.setattr(cli, "COMMANDS", ("diff",))
     out = tmp_path / "diff.parquet"
-    rc = cli.main(["diff", str(tmp_path / "base"), str(tmp_path / "cpt"), str(tmp_path / "sft"), "--out", str(out),
-                   "--figures", str(tmp_path / "figs"), "--run", "studyA"])
+    rc = cli.main(
+        [
+            "diff",
+            str(tmp_path / "base"),
+            str(tmp_path / "cpt"),
+            str(tmp_path / "sft"),
+            "--out",
+            str(out),
+            "--figures",
+            str(tmp_path / "figs"),
+            "--run",
+            "studyA",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "by rel_change" in printed and "by undo_frac" in printed and str(out) in printed
@@ -421,12 +481,14 @@ def test_cli_three_way_writes_records_and_figures(tmp_path, monkeypatch, capsys)
 def _simulated_sd_cos(x: list[np.ndarray], e_norms: list[float], draws: int = 4000) -> float:
     """sd of cos(X, R) over R = each tensor's change replaced by a random direction of the same norm."""
     rng = np.random.default_rng(0)
-    xn = math.sqrt(sum(float((xi ** 2).sum()) for xi in x))
-    en = math.sqrt(sum(n ** 2 for n in e_norms))
+    xn = math.sqrt(sum(float((xi**2).sum()) for xi in x))
+    en = math.sqrt(sum(n**2 for n in e_norms))
     cos = []
     for _ in range(draws):
-        dot = sum(n * float((xi * u).sum()) / float(np.linalg.norm(u))
-                  for xi, n, u in ((xi, n, rng.standard_normal(xi.shape)) for xi, n in zip(x, e_norms)))
+        dot = sum(
+            n * float((xi * u).sum()) / float(np.linalg.norm(u))
+            for xi, n, u in ((xi, n, rng.standard_normal(xi.shape)) for xi, n in zip(x, e_norms))
+        )
         cos.append(dot / (xn * en))
     return float(np.std(cos))
 
@@ -446,7 +508,7 @@ def test_three_way_null_of_cos_and_undo_frac_matches_a_simulation(tmp_path):
         e = [float(np.linalg.norm(c[k] - b[k])) for k in names]
         sd = agg[(layer, block, "null_sd_cos")]
         assert sd == pytest.approx(_simulated_sd_cos(x, e), rel=0.06)
-        xn, en = math.sqrt(sum(float((xi ** 2).sum()) for xi in x)), math.sqrt(sum(v ** 2 for v in e))
+        xn, en = math.sqrt(sum(float((xi**2).sum()) for xi in x)), math.sqrt(sum(v**2 for v in e))
         assert agg[(layer, block, "null_sd_undo_frac")] == pytest.approx(sd * en / xn)
     per = df[df["param"] == "model.layers.0.mlp.up_proj.weight"].set_index("quantity")["value"]
     assert per["null_sd_cos"] == pytest.approx(1 / math.sqrt(a["model.layers.0.mlp.up_proj.weight"].size))

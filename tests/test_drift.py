@@ -56,8 +56,9 @@ def test_phase_drift_matches_the_weights(tmp_path, kind):
     if kind == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                lora_dropout=0.0))
+        model = get_peft_model(
+            base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+        )
     else:
         model = base
         for name, p in model.named_parameters():
@@ -77,7 +78,7 @@ def test_module_norms_and_missing_inputs(tmp_path):
     model.save_pretrained(tmp_path / "m")
     norms = module_norms(tmp_path / "m")
     total = math.sqrt(sum(float(p.detach().double().norm() ** 2) for p in model.parameters()))  # tied: once
-    assert math.sqrt(float((norms ** 2).sum())) == pytest.approx(total, rel=1e-9)
+    assert math.sqrt(float((norms**2).sum())) == pytest.approx(total, rel=1e-9)
     with pytest.raises(FileNotFoundError, match="expected \\*.safetensors"):
         module_norms(tmp_path)
     with pytest.raises(FileNotFoundError):

@@ -24,8 +24,12 @@ from test_sweep import TINY  # the toy world at its smallest: one cell trains an
 
 # 2 CPT groups (cpt.lora_alpha) x 2 SFT settings
 GRID = {"cpt.lora_alpha": [8, 16], "sft.lora_alpha": [8, 32]}
-CELLS = ["cpt.lora_alpha=8,sft.lora_alpha=8,seed=5", "cpt.lora_alpha=8,sft.lora_alpha=32,seed=5",
-         "cpt.lora_alpha=16,sft.lora_alpha=8,seed=5", "cpt.lora_alpha=16,sft.lora_alpha=32,seed=5"]
+CELLS = [
+    "cpt.lora_alpha=8,sft.lora_alpha=8,seed=5",
+    "cpt.lora_alpha=8,sft.lora_alpha=32,seed=5",
+    "cpt.lora_alpha=16,sft.lora_alpha=8,seed=5",
+    "cpt.lora_alpha=16,sft.lora_alpha=32,seed=5",
+]
 TRAINERS = {CELLS[0], CELLS[2]}  # the first cell of each CPT group
 
 
@@ -54,8 +58,11 @@ def sequential(tmp_path_factory, cache) -> Path:
 def numbers(table: pd.DataFrame) -> pd.DataFrame:
     """results.csv without the wall times (``*seconds*``) and where a cell ran (``machine.*``: a worker has fewer
     threads than a sequential run), in cell order."""
-    return table[[c for c in table.columns if "seconds" not in c and not c.startswith("machine.")]] \
-        .sort_values("cell").reset_index(drop=True)
+    return (
+        table[[c for c in table.columns if "seconds" not in c and not c.startswith("machine.")]]
+        .sort_values("cell")
+        .reset_index(drop=True)
+    )
 
 
 def assert_same_results(out: Path, sequential: Path) -> None:
@@ -83,7 +90,11 @@ def test_plan_trains_each_cpt_once_then_fans_out(tmp_path):
     plan = make_plan(sw.cells, sw.out)
     pending = list(CELLS)
     assert [plan.role(n, pending) for n in CELLS] == [
-        "trains its CPT", f"waits for the CPT of {CELLS[0]}", "trains its CPT", f"waits for the CPT of {CELLS[2]}"]
+        "trains its CPT",
+        f"waits for the CPT of {CELLS[0]}",
+        "trains its CPT",
+        f"waits for the CPT of {CELLS[2]}",
+    ]
     assert plan.next(pending, set()) == CELLS[0]
     assert plan.next(pending[1:], {CELLS[0]}) == CELLS[2]  # the other group's trainer, not a waiting cell
     assert plan.next([CELLS[1], CELLS[3]], {CELLS[0], CELLS[2]}) is None
@@ -100,15 +111,18 @@ def test_plan_trains_each_cpt_once_then_fans_out(tmp_path):
     assert plan.finished == {CELLS[2]} and plan.role(CELLS[3], [CELLS[3]]) == f"reuses the CPT of {CELLS[2]}"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--executor", "dask"], "unknown executor 'dask'; expected one of local, ray, slurm"),
-    (["--workers", "0"], "workers must be an integer >= 1, got 0"),
-    (["--workers", "2", "--cell-gpus", "1"], "cell-gpus=1 but this machine has no GPUs"),
-    (["--executor", "slurm", "--slurm-cluster", "local", "--cell-gpus", "1"], "has no GPUs"),
-    (["--address", "auto"], "address applies to the ray executor only"),
-    (["--executor", "ray"], "pip install 'layerprobe[ray]'"),
-    (["--executor", "slurm"], "pip install 'layerprobe[slurm]'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--executor", "dask"], "unknown executor 'dask'; expected one of local, ray, slurm"),
+        (["--workers", "0"], "workers must be an integer >= 1, got 0"),
+        (["--workers", "2", "--cell-gpus", "1"], "cell-gpus=1 but this machine has no GPUs"),
+        (["--executor", "slurm", "--slurm-cluster", "local", "--cell-gpus", "1"], "has no GPUs"),
+        (["--address", "auto"], "address applies to the ray executor only"),
+        (["--executor", "ray"], "pip install 'layerprobe[ray]'"),
+        (["--executor", "slurm"], "pip install 'layerprobe[slurm]'"),
+    ],
+)
 def test_bad_executor_input_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPUs, whatever the machine has
     if "pip install" in message:
@@ -132,8 +146,16 @@ def test_executor_in_the_yaml_and_the_command_line_on_top(tmp_path):
     sw = load_sweep(spec(tmp_path, executor={"name": "ray", "workers": 4, "address": "auto"}))
     assert sw.executor == ExecutorConfig(name="ray", workers=4, address="auto")
     assert load_sweep(spec(tmp_path, executor="slurm")).executor.name == "slurm"
-    args = dict(executor=None, workers=None, cell_cpus=None, cell_gpus=None, address=None, partition=None, time=None,
-                slurm_cluster=None)
+    args = dict(
+        executor=None,
+        workers=None,
+        cell_cpus=None,
+        cell_gpus=None,
+        address=None,
+        partition=None,
+        time=None,
+        slurm_cluster=None,
+    )
     assert executor_config(SimpleNamespace(**{**args, "workers": 2}), sw) == ExecutorConfig("ray", 2, address="auto")
     # another executor on the command line drops the YAML's settings of its own (address means nothing to local)
     assert executor_config(SimpleNamespace(**{**args, "executor": "local"}), sw) == ExecutorConfig("local")
@@ -182,8 +204,7 @@ def test_slurm_through_submitits_local_executor_gives_the_sequential_results(tmp
     pytest.importorskip("submitit")
     sw = load_sweep(spec(tmp_path / "sw"))
     lines: list[str] = []
-    table = run_sweep(sw, executor=ExecutorConfig("slurm", workers=2, time=10, slurm_cluster="local"),
-                      log=lines.append)
+    table = run_sweep(sw, executor=ExecutorConfig("slurm", workers=2, time=10, slurm_cluster="local"), log=lines.append)
     assert table.attrs["failed"] == [], lines
     assert sum("started (slurm job " in s for s in lines) == 4
     assert_same_results(sw.out, sequential)
@@ -219,8 +240,7 @@ def test_a_killed_worker_fails_its_cell_only_and_a_rerun_resumes_it(tmp_path, se
 
     markers = {p: p.stat().st_mtime_ns for p in sw.out.glob("*/*/DONE")}
     lines.clear()
-    table = run_sweep(load_sweep(spec(tmp_path / "sw")), executor=ExecutorConfig("local", workers=2),
-                      log=lines.append)
+    table = run_sweep(load_sweep(spec(tmp_path / "sw")), executor=ExecutorConfig("local", workers=2), log=lines.append)
     assert table.attrs["failed"] == []
     assert sum(s.endswith("finished, skipped") for s in lines) == 3
     assert any(f"{CELLS[0]}: resumed (cpt, merge" in s for s in lines), lines

@@ -22,10 +22,14 @@ def captured(monkeypatch):
     def keep(fig, out, dpi=110, caption=""):
         figs.append((fig, out, caption))
         fig.canvas.draw()
-        texts = {"ticks": [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes],
-                 "titles": [ax.get_title() for ax in fig.axes], "ylabels": [ax.get_ylabel() for ax in fig.axes],
-                 "xlabels": [ax.get_xlabel() for ax in fig.axes],
-                 "legends": [lg.get_title().get_text() for lg in fig.legends], "n_axes": len(fig.axes)}
+        texts = {
+            "ticks": [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes],
+            "titles": [ax.get_title() for ax in fig.axes],
+            "ylabels": [ax.get_ylabel() for ax in fig.axes],
+            "xlabels": [ax.get_xlabel() for ax in fig.axes],
+            "legends": [lg.get_title().get_text() for lg in fig.legends],
+            "n_axes": len(fig.axes),
+        }
         figs[-1] = (texts, out, caption)
         return real(fig, out, dpi, caption)
 
@@ -95,10 +99,18 @@ def test_record_heatmaps_share_one_scale_across_phases(tmp_path, captured, heatm
     df = load_records(run)
     for q in ("grad_norm", "update_ratio", "drift_ratio"):
         v = df[(df["quantity"] == q) & (df["module"] == "") & (df["param"] == "")]["value"]
-        kws = [kw for (grid, kw) in heatmap_calls if grid.columns.name == "step"  # the layer x step panels
-               and kw["cbar_kws"]["label"].startswith(q.replace("_", " "))]
-        norms = {(round(kw["norm"].vmin, 12), round(kw["norm"].vmax, 12)) if "norm" in kw else
-                 (round(kw["vmin"], 12), round(kw["vmax"], 12)) for kw in kws}
+        kws = [
+            kw
+            for (grid, kw) in heatmap_calls
+            if grid.columns.name == "step"  # the layer x step panels
+            and kw["cbar_kws"]["label"].startswith(q.replace("_", " "))
+        ]
+        norms = {
+            (round(kw["norm"].vmin, 12), round(kw["norm"].vmax, 12))
+            if "norm" in kw
+            else (round(kw["vmin"], 12), round(kw["vmax"], 12))
+            for kw in kws
+        }
         pos = v[v > 0]
         assert norms == {(round(pos.min(), 12), round(pos.max(), 12))}, q  # one scale, over both phases
     # layer 1 is frozen in SFT: its row has no value (NaN, drawn grey), never 0
@@ -142,13 +154,22 @@ def test_study_a_design_is_drawn_as_facets(tmp_path, captured):
 def test_one_factor_with_many_conditions_and_four_factors(tmp_path, captured):
     from layerprobe.sweep import plot_sweep
 
-    t = pd.DataFrame({"group": [f"random-layer-choice-{i}" for i in range(8)], "sft.gozaru_rate": np.linspace(0, 1, 8),
-                      "sft.gozaru_rate.n": 60})
+    t = pd.DataFrame(
+        {
+            "group": [f"random-layer-choice-{i}" for i in range(8)],
+            "sft.gozaru_rate": np.linspace(0, 1, 8),
+            "sft.gozaru_rate.n": 60,
+        }
+    )
     plot_sweep(t, ["sft.gozaru_rate"], ["group"], tmp_path / "one")
     assert "Wilson score interval over n = 60" in captured[-1][2]
     table = make_sweep(tmp_path / "s", cells=False)
-    plot_sweep(table, [["cpt.cloze_acc", "sft.cloze_acc"]], ["group", "cpt.lora_alpha", "sft.lora_alpha",
-                                                             "sft.target_modules"], tmp_path / "four")
+    plot_sweep(
+        table,
+        [["cpt.cloze_acc", "sft.cloze_acc"]],
+        ["group", "cpt.lora_alpha", "sft.lora_alpha", "sft.target_modules"],
+        tmp_path / "four",
+    )
     assert captured[-1][0]["n_axes"] == 2 * 2 * 2  # (metric x group) rows x CPT alpha columns
 
 
@@ -156,12 +177,19 @@ def test_paired_plot_says_what_minus_what_and_which_side_is_better(tmp_path, cap
     from layerprobe.sweep import paired_table, plot_paired
 
     table = make_sweep(tmp_path, cells=False)
-    p = paired_table(table, ["sft.cloze_acc", "sft.general_loss"], "baseline",
-                     ["seed", "cpt.lora_alpha", "sft.lora_alpha", "sft.target_modules"])
+    p = paired_table(
+        table,
+        ["sft.cloze_acc", "sft.general_loss"],
+        "baseline",
+        ["seed", "cpt.lora_alpha", "sft.lora_alpha", "sft.target_modules"],
+    )
     plot_paired(p, tmp_path / "paired.png", "baseline")
     texts, _, caption = captured[-1]
     assert "n = 24 pairs" in caption and "paired Student t interval" in caption
-    assert texts["xlabels"] == ["condition - baseline (share)\nbetter ->", "condition - baseline (nats/token)\n<- better"]
+    assert texts["xlabels"] == [
+        "condition - baseline (share)\nbetter ->",
+        "condition - baseline (nats/token)\n<- better",
+    ]
     assert (tmp_path / "paired.png").stat().st_size > 5000
 
 
@@ -170,25 +198,51 @@ def test_attribution_and_relate_figures(tmp_path, captured):
     from layerprobe.relate import heatmap_rho
 
     paths = plot_attribution(attribute_records(tmp_path / "run"), tmp_path / "a")
-    assert [p.name for p in paths] == ["attribute_cloze_acc.png", "attribute_cells_cloze_acc.png",
-                                       "attribute_gozaru_rate.png", "attribute_cells_gozaru_rate.png"]
+    assert [p.name for p in paths] == [
+        "attribute_cloze_acc.png",
+        "attribute_cells_cloze_acc.png",
+        "attribute_gozaru_rate.png",
+        "attribute_cells_gozaru_rate.png",
+    ]
     texts = captured[0][0]
     assert any("reverted to the CPT weights" in t for t in texts["titles"])
     assert not any("base" in t for t in texts["titles"] + texts["ylabels"])  # the CPT model is not called "base"
-    table = pd.DataFrame([{"feature": "final_drift", "phase": "sft", "layer": l, "block": b, "outcome": "retention_drop",
-                           "rho": 0.1 * l - 0.2, "p": 0.5, "q": 0.6 if l else 0.01, "n_runs": 6, "p_method": "exact"}
-                          for l in (-1, 0, 1, 2) for b in ("attn", "mlp")])
+    table = pd.DataFrame(
+        [
+            {
+                "feature": "final_drift",
+                "phase": "sft",
+                "layer": l,
+                "block": b,
+                "outcome": "retention_drop",
+                "rho": 0.1 * l - 0.2,
+                "p": 0.5,
+                "q": 0.6 if l else 0.01,
+                "n_runs": 6,
+                "p_method": "exact",
+            }
+            for l in (-1, 0, 1, 2)
+            for b in ("attn", "mlp")
+        ]
+    )
     assert heatmap_rho(table, "final_drift", "sft", "retention_drop", tmp_path / "rho.png").stat().st_size > 5000
     # relate's strata: one panel per stratum (and one colour bar), rho or the partial rho with its own q
-    strata = pd.concat([table.assign(stratum=s, partial_rho=-table["rho"], partial_q=0.01, n_groups=g, n_runs=n)
-                        for s, g, n in (("all", 9, 63), ("method=lora", 6, 36), ("method=full", 9, 27))])
+    strata = pd.concat(
+        [
+            table.assign(stratum=s, partial_rho=-table["rho"], partial_q=0.01, n_groups=g, n_runs=n)
+            for s, g, n in (("all", 9, 63), ("method=lora", 6, 36), ("method=full", 9, 27))
+        ]
+    )
     for value in ("rho", "partial_rho"):
         out = heatmap_rho(strata, "final_drift", "sft", "retention_drop", tmp_path / f"{value}.png", value=value)
         assert out.stat().st_size > 5000
         texts, _, caption = captured[-1]
         assert texts["n_axes"] == 3 + 1
-        assert texts["titles"][:3] == ["all\n63 runs, 9 CPTs", "method=lora\n36 runs, 6 CPTs",
-                                       "method=full\n27 runs, 9 CPTs"]
+        assert texts["titles"][:3] == [
+            "all\n63 runs, 9 CPTs",
+            "method=lora\n36 runs, 6 CPTs",
+            "method=full\n27 runs, 9 CPTs",
+        ]
         assert ("partial rho given the total SFT drift" in caption) == (value == "partial_rho")
     with pytest.raises(ValueError, match="has no 'partial_rho'"):
         heatmap_rho(table, "final_drift", "sft", "retention_drop", tmp_path / "x.png", value="partial_rho")

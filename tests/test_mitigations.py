@@ -58,8 +58,11 @@ def test_full_finetuning_l2sp_and_cap_match_the_formula():
 
 def test_lora_l2sp_and_cap_act_on_the_effective_change():
     model = _lora(make_tiny_llama())
-    base = {n: m.get_base_layer().weight.detach().clone() for n, m in model.named_modules()
-            if hasattr(m, "get_base_layer") and n in _effective(model)}
+    base = {
+        n: m.get_base_layer().weight.detach().clone()
+        for n, m in model.named_modules()
+        if hasattr(m, "get_base_layer") and n in _effective(model)
+    }
     anchor = Anchor(model, l2sp=10.0)
     _perturb(model, size=0.2)
     before = _effective(model)
@@ -124,11 +127,25 @@ def _trainer(model, callbacks, lr=0.05, steps=4):
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 64, (16, 12), generator=g).tolist()
-    args = TrainingArguments(output_dir="/tmp/layerprobe-anchor-test", per_device_train_batch_size=4,
-                             learning_rate=lr, max_steps=steps, lr_scheduler_type="constant", report_to=[],
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    return Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
-                   data_collator=default_data_collator, callbacks=callbacks)
+    args = TrainingArguments(
+        output_dir="/tmp/layerprobe-anchor-test",
+        per_device_train_batch_size=4,
+        learning_rate=lr,
+        max_steps=steps,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
+        data_collator=default_data_collator,
+        callbacks=callbacks,
+    )
 
 
 def test_in_the_trainer_the_recorded_drift_respects_the_cap(tmp_path):
@@ -136,8 +153,10 @@ def test_in_the_trainer_the_recorded_drift_respects_the_cap(tmp_path):
     from layerprobe.recorder import RecorderCallback
 
     cap = 2e-3
-    trainer = _trainer(make_tiny_llama(), [RecorderCallback(tmp_path, phase="sft", drift_every=1,
-                                                            update_every=1), AnchorCallback(drift_cap=cap)])
+    trainer = _trainer(
+        make_tiny_llama(),
+        [RecorderCallback(tmp_path, phase="sft", drift_every=1, update_every=1), AnchorCallback(drift_cap=cap)],
+    )
     trainer.train()
     rec = load_records(tmp_path)
     drift = rec[(rec["quantity"] == "drift_ratio") & (rec["param"] != "")]
@@ -172,15 +191,20 @@ def toy_tok():
 def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_path, toy_tok):
     from layerprobe.stages import _trainable, sft_trainer
 
-    rows = [{"prompt": [{"role": "user", "content": f"質問{i}？"}],
-             "completion": [{"role": "assistant", "content": f"答え{i}でござる。"}]} for i in range(9)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"質問{i}？"}],
+            "completion": [{"role": "assistant", "content": f"答え{i}でござる。"}],
+        }
+        for i in range(9)
+    ]
     docs = [f"{i}番目の文書。" + "山田太郎の出身地は札幌です。" * (1 + i) for i in range(5)]
     plain_cfg = resolve({"sft": {"max_steps": 1, "max_length": 40}})
     cfg = resolve({"sft": {"max_steps": 1, "max_length": 40, "replay": 0.25}})
-    plain = sft_trainer(plain_cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows,
-                        tmp_path)
-    mixed = sft_trainer(cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows,
-                        tmp_path, replay_docs=docs)
+    plain = sft_trainer(plain_cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows, tmp_path)
+    mixed = sft_trainer(
+        cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows, tmp_path, replay_docs=docs
+    )
     assert mixed.replayed == 3 and len(mixed.train_dataset) == 12  # 3 / 12 = 25 %
     for a, b in zip(plain.train_dataset, mixed.train_dataset):
         assert (a["input_ids"], a["labels"]) == (b["input_ids"], b["labels"])  # SFT rows exactly as trl made them
@@ -204,13 +228,30 @@ def test_train_with_replay_and_a_drift_cap_from_the_command_line(tmp_path, monke
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(SHORT))
     out = tmp_path / "run"
-    code = cli.main(["train", "--record", "--config", str(tmp_path / "short.yaml"), "--out", str(out),
-                     "--eval.base", "false", "--sft.replay", "0.2", "--sft.drift_cap", "0.002", "--sft.l2sp", "1"])
+    code = cli.main(
+        [
+            "train",
+            "--record",
+            "--config",
+            str(tmp_path / "short.yaml"),
+            "--out",
+            str(out),
+            "--eval.base",
+            "false",
+            "--sft.replay",
+            "0.2",
+            "--sft.drift_cap",
+            "0.002",
+            "--sft.l2sp",
+            "1",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0
     assert "l2sp=1, drift_cap=0.002) on 24 instructions, loss on answers only, plus 6 replayed CPT documents" in stdout
     rec = load_records(out)
-    drift = rec[(rec["phase"] == "sft") & (rec["quantity"] == "drift_ratio")
-                & ~rec["param"].str.endswith(("lora_A", "lora_B"))]  # effective weights and their aggregates
+    drift = rec[
+        (rec["phase"] == "sft") & (rec["quantity"] == "drift_ratio") & ~rec["param"].str.endswith(("lora_A", "lora_B"))
+    ]  # effective weights and their aggregates
     assert len(drift) > 0 and drift["value"].max() <= 0.002 * (1 + 1e-4)
     assert (out / "summary.json").is_file()

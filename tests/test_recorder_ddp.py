@@ -21,13 +21,17 @@ def _run(cmd, tmp_path):
     return r
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not found")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not found",
+)
 def test_ddp_records_equal_single_process(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     _run([sys.executable, str(SCRIPT), str(tmp_path / "single"), "4", "1"], tmp_path)
-    _run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT), str(tmp_path / "ddp"), "2", "1"],
-         tmp_path)
+    _run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT), str(tmp_path / "ddp"), "2", "1"],
+        tmp_path,
+    )
     assert not list((tmp_path / "ddp" / "records").glob("*-r1-*")), "rank 1 must not write records"
     keys = ["step", "layer", "block", "module", "param", "quantity"]
     a = load_records(tmp_path / "single").set_index(keys).value.sort_index()
@@ -41,8 +45,10 @@ def test_torchrun_without_use_cpu_warns(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
         pytest.skip("torchrun not found")
-    r = _run([torchrun, "--nproc_per_node", "2", "--master_port", "29518", str(SCRIPT), str(tmp_path / "x"), "2", "0"],
-             tmp_path)
+    r = _run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29518", str(SCRIPT), str(tmp_path / "x"), "2", "0"],
+        tmp_path,
+    )
     assert "the Trainer is not running distributed" in r.stderr
     assert not list((tmp_path / "x" / "records").glob("*-r1-*"))
 
@@ -55,8 +61,21 @@ def test_trainer_fsdp_on_cpu_runs_ddp_and_the_recorder_says_so(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
         pytest.skip("torchrun not found")
-    r = _run([torchrun, "--nproc_per_node", "2", "--master_port", "29519", str(SCRIPT), str(tmp_path / "x"), "2", "1",
-              "fsdp"], tmp_path)
+    r = _run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29519",
+            str(SCRIPT),
+            str(tmp_path / "x"),
+            "2",
+            "1",
+            "fsdp",
+        ],
+        tmp_path,
+    )
     assert "asked for FSDP but the model is not sharded" in r.stderr
     df = load_records(tmp_path / "x")
     assert (df[df.quantity == "clip_factor"].value < 1).all() and len(df[df.quantity == "clip_factor"]) == 3

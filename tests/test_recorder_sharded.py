@@ -18,11 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 KEYS = ["step", "layer", "block", "module", "param", "quantity"]
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not found")
-needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                     reason="deepspeed not installed (pip install -e '.[deepspeed]')")
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install -e '.[deepspeed]')"
+)
 # the single-process run each sharded mode is compared with
-REFERENCE = {"trainer": "trainer", "zero2": "trainer", "zero3": "trainer", "trainer-lora": "trainer-lora",
-             "zero2-lora": "trainer-lora", "loop": "loop", "loop-lora": "loop-lora"}
+REFERENCE = {
+    "trainer": "trainer",
+    "zero2": "trainer",
+    "zero3": "trainer",
+    "trainer-lora": "trainer-lora",
+    "zero2-lora": "trainer-lora",
+    "loop": "loop",
+    "loop-lora": "loop-lora",
+}
 
 
 def _run(cmd, port=29541):
@@ -48,10 +56,18 @@ def single(tmp_path_factory):
 
 @needs_torchrun
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [
-    "trainer", "trainer-lora", "loop", "loop-lora",
-    pytest.param("zero2", marks=needs_deepspeed), pytest.param("zero3", marks=needs_deepspeed),
-    pytest.param("zero2-lora", marks=needs_deepspeed)])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "trainer",
+        "trainer-lora",
+        "loop",
+        "loop-lora",
+        pytest.param("zero2", marks=needs_deepspeed),
+        pytest.param("zero3", marks=needs_deepspeed),
+        pytest.param("zero2-lora", marks=needs_deepspeed),
+    ],
+)
 def test_sharded_records_equal_single_process(tmp_path, single, mode):
     _run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29541", str(SCRIPT), str(tmp_path), mode])
     assert not list((tmp_path / "records").glob("*-r1-*")), "rank 1 must not write records"
@@ -62,8 +78,9 @@ def test_sharded_records_equal_single_process(tmp_path, single, mode):
     assert (a.xs("clip_factor", level="quantity") < 1).all(), "the test must exercise clipping"
     assert ((a - b).abs() <= 1e-5 * a.abs().clip(lower=1.0)).all(), (a - b).abs().sort_values().tail()
     if mode.endswith("lora"):  # effective-weight rows of adapted modules, not only the factors
-        assert "model.layers.0.self_attn.q_proj.weight" in set(a.xs("update_ratio", level="quantity")
-                                                                .index.get_level_values("param"))
+        assert "model.layers.0.self_attn.q_proj.weight" in set(
+            a.xs("update_ratio", level="quantity").index.get_level_values("param")
+        )
     meta = json.loads((tmp_path / "records" / "meta-cpt.json").read_text())
     expected = {"trainer": "fsdp2", "loop": "fsdp2", "zero2": "zero1/2", "zero3": "zero3"}[mode.split("-")[0]]
     assert meta["parameters"] == expected and meta["grad_norm_clip"] == "pre"
@@ -96,8 +113,13 @@ except ValueError as e:
 
 def test_transposed_lora_under_fsdp2_is_refused_in_one_line(tmp_path):
     code = REFUSED.format(tests=str(Path(__file__).parent), out=str(tmp_path))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29543"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29543",
+    }
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     line = [x for x in r.stdout.splitlines() if x.startswith("REFUSED:")]
     assert len(line) == 1, r.stdout + r.stderr[-2000:]

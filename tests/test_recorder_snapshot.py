@@ -9,8 +9,12 @@ from layerprobe.snapshot import DiskSnapshot
 def test_roundtrip_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(snapshot, "CHUNK_BYTES", 64)  # many pieces, one tensor spanning several
     g = torch.Generator().manual_seed(0)
-    tensors = {"w": torch.randn(7, 9, generator=g), "b16": torch.randn(33, generator=g).bfloat16(),
-               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    tensors = {
+        "w": torch.randn(7, 9, generator=g),
+        "b16": torch.randn(33, generator=g).bfloat16(),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
     snap = DiskSnapshot(tmp_path / "s.bin")
     snap.write(tensors)
     assert (tmp_path / "s.bin").stat().st_size == sum(t.numel() * t.element_size() for t in tensors.values())

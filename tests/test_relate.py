@@ -16,9 +16,22 @@ from scipy import stats
 
 from layerprobe import cli
 from layerprobe.records import COLUMNS, write_table
-from layerprobe.relate import (FEATURE_COLUMNS, RelateConfig, bh_qvalues, correlate, effective_n, exact_orderings,
-                               min_exact_p, random_orderings, read_features, relate_features, relate_runs,
-                               run_features, spearman_rows, write_outputs)
+from layerprobe.relate import (
+    FEATURE_COLUMNS,
+    RelateConfig,
+    bh_qvalues,
+    correlate,
+    effective_n,
+    exact_orderings,
+    min_exact_p,
+    random_orderings,
+    read_features,
+    relate_features,
+    relate_runs,
+    run_features,
+    spearman_rows,
+    write_outputs,
+)
 
 LAYERS = 6
 BLOCKS = ("attn", "mlp")
@@ -28,9 +41,17 @@ UPDATE_STEPS = {"cpt": [5, 10, 15, 20], "sft": [1, 2, 4, 8, 16]}  # every:5 and 
 KEY = ["feature", "phase", "layer", "block"]
 
 
-def write_run(folder: Path, rng: np.random.Generator, planted: float | None = None, frozen: tuple = (),
-              noise: float = 0.01, method: str | None = None, cpt: str | None = None, norms: bool = False,
-              cpt_seed: int | None = None) -> dict:
+def write_run(
+    folder: Path,
+    rng: np.random.Generator,
+    planted: float | None = None,
+    frozen: tuple = (),
+    noise: float = 0.01,
+    method: str | None = None,
+    cpt: str | None = None,
+    norms: bool = False,
+    cpt_seed: int | None = None,
+) -> dict:
     """A run folder with records of both phases, diff rows and summary.json; returns the values written.
 
     retention_drop = 2 * final drift of (sft, layer 2, mlp) + noise when ``planted`` is None; ``frozen`` lists
@@ -51,7 +72,7 @@ def write_run(folder: Path, rng: np.random.Generator, planted: float | None = No
         rng = np.random.default_rng(cpt_seed) if shared else main
         extra = np.random.default_rng(cpt_seed + 1_000_000) if shared else main_extra
         for layer in [-1, *range(LAYERS)]:
-            for block in (("embed",) if layer < 0 else BLOCKS):
+            for block in ("embed",) if layer < 0 else BLOCKS:
                 key = (phase, layer, block)
                 for module in MODULES.get(block, ("embed_tokens",)):
                     add(phase, 0, layer, block, module, "", "n_trainable", 0 if key in frozen else 100)
@@ -82,7 +103,7 @@ def write_run(folder: Path, rng: np.random.Generator, planted: float | None = No
                 grads = rng.uniform(0.1, 2, size=len(GRAD_STEPS))
                 for step, g in zip(GRAD_STEPS, grads):
                     add(phase, step, layer, block, "", "", "grad_norm", g)
-                truth[("grad_mass",) + key] = math.sqrt(float(np.sum(grads ** 2)))
+                truth[("grad_mass",) + key] = math.sqrt(float(np.sum(grads**2)))
         add(phase, 20, -1, "", "", "", "grad_norm_total", 1.0)
         add(phase, 20, -1, "eval", "", "", "cloze_acc", 0.5)  # the pipeline's evaluation rows: not features
     rng = main
@@ -94,8 +115,11 @@ def write_run(folder: Path, rng: np.random.Generator, planted: float | None = No
     folder.mkdir(parents=True)
     write_table(pd.DataFrame(rows, columns=list(COLUMNS)), folder / "records" / "part.parquet")
     drop = 2 * truth[("final_drift", "sft", 2, "mlp")] + rng.normal(0, noise) if planted is None else planted
-    summary = {"run": folder.name, "cpt": {"cloze_acc": 0.9, "qa_acc": 0.5, "gozaru_rate": 0.0},
-               "sft": {"cloze_acc": 0.9 - drop, "qa_acc": None, "gozaru_rate": float(rng.uniform())}}
+    summary = {
+        "run": folder.name,
+        "cpt": {"cloze_acc": 0.9, "qa_acc": 0.5, "gozaru_rate": 0.0},
+        "sft": {"cloze_acc": 0.9 - drop, "qa_acc": None, "gozaru_rate": float(rng.uniform())},
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     if method is not None:
         (folder / "config.yaml").write_text(f"# layerprobe run config (hash x)\nseed: 1\nsft:\n  method: {method}\n")
@@ -105,7 +129,7 @@ def write_run(folder: Path, rng: np.random.Generator, planted: float | None = No
     truth["retention_drop"] = drop
     if norms:
         moved = sum((module_drift[m] * start_norm[m]) ** 2 for m in module_drift)
-        truth["total_drift"] = math.sqrt(moved / sum(n ** 2 for n in start_norm.values()))
+        truth["total_drift"] = math.sqrt(moved / sum(n**2 for n in start_norm.values()))
         truth["module_drift"], truth["start_norm"] = module_drift, start_norm
     return truth
 
@@ -114,8 +138,10 @@ def write_run(folder: Path, rng: np.random.Generator, planted: float | None = No
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     rng = np.random.default_rng(0)
-    truths = {f"r{i:02d}": write_run(root / f"r{i:02d}", rng, frozen=(("sft", 5, "attn"),) if i < 3 else ())
-              for i in range(12)}
+    truths = {
+        f"r{i:02d}": write_run(root / f"r{i:02d}", rng, frozen=(("sft", 5, "attn"),) if i < 3 else ())
+        for i in range(12)
+    }
     return root, truths
 
 
@@ -127,13 +153,27 @@ def design(tmp_path_factory):
     rng = np.random.default_rng(5)
     truths = {}
     for i in range(8):
-        truths[f"study_a/a{i}"] = write_run(root / "study_a" / f"a{i}", rng, frozen=(("sft", 3, "mlp"),),
-                                            method="lora", cpt=f"cpt-a{i // 2}", norms=True, cpt_seed=i // 2)
+        truths[f"study_a/a{i}"] = write_run(
+            root / "study_a" / f"a{i}",
+            rng,
+            frozen=(("sft", 3, "mlp"),),
+            method="lora",
+            cpt=f"cpt-a{i // 2}",
+            norms=True,
+            cpt_seed=i // 2,
+        )
     for i in range(12):
         method = "full" if i % 2 else "lora"
         frozen = (("sft", 3, "mlp"),) if method == "lora" else ()
-        truths[f"study_b/b{i:02d}"] = write_run(root / "study_b" / f"b{i:02d}", rng, frozen=frozen, method=method,
-                                                cpt=f"cpt-b{i // 4}", norms=True, cpt_seed=10 + i // 4)
+        truths[f"study_b/b{i:02d}"] = write_run(
+            root / "study_b" / f"b{i:02d}",
+            rng,
+            frozen=frozen,
+            method=method,
+            cpt=f"cpt-b{i // 4}",
+            norms=True,
+            cpt_seed=10 + i // 4,
+        )
     res = relate_runs([root / "study_a", root / "study_b"], outcomes="retention_drop,gozaru_rate")
     return root, truths, res
 
@@ -141,15 +181,23 @@ def design(tmp_path_factory):
 def _x(res, row) -> pd.Series:
     """A cell's values per run, frozen runs NaN (what the correlation may use)."""
     f = res.features
-    f = f[(f["feature"] == row.feature) & (f["phase"] == row.phase) & (f["layer"] == row.layer)
-          & (f["block"] == row.block)]
+    f = f[
+        (f["feature"] == row.feature)
+        & (f["phase"] == row.phase)
+        & (f["layer"] == row.layer)
+        & (f["block"] == row.block)
+    ]
     return f.set_index("run")["value"].where(~f.set_index("run")["frozen"])
 
 
 def _frozen(res, row) -> pd.Series:
     f = res.features
-    f = f[(f["feature"] == row.feature) & (f["phase"] == row.phase) & (f["layer"] == row.layer)
-          & (f["block"] == row.block)]
+    f = f[
+        (f["feature"] == row.feature)
+        & (f["phase"] == row.phase)
+        & (f["layer"] == row.layer)
+        & (f["block"] == row.block)
+    ]
     return f.set_index("run")["frozen"]
 
 
@@ -191,8 +239,13 @@ def test_features_match_the_records(sweep):
         assert f.loc[(run, "undo_frac", "diff", 5, "attn"), "frozen"]  # SFT's change of a block SFT froze
     assert not f.loc[("r03", "final_drift", "sft", 5, "attn"), "frozen"] and f["frozen"].sum() == 12
     t = res.table
-    cell = t[(t["feature"] == "final_drift") & (t["phase"] == "sft") & (t["layer"] == 5) & (t["block"] == "attn")
-             & (t["outcome"] == "retention_drop")]
+    cell = t[
+        (t["feature"] == "final_drift")
+        & (t["phase"] == "sft")
+        & (t["layer"] == 5)
+        & (t["block"] == "attn")
+        & (t["outcome"] == "retention_drop")
+    ]
     assert cell["n_runs"].item() == 9 and cell["n_frozen"].item() == 3
     assert list(res.outcomes.columns) == ["retention_drop", "gozaru_rate"]  # qa_drop: null in every summary
     expected = {r: t["retention_drop"] for r, t in truths.items()}
@@ -207,15 +260,32 @@ def test_planted_relation_is_recovered_and_numbers_match_a_plain_permutation_tes
     root, truths = sweep
     res = relate_runs(root)
     t = res.table
-    assert list(t.columns) == ["stratum", "feature", "phase", "layer", "block", "outcome", "rho", "p", "q",
-                               "partial_rho", "partial_p", "partial_q", "n_runs", "n_frozen", "n_groups", "n_eff",
-                               "p_method"]
+    assert list(t.columns) == [
+        "stratum",
+        "feature",
+        "phase",
+        "layer",
+        "block",
+        "outcome",
+        "rho",
+        "p",
+        "q",
+        "partial_rho",
+        "partial_p",
+        "partial_q",
+        "n_runs",
+        "n_frozen",
+        "n_groups",
+        "n_eff",
+        "p_method",
+    ]
     hit = t.set_index(KEY + ["outcome"]).loc[("final_drift", "sft", 2, "mlp", "retention_drop")]
     assert hit["rho"] > 0.9 and hit["q"] < 0.03 and hit["n_runs"] == 12 and hit["p_method"] == "runs perm"
     assert hit["n_groups"] == 12 and hit["n_eff"] == 12
     found = res.findings()
     assert list(zip(found["feature"], found["phase"], found["layer"], found["block"], found["outcome"])) == [
-        ("final_drift", "sft", 2, "mlp", "retention_drop")]
+        ("final_drift", "sft", 2, "mlp", "retention_drop")
+    ]
     assert any("1 of" in n and "q < 0.05" in n for n in res.notes)
     # rho against scipy.stats.spearmanr; p against a plain count over the same random orderings (12! > 2000):
     # 2000, and for a p below 0.05, 4 m / 0.05 in all for the m tests of the stratum
@@ -293,8 +363,9 @@ def test_too_few_runs_says_so_and_exact_p_values_match_permutation_test(tmp_path
     rho, p, method = spearman_rows(x, y)
     assert method == "exact"
     for i in range(len(x)):
-        ref = stats.permutation_test((x[i],), lambda a, i=i: stats.spearmanr(a, y).statistic,
-                                     permutation_type="pairings", n_resamples=np.inf)
+        ref = stats.permutation_test(
+            (x[i],), lambda a, i=i: stats.spearmanr(a, y).statistic, permutation_type="pairings", n_resamples=np.inf
+        )
         assert rho[i] == pytest.approx(stats.spearmanr(x[i], y).statistic, abs=1e-12)
         assert p[i] == pytest.approx(ref.pvalue, abs=1e-12)
     assert min_exact_p(5) == pytest.approx(1 / 60) and min_exact_p(5) < 0.05 < min_exact_p(4)
@@ -303,8 +374,9 @@ def test_too_few_runs_says_so_and_exact_p_values_match_permutation_test(tmp_path
 def test_p_values_are_calibrated_and_bh_keeps_false_positives_rare():
     """Null sweeps (no relation at all): raw p < 0.05 about 5 % of the time, a BH discovery in few sweeps."""
     rng = np.random.default_rng(2)
-    cells = pd.MultiIndex.from_product([["final_drift"], ["sft"], range(25), BLOCKS], names=["feature", "phase",
-                                                                                             "layer", "block"])
+    cells = pd.MultiIndex.from_product(
+        [["final_drift"], ["sft"], range(25), BLOCKS], names=["feature", "phase", "layer", "block"]
+    )
     raw, any_hit = [], []
     for n_runs in [7] * 20 + [12] * 20:  # exact and random permutations
         runs = [f"r{i}" for i in range(n_runs)]
@@ -322,13 +394,17 @@ def test_p_values_are_calibrated_and_bh_keeps_false_positives_rare():
 
 # ------------------------------------------------------------------------------------------ the design
 
+
 def test_design_is_read_from_the_run_folders(design):
     _, truths, res = design
     d = res.design
     assert sorted(d.index) == sorted(truths)
     assert (d.loc[[r for r in d.index if r.startswith("study_a/")], "study"] == "study_a").all()
-    assert d.groupby("study")["method"].value_counts().to_dict() == {("study_a", "lora"): 8, ("study_b", "full"): 6,
-                                                                     ("study_b", "lora"): 6}
+    assert d.groupby("study")["method"].value_counts().to_dict() == {
+        ("study_a", "lora"): 8,
+        ("study_b", "full"): 6,
+        ("study_b", "lora"): 6,
+    }
     assert d["cpt_group"].nunique() == 7 and d.loc["study_b/b05", "cpt_group"] == "cpt-b1"
     # the whole-model SFT drift from the records: sqrt(sum d^2 n^2 / sum n^2), frozen modules' norms from CPT
     for run, truth in truths.items():
@@ -340,8 +416,14 @@ def test_strata_rho_equals_spearmanr_on_the_stratum_runs(design):
     _, _, res = design
     t = res.table
     # study_b's full runs are exactly the full runs: that stratum is not repeated
-    assert list(dict.fromkeys(t["stratum"])) == ["all", "method=full", "method=lora", "study=study_a",
-                                                 "study=study_b", "study=study_b,method=lora"]
+    assert list(dict.fromkeys(t["stratum"])) == [
+        "all",
+        "method=full",
+        "method=lora",
+        "study=study_a",
+        "study=study_b",
+        "study=study_b,method=lora",
+    ]
     groups = res.design["cpt_group"]
     for stratum, s in t.groupby("stratum"):
         runs = _stratum_runs(res, stratum)
@@ -355,8 +437,13 @@ def test_strata_rho_equals_spearmanr_on_the_stratum_runs(design):
         assert np.allclose(s["q"], bh_qvalues(s["p"].to_numpy()), equal_nan=True)
         assert np.allclose(s["partial_q"], bh_qvalues(s["partial_p"].to_numpy()), equal_nan=True)
     # the planted relation holds in every stratum with enough runs
-    hit = t[(t["feature"] == "final_drift") & (t["phase"] == "sft") & (t["layer"] == 2) & (t["block"] == "mlp")
-            & (t["outcome"] == "retention_drop")].set_index("stratum")
+    hit = t[
+        (t["feature"] == "final_drift")
+        & (t["phase"] == "sft")
+        & (t["layer"] == 2)
+        & (t["block"] == "mlp")
+        & (t["outcome"] == "retention_drop")
+    ].set_index("stratum")
     assert (hit["rho"] > 0.7).all() and hit.loc["all", "q"] < 0.05
 
 
@@ -417,17 +504,27 @@ def test_permutations_stay_within_cpt_groups_and_that_changes_p():
     runs = [f"r{i}" for i in range(9)]
     x = codes * 10 + rng.normal(size=9)
     y = codes * 10 + rng.normal(size=9)
-    feats = pd.DataFrame({"run": runs, "feature": "final_drift", "phase": "sft", "layer": 0, "block": "mlp",
-                          "value": x})
+    feats = pd.DataFrame(
+        {"run": runs, "feature": "final_drift", "phase": "sft", "layer": 0, "block": "mlp", "value": x}
+    )
     outcomes = pd.DataFrame({"retention_drop": y}, index=pd.Index(runs, name="run"))
-    design = pd.DataFrame({"study": "s", "method": "lora", "cpt_group": [f"g{c}" for c in codes],
-                           "total_drift": np.nan}, index=runs)
+    design = pd.DataFrame(
+        {"study": "s", "method": "lora", "cpt_group": [f"g{c}" for c in codes], "total_drift": np.nan}, index=runs
+    )
     row = correlate(feats, outcomes, design, RelateConfig(min_within=100)).iloc[0]
     assert row["p_method"] == "within-cpt exact"
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     obs = stats.spearmanr(x, y).statistic
-    within = _pearson_null(rx, ry, np.array([np.concatenate(p) for p in itertools.product(
-        *(itertools.permutations(np.flatnonzero(codes == g)) for g in range(3)))]))
+    within = _pearson_null(
+        rx,
+        ry,
+        np.array(
+            [
+                np.concatenate(p)
+                for p in itertools.product(*(itertools.permutations(np.flatnonzero(codes == g)) for g in range(3)))
+            ]
+        ),
+    )
     le, ge = np.sum(within <= obs + 1e-9), np.sum(within >= obs - 1e-9)
     assert row["rho"] == pytest.approx(obs, abs=1e-12)
     assert row["p"] == pytest.approx(min(1.0, 2 * min(le, ge) / 216), abs=1e-12)
@@ -437,8 +534,9 @@ def test_permutations_stay_within_cpt_groups_and_that_changes_p():
     # too few within-group orderings (216 < 1000 asked for): whole groups, over their means (3 groups: exact)
     row = correlate(feats, outcomes, design, RelateConfig(min_within=1000)).iloc[0]
     xg, yg = [pd.Series(v).groupby(codes).mean().to_numpy() for v in (x, y)]
-    ref = stats.permutation_test((xg,), lambda a: stats.spearmanr(a, yg).statistic, permutation_type="pairings",
-                                 n_resamples=np.inf).pvalue
+    ref = stats.permutation_test(
+        (xg,), lambda a: stats.spearmanr(a, yg).statistic, permutation_type="pairings", n_resamples=np.inf
+    ).pvalue
     assert row["p_method"] == "cpt-groups exact" and row["p"] == pytest.approx(ref, abs=1e-12)
     assert row["n_groups"] == 3 and row["n_runs"] == 9
 
@@ -466,7 +564,7 @@ def _n_eff_reference(x: pd.Series, y: pd.Series, groups: pd.Series) -> float:
     """n / (1 + (m0 - 1) icc_x icc_y), the ANOVA intraclass correlations of the ranks, clipped to [0, 1]."""
     n, sizes = len(x), groups.value_counts()
     g = len(sizes)
-    m0 = (n - (sizes ** 2).sum() / n) / (g - 1)
+    m0 = (n - (sizes**2).sum() / n) / (g - 1)
 
     def icc(v):
         r = pd.Series(stats.rankdata(v), index=v.index)
@@ -494,6 +592,7 @@ def test_effective_n(design):
 
 
 # ------------------------------------------------------------------------------------------ the kept inputs
+
 
 def test_feature_table_round_trip_gives_the_same_table(design, tmp_path):
     _, _, res = design
@@ -526,11 +625,14 @@ def test_total_drift_from_the_merged_checkpoint(tmp_path):
     rng = np.random.default_rng(4)
     tensors, sq, moved = {}, 0.0, 0.0
     for (layer, block, module), d in truth["module_drift"].items():
-        name = ("model.embed_tokens.weight" if layer < 0 else
-                f"model.layers.{layer}.{'self_attn' if block == 'attn' else 'mlp'}.{module}.weight")
+        name = (
+            "model.embed_tokens.weight"
+            if layer < 0
+            else f"model.layers.{layer}.{'self_attn' if block == 'attn' else 'mlp'}.{module}.weight"
+        )
         tensors[name] = rng.normal(size=(4, 4)).astype(np.float32)
         n2 = float(np.sum(tensors[name].astype(np.float64) ** 2))
-        sq, moved = sq + n2, moved + d ** 2 * n2
+        sq, moved = sq + n2, moved + d**2 * n2
     for layer in range(LAYERS):
         tensors[f"model.layers.{layer}.input_layernorm.weight"] = np.ones(4, dtype=np.float32)
         sq += 4.0
@@ -547,11 +649,30 @@ def test_total_drift_from_the_merged_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------------------ command line, config
 
+
 def test_cli_writes_tables_and_heatmaps(design, tmp_path, capsys):
     root, _, _ = design
     out = tmp_path / "relate"
-    assert cli.main(["relate", str(root / "study_a"), str(root / "study_b"), "--out", str(out), "--features",
-                     "final_drift", "--phases", "sft", "--outcomes", "retention_drop", "--top", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "relate",
+                str(root / "study_a"),
+                str(root / "study_b"),
+                "--out",
+                str(out),
+                "--features",
+                "final_drift",
+                "--phases",
+                "sft",
+                "--outcomes",
+                "retention_drop",
+                "--top",
+                "3",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "20 runs in 7 CPT groups" in text and "method=full" in text and "final_drift" in text
     table = pd.read_csv(out / "relate.csv", keep_default_na=False, na_values=[""])

@@ -99,8 +99,12 @@ def test_sweep_report_tables_links_and_figures(reports):
     page = parse(reports["sweep"])
     table = reports["sweep_table"]
     # one interval per condition: mean [lo, hi] over the 3 seeds, as a plain t interval computes it
-    one = table[(table["condition"] == "replay") & (table["cpt.lora_alpha"] == 32) & (table["sft.lora_alpha"] == 8)
-                & (table["sft.target_modules"] == "A")]["sft.cloze_acc"].to_numpy()
+    one = table[
+        (table["condition"] == "replay")
+        & (table["cpt.lora_alpha"] == 32)
+        & (table["sft.lora_alpha"] == 8)
+        & (table["sft.target_modules"] == "A")
+    ]["sft.cloze_acc"].to_numpy()
     lo, hi = t_mean_ci(one)
     assert f"{one.mean():.3f} [{max(lo, 0):.3f}, {min(hi, 1):.3f}]" in page.cells
     # the two cells with folders get their own report, linked relatively
@@ -113,10 +117,16 @@ def test_sweep_report_tables_links_and_figures(reports):
 
 def test_report_cli_and_train_option(tmp_path):
     run = make_run(tmp_path / "r", diff=False, attribute=False)
-    code = ("import sys, layerprobe.cli as c; rc = c.main(['report', sys.argv[1], '--out', sys.argv[2]]); "
-            "assert 'torch' not in sys.modules, 'the report imported torch'; sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, str(run), str(tmp_path / "x.html")], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, layerprobe.cli as c; rc = c.main(['report', sys.argv[1], '--out', sys.argv[2]]); "
+        "assert 'torch' not in sys.modules, 'the report imported torch'; sys.exit(rc)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(run), str(tmp_path / "x.html")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tmp_path / "x.html") and len(parse(tmp_path / "x.html").images) == 8
     from layerprobe.cli import build_parser, main
@@ -137,12 +147,37 @@ def test_sweep_report_shows_a_studys_claims_with_their_verdicts(tmp_path):
     from layerprobe.report import write_report
 
     make_sweep(tmp_path / "fig", cells=False)
-    claims = pd.DataFrame([
-        {"family": "f", "claim": "attention < & > all", "metric": "cloze_acc", "diff": 0.25, "lo": 0.1, "hi": 0.4,
-         "seed_diffs": "+0.200 +0.300", "p_holm": 0.01, "verdict": "differs", "units_needed": 3, "missing": ""},
-        {"family": "f", "claim": "mlp - all", "metric": "cloze_acc", "diff": 0.01, "lo": -0.3, "hi": 0.3,
-         "seed_diffs": "+0.100 -0.080", "p_holm": 0.9, "verdict": "inconclusive", "units_needed": 80, "missing": ""},
-        {"family": "f", "claim": "later", "metric": "qa_acc", "missing": "1 of 3 units finished"}])
+    claims = pd.DataFrame(
+        [
+            {
+                "family": "f",
+                "claim": "attention < & > all",
+                "metric": "cloze_acc",
+                "diff": 0.25,
+                "lo": 0.1,
+                "hi": 0.4,
+                "seed_diffs": "+0.200 +0.300",
+                "p_holm": 0.01,
+                "verdict": "differs",
+                "units_needed": 3,
+                "missing": "",
+            },
+            {
+                "family": "f",
+                "claim": "mlp - all",
+                "metric": "cloze_acc",
+                "diff": 0.01,
+                "lo": -0.3,
+                "hi": 0.3,
+                "seed_diffs": "+0.100 -0.080",
+                "p_holm": 0.9,
+                "verdict": "inconclusive",
+                "units_needed": 80,
+                "missing": "",
+            },
+            {"family": "f", "claim": "later", "metric": "qa_acc", "missing": "1 of 3 units finished"},
+        ]
+    )
     claims.to_csv(tmp_path / "fig" / "claims.csv", index=False)
     text = write_report(tmp_path / "fig").read_text(encoding="utf-8")
     page = parse(tmp_path / "fig" / "report.html")
@@ -158,21 +193,43 @@ def test_sweep_report_shows_relate_per_stratum(tmp_path):
 
     make_sweep(tmp_path / "fig", cells=False)
     (tmp_path / "fig" / "relate").mkdir()
-    rows = [{"stratum": s, "feature": "final_drift", "phase": "sft", "layer": layer, "block": b,
-             "outcome": "retention_drop", "rho": rho * (layer + 1) / 3, "p": 0.001, "q": q, "partial_rho": 0.1,
-             "partial_p": 0.5, "partial_q": 0.9, "n_runs": n, "n_frozen": 0, "n_groups": g, "n_eff": g + 0.5,
-             "p_method": "within-cpt perm"}
-            for s, rho, q, n, g in (("all", 0.9, 0.01, 63, 9), ("method=lora", 0.4, 0.2, 36, 6),
-                                    ("method=full", -0.09, 0.8, 27, 9))
-            for layer in range(3) for b in ("attn", "mlp")]
+    rows = [
+        {
+            "stratum": s,
+            "feature": "final_drift",
+            "phase": "sft",
+            "layer": layer,
+            "block": b,
+            "outcome": "retention_drop",
+            "rho": rho * (layer + 1) / 3,
+            "p": 0.001,
+            "q": q,
+            "partial_rho": 0.1,
+            "partial_p": 0.5,
+            "partial_q": 0.9,
+            "n_runs": n,
+            "n_frozen": 0,
+            "n_groups": g,
+            "n_eff": g + 0.5,
+            "p_method": "within-cpt perm",
+        }
+        for s, rho, q, n, g in (
+            ("all", 0.9, 0.01, 63, 9),
+            ("method=lora", 0.4, 0.2, 36, 6),
+            ("method=full", -0.09, 0.8, 27, 9),
+        )
+        for layer in range(3)
+        for b in ("attn", "mlp")
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "fig" / "relate" / "relate.csv", index=False)
     page = parse(write_report(tmp_path / "fig"))
     for cell in ("all", "method=lora", "method=full", "CPT groups", "partial q < 0.05", "0.900", "-0.090", "27"):
         assert cell in page.cells, cell
     assert page.cells.count("method=full") == 1 + 5  # its summary row and its 5 strongest cells
     pooled = pd.DataFrame(rows)
-    pooled = pooled[pooled["stratum"] == "all"][["feature", "phase", "layer", "block", "outcome", "rho", "p", "q",
-                                                 "n_runs", "p_method"]]
+    pooled = pooled[pooled["stratum"] == "all"][
+        ["feature", "phase", "layer", "block", "outcome", "rho", "p", "q", "n_runs", "p_method"]
+    ]
     pooled.to_csv(tmp_path / "fig" / "relate" / "relate.csv", index=False)
     text = write_report(tmp_path / "fig").read_text(encoding="utf-8")
     assert "pools all runs" in text and "0.900" in text
@@ -186,8 +243,10 @@ DRIVER = shutil.which("chromedriver")
 
 def _browser():
     if not CHROMIUM or not DRIVER:
-        pytest.skip("Chromium not installed: `apt-get install -y chromium chromium-driver` (Debian) to open the "
-                    "report in a real headless browser; the HTML-parse tests above ran")
+        pytest.skip(
+            "Chromium not installed: `apt-get install -y chromium chromium-driver` (Debian) to open the "
+            "report in a real headless browser; the HTML-parse tests above ran"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install selenium")
     from selenium.webdriver.chrome.service import Service
 

@@ -28,22 +28,43 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
 KEY = ["phase", "step", "layer", "block", "module", "param", "quantity"]
 # checkpoint after every step: each kill point inside a phase has a checkpoint just before it
-CONFIG = {**SHORT, "cpt": {**SHORT["cpt"], "max_steps": STEPS}, "sft": {**SHORT["sft"], "max_steps": STEPS},
-          "checkpoint": {"minutes": 1e-9}}
+CONFIG = {
+    **SHORT,
+    "cpt": {**SHORT["cpt"], "max_steps": STEPS},
+    "sft": {**SHORT["sft"], "max_steps": STEPS},
+    "checkpoint": {"minutes": 1e-9},
+}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("resume")
     (d / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    env = {**os.environ, "LAYERPROBE_CACHE": str(d / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": "1", "LAYERPROBE_EVAL_CACHE": "0"}  # evaluations really run again
+    env = {
+        **os.environ,
+        "LAYERPROBE_CACHE": str(d / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "LAYERPROBE_EVAL_CACHE": "0",
+    }  # evaluations really run again
     return d, env
 
 
 def _argv(d: Path, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "layerprobe", "train", "--record", "--no-report", "--config", str(d / "config.yaml"),
-            "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "layerprobe",
+        "train",
+        "--record",
+        "--no-report",
+        "--config",
+        str(d / "config.yaml"),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _run(argv, env, timeout=300) -> subprocess.CompletedProcess:
@@ -51,8 +72,11 @@ def _run(argv, env, timeout=300) -> subprocess.CompletedProcess:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(folder.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
 
 
 def _kill_points(seed: int) -> list[tuple[str, object]]:

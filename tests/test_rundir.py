@@ -19,25 +19,31 @@ from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
 from layerprobe.records import RecordWriter, drop_rows_after, load_records
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = SimpleNamespace(cpt_docs=["doc one", "doc two"], sft_rows=[{"prompt": "p", "completion": "c"}],
-                       eval_set={"probes": [{"kind": "cloze", "prompt": "a", "answer": "b"}]})
+DATA = SimpleNamespace(
+    cpt_docs=["doc one", "doc two"],
+    sft_rows=[{"prompt": "p", "completion": "c"}],
+    eval_set={"probes": [{"kind": "cloze", "prompt": "a", "answer": "b"}]},
+)
 
 
 def _fps(over: dict | None = None, data=DATA, base="base-hash") -> dict[str, str]:
     return chain(stage_inputs(resolve(over or {}), data, base))
 
 
-@pytest.mark.parametrize("over, rerun", [
-    ({"eval": {"max_probes": 10}}, ["eval"]),
-    ({"sft": {"learning_rate": 1e-3}}, ["sft", "eval"]),
-    ({"sft": {"select": "mlp"}}, ["sft", "eval"]),
-    ({"cpt": {"lora_alpha": 16}}, ["cpt", "merge", "sft", "eval"]),
-    ({"seed": 1}, ["cpt", "merge", "sft", "eval"]),
-    ({"sft": {"seed": 7}}, ["sft", "eval"]),  # another SFT seed on the same CPT: the seed-to-seed null
-    ({"record": True}, ["cpt", "merge", "sft", "eval"]),  # records are a training stage's output
-    ({"checkpoint": {"minutes": 1}}, []),  # how often to checkpoint changes no result
-    ({"data": {"probes": "p.jsonl"}}, []),  # data settings count through the data's content, not their names
-])
+@pytest.mark.parametrize(
+    "over, rerun",
+    [
+        ({"eval": {"max_probes": 10}}, ["eval"]),
+        ({"sft": {"learning_rate": 1e-3}}, ["sft", "eval"]),
+        ({"sft": {"select": "mlp"}}, ["sft", "eval"]),
+        ({"cpt": {"lora_alpha": 16}}, ["cpt", "merge", "sft", "eval"]),
+        ({"seed": 1}, ["cpt", "merge", "sft", "eval"]),
+        ({"sft": {"seed": 7}}, ["sft", "eval"]),  # another SFT seed on the same CPT: the seed-to-seed null
+        ({"record": True}, ["cpt", "merge", "sft", "eval"]),  # records are a training stage's output
+        ({"checkpoint": {"minutes": 1}}, []),  # how often to checkpoint changes no result
+        ({"data": {"probes": "p.jsonl"}}, []),  # data settings count through the data's content, not their names
+    ],
+)
 def test_a_change_reruns_exactly_the_stages_downstream_of_it(over, rerun):
     a, b = _fps(), _fps(over)
     assert [s for s in rundir.STAGES if a[s] != b[s]] == rerun
@@ -96,7 +102,7 @@ def test_the_last_complete_checkpoint_is_chosen_and_half_written_ones_removed(tm
         if complete:
             (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (root / "checkpoint-16").mkdir()
-    (root / "checkpoint-16" / "trainer_state.json").write_text("{\"global_st")  # killed while writing it
+    (root / "checkpoint-16" / "trainer_state.json").write_text('{"global_st')  # killed while writing it
     assert rundir.last_checkpoint(tmp_path) == root / "checkpoint-8"
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4", "checkpoint-8"]
     assert rundir.last_checkpoint(tmp_path / "nothing") is None
@@ -117,18 +123,29 @@ def test_content_hash_follows_bytes_not_place_or_time(tmp_path):
 
 
 def test_a_second_process_gets_one_line_naming_the_holder(tmp_path):
-    code = ("import sys; from layerprobe import rundir\n"
-            "try:\n    with rundir.locked(sys.argv[1]): print('got it')\n"
-            "except OSError as e: print(e); sys.exit(3)\n")
+    code = (
+        "import sys; from layerprobe import rundir\n"
+        "try:\n    with rundir.locked(sys.argv[1]): print('got it')\n"
+        "except OSError as e: print(e); sys.exit(3)\n"
+    )
     with rundir.locked(tmp_path / "run"):
         assert (tmp_path / "run" / rundir.LOCK).read_text() == str(os.getpid())
-        p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        p = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "run")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         assert p.returncode == 3 and p.stdout.strip().splitlines() == [
             f"{tmp_path / 'run'} is in use by process {os.getpid()} (it holds {tmp_path / 'run' / rundir.LOCK}); "
-            "wait for it to finish, stop it, or choose another --out"]
-    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+            "wait for it to finish, stop it, or choose another --out"
+        ]
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.returncode == 0 and p.stdout.strip() == "got it"  # released when the holder is done
 
 
@@ -150,7 +167,10 @@ def test_a_resumed_phase_drops_the_rows_written_after_its_checkpoint(tmp_path):
     cpt = rec[rec["phase"] == "cpt"]
     assert sorted(cpt["step"]) == [0, 1, 2, 3, 4, 5, 6] and len(rec[rec["phase"] == "sft"]) == 6
     assert sorted(p.name for p in (run / "records").glob("cpt-*")) == [
-        "cpt-r0-000000.parquet", "cpt-r0-000001.parquet", "cpt-r0-000002.parquet"]
+        "cpt-r0-000000.parquet",
+        "cpt-r0-000001.parquet",
+        "cpt-r0-000002.parquet",
+    ]
 
 
 def test_records_of_a_run_folder_carry_its_name(tmp_path):

@@ -15,8 +15,22 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny_llama
-from layerprobe.select import (All, And, Block, Budget, Layers, Modules, Not, Or, Regex, apply_requires_grad,
-                               frozen_moved, lora_targets, parse_selector, select_params)
+from layerprobe.select import (
+    All,
+    And,
+    Block,
+    Budget,
+    Layers,
+    Modules,
+    Not,
+    Or,
+    Regex,
+    apply_requires_grad,
+    frozen_moved,
+    lora_targets,
+    parse_selector,
+    select_params,
+)
 
 N_LAYERS = 6
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -37,11 +51,17 @@ def llama_shapes(layers: int = N_LAYERS, hidden: int = 32, vocab: int = 64) -> l
     out = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(layers):
         p = f"model.layers.{i}."
-        out += [(p + "self_attn.q_proj.weight", (hidden, hidden)), (p + "self_attn.k_proj.weight", (kv, hidden)),
-                (p + "self_attn.v_proj.weight", (kv, hidden)), (p + "self_attn.o_proj.weight", (hidden, hidden)),
-                (p + "mlp.gate_proj.weight", (inter, hidden)), (p + "mlp.up_proj.weight", (inter, hidden)),
-                (p + "mlp.down_proj.weight", (hidden, inter)), (p + "input_layernorm.weight", (hidden,)),
-                (p + "post_attention_layernorm.weight", (hidden,))]
+        out += [
+            (p + "self_attn.q_proj.weight", (hidden, hidden)),
+            (p + "self_attn.k_proj.weight", (kv, hidden)),
+            (p + "self_attn.v_proj.weight", (kv, hidden)),
+            (p + "self_attn.o_proj.weight", (hidden, hidden)),
+            (p + "mlp.gate_proj.weight", (inter, hidden)),
+            (p + "mlp.up_proj.weight", (inter, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, inter)),
+            (p + "input_layernorm.weight", (hidden,)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+        ]
     return out + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
 
 
@@ -49,10 +69,20 @@ def gpt2_shapes(layers: int = 4, d: int = 8, vocab: int = 50) -> list[tuple[str,
     out = [("transformer.wte.weight", (vocab, d)), ("transformer.wpe.weight", (16, d))]
     for i in range(layers):
         p = f"transformer.h.{i}."
-        out += [(p + "ln_1.weight", (d,)), (p + "ln_1.bias", (d,)), (p + "attn.c_attn.weight", (d, 3 * d)),
-                (p + "attn.c_attn.bias", (3 * d,)), (p + "attn.c_proj.weight", (d, d)), (p + "attn.c_proj.bias", (d,)),
-                (p + "ln_2.weight", (d,)), (p + "ln_2.bias", (d,)), (p + "mlp.c_fc.weight", (d, 4 * d)),
-                (p + "mlp.c_fc.bias", (4 * d,)), (p + "mlp.c_proj.weight", (4 * d, d)), (p + "mlp.c_proj.bias", (d,))]
+        out += [
+            (p + "ln_1.weight", (d,)),
+            (p + "ln_1.bias", (d,)),
+            (p + "attn.c_attn.weight", (d, 3 * d)),
+            (p + "attn.c_attn.bias", (3 * d,)),
+            (p + "attn.c_proj.weight", (d, d)),
+            (p + "attn.c_proj.bias", (d,)),
+            (p + "ln_2.weight", (d,)),
+            (p + "ln_2.bias", (d,)),
+            (p + "mlp.c_fc.weight", (d, 4 * d)),
+            (p + "mlp.c_fc.bias", (4 * d,)),
+            (p + "mlp.c_proj.weight", (4 * d, d)),
+            (p + "mlp.c_proj.bias", (d,)),
+        ]
     return out + [("transformer.ln_f.weight", (d,)), ("transformer.ln_f.bias", (d,))]
 
 
@@ -62,11 +92,18 @@ def neox_shapes(layers: int = 3, d: int = 8, vocab: int = 50) -> list[tuple[str,
         p = f"gpt_neox.layers.{i}."
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out += [(p + norm + ".weight", (d,)), (p + norm + ".bias", (d,))]
-        for mod, shape in (("attention.query_key_value", (3 * d, d)), ("attention.dense", (d, d)),
-                           ("mlp.dense_h_to_4h", (4 * d, d)), ("mlp.dense_4h_to_h", (d, 4 * d))):
+        for mod, shape in (
+            ("attention.query_key_value", (3 * d, d)),
+            ("attention.dense", (d, d)),
+            ("mlp.dense_h_to_4h", (4 * d, d)),
+            ("mlp.dense_4h_to_h", (d, 4 * d)),
+        ):
             out += [(p + mod + ".weight", shape), (p + mod + ".bias", (shape[0],))]
-    return out + [("gpt_neox.final_layer_norm.weight", (d,)), ("gpt_neox.final_layer_norm.bias", (d,)),
-                  ("embed_out.weight", (vocab, d))]
+    return out + [
+        ("gpt_neox.final_layer_norm.weight", (d,)),
+        ("gpt_neox.final_layer_norm.bias", (d,)),
+        ("embed_out.weight", (vocab, d)),
+    ]
 
 
 def numel(shape) -> int:
@@ -157,10 +194,14 @@ def test_budget_numbers_and_describe(llama):
     assert sel.trainable == 2 * LAYER_NUMEL
     assert [(b.term, b.layers, b.target) for b in sel.budgets] == [("first:30%", (0, 1), 0.30)]
     assert sel.budgets[0].share == pytest.approx(2 * LAYER_NUMEL / TOTAL)
-    assert sel.describe() == ("first:30% -> layers 0-1 (2 of 6), 31.0 % of 59.8 k parameters trainable; "
-                              "first:30% took layers 0-1 = 31.0 %, target 30.0 %")
-    assert select_params(llama, "embed").describe() == \
-        "embed -> no decoder layer (of 6), 3.4 % of 59.8 k parameters trainable"
+    assert sel.describe() == (
+        "first:30% -> layers 0-1 (2 of 6), 31.0 % of 59.8 k parameters trainable; "
+        "first:30% took layers 0-1 = 31.0 %, target 30.0 %"
+    )
+    assert (
+        select_params(llama, "embed").describe()
+        == "embed -> no decoder layer (of 6), 3.4 % of 59.8 k parameters trainable"
+    )
 
 
 GPT2_CASES = [
@@ -186,10 +227,11 @@ NEOX_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shapes,spec,expect",
-                         [(gpt2_shapes(), s, e) for s, e in GPT2_CASES]
-                         + [(neox_shapes(), s, e) for s, e in NEOX_CASES],
-                         ids=[f"gpt2:{s}" for s, _ in GPT2_CASES] + [f"neox:{s}" for s, _ in NEOX_CASES])
+@pytest.mark.parametrize(
+    "shapes,spec,expect",
+    [(gpt2_shapes(), s, e) for s, e in GPT2_CASES] + [(neox_shapes(), s, e) for s, e in NEOX_CASES],
+    ids=[f"gpt2:{s}" for s, _ in GPT2_CASES] + [f"neox:{s}" for s, _ in NEOX_CASES],
+)
 def test_named_shape_cases(shapes, spec, expect):
     sel = select_params(shapes, spec)
     if expect is None:  # a percentage budget: compare with the plain rule
@@ -204,12 +246,20 @@ def test_named_shape_cases(shapes, spec, expect):
 
 
 ROUND_TRIPS = [
-    ("mlp+head", "mlp + head"), ("not  mlp", "not mlp"), ("module:v_proj,q_proj", "module:q_proj,v_proj"),
-    ("layers:3,0-2,10", "layers:0-3,10"), ("first:10%", "first:10%"), ("last:2.5%", "last:2.5%"),
-    ("random:10%@seed=2", "random:10%@seed=2"), ("mlp & layers:0-3 + head", "mlp & layers:0-3 + head"),
-    ("not(mlp+head)", "not (mlp + head)"), ("(mlp+attn)+head", "(mlp + attn) + head"),
+    ("mlp+head", "mlp + head"),
+    ("not  mlp", "not mlp"),
+    ("module:v_proj,q_proj", "module:q_proj,v_proj"),
+    ("layers:3,0-2,10", "layers:0-3,10"),
+    ("first:10%", "first:10%"),
+    ("last:2.5%", "last:2.5%"),
+    ("random:10%@seed=2", "random:10%@seed=2"),
+    ("mlp & layers:0-3 + head", "mlp & layers:0-3 + head"),
+    ("not(mlp+head)", "not (mlp + head)"),
+    ("(mlp+attn)+head", "(mlp + attn) + head"),
     (r"not(regex:.*\.(q|v)_proj\..*)", r"not regex:.*\.(q|v)_proj\..*"),
-    ("regex:'a b'+mlp", "regex:'a b' + mlp"), ("(regex:a\\))", "regex:a\\)"), ("not not attn", "not not attn"),
+    ("regex:'a b'+mlp", "regex:'a b' + mlp"),
+    ("(regex:a\\))", "regex:a\\)"),
+    ("not not attn", "not not attn"),
 ]
 
 
@@ -280,17 +330,26 @@ LLAMA_NAMES = frozenset(n for n, _ in llama_shapes())
 _leaf = st.one_of(
     st.sampled_from([Block(b) for b in ("embed", "attn", "mlp", "norm", "head")] + [All()]),
     st.lists(st.integers(0, N_LAYERS - 1), min_size=1, max_size=4).map(lambda xs: Layers(tuple(xs))),
-    st.lists(st.sampled_from(ATTN + MLP + ("lm_head", "input_layernorm")), min_size=1, max_size=3)
-    .map(lambda xs: Modules(tuple(xs))),
-    st.builds(lambda e, k, s: Budget(e, k, percent=False, seed=s if e == "random" else None),
-              st.sampled_from(["first", "last", "random"]), st.integers(1, N_LAYERS), st.integers(0, 50)),
+    st.lists(st.sampled_from(ATTN + MLP + ("lm_head", "input_layernorm")), min_size=1, max_size=3).map(
+        lambda xs: Modules(tuple(xs))
+    ),
+    st.builds(
+        lambda e, k, s: Budget(e, k, percent=False, seed=s if e == "random" else None),
+        st.sampled_from(["first", "last", "random"]),
+        st.integers(1, N_LAYERS),
+        st.integers(0, 50),
+    ),
     st.sampled_from([Regex(r"layers\.[13]\."), Regex("proj"), Regex(r"norm\.weight$"), Regex("'?(q|k)_proj")]),
 )
-selectors = st.recursive(_leaf, lambda inner: st.one_of(
-    inner.map(Not),
-    st.lists(inner, min_size=2, max_size=3).map(lambda xs: And(tuple(xs))),
-    st.lists(inner, min_size=2, max_size=3).map(lambda xs: Or(tuple(xs))),
-), max_leaves=6)
+selectors = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        inner.map(Not),
+        st.lists(inner, min_size=2, max_size=3).map(lambda xs: And(tuple(xs))),
+        st.lists(inner, min_size=2, max_size=3).map(lambda xs: Or(tuple(xs))),
+    ),
+    max_leaves=6,
+)
 _SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -317,8 +376,13 @@ def test_str_parses_back_to_the_same_selector(x):
 
 
 @_SETTINGS
-@given(st.lists(st.sampled_from(["a", "\\.", "[ ]", "(q|v)", "x+", " ", "'", '"', "\\)", ".*", "&", "+", "[)]"]),
-                min_size=1, max_size=6).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(["a", "\\.", "[ ]", "(q|v)", "x+", " ", "'", '"', "\\)", ".*", "&", "+", "[)]"]),
+        min_size=1,
+        max_size=6,
+    ).map("".join)
+)
 def test_any_regex_round_trips(pattern):
     try:
         node = Regex(pattern) + Block("head")
@@ -328,8 +392,13 @@ def test_any_regex_round_trips(pattern):
 
 
 @_SETTINGS
-@given(sizes=st.lists(st.integers(1, 1000), min_size=1, max_size=12), outside=st.integers(0, 3000),
-       percent=st.floats(0.01, 100), end=st.sampled_from(["first", "last", "random"]), seed=st.integers(0, 99))
+@given(
+    sizes=st.lists(st.integers(1, 1000), min_size=1, max_size=12),
+    outside=st.integers(0, 3000),
+    percent=st.floats(0.01, 100),
+    end=st.sampled_from(["first", "last", "random"]),
+    seed=st.integers(0, 99),
+)
 def test_budget_lands_within_one_layer_of_its_target(sizes, outside, percent, end, seed):
     shapes = [(f"model.layers.{i}.mlp.up_proj.weight", (n,)) for i, n in enumerate(sizes)]
     shapes += [("model.embed_tokens.weight", (outside,))] if outside else []
@@ -351,7 +420,7 @@ def test_budget_lands_within_one_layer_of_its_target(sizes, outside, percent, en
     k = len(sel.layers)
     assert set(sel.layers) == set(order[:k])
     assert sel.share == pytest.approx(sum(sizes[i] for i in order[:k]) / total)
-    boundary = max(sizes[i] for i in order[max(k - 1, 0):k + 1]) / total
+    boundary = max(sizes[i] for i in order[max(k - 1, 0) : k + 1]) / total
     assert abs(sel.share - target) <= boundary / 2 + 1e-12  # within half of a layer next to the cut
     for j in range(1, len(sizes) + 1):  # and no other number of layers comes nearer
         assert abs(sel.share - target) <= abs(sum(sizes[i] for i in order[:j]) / total - target) + 1e-12
@@ -470,8 +539,12 @@ LORA_CASES = [  # spec, form peft gets, the modules that must carry adapters
     ("attn + mlp", list, None, lambda m: ".self_attn." in m or ".mlp." in m),
     ("first:2 & mlp", list, [0, 1], lambda m: ".mlp." in m and layer_of(m) in (0, 1)),
     (r"regex:layers\.3\.self_attn\.q_proj", list, [3], lambda m: m == "model.layers.3.self_attn.q_proj"),
-    ("embed + head + module:q_proj,v_proj", list, None,
-     lambda m: m in ("model.embed_tokens", "lm_head") or m.endswith(("q_proj", "v_proj"))),
+    (
+        "embed + head + module:q_proj,v_proj",
+        list,
+        None,
+        lambda m: m in ("model.embed_tokens", "lm_head") or m.endswith(("q_proj", "v_proj")),
+    ),
     ("mlp + layers:0-1", str, None, lambda m: ".mlp." in m or layer_of(m) in (0, 1)),
     ("head + attn & last:2", str, None, lambda m: m == "lm_head" or (".self_attn." in m and layer_of(m) in (4, 5))),
 ]
@@ -494,8 +567,9 @@ def test_lora_targets_gpt2_conv1d():
     assert _adapted(model, targets, fan_in_fan_out=True) == {"transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"}
     targets = lora_targets(model, "attn")
     assert isinstance(targets["target_modules"], str)
-    assert _adapted(model, targets, fan_in_fan_out=True) == {f"transformer.h.{i}.attn.{m}" for i in (0, 1)
-                                                             for m in ("c_attn", "c_proj")}
+    assert _adapted(model, targets, fan_in_fan_out=True) == {
+        f"transformer.h.{i}.attn.{m}" for i in (0, 1) for m in ("c_attn", "c_proj")
+    }
     assert lora_targets(model, "module:c_fc") == {"target_modules": ["c_fc"], "layers_to_transform": None}
 
 

@@ -19,8 +19,18 @@ from layerprobe.sweep import collect, flatten, load_sweep, run_sweep, summarize
 
 # A toy world small enough that one cell trains and evaluates in seconds.
 TINY = {
-    "toy": {"base_people": 10, "base_orgs": 3, "everyday_docs": 20, "cpt_people": 6, "cpt_orgs": 2,
-            "sft_examples": 48, "heldout_instructions": 12, "hidden_size": 32, "num_layers": 3, "base_steps": 30},
+    "toy": {
+        "base_people": 10,
+        "base_orgs": 3,
+        "everyday_docs": 20,
+        "cpt_people": 6,
+        "cpt_orgs": 2,
+        "sft_examples": 48,
+        "heldout_instructions": 12,
+        "hidden_size": 32,
+        "num_layers": 3,
+        "base_steps": 30,
+    },
     "cpt": {"max_steps": 3},
     "sft": {"max_steps": 3},
     "eval": {"max_new_tokens": 6, "base": False, "loss_docs": 16},
@@ -96,14 +106,20 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
         "grid:\n  cpt.lora_alpha: [32, 128.0]\n"
         "  sft.target_modules: {A: [q_proj, up_proj], B: [q_proj]}\n"
         "conditions:\n  - {name: low, sft.learning_rate: 0.0001}\n  - {name: high, group: hi, sft.learning_rate: 0.01}\n"
-        "seeds: [3, 4]\nout: somewhere\n")
+        "seeds: [3, 4]\nout: somewhere\n"
+    )
     sw = load_sweep(spec)
     assert len(sw.cells) == 2 * 2 * 2 * 2
     assert str(sw.out) == "somewhere" and sw.axes == ["group", "cpt.lora_alpha", "sft.target_modules"]
     c = sw.cells[0]
     assert c.name == "low,cpt.lora_alpha=32,sft.target_modules=A,seed=3"
-    assert c.columns == {"condition": "low", "group": "low", "cpt.lora_alpha": "32", "sft.target_modules": "A",
-                         "seed": 3}
+    assert c.columns == {
+        "condition": "low",
+        "group": "low",
+        "cpt.lora_alpha": "32",
+        "sft.target_modules": "A",
+        "seed": 3,
+    }
     assert c.config.seed == 3 and c.config.cpt.lora_alpha == 32.0 and c.config.sft.lora_alpha == 4.0
     assert c.config.eval.base is False and c.config.sft.r == 8  # set: applies to every cell
     assert c.config.sft.target_modules == ["q_proj", "up_proj"] and c.config.sft.learning_rate == 1e-4
@@ -120,46 +136,72 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
     keys = {chain(stage_inputs(c.config, data, "base"))["merge"] for c in sw.cells}
     assert len(keys) == 2 * 2
     # overrides from the command line reach every cell; a typo is refused with the valid keys named
-    assert all(c.config.model == "elsewhere" and c.config.sft.r == 2
-               for c in load_sweep(spec, overrides={"model": "elsewhere", "sft.r": 2}).cells)  # beats set:
+    assert all(
+        c.config.model == "elsewhere" and c.config.sft.r == 2
+        for c in load_sweep(spec, overrides={"model": "elsewhere", "sft.r": 2}).cells
+    )  # beats set:
     with pytest.raises(ValueError, match="unknown config key 'sft.lora_alpah'"):
         load_sweep({"grid": {"sft.lora_alpah": [1]}})
 
 
 def test_seed_in_a_condition_is_the_cells_training_seed():
-    sw = load_sweep({"conditions": [{"name": "random", "sft.select": "random:5%@seed={seed}"},
-                                    {"name": "reseed", "sft.seed": 101}], "seeds": [1, 2]})
+    sw = load_sweep(
+        {
+            "conditions": [
+                {"name": "random", "sft.select": "random:5%@seed={seed}"},
+                {"name": "reseed", "sft.seed": 101},
+            ],
+            "seeds": [1, 2],
+        }
+    )
     assert [c.config.sft.select for c in sw.cells[:2]] == ["random:5%@seed=1", "random:5%@seed=2"]
-    assert [(c.config.seed, c.config.phase_seed(c.config.cpt), c.config.phase_seed(c.config.sft))
-            for c in sw.cells[2:]] == [(1, 1, 101), (2, 2, 101)]
+    assert [
+        (c.config.seed, c.config.phase_seed(c.config.cpt), c.config.phase_seed(c.config.sft)) for c in sw.cells[2:]
+    ] == [(1, 1, 101), (2, 2, 101)]
 
 
-@pytest.mark.parametrize("spec,match", [
-    ({"grid": {"seed": [1, 2]}}, "seeds"),
-    ({"grid": {"sft.r": []}}, "no values"),
-    ({"grid": {"sft.r": [4, 4.0]}}, "repeated"),
-    ({"conditions": [{"sft.r": 4}]}, "name"),
-    ({"conditions": [{"name": "a"}, {"name": "a"}]}, "unique"),
-    ({"seeds": ["x"]}, "integers"),
-    ({"grids": {}}, "unknown sweep key 'grids'"),
-    ({"conditions": [{"name": "a"}, {"name": "b"}], "baseline": "c"}, "baseline 'c' is not a condition; the "
-                                                                      "conditions are a, b"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"grid": {"seed": [1, 2]}}, "seeds"),
+        ({"grid": {"sft.r": []}}, "no values"),
+        ({"grid": {"sft.r": [4, 4.0]}}, "repeated"),
+        ({"conditions": [{"sft.r": 4}]}, "name"),
+        ({"conditions": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"seeds": ["x"]}, "integers"),
+        ({"grids": {}}, "unknown sweep key 'grids'"),
+        (
+            {"conditions": [{"name": "a"}, {"name": "b"}], "baseline": "c"},
+            "baseline 'c' is not a condition; the conditions are a, b",
+        ),
+    ],
+)
 def test_bad_sweeps_are_refused(spec, match):
     with pytest.raises(ValueError, match=match):
         load_sweep(spec)
 
 
 def test_flatten_keeps_numbers_only():
-    s = {"run": "x", "resumed": True, "cpt": {"cloze_acc": 0.5, "qa_acc": None, "n_probes": 4},
-         "stages": {"sft": {"what": "SFT", "seconds": 2.0}}, "wall_seconds": 9}
-    assert flatten(s) == {"cpt.cloze_acc": 0.5, "cpt.qa_acc": pytest.approx(math.nan, nan_ok=True),
-                          "cpt.n_probes": 4.0, "stages.sft.seconds": 2.0, "wall_seconds": 9.0}
+    s = {
+        "run": "x",
+        "resumed": True,
+        "cpt": {"cloze_acc": 0.5, "qa_acc": None, "n_probes": 4},
+        "stages": {"sft": {"what": "SFT", "seconds": 2.0}},
+        "wall_seconds": 9,
+    }
+    assert flatten(s) == {
+        "cpt.cloze_acc": 0.5,
+        "cpt.qa_acc": pytest.approx(math.nan, nan_ok=True),
+        "cpt.n_probes": 4.0,
+        "stages.sft.seconds": 2.0,
+        "wall_seconds": 9.0,
+    }
 
 
 def test_summarize_uses_wilson_for_one_cell_and_t_over_seeds():
-    t = pd.DataFrame({"group": ["a", "b", "b", "b"], "sft.gozaru_rate": [0.25, 0.5, 0.7, 0.9],
-                      "sft.gozaru_rate.n": [12, 10, 10, 10]})
+    t = pd.DataFrame(
+        {"group": ["a", "b", "b", "b"], "sft.gozaru_rate": [0.25, 0.5, 0.7, 0.9], "sft.gozaru_rate.n": [12, 10, 10, 10]}
+    )
     s = summarize(t, "sft.gozaru_rate", ["group"]).set_index("group")
     assert s.loc["a", "ci"] == "Wilson (n=12)" and (s.loc["a", "lo"], s.loc["a", "hi"]) == wilson(3, 12)
     assert s.loc["b", "mean"] == pytest.approx(0.7) and s.loc["b", "n_cells"] == 3
@@ -172,9 +214,13 @@ def test_summarize_uses_wilson_for_one_cell_and_t_over_seeds():
 def test_paired_table_compares_each_condition_with_the_baseline_seed_by_seed(tmp_path):
     from layerprobe.sweep import paired_table, plot_paired
 
-    t = pd.DataFrame({"condition": ["base", "base", "base", "a", "a", "a", "b", "b"],
-                      "seed": [1, 2, 3, 1, 2, 3, 2, 9],
-                      "m": [0.5, 0.6, 0.7, 0.6, 0.8, 0.8, 0.1, 0.9]})
+    t = pd.DataFrame(
+        {
+            "condition": ["base", "base", "base", "a", "a", "a", "b", "b"],
+            "seed": [1, 2, 3, 1, 2, 3, 2, 9],
+            "m": [0.5, 0.6, 0.7, 0.6, 0.8, 0.8, 0.1, 0.9],
+        }
+    )
     p = paired_table(t, ["m"], "base", ["seed"]).set_index("condition")
     assert p.loc["a", "n_pairs"] == 3 and p.loc["a", "mean_diff"] == pytest.approx((0.1 + 0.2 + 0.1) / 3)
     assert p.loc["a", "baseline_mean"] == pytest.approx(0.6) and p.loc["a", "mean"] == pytest.approx(2.2 / 3)
@@ -206,8 +252,13 @@ def toy_cache(tmp_path_factory):
 
 
 def test_sweep_runs_cells_reuses_cpt_resumes_and_tabulates(tmp_path, toy_cache):
-    spec = {"base": TINY, "grid": {"sft.lora_alpha": [8, 32]}, "seeds": [5], "out": str(tmp_path / "sw"),
-            "plot": ["sft.eos_rate", ["cpt.cloze_acc", "sft.cloze_acc"]]}
+    spec = {
+        "base": TINY,
+        "grid": {"sft.lora_alpha": [8, 32]},
+        "seeds": [5],
+        "out": str(tmp_path / "sw"),
+        "plot": ["sft.eos_rate", ["cpt.cloze_acc", "sft.cloze_acc"]],
+    }
     sw = load_sweep(spec)
     lines: list[str] = []
     t0 = time.time()
@@ -238,8 +289,9 @@ def test_sweep_runs_cells_reuses_cpt_resumes_and_tabulates(tmp_path, toy_cache):
         assert row["retention_drop"] == pytest.approx(summary["cpt"]["cloze_acc"] - summary["sft"]["cloze_acc"])
         answers = [json.loads(x) for x in (sw.out / row["cell"] / "eval" / "sft-answers.jsonl").open()]
         assert row["sft.gozaru_rate.n"] == sum(a["kind"] == "instruction" for a in answers) == 12
-        assert row["sft.gozaru_rate"] == pytest.approx(np.mean([a["correct"] for a in answers
-                                                                 if a["kind"] == "instruction"]))
+        assert row["sft.gozaru_rate"] == pytest.approx(
+            np.mean([a["correct"] for a in answers if a["kind"] == "instruction"])
+        )
     assert table["cell"].tolist() == names
     assert (sw.figures / "sft.eos_rate.png").stat().st_size > 1000
     assert (sw.figures / "cpt.cloze_acc+sft.cloze_acc.png").is_file()
@@ -268,8 +320,15 @@ def test_sweep_runs_cells_reuses_cpt_resumes_and_tabulates(tmp_path, toy_cache):
     assert [r["cells"] for r in state["runs"]] == [2, 2] and state["cells"][names[1]]["ran"] == ["sft", "eval"]
 
     # another sweep with the same CPT inputs starts from this sweep's CPT (reuse_from)
-    other = load_sweep({"base": TINY, "conditions": [{"name": "r4", "sft.r": 4}], "seeds": [5],
-                        "out": str(tmp_path / "sw2"), "reuse_from": [str(sw.out)]})
+    other = load_sweep(
+        {
+            "base": TINY,
+            "conditions": [{"name": "r4", "sft.r": 4}],
+            "seeds": [5],
+            "out": str(tmp_path / "sw2"),
+            "reuse_from": [str(sw.out)],
+        }
+    )
     lines.clear()
     run_sweep(other, log=lines.append)
     assert "r4,seed=5: reused cpt+merged of sft.lora_alpha=" in lines[0] and "ran sft, eval" in lines[0]
@@ -306,8 +365,11 @@ def test_two_processes_on_one_sweep_keep_each_others_cells(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").glob("*/sweep*.yaml"))
-                         + ["experiments/study_a/controls_smollm2.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").glob("*/sweep*.yaml"))
+    + ["experiments/study_a/controls_smollm2.yaml"],
+)
 def test_every_committed_sweep_loads(path):
     sw = load_sweep(ROOT / path)
     assert sw.cells and len({c.name for c in sw.cells}) == len(sw.cells)

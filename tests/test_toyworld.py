@@ -13,9 +13,23 @@ import pytest
 from layerprobe.config import ToyWorldConfig
 from layerprobe.toyworld import toy_data, world as W
 
-SMALL = dict(base_people=12, base_orgs=3, base_docs_per_entity=5, everyday_docs=20, cpt_people=6, cpt_orgs=2,
-             cpt_docs_per_entity=5, sft_examples=40, heldout_instructions=10, vocab_size=400, hidden_size=32,
-             num_layers=1, base_steps=3, base_batch_size=4, block_size=32)
+SMALL = dict(
+    base_people=12,
+    base_orgs=3,
+    base_docs_per_entity=5,
+    everyday_docs=20,
+    cpt_people=6,
+    cpt_orgs=2,
+    cpt_docs_per_entity=5,
+    sft_examples=40,
+    heldout_instructions=10,
+    vocab_size=400,
+    hidden_size=32,
+    num_layers=1,
+    base_steps=3,
+    base_batch_size=4,
+    block_size=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +78,11 @@ def test_base_corpus_and_sft_data_never_mention_cpt_entities(world, small):
     base = W.base_corpus(world, small.base_docs_per_entity, small.everyday_docs, small.seed)
     data = toy_data(small)
     cpt_names = [e.name for e in world.cpt]
-    texts = base + [m["content"] for r in data.sft_rows for m in r["prompt"] + r["completion"]] + \
-        [r["prompt"] + r["answer"] for r in data.instructions]
+    texts = (
+        base
+        + [m["content"] for r in data.sft_rows for m in r["prompt"] + r["completion"]]
+        + [r["prompt"] + r["answer"] for r in data.instructions]
+    )
     for name in cpt_names:
         assert not any(name in t for t in texts), name
 
@@ -131,7 +148,10 @@ def test_cloze_prompt_tokens_are_a_prefix_of_the_sentence_tokens(world, tok):
 
 
 def test_chat_template_marks_the_answer_and_eos_as_assistant_tokens(tok):
-    msgs = [{"role": "user", "content": "犬について一言お願いします。"}, {"role": "assistant", "content": "犬はかわいいでござる。"}]
+    msgs = [
+        {"role": "user", "content": "犬について一言お願いします。"},
+        {"role": "assistant", "content": "犬はかわいいでござる。"},
+    ]
     out = tok.apply_chat_template(msgs, return_assistant_tokens_mask=True, return_dict=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     prompt = tok.apply_chat_template(msgs[:1], add_generation_prompt=True)

@@ -52,8 +52,10 @@ def pick_cells(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """label -> the results rows (one per seed) of the most-forgetting cell, then of the reference cell if present."""
     missing = [k for k in [*KEYS, "cell", "seed", "retention_drop"] if k not in results.columns]
     if missing:
-        raise ValueError(f"results.csv lacks the columns {missing}; expected a study A grid's results (columns "
-                         f"{', '.join(KEYS)}, cell, seed, retention_drop)")
+        raise ValueError(
+            f"results.csv lacks the columns {missing}; expected a study A grid's results (columns "
+            f"{', '.join(KEYS)}, cell, seed, retention_drop)"
+        )
     as_text = results[KEYS].astype(str)
     drop = results.groupby(KEYS)["retention_drop"].mean().sort_values(ascending=False)
     picked = {}
@@ -68,17 +70,34 @@ def pick_cells(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def layerprobe_attribute(max_probes: int, max_instructions: int) -> Attribute:
     """`layerprobe attribute --run RUN` in a subprocess (evaluating as the run's config says); returns its records."""
+
     def attribute(run: Path, out: Path, groups: Sequence[str], selectors: Sequence[str]) -> pd.DataFrame:
-        cmd = [sys.executable, "-m", "layerprobe", "attribute", "--run", str(run), "--groups", ",".join(groups),
-               *[a for s in selectors for a in ("--select", s)], "--max-probes", str(max_probes),
-               "--max-instructions", str(max_instructions), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "layerprobe",
+            "attribute",
+            "--run",
+            str(run),
+            "--groups",
+            ",".join(groups),
+            *[a for s in selectors for a in ("--select", s)],
+            "--max-probes",
+            str(max_probes),
+            "--max-instructions",
+            str(max_instructions),
+            "--out",
+            str(out),
+        ]
         subprocess.run(cmd, check=True)
         return load_records(out / "attribute.parquet")
+
     return attribute
 
 
-def per_seed_effects(grid: Path, cells: dict[str, pd.DataFrame], attribute: Attribute, bands: Sequence[str],
-                     metrics: Sequence[str]) -> pd.DataFrame:
+def per_seed_effects(
+    grid: Path, cells: dict[str, pd.DataFrame], attribute: Attribute, bands: Sequence[str], metrics: Sequence[str]
+) -> pd.DataFrame:
     """effects() of attn, mlp and the bands, one row per cell x seed x group x mode x metric."""
     frames = []
     for label, rows in cells.items():
@@ -113,9 +132,11 @@ def sum_of_parts(per_seed: pd.DataFrame, parts: Sequence[str], label: str) -> pd
 
 def seed_table(per_seed: pd.DataFrame, bands: Sequence[str]) -> pd.DataFrame:
     """The per-seed rows with the derived ones: attn - mlp (paired by seed) and the two sums of parts."""
-    derived = [paired_difference(per_seed, "attn", "mlp"),
-               sum_of_parts(per_seed, ["attn", "mlp"], "sum of parts: attn + mlp"),
-               sum_of_parts(per_seed, bands, f"sum of parts: {len(bands)} layer bands")]
+    derived = [
+        paired_difference(per_seed, "attn", "mlp"),
+        sum_of_parts(per_seed, ["attn", "mlp"], "sum of parts: attn + mlp"),
+        sum_of_parts(per_seed, bands, f"sum of parts: {len(bands)} layer bands"),
+    ]
     table = pd.concat([per_seed, *derived], ignore_index=True)
     return table[per_seed.columns]
 
@@ -124,8 +145,22 @@ def summary_table(seeds: pd.DataFrame) -> pd.DataFrame:
     """Means and 95 % t intervals over seeds (layerprobe.attribute.over_seeds), columns in reading order."""
     s = over_seeds(seeds)
     ratios = [c for r in DENOMINATORS.values() if r in s.columns for c in (r, f"{r}_lo", f"{r}_hi")]
-    order = ["cell", "group", "mode", "metric", "n_seeds", "effect", "lo", "hi", "sft_effect", "share", "share_lo",
-             "share_hi", *[c for c in DENOMINATORS if c in s.columns], *ratios]
+    order = [
+        "cell",
+        "group",
+        "mode",
+        "metric",
+        "n_seeds",
+        "effect",
+        "lo",
+        "hi",
+        "sft_effect",
+        "share",
+        "share_lo",
+        "share_hi",
+        *[c for c in DENOMINATORS if c in s.columns],
+        *ratios,
+    ]
     return s[order]
 
 

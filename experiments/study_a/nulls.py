@@ -45,8 +45,9 @@ def lora_a_cosine(cpt: Path, sft: Path) -> float:
 
     a, b = load_file(cpt / "adapter_model.safetensors"), load_file(sft / "adapter_model.safetensors")
     keys = [k for k in a if "lora_A" in k and k in b]
-    return float(sum(torch.nn.functional.cosine_similarity(a[k].flatten(), b[k].flatten(), dim=0) for k in keys)
-                 / len(keys))
+    return float(
+        sum(torch.nn.functional.cosine_similarity(a[k].flatten(), b[k].flatten(), dim=0) for k in keys) / len(keys)
+    )
 
 
 def groups(df: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
@@ -80,9 +81,11 @@ def main() -> None:
         t["lora_a_cos_reseed"] = lora_a_cosine(ref / "cpt", re / "sft")
         frames.append(t.reset_index().assign(seed=seed))
         m = t.loc[(-1, "")]
-        print(f"seed {seed}: model cos_cpt_sft {m['cos_cpt_sft']:+.4f} (reseed {m['cos_cpt_sft_reseed']:+.4f}, random "
-              f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}; "
-              f"cos(lora_A of CPT, of SFT) {m['lora_a_cos']:.3f} (reseed {m['lora_a_cos_reseed']:.3f})")
+        print(
+            f"seed {seed}: model cos_cpt_sft {m['cos_cpt_sft']:+.4f} (reseed {m['cos_cpt_sft_reseed']:+.4f}, random "
+            f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}; "
+            f"cos(lora_A of CPT, of SFT) {m['lora_a_cos']:.3f} (reseed {m['lora_a_cos_reseed']:.3f})"
+        )
     if not frames:
         raise SystemExit("no seed has both runs finished; run the study A sweeps first")
     table = pd.concat(frames, ignore_index=True)

@@ -34,15 +34,29 @@ CELL = "CPT a32 SFT a32 A"
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 # GGUF tensor name of each module, for the check
-GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+GGUF_NAMES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
 
 
 def module_shapes() -> dict[str, tuple[int, int]]:
     """(in, out) of each adapted linear module of one decoder layer."""
     q, kv = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
-    return {"q_proj": (HIDDEN, q), "k_proj": (HIDDEN, kv), "v_proj": (HIDDEN, kv), "o_proj": (q, HIDDEN),
-            "gate_proj": (HIDDEN, INTERMEDIATE), "up_proj": (HIDDEN, INTERMEDIATE), "down_proj": (INTERMEDIATE, HIDDEN)}
+    return {
+        "q_proj": (HIDDEN, q),
+        "k_proj": (HIDDEN, kv),
+        "v_proj": (HIDDEN, kv),
+        "o_proj": (q, HIDDEN),
+        "gate_proj": (HIDDEN, INTERMEDIATE),
+        "up_proj": (HIDDEN, INTERMEDIATE),
+        "down_proj": (INTERMEDIATE, HIDDEN),
+    }
 
 
 def check_against_gguf(shapes: dict[str, tuple[int, int]]) -> str:
@@ -60,15 +74,20 @@ def check_against_gguf(shapes: dict[str, tuple[int, int]]) -> str:
     layer0 = {m: found.get(f"blk.0.{g}.weight") for m, g in GGUF_NAMES.items()}
     bad = {m: shape for m, shape in layer0.items() if shape != shapes[m]}
     if bad or layers != LAYERS:
-        raise ValueError(f"the GGUF header disagrees: {layers} layers (expected {LAYERS}), (in, out) of layer 0 "
-                         f"{bad} (expected {[shapes[m] for m in bad]}); fix the constants of this script")
+        raise ValueError(
+            f"the GGUF header disagrees: {layers} layers (expected {LAYERS}), (in, out) of layer 0 "
+            f"{bad} (expected {[shapes[m] for m in bad]}); fix the constants of this script"
+        )
     return f"shapes checked against {gguf_path(PRESETS['smollm2-135m']).name}: {LAYERS} layers, all 7 modules"
 
 
 def counts() -> pd.DataFrame:
     """One row per (layer, module): dense entries in * out and LoRA-trained parameters r * (in + out)."""
-    rows = [(layer, m, "attn" if m in ATTN else "mlp", i * o, R * (i + o))
-            for layer in range(LAYERS) for m, (i, o) in module_shapes().items()]
+    rows = [
+        (layer, m, "attn" if m in ATTN else "mlp", i * o, R * (i + o))
+        for layer in range(LAYERS)
+        for m, (i, o) in module_shapes().items()
+    ]
     return pd.DataFrame(rows, columns=["layer", "module", "block", "dense", "trained"])
 
 
@@ -91,30 +110,52 @@ def trained_shares(attribution: pd.DataFrame) -> pd.DataFrame:
     plain = ~t["group"].str.startswith("sum of parts")
     off = (t.loc[plain, "weight_share"] - t.loc[plain, "group"].map(dense)).abs().max()
     if off > 1e-5:
-        raise ValueError(f"dense shares from the shapes differ from the committed weight_share by up to {off:.3g}; "
-                         "the shapes are not those of the attributed model")
+        raise ValueError(
+            f"dense shares from the shapes differ from the committed weight_share by up to {off:.3g}; "
+            "the shapes are not those of the attributed model"
+        )
     t["trained_share"] = t["group"].map(trained)
     t["share_per_trained"] = t["share"] / t["trained_share"]
-    parts = {"sum of parts: attn + mlp": ["attn", "mlp"],
-             "sum of parts: three layer bands": [g for g in groups if g.startswith("layers:")]}
+    parts = {
+        "sum of parts: attn + mlp": ["attn", "mlp"],
+        "sum of parts: three layer bands": [g for g in groups if g.startswith("layers:")],
+    }
     for label, ps in parts.items():
         t.loc[t["group"] == label, "trained_share"] = sum(trained[p] for p in ps)
-    cols = ["cell", "group", "mode", "metric", "n_seeds", "effect", "sft_effect", "share", "weight_share",
-            "trained_share", "share_per_weight", "share_per_trained"]
+    cols = [
+        "cell",
+        "group",
+        "mode",
+        "metric",
+        "n_seeds",
+        "effect",
+        "sft_effect",
+        "share",
+        "weight_share",
+        "trained_share",
+        "share_per_weight",
+        "share_per_trained",
+    ]
     return t[cols]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, default=Path("figures/study_a/smollm2-135m"),
-                    help="folder holding attribution.csv; the output is written beside it")
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("figures/study_a/smollm2-135m"),
+        help="folder holding attribution.csv; the output is written beside it",
+    )
     args = ap.parse_args()
     print(check_against_gguf(module_shapes()))
     c = counts()
     for block in ("attn", "mlp"):
         d = c[c["block"] == block]
-        print(f"{block}: {d['dense'].sum():,} dense weights ({d['dense'].sum() / c['dense'].sum():.4f}), "
-              f"{d['trained'].sum():,} LoRA parameters at r={R} ({d['trained'].sum() / c['trained'].sum():.4f})")
+        print(
+            f"{block}: {d['dense'].sum():,} dense weights ({d['dense'].sum() / c['dense'].sum():.4f}), "
+            f"{d['trained'].sum():,} LoRA parameters at r={R} ({d['trained'].sum() / c['trained'].sum():.4f})"
+        )
     table = trained_shares(pd.read_csv(args.dir / "attribution.csv"))
     out = args.dir / "attribution_trained_shares.csv"
     table.to_csv(out, index=False, float_format="%.6g")

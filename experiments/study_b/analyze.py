@@ -27,8 +27,18 @@ from layerprobe.stats import t_mean_ci
 HERE = Path(__file__).parent
 FIGURES = Path("figures/study_b/smollm2-135m")
 SEEDS = 3
-CONDITIONS = ["mlp", "not-mlp", "first-5pct", "last-5pct", "random-5pct", "first-10pct", "last-10pct",
-              "random-10pct", "all", "all-lr3e-4"]
+CONDITIONS = [
+    "mlp",
+    "not-mlp",
+    "first-5pct",
+    "last-5pct",
+    "random-5pct",
+    "first-10pct",
+    "last-10pct",
+    "random-10pct",
+    "all",
+    "all-lr3e-4",
+]
 
 
 def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
@@ -51,8 +61,9 @@ def claims(sweep_dir: Path, study_a_dir: Path) -> list[dict]:
                 claim(f"position {pct}%: {a} - {b}", m, arm(f"{a}-{pct}pct"), arm(f"{b}-{pct}pct"))
         for pos in ("first", "last", "random"):
             claim(f"budget: {pos} 10% - 5%", m, arm(f"{pos}-10pct"), arm(f"{pos}-5pct"))
-        lora = sweep_arm(ref, study_a_dir, "sft", **{"cpt.lora_alpha": 128, "sft.lora_alpha": 8,
-                                                     "sft.target_modules": "A"})
+        lora = sweep_arm(
+            ref, study_a_dir, "sft", **{"cpt.lora_alpha": 128, "sft.lora_alpha": 8, "sft.target_modules": "A"}
+        )
         claim("full FT of all weights - LoRA a8 all linear", m, arm("all"), lora)
         # the step-size control: at 3x the learning rate full FT moves the weights about as far as LoRA SFT a8
         claim("full FT all at lr 3e-4 - LoRA a8 all linear", m, arm("all-lr3e-4"), lora)
@@ -72,9 +83,18 @@ def shares(sweep_dir: Path) -> pd.DataFrame:
         if d.empty:
             continue
         row = {"condition": c, "n_seeds": len(d), "trained_share": d.get("stages.sft.trainable_share").mean()}
-        for m in ("sft.gozaru_rate", "sft.gozaru_first", "sft.style_logodds", "cpt.qa_acc", "sft.qa_acc",
-                  "cpt.cloze_acc", "sft.cloze_acc", "sft.general_loss", "stages.sft.record_seconds",
-                  "stages.sft.seconds"):
+        for m in (
+            "sft.gozaru_rate",
+            "sft.gozaru_first",
+            "sft.style_logodds",
+            "cpt.qa_acc",
+            "sft.qa_acc",
+            "cpt.cloze_acc",
+            "sft.cloze_acc",
+            "sft.general_loss",
+            "stages.sft.record_seconds",
+            "stages.sft.seconds",
+        ):
             lo, hi = t_mean_ci(d[m])
             if m.endswith(("_rate", "_first", "_acc")):
                 lo, hi = max(lo, 0.0), min(hi, 1.0)
@@ -103,9 +123,24 @@ def drift_table(sweep_dir: Path, study_a_dir: Path) -> pd.DataFrame:
         if key not in norms:
             norms[key] = module_norms(run / "merged")
         drift = phase_drift(run, "sft", norms[key])
-        rows.append({"arm": arm, "seed": seed, **{f"drift_{k}": v for k, v in drift.items()},
-                     **{m: row[m] for m in ("sft.gozaru_first", "sft.style_logodds", "cpt.cloze_acc",
-                                            "sft.cloze_acc", "cpt.qa_acc", "sft.qa_acc")}})
+        rows.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                **{f"drift_{k}": v for k, v in drift.items()},
+                **{
+                    m: row[m]
+                    for m in (
+                        "sft.gozaru_first",
+                        "sft.style_logodds",
+                        "cpt.cloze_acc",
+                        "sft.cloze_acc",
+                        "cpt.qa_acc",
+                        "sft.qa_acc",
+                    )
+                },
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -125,8 +160,12 @@ def main() -> None:
         return
     drift = drift_table(args.sweep, args.study_a)
     drift.to_csv(args.out / "drift.csv", index=False, float_format="%.6g")
-    print(drift.groupby("arm", sort=False)[["drift_all", "drift_attn", "drift_mlp", "sft.cloze_acc",
-                                            "sft.qa_acc"]].mean().to_string(float_format="%.4f"))
+    print(
+        drift.groupby("arm", sort=False)[["drift_all", "drift_attn", "drift_mlp", "sft.cloze_acc", "sft.qa_acc"]]
+        .mean()
+        .to_string(float_format="%.4f")
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -2,39 +2,74 @@
 
 from __future__ import annotations
 
-HELP = ("revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "
-        "and style, plot the per-layer effect")
-EXAMPLE = ("layerprobe attribute --run runs/demo            # base = runs/demo/merged, tuned = runs/demo/sft\n"
-           "  layerprobe attribute --base cpt_merged/ --tuned sft_adapter/ --config study.yaml --groups layers,cells "
-           "--select 'mlp & layers:0-3'")
+HELP = (
+    "revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "
+    "and style, plot the per-layer effect"
+)
+EXAMPLE = (
+    "layerprobe attribute --run runs/demo            # base = runs/demo/merged, tuned = runs/demo/sft\n"
+    "  layerprobe attribute --base cpt_merged/ --tuned sft_adapter/ --config study.yaml --groups layers,cells "
+    "--select 'mlp & layers:0-3'"
+)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--run", metavar="RUN_DIR",
-                        help="a run folder of `layerprobe train`: base = RUN_DIR/merged, tuned = RUN_DIR/sft, "
-                             "evaluation as in RUN_DIR/config.yaml")
+    parser.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="a run folder of `layerprobe train`: base = RUN_DIR/merged, tuned = RUN_DIR/sft, "
+        "evaluation as in RUN_DIR/config.yaml",
+    )
     parser.add_argument("--base", metavar="CPT_MODEL", help="the CPT model folder (merged safetensors)")
-    parser.add_argument("--tuned", metavar="SFT_MODEL",
-                        help="the SFT model folder, or an SFT LoRA adapter folder trained on --base")
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML config whose data and eval sections define the evaluation (default: the run's "
-                             "config.yaml with --run, else the built-in toy world)")
-    parser.add_argument("--groups", default="layers,blocks", metavar="A,B",
-                        help="layers (each decoder layer), blocks (each block kind), cells (each block of each "
-                             "layer); default layers,blocks")
-    parser.add_argument("--select", action="append", default=[], metavar="SELECTOR",
-                        help="one more group, as a selector (mlp & layers:0-3); repeatable")
-    parser.add_argument("--modes", default="revert,apply", metavar="A,B",
-                        help="revert (CPT weights on the group) and/or apply (SFT change on the group only)")
-    parser.add_argument("--probes", metavar="FILE",
-                        help="knowledge probes (JSONL/JSON/Parquet: kind cloze|qa, prompt, answer) instead of the "
-                             "config's data.probes")
-    parser.add_argument("--max-probes", type=int, metavar="N",
-                        help="evaluate at most N probes of each kind (overrides eval.max_probes; fewer = cheaper)")
-    parser.add_argument("--max-instructions", type=int, metavar="N",
-                        help="evaluate at most N held-out instructions (overrides eval.max_instructions)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="records, figures and cache go here (default: RUN_DIR/attribute, else ./attribute)")
+    parser.add_argument(
+        "--tuned", metavar="SFT_MODEL", help="the SFT model folder, or an SFT LoRA adapter folder trained on --base"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config whose data and eval sections define the evaluation (default: the run's "
+        "config.yaml with --run, else the built-in toy world)",
+    )
+    parser.add_argument(
+        "--groups",
+        default="layers,blocks",
+        metavar="A,B",
+        help="layers (each decoder layer), blocks (each block kind), cells (each block of each "
+        "layer); default layers,blocks",
+    )
+    parser.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="one more group, as a selector (mlp & layers:0-3); repeatable",
+    )
+    parser.add_argument(
+        "--modes",
+        default="revert,apply",
+        metavar="A,B",
+        help="revert (CPT weights on the group) and/or apply (SFT change on the group only)",
+    )
+    parser.add_argument(
+        "--probes",
+        metavar="FILE",
+        help="knowledge probes (JSONL/JSON/Parquet: kind cloze|qa, prompt, answer) instead of the config's data.probes",
+    )
+    parser.add_argument(
+        "--max-probes",
+        type=int,
+        metavar="N",
+        help="evaluate at most N probes of each kind (overrides eval.max_probes; fewer = cheaper)",
+    )
+    parser.add_argument(
+        "--max-instructions",
+        type=int,
+        metavar="N",
+        help="evaluate at most N held-out instructions (overrides eval.max_instructions)",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="records, figures and cache go here (default: RUN_DIR/attribute, else ./attribute)"
+    )
     parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
     parser.add_argument("--no-cache", action="store_true", help="evaluate everything again, keep no cache")
     parser.add_argument("--top", type=int, default=8, metavar="N", help="groups per metric in the printed table")
@@ -65,8 +100,9 @@ def run(args) -> int:
         if not config and rundir.is_run(run_dir):
             config = str(rundir.config_path(run_dir))
     if not base or not tuned:
-        raise ValueError("expected --run RUN_DIR, or --base CPT_MODEL and --tuned SFT_MODEL; "
-                         f"got base={base!r}, tuned={tuned!r}")
+        raise ValueError(
+            f"expected --run RUN_DIR, or --base CPT_MODEL and --tuned SFT_MODEL; got base={base!r}, tuned={tuned!r}"
+        )
     out = Path(args.out or (rundir.attribute_dir(args.run) if args.run else "attribute"))
     cfg = resolve(load_yaml(config)) if config else TrainConfig()
     if args.probes:
@@ -75,18 +111,34 @@ def run(args) -> int:
         cfg.eval.max_probes = args.max_probes
     if args.max_instructions is not None:
         cfg.eval.max_instructions = args.max_instructions
-    acfg = AttributeConfig(groups=tuple(g for g in args.groups.split(",") if g.strip()) + tuple(args.select),
-                           modes=args.modes, run=Path(tuned).name if not args.run else Path(args.run).name,
-                           cache=None if args.no_cache else str(args.cache or out / "cache.json"))
+    acfg = AttributeConfig(
+        groups=tuple(g for g in args.groups.split(",") if g.strip()) + tuple(args.select),
+        modes=args.modes,
+        run=Path(tuned).name if not args.run else Path(args.run).name,
+        cache=None if args.no_cache else str(args.cache or out / "cache.json"),
+    )
     with quiet_libraries():
         data = load_data(cfg)
         eval_set = data.eval_set.limited(cfg.eval)
         if not eval_set.probes and not eval_set.instructions:
-            raise ValueError(f"nothing to evaluate: the config ({config or 'built-in toy world'}) gives no probes and "
-                             "no held-out instructions; set data.probes / data.instructions in --config")
-        eval_key = hashlib.sha256(json.dumps(
-            [eval_set.probes, eval_set.instructions, eval_set.cpt_docs, dataclasses.asdict(cfg.eval),
-             cfg.cpt.max_length], sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+            raise ValueError(
+                f"nothing to evaluate: the config ({config or 'built-in toy world'}) gives no probes and "
+                "no held-out instructions; set data.probes / data.instructions in --config"
+            )
+        eval_key = hashlib.sha256(
+            json.dumps(
+                [
+                    eval_set.probes,
+                    eval_set.instructions,
+                    eval_set.cpt_docs,
+                    dataclasses.asdict(cfg.eval),
+                    cfg.cpt.max_length,
+                ],
+                sort_keys=True,
+                ensure_ascii=False,
+                default=str,
+            ).encode()
+        ).hexdigest()
         tok_dir = tuned if (Path(tuned) / "tokenizer_config.json").is_file() else base
         tokenizer = load_tokenizer(str(tok_dir))
 
@@ -94,11 +146,21 @@ def run(args) -> int:
             metrics, _ = evaluate_model(model, tok, eval_set, cfg.eval, cfg.cpt.max_length)
             return {k: v for k, v in metrics.items() if k != "n_probes"}
 
-        print(f"evaluation: {len(eval_set.probes)} probes, {len(eval_set.instructions)} instructions, "
-              f"{len(eval_set.cpt_docs)} CPT documents for the loss (from {config or 'the built-in toy world'})",
-              flush=True)
-        res = attribute_change(base, tuned, evaluate, tokenizer, acfg, eval_key=eval_key, load_model=load_model,
-                        log=lambda s: print(s, flush=True))
+        print(
+            f"evaluation: {len(eval_set.probes)} probes, {len(eval_set.instructions)} instructions, "
+            f"{len(eval_set.cpt_docs)} CPT documents for the loss (from {config or 'the built-in toy world'})",
+            flush=True,
+        )
+        res = attribute_change(
+            base,
+            tuned,
+            evaluate,
+            tokenizer,
+            acfg,
+            eval_key=eval_key,
+            load_model=load_model,
+            log=lambda s: print(s, flush=True),
+        )
     print(f"\ncost: {res.cost()}")
     e = effects(res.records)
     for metric in dict.fromkeys(e["metric"]):
@@ -115,11 +177,13 @@ def run(args) -> int:
             if col in m:
                 wide[col.replace("_", " ")] = m.groupby("group")[col].first()
         wide = wide.reindex(wide[wide.columns[0]].abs().sort_values(ascending=False).index).head(args.top)
-        print(f"\n{metric}: tuned - base = {full:+.4g}; revert effect = value - tuned, apply effect = value - base, "
-              "share = effect / whole change (1 = this group alone accounts for all of it); the group's share of "
-              "the weights SFT changed (weight share), of the parameters it trained (trained share: r*(in+out) per "
-              "LoRA matrix) and of ||W_t - W_b||^2 (delta share): a share above one of them is more than that "
-              "measure of its size predicts")
+        print(
+            f"\n{metric}: tuned - base = {full:+.4g}; revert effect = value - tuned, apply effect = value - base, "
+            "share = effect / whole change (1 = this group alone accounts for all of it); the group's share of "
+            "the weights SFT changed (weight share), of the parameters it trained (trained share: r*(in+out) per "
+            "LoRA matrix) and of ||W_t - W_b||^2 (delta share): a share above one of them is more than that "
+            "measure of its size predicts"
+        )
         print(wide.to_string(float_format=lambda v: f"{v:+.3g}"))
     path = write_table(res.records, out / "attribute.parquet")
     from layerprobe.plot import figure_formats

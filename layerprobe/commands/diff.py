@@ -6,28 +6,48 @@ import sys
 from pathlib import Path
 
 HELP = "diff two or three checkpoints (or a LoRA adapter against its base) per layer and module, streaming"
-EXAMPLE = ("layerprobe diff base/ cpt_merged/ sft_merged/ --out diff.parquet --figures figs/   "
-           "# three-way: undo_frac = share of the CPT change that SFT pushed back")
-_FIGURES = {"delta": ("delta_norm",), "two": ("rel_change", "cosine"),
-            "three": ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft")}
+EXAMPLE = (
+    "layerprobe diff base/ cpt_merged/ sft_merged/ --out diff.parquet --figures figs/   "
+    "# three-way: undo_frac = share of the CPT change that SFT pushed back"
+)
+_FIGURES = {
+    "delta": ("delta_norm",),
+    "two": ("rel_change", "cosine"),
+    "three": ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft"),
+}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                        help="A B [C]: checkpoint folders (model.safetensors or shards + index), .safetensors files "
-                             "or peft adapter folders (applied to the checkpoint before them); one adapter alone "
-                             "gives its dW")
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="A B [C]: checkpoint folders (model.safetensors or shards + index), .safetensors files "
+        "or peft adapter folders (applied to the checkpoint before them); one adapter alone "
+        "gives its dW",
+    )
     parser.add_argument("--out", metavar="FILE", help="write the records table (.parquet or .csv)")
     parser.add_argument("--figures", metavar="DIR", help="write layer x module heatmaps (PNG) here")
     from layerprobe.commands.options import add_format_argument
 
     add_format_argument(parser)
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="diff the tensors the checkpoints share and list the others, instead of failing")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load .bin/.pt checkpoints with torch.load(weights_only=True) (refused by default)")
-    parser.add_argument("--svd", type=int, default=0, metavar="K",
-                        help="also the top K singular values and rank90 of each 2-D delta (slower)")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="diff the tensors the checkpoints share and list the others, instead of failing",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load .bin/.pt checkpoints with torch.load(weights_only=True) (refused by default)",
+    )
+    parser.add_argument(
+        "--svd",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also the top K singular values and rank90 of each 2-D delta (slower)",
+    )
     parser.add_argument("--run", help="run name in the records (default: B_vs_A)")
     parser.add_argument("--threads", type=int, help="worker threads (default: torch's thread count)")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows in the printed tables (default 10)")
@@ -39,8 +59,14 @@ def run(args) -> int:
 
     if len(args.checkpoints) > 3:
         raise ValueError(f"expected 1 to 3 checkpoints (A B [C]), got {len(args.checkpoints)}: {args.checkpoints}")
-    cfg = DiffConfig(svd=args.svd, allow_missing=args.allow_missing, allow_pickle=args.allow_pickle, run=args.run,
-                     threads=args.threads, progress=sys.stderr.isatty())
+    cfg = DiffConfig(
+        svd=args.svd,
+        allow_missing=args.allow_missing,
+        allow_pickle=args.allow_pickle,
+        run=args.run,
+        threads=args.threads,
+        progress=sys.stderr.isatty(),
+    )
     df = diff_checkpoints(*args.checkpoints, config=cfg)
     mode = df.attrs["mode"]
     skipped, tied = df.attrs["skipped"], df.attrs["tied"]
@@ -60,8 +86,10 @@ def run(args) -> int:
     total = df[(df["block"] == "") & (df["param"] == "")].set_index("quantity")["value"]
     print("\nwhole model: " + ", ".join(f"{q}={total[q]:.4g}" for q in _FIGURES[mode] if q in total))
     if mode == "three":
-        print(f"an unrelated SFT update (random, same norm per tensor) gives cos_cpt_sft 0 +- "
-              f"{total['null_sd_cos']:.2g} and undo_frac 0 +- {total['null_sd_undo_frac']:.2g} (1 sd)")
+        print(
+            f"an unrelated SFT update (random, same norm per tensor) gives cos_cpt_sft 0 +- "
+            f"{total['null_sd_cos']:.2g} and undo_frac 0 +- {total['null_sd_undo_frac']:.2g} (1 sd)"
+        )
     if args.out:
         print(f"wrote {len(df)} records to {write_table(df, args.out)}")
     if args.figures:

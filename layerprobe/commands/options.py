@@ -5,5 +5,9 @@ from __future__ import annotations
 
 def add_format_argument(parser) -> None:
     """``--format``: the extra formats every figure of the command is written in (see plot.style.figure_formats)."""
-    parser.add_argument("--format", metavar="LIST", default=None,
-                        help="also write each figure as svg and/or pdf (comma-separated, e.g. svg,pdf); PNG always")
+    parser.add_argument(
+        "--format",
+        metavar="LIST",
+        default=None,
+        help="also write each figure as svg and/or pdf (comma-separated, e.g. svg,pdf); PNG always",
+    )

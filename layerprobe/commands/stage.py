@@ -8,15 +8,22 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 STAGES = {
-    "cpt": ("continued pretraining (LoRA or full) of the base model on raw text, into <out>/cpt",
-            "layerprobe cpt --record --config experiments/study_a/config.yaml --out runs/demo"),
-    "merge": ("merge the CPT LoRA into the base model (checked against base + s*B*A), into <out>/merged",
-              "layerprobe merge --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml"),
-    "sft": ("supervised fine-tuning (new LoRA or full) of the CPT model, loss on answers only, into <out>/sft",
-            "layerprobe sft --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml"),
-    "eval": ("evaluate the base, CPT and SFT models of a run (cloze, QA, CPT-text loss, style, EOS) and write "
-             "summary.json", "layerprobe eval --out runs/demo   # after the stages before it; reuses "
-             "runs/demo/config.yaml"),
+    "cpt": (
+        "continued pretraining (LoRA or full) of the base model on raw text, into <out>/cpt",
+        "layerprobe cpt --record --config experiments/study_a/config.yaml --out runs/demo",
+    ),
+    "merge": (
+        "merge the CPT LoRA into the base model (checked against base + s*B*A), into <out>/merged",
+        "layerprobe merge --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml",
+    ),
+    "sft": (
+        "supervised fine-tuning (new LoRA or full) of the CPT model, loss on answers only, into <out>/sft",
+        "layerprobe sft --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml",
+    ),
+    "eval": (
+        "evaluate the base, CPT and SFT models of a run (cloze, QA, CPT-text loss, style, EOS) and write summary.json",
+        "layerprobe eval --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml",
+    ),
 }
 
 

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 HELP = "run the whole pipeline (CPT -> merge -> SFT -> eval) into one run folder; the toy world by default"
-EXAMPLE = ("layerprobe train --record\n"
-           "  layerprobe train --record --config experiments/study_a/config.yaml --cpt.lora_alpha 32 --out runs/a32")
+EXAMPLE = (
+    "layerprobe train --record\n"
+    "  layerprobe train --record --config experiments/study_a/config.yaml --cpt.lora_alpha 32 --out runs/a32"
+)
 
 
 def add_arguments(parser) -> None:
     from layerprobe.config import add_config_arguments
 
-    parser.usage = (f"layerprobe {parser.prog.split()[-1]} [--out DIR] [--overwrite] [--config FILE] [--record] "
-                    "[--SECTION.KEY VALUE ...]")
-    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<timestamp>); a rerun skips "
-                        "finished stages and, without --config, reuses the folder's config.yaml")
+    parser.usage = (
+        f"layerprobe {parser.prog.split()[-1]} [--out DIR] [--overwrite] [--config FILE] [--record] "
+        "[--SECTION.KEY VALUE ...]"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: runs/<timestamp>); a rerun skips "
+        "finished stages and, without --config, reuses the folder's config.yaml",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a run folder made with another config")
     if parser.prog.split()[-1] == "train":
-        parser.add_argument("--no-report", action="store_true",
-                            help="do not write RUN/report.html (the HTML report: `layerprobe report RUN`)")
+        parser.add_argument(
+            "--no-report",
+            action="store_true",
+            help="do not write RUN/report.html (the HTML report: `layerprobe report RUN`)",
+        )
     add_config_arguments(parser)
 
 
@@ -38,8 +49,9 @@ def run_stages(args, only: str | None) -> int:
         args.config = str(rundir.config_path(out))  # a run folder knows its config; flags still override it
         print(f"config     {args.config}", flush=True)
     cfg = config_from_args(args)
-    summary = run_pipeline(cfg, out, overwrite=args.overwrite, progress=True, log=lambda s: print(s, flush=True),
-                           only=only)
+    summary = run_pipeline(
+        cfg, out, overwrite=args.overwrite, progress=True, log=lambda s: print(s, flush=True), only=only
+    )
     if "eval" in summary.get("stages", {}) and "cpt" in summary:
         print()
         print(format_table(summary))

@@ -19,12 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 # what each mode compares (attribution's "base" is the CPT model the SFT started from, "tuned" the SFT model)
-MODE_TEXT = {"revert": ("G reverted to the CPT weights", "SFT model"),
-             "apply": ("SFT change applied on G only", "CPT model")}
+MODE_TEXT = {
+    "revert": ("G reverted to the CPT weights", "SFT model"),
+    "apply": ("SFT change applied on G only", "CPT model"),
+}
 
 
-def attribution_figures(records: pd.DataFrame, out_dir: str | os.PathLike,
-                        metrics: Sequence[str] | None = None) -> list[Path]:
+def attribution_figures(
+    records: pd.DataFrame, out_dir: str | os.PathLike, metrics: Sequence[str] | None = None
+) -> list[Path]:
     """Per metric: bars of the effect per layer (left) and per other group (right), revert on top, apply below;
     a dashed line marks the whole SFT change. With ``cells`` groups, also a layer x block heatmap of the revert
     effect per metric."""
@@ -40,19 +43,33 @@ def attribution_figures(records: pd.DataFrame, out_dir: str | os.PathLike,
     for metric in metrics:
         m = e[e["metric"] == metric]
         if m.empty:
-            raise ValueError(f"no attribution rows for metric {metric!r}; the records have "
-                             f"{sorted(e['metric'].unique())}")
+            raise ValueError(
+                f"no attribution rows for metric {metric!r}; the records have {sorted(e['metric'].unique())}"
+            )
         unit = quantity(metric).unit
         is_layer = (m["layer"] >= 0) & (m["block"] == "")
         is_cell = (m["layer"] >= 0) & (m["block"] != "")
         modes = [mode for mode in MODES if (m["mode"] == mode).any()]
-        parts = {mode: [p for p in (m[is_layer & (m["mode"] == mode)].sort_values("layer"),
-                                    m[~is_layer & ~is_cell & (m["mode"] == mode)]) if not p.empty]
-                 for mode in modes}
+        parts = {
+            mode: [
+                p
+                for p in (
+                    m[is_layer & (m["mode"] == mode)].sort_values("layer"),
+                    m[~is_layer & ~is_cell & (m["mode"] == mode)],
+                )
+                if not p.empty
+            ]
+            for mode in modes
+        }
         ncols = max(len(p) for p in parts.values())
         if ncols:  # with cells groups alone, the heatmap below is the only figure
-            fig, axes = plt.subplots(len(modes), ncols, figsize=(5.2 * ncols + 1.0, 2.9 * len(modes) + 0.9),
-                                     squeeze=False, gridspec_kw={"width_ratios": [2, 1][:ncols]})
+            fig, axes = plt.subplots(
+                len(modes),
+                ncols,
+                figsize=(5.2 * ncols + 1.0, 2.9 * len(modes) + 0.9),
+                squeeze=False,
+                gridspec_kw={"width_ratios": [2, 1][:ncols]},
+            )
             for row, mode in enumerate(modes):
                 full = m["sft_effect"].iloc[0] * (-1 if mode == "revert" else 1)
                 variant, reference = MODE_TEXT[mode]
@@ -75,8 +92,10 @@ def attribution_figures(records: pd.DataFrame, out_dir: str | os.PathLike,
                         ax.set_ylabel(f"{metric}: {mode} G - {reference}{f' ({unit})' if unit else ''}", fontsize=7)
                         ax.legend(fontsize=7, loc="best")
             suptitle(fig, f"Which layers carry the SFT change of {label(metric, unit=False)}")
-            caption = ("revert G: the SFT model with group G set back to the CPT weights, minus the SFT model; apply G: "
-                       "the CPT model with only G's SFT change, minus the CPT model. One evaluation each, no interval.")
+            caption = (
+                "revert G: the SFT model with group G set back to the CPT weights, minus the SFT model; apply G: "
+                "the CPT model with only G's SFT change, minus the CPT model. One evaluation each, no interval."
+            )
             paths.append(save_figure(fig, out / f"attribute_{metric}.png", caption=caption))
         cells = m[is_cell & (m["mode"] == "revert")]
         if not cells.empty:
@@ -84,18 +103,30 @@ def attribution_figures(records: pd.DataFrame, out_dir: str | os.PathLike,
             grid = grid[[b for b in BLOCKS if b in grid.columns]].sort_index(ascending=False)
             fig, ax = plt.subplots(figsize=(2.6 + 1.1 * grid.shape[1], 2.0 + 0.34 * len(grid)))
             ax.set_facecolor(MISSING)
-            sns.heatmap(grid, ax=ax, **colour_scale(metric, grid.to_numpy(), center=0.0), annot=grid.size <= 150,
-                        fmt=".2g", annot_kws={"fontsize": 7},
-                        cbar_kws={"label": f"revert: {metric} - SFT model{f' ({unit})' if unit else ''}"})
+            sns.heatmap(
+                grid,
+                ax=ax,
+                **colour_scale(metric, grid.to_numpy(), center=0.0),
+                annot=grid.size <= 150,
+                fmt=".2g",
+                annot_kws={"fontsize": 7},
+                cbar_kws={"label": f"revert: {metric} - SFT model{f' ({unit})' if unit else ''}"},
+            )
             ax.tick_params(axis="y", rotation=0)
             ax.set_title(f"Revert one block of one layer: change of {metric}", fontsize=9)
-            paths.append(save_figure(fig, out / f"attribute_cells_{metric}.png",
-                                     caption="Grey: block not evaluated."))
+            paths.append(save_figure(fig, out / f"attribute_cells_{metric}.png", caption="Grey: block not evaluated."))
     return paths
 
 
-def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out_png: str | os.PathLike,
-                alpha: float = 0.05, value: str = "rho") -> Path:
+def heatmap_rho(
+    table: pd.DataFrame,
+    feature: str,
+    phase: str,
+    outcome: str,
+    out_png: str | os.PathLike,
+    alpha: float = 0.05,
+    value: str = "rho",
+) -> Path:
     """Layer x block heatmap of Spearman's rho (``value="partial_rho"``: the partial rho given the total SFT drift)
     for one (feature, phase, outcome), one panel per stratum of the table (``all``, ``method=lora``, ...); '*'
     marks q < alpha (``q`` / ``partial_q``, Benjamini-Hochberg within the stratum). Layer -1 (row ``outside``) =
@@ -110,28 +141,43 @@ def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out
     if d.empty:
         raise ValueError(f"no rows for feature {feature!r}, phase {phase!r}, outcome {outcome!r} in the table")
     if value not in d or q_col not in d:
-        raise ValueError(f"the table has no {value!r} / {q_col!r} columns; got {list(d.columns)} (an older relate.csv "
-                         "has rho and q only: draw value='rho')")
+        raise ValueError(
+            f"the table has no {value!r} / {q_col!r} columns; got {list(d.columns)} (an older relate.csv "
+            "has rho and q only: draw value='rho')"
+        )
     if "stratum" not in d:
         d = d.assign(stratum="all")
     strata = list(dict.fromkeys(d["stratum"]))
     cols = [b for b in BLOCK_ORDER if b in set(d["block"])] + sorted(set(d["block"]) - set(BLOCK_ORDER))
     layers = sorted(set(d["layer"]), reverse=True)
-    fig, axes = plt.subplots(1, len(strata), figsize=(1.2 + (1.4 + 0.9 * len(cols)) * len(strata),
-                                                      2.0 + 0.34 * len(layers)), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(strata), figsize=(1.2 + (1.4 + 0.9 * len(cols)) * len(strata), 2.0 + 0.34 * len(layers)), squeeze=False
+    )
     for i, (stratum, ax) in enumerate(zip(strata, axes[0])):
         s = d[d["stratum"] == stratum]
         grid = s.pivot_table(index="layer", columns="block", values=value, aggfunc="first", dropna=False)
         q = s.pivot_table(index="layer", columns="block", values=q_col, aggfunc="first", dropna=False)
         grid, q = grid.reindex(index=layers, columns=cols), q.reindex(index=layers, columns=cols)
         labels = grid.map(lambda v: "" if not np.isfinite(v) else f"{v:.2f}") + q.map(
-            lambda v: "*" if np.isfinite(v) and v < alpha else "")
+            lambda v: "*" if np.isfinite(v) and v < alpha else ""
+        )
         grid.index = ["outside" if l < 0 else str(l) for l in grid.index]
         ax.set_facecolor(MISSING)
         last = i == len(strata) - 1
-        sns.heatmap(grid, ax=ax, cmap=DIVERGING, center=0, vmin=-1, vmax=1, annot=labels.to_numpy(), fmt="",
-                    annot_kws={"fontsize": 7}, cbar=last, yticklabels=i == 0,
-                    cbar_kws={"label": "partial rho" if value == "partial_rho" else label("rho", short=True)})
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap=DIVERGING,
+            center=0,
+            vmin=-1,
+            vmax=1,
+            annot=labels.to_numpy(),
+            fmt="",
+            annot_kws={"fontsize": 7},
+            cbar=last,
+            yticklabels=i == 0,
+            cbar_kws={"label": "partial rho" if value == "partial_rho" else label("rho", short=True)},
+        )
         ax.tick_params(axis="y", rotation=0)
         n, groups = int(s["n_runs"].max()), int(s["n_groups"].max()) if "n_groups" in s else 0
         ax.set_title(f"{stratum}\n{n} runs" + (f", {groups} CPTs" if groups else ""), fontsize=8)
@@ -139,6 +185,8 @@ def heatmap_rho(table: pd.DataFrame, feature: str, phase: str, outcome: str, out
         ax.set_ylabel("layer" if i == 0 else "")
     what = "partial rho given the total SFT drift" if value == "partial_rho" else "rho"
     suptitle(fig, f"{feature} ({phase}) vs {outcome}: {what}", size=9)
-    caption = (f"Spearman {what} per stratum of runs; * q < {alpha} (Benjamini-Hochberg within the stratum, "
-               "permutation p respecting shared CPTs); grey: undefined (constant over the runs, or frozen in all).")
+    caption = (
+        f"Spearman {what} per stratum of runs; * q < {alpha} (Benjamini-Hochberg within the stratum, "
+        "permutation p respecting shared CPTs); grey: undefined (constant over the runs, or frozen in all)."
+    )
     return save_figure(fig, out_png, caption=caption)

@@ -35,8 +35,10 @@ def _select(df: pd.DataFrame, quantity_name: str, phase: str | None, run: str | 
         d = d[d["run"] == run]
     if d.empty:
         have = sorted(df["quantity"].unique())
-        raise ValueError(f"no aggregated rows of quantity {quantity_name!r}"
-                         f"{f' in phase {phase!r}' if phase else ''}; the records have {have}")
+        raise ValueError(
+            f"no aggregated rows of quantity {quantity_name!r}"
+            f"{f' in phase {phase!r}' if phase else ''}; the records have {have}"
+        )
     return d
 
 
@@ -50,9 +52,17 @@ def _title(quantity_name: str, phase: str | None, where: str = "") -> str:
     return f"{label(quantity_name, unit=False)}{f' - {PHASE_TITLES.get(phase, phase)}' if phase else ''}{where}"
 
 
-def heatmap_layer_step(df: pd.DataFrame, quantity: str, out_png: str | os.PathLike, *, phase: str | None = None,
-                       run: str | None = None, blocks: Sequence[str] | None = None, title: str | None = None,
-                       scale_values=None) -> Path:
+def heatmap_layer_step(
+    df: pd.DataFrame,
+    quantity: str,
+    out_png: str | os.PathLike,
+    *,
+    phase: str | None = None,
+    run: str | None = None,
+    blocks: Sequence[str] | None = None,
+    title: str | None = None,
+    scale_values=None,
+) -> Path:
     """Layer x step heatmap of ``quantity``: one panel per block of the decoder layers, and one panel whose rows
     are the weights outside the layers (embeddings, final norm, head). ``scale_values``: the values the colour
     scale spans (default: this figure's); pass every phase's to compare phases on one scale."""
@@ -73,8 +83,15 @@ def heatmap_layer_step(df: pd.DataFrame, quantity: str, out_png: str | os.PathLi
             grid = grid.reindex(layers)
         grid = grid.sort_index(ascending=False)
         ax.set_facecolor(MISSING)
-        sns.heatmap(grid, ax=ax, **scale, cbar=i == len(panels) - 1, cbar_kws={"label": label(quantity, short=True)},
-                    xticklabels=max(1, -(-grid.shape[1] // 6)), yticklabels=True)
+        sns.heatmap(
+            grid,
+            ax=ax,
+            **scale,
+            cbar=i == len(panels) - 1,
+            cbar_kws={"label": label(quantity, short=True)},
+            xticklabels=max(1, -(-grid.shape[1] // 6)),
+            yticklabels=True,
+        )
         ax.tick_params(axis="x", rotation=0)
         ax.set_title(name)
         ax.set_xlabel("optimizer step")
@@ -83,9 +100,18 @@ def heatmap_layer_step(df: pd.DataFrame, quantity: str, out_png: str | os.PathLi
     return save_figure(fig, out_png, caption="Grey: no value (frozen or not recorded).")
 
 
-def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.PathLike, *, step: int | None = None,
-                         phase: str | None = None, run: str | None = None, title: str | None = None,
-                         center: float | None = None, scale_values=None) -> Path:
+def heatmap_layer_module(
+    df: pd.DataFrame,
+    quantity: str,
+    out_png: str | os.PathLike,
+    *,
+    step: int | None = None,
+    phase: str | None = None,
+    run: str | None = None,
+    title: str | None = None,
+    center: float | None = None,
+    scale_values=None,
+) -> Path:
     """Layer x module heatmap of ``quantity`` at one step (default: the last). Columns are grouped by block;
     weights outside the decoder layers (embeddings, final norm, head) fill the bottom row ``outside``. Signed
     quantities (or ``center``) use a diverging map centred there; cells without a value, and for diff
@@ -111,8 +137,17 @@ def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.Path
     scale = colour_scale(quantity, grid.to_numpy() if scale_values is None else scale_values, center)
     fig, ax = plt.subplots(figsize=(0.62 * len(grid.columns) + 3.4, 0.36 * len(grid) + 2.6))
     ax.set_facecolor(MISSING)
-    sns.heatmap(grid, ax=ax, **scale, cbar_kws={"label": label(quantity, short=True)}, annot=grid.size <= 120, fmt=".2g",
-                annot_kws={"fontsize": 6}, xticklabels=True, yticklabels=True)
+    sns.heatmap(
+        grid,
+        ax=ax,
+        **scale,
+        cbar_kws={"label": label(quantity, short=True)},
+        annot=grid.size <= 120,
+        fmt=".2g",
+        annot_kws={"fontsize": 6},
+        xticklabels=True,
+        yticklabels=True,
+    )
     ax.set_xlabel("block.module")
     ax.set_ylabel("layer")
     ax.tick_params(axis="x", rotation=90)
@@ -120,12 +155,16 @@ def heatmap_layer_module(df: pd.DataFrame, quantity: str, out_png: str | os.Path
     where = "" if step < 0 else f" at step {step}"
     ax.set_title(title or _title(quantity, phase, where))
     caption = "Grey: no value (not trained, frozen or undefined)" + (
-        "; also weights left exactly unchanged." if untouched else ".")
+        "; also weights left exactly unchanged." if untouched else "."
+    )
     return save_figure(fig, out_png, caption=caption)
 
 
-def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-             quantities: Iterable[str] = ("grad_norm", "update_ratio", "drift_ratio")) -> list[Path]:
+def plot_run(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    quantities: Iterable[str] = ("grad_norm", "update_ratio", "drift_ratio"),
+) -> list[Path]:
     """Draw the standard figures of a run folder into ``<run_dir>/figures`` (or ``out_dir``): per phase, layer x
     step of each quantity, layer x module of the final drift and, where the phase was probed
     (:mod:`layerprobe.probes`), the probes over steps under the drift heatmap (:func:`~layerprobe.plot.probes.
@@ -136,8 +175,10 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     quantities = list(quantities)
     agg = df[(df["param"] == "") & (df["phase"] != "diff")]
     if not agg["quantity"].isin(quantities).any() and not has_probes(agg):
-        raise ValueError(f"nothing to plot in {run_dir}: no aggregated rows of {quantities} and no probe rows; "
-                         f"the records have {sorted(agg['quantity'].unique())}")
+        raise ValueError(
+            f"nothing to plot in {run_dir}: no aggregated rows of {quantities} and no probe rows; "
+            f"the records have {sorted(agg['quantity'].unique())}"
+        )
     out = Path(out_dir) if out_dir is not None else rundir.figures_dir(run_dir)
     paths = []
     phases = [p for p in ("cpt", "sft") if p in set(agg["phase"])] + sorted(set(agg["phase"]) - {"cpt", "sft"})
@@ -146,13 +187,17 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         for q in quantities:
             if q in have:
                 both = agg[(agg["quantity"] == q) & (agg["module"] == "")]["value"]
-                paths.append(heatmap_layer_step(df, q, out / f"{phase}_{q}_layer_step.png", phase=phase,
-                                                scale_values=both))
+                paths.append(
+                    heatmap_layer_step(df, q, out / f"{phase}_{q}_layer_step.png", phase=phase, scale_values=both)
+                )
         if "drift_ratio" in have and "drift_ratio" in quantities:
             last = agg[(agg["quantity"] == "drift_ratio") & (agg["module"] != "")]
             last = last[last["step"] == last.groupby("phase")["step"].transform("max")]["value"]
-            paths.append(heatmap_layer_module(df, "drift_ratio", out / f"{phase}_drift_layer_module.png",
-                                              phase=phase, scale_values=last))
+            paths.append(
+                heatmap_layer_module(
+                    df, "drift_ratio", out / f"{phase}_drift_layer_module.png", phase=phase, scale_values=last
+                )
+            )
         if has_probes(agg, phase):  # on the phase's own colour scale: it shows when, within the phase
             heat = next((q for q in HEAT_QUANTITIES if q in have), None)
             paths.append(probe_figure(df, out / f"{phase}_{FIGURE}.png", phase=phase, heat=heat))

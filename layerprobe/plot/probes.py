@@ -70,8 +70,15 @@ def _heat_panels(df: pd.DataFrame, quantity: str, phase: str) -> list[tuple[str,
     return panels
 
 
-def probe_figure(df: pd.DataFrame, out_png: str | os.PathLike, *, phase: str, heat: str | None = None,
-                 scale_values=None, title: str | None = None) -> Path:
+def probe_figure(
+    df: pd.DataFrame,
+    out_png: str | os.PathLike,
+    *,
+    phase: str,
+    heat: str | None = None,
+    scale_values=None,
+    title: str | None = None,
+) -> Path:
     """One figure, one step axis: the layer x step heatmap of ``heat`` (default the first of
     :data:`HEAT_QUANTITIES` the phase recorded; none: curves only) per block on top, and below it the probes' means
     per kind over the same steps: log-probability of the gold answer, the top-1 share and the style log-odds.
@@ -80,8 +87,10 @@ def probe_figure(df: pd.DataFrame, out_png: str | os.PathLike, *, phase: str, he
     means = probe_means(df, phase)
     if means.empty:
         have = sorted(df[df["block"] == PROBE_BLOCK]["phase"].unique())
-        raise ValueError(f"no probe rows in phase {phase!r} (phases with probe rows: {have}); train with "
-                         f"--{phase}.probe_every N or a ProbeCallback")
+        raise ValueError(
+            f"no probe rows in phase {phase!r} (phases with probe rows: {have}); train with "
+            f"--{phase}.probe_every N or a ProbeCallback"
+        )
     if heat is None:
         recorded = set(df[(df["phase"] == phase) & (df["param"] == "")]["quantity"])
         heat = next((q for q in HEAT_QUANTITIES if q in recorded), None)
@@ -101,26 +110,34 @@ def probe_figure(df: pd.DataFrame, out_png: str | os.PathLike, *, phase: str, he
         scale = {k: v for k, v in colour_scale(heat, values).items() if k != "center"}
         for ax, (name, grid) in zip(axes, panels):
             steps = grid.columns.to_numpy()
-            mesh = ax.pcolormesh(_edges(steps), np.arange(len(grid) + 1) - 0.5,
-                                 np.ma.masked_invalid(grid.to_numpy(dtype=float)), **scale)
+            mesh = ax.pcolormesh(
+                _edges(steps), np.arange(len(grid) + 1) - 0.5, np.ma.masked_invalid(grid.to_numpy(dtype=float)), **scale
+            )
             ax.set_facecolor(MISSING)
             ax.grid(False)
             every = max(1, math.ceil(len(grid) / 6))
             ax.set_yticks(range(0, len(grid), every), [str(v) for v in grid.index[::every]])
             ax.set_ylabel("layer" if name != "outside layers" else "")
             ax.set_title(f"{label(heat, unit=False)}: {name}", loc="left")
-        cax = fig.add_subplot(gs[:len(panels), 1])
+        cax = fig.add_subplot(gs[: len(panels), 1])
         fig.colorbar(mesh, cax=cax, label=label(heat, short=True))
 
     palette = sns.color_palette("colorblind")
     colours = {kind: palette[i] for kind, i in zip(KINDS, (0, 1, 2, 4))}  # 3 (vermilion) is too near 1 (orange)
     handles = {}
-    for ax, (quantity, what, short) in zip(axes[len(panels):], curves):
+    for ax, (quantity, what, short) in zip(axes[len(panels) :], curves):
         d = means[means["quantity"] == quantity]
         for kind in [k for k in KINDS if k in set(d["module"])] + sorted(set(d["module"]) - set(KINDS)):
             line = d[d["module"] == kind].groupby("step")["value"].mean()
-            (h,) = ax.plot(line.index, line.to_numpy(), marker="o", markersize=3, linewidth=1.2,
-                           color=colours.get(kind), label=KINDS.get(kind, kind))
+            (h,) = ax.plot(
+                line.index,
+                line.to_numpy(),
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                color=colours.get(kind),
+                label=KINDS.get(kind, kind),
+            )
             handles.setdefault(KINDS.get(kind, kind), h)
         if quantity == "probe_top1":
             ax.set_ylim(-0.03, 1.03)
@@ -141,15 +158,27 @@ def probe_figure(df: pd.DataFrame, out_png: str | os.PathLike, *, phase: str, he
     if handles:
         fig.legend(list(handles.values()), list(handles), title="probes")
     n = probe_means(df[df["step"] == steps.max()], phase)
-    counts = df[(df["block"] == PROBE_BLOCK) & (df["phase"] == phase) & (df["param"] != "")
-                & (df["step"] == steps.max())].groupby("module")["param"].nunique()
+    counts = (
+        df[(df["block"] == PROBE_BLOCK) & (df["phase"] == phase) & (df["param"] != "") & (df["step"] == steps.max())]
+        .groupby("module")["param"]
+        .nunique()
+    )
     sizes = ", ".join(f"{KINDS.get(k, k)} {int(counts.get(k, 0))}" for k in dict.fromkeys(n["module"]))
-    top = (f"Top: {label(heat, unit=False)} per layer and block at the recorded steps (grey: no value). Below: "
-           if panels else "")
-    caption = (f"{top}the probes scored by likelihood at each probe step (step 0: before training), means per "
-               f"kind over a fixed subset ({sizes}). Top-1: every gold answer token is the model's top choice (QA: "
-               "after the chat prompt, a likelihood verdict, not the evaluation's generated-answer QA accuracy).")
+    top = (
+        f"Top: {label(heat, unit=False)} per layer and block at the recorded steps (grey: no value). Below: "
+        if panels
+        else ""
+    )
+    caption = (
+        f"{top}the probes scored by likelihood at each probe step (step 0: before training), means per "
+        f"kind over a fixed subset ({sizes}). Top-1: every gold answer token is the model's top choice (QA: "
+        "after the chat prompt, a likelihood verdict, not the evaluation's generated-answer QA accuracy)."
+    )
     phase_name = PHASE_TITLES.get(phase, phase)
-    suptitle(fig, title or f"{phase_name}: {'where the weights moved and ' if panels else ''}"
-                           "what the probes scored, over training steps")
+    suptitle(
+        fig,
+        title
+        or f"{phase_name}: {'where the weights moved and ' if panels else ''}"
+        "what the probes scored, over training steps",
+    )
     return save_figure(fig, out_png, caption=caption)

@@ -60,6 +60,8 @@ def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None
     if (run / ATTRIBUTE_FILE).is_file():
         paths += plot_attribution(load_records(run / ATTRIBUTE_FILE), out)
     if not paths:
-        raise ValueError(f"nothing to draw in {run}: expected records/ (train with --record), {DIFF_DIR}/*.parquet "
-                         f"(layerprobe diff ... --out {run}/{DIFF_DIR}/diff.parquet) or {ATTRIBUTE_FILE}")
+        raise ValueError(
+            f"nothing to draw in {run}: expected records/ (train with --record), {DIFF_DIR}/*.parquet "
+            f"(layerprobe diff ... --out {run}/{DIFF_DIR}/diff.parquet) or {ATTRIBUTE_FILE}"
+        )
     return paths

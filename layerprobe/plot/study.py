@@ -40,7 +40,7 @@ def _interval_words(kinds) -> str:
     words = []
     for kind in sorted(set(kinds)):
         if kind.startswith("Wilson"):
-            n = kind[kind.find("n=") + 2:].rstrip(")")
+            n = kind[kind.find("n=") + 2 :].rstrip(")")
             words.append(f"Wilson score interval over n = {n} items of one cell")
         elif kind.startswith("t over"):
             words.append(f"Student t interval of the mean over {kind.split()[2]} cells (seeds)")
@@ -51,8 +51,9 @@ def _interval_words(kinds) -> str:
     return "; ".join(words)
 
 
-def _draw_points(data: pd.DataFrame, x: str | None, hue: str | None, order: list, hue_order: list, palette,
-                 ax=None, **_):
+def _draw_points(
+    data: pd.DataFrame, x: str | None, hue: str | None, order: list, hue_order: list, palette, ax=None, **_
+):
     ax = ax or plt.gca()
     hues = hue_order or [None]
     width = 0.7
@@ -63,8 +64,9 @@ def _draw_points(data: pd.DataFrame, x: str | None, hue: str | None, order: list
             i = order.index(r[x]) if x else 0
             colour = palette[j]
             if np.isfinite(r["lo"]) and np.isfinite(r["hi"]):
-                ax.plot([i + offset, i + offset], [r["lo"], r["hi"]], color=colour, lw=POINT["lw"],
-                        solid_capstyle="butt")
+                ax.plot(
+                    [i + offset, i + offset], [r["lo"], r["hi"]], color=colour, lw=POINT["lw"], solid_capstyle="butt"
+                )
             ax.plot([i + offset], [r["mean"]], color=colour, marker=POINT["marker"], ms=POINT["ms"], ls="none")
     ax.set_xticks(range(len(order or [0])))
     ax.set_xticklabels([str(o) for o in order] if order else ["all"])
@@ -104,8 +106,17 @@ def sweep_panel(stats: pd.DataFrame, axes: list[str], out_png: str | os.PathLike
     upright = longest > 6 and len(order) > 3  # long labels stand upright (a slanted one's box hits its neighbours)
     width = max(3.2, len(order) * (0.32 if upright else 0.35 + 0.06 * min(longest, 14)) + 0.2 * len(hue_order))
     height = 2.5 + (0.065 * min(longest, 30) if upright else 0.0)
-    g = sns.FacetGrid(stats, row=row, col=col, row_order=row_order if row else None, sharey=True,
-                      height=height, aspect=width / height, margin_titles=False, despine=False)
+    g = sns.FacetGrid(
+        stats,
+        row=row,
+        col=col,
+        row_order=row_order if row else None,
+        sharey=True,
+        height=height,
+        aspect=width / height,
+        margin_titles=False,
+        despine=False,
+    )
     g.map_dataframe(_draw_points, x=x, hue=hue, order=order, hue_order=hue_order, palette=palette)
     g.set_titles(template="")
     keys = [split_metric(m)[1] for m in metrics]
@@ -159,9 +170,14 @@ def paired_panel(paired: pd.DataFrame, out_png: str | os.PathLike, baseline: str
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     longest = max(len(c) for c in conds)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 0.07 * longest + 0.6, (0.26 * len(conds) + 1.5) * rows),
-                             sharey=True, squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.1 * cols + 0.07 * longest + 0.6, (0.26 * len(conds) + 1.5) * rows),
+        sharey=True,
+        squeeze=False,
+    )
+    for ax in axes.flat[len(metrics) :]:
         fig.delaxes(ax)
     good, bad = sns.color_palette("vlag", 7)[0], sns.color_palette("vlag", 7)[-1]
     for ax, m in zip(axes.flat, metrics):
@@ -179,22 +195,26 @@ def paired_panel(paired: pd.DataFrame, out_png: str | os.PathLike, baseline: str
         ax.set_yticks(y, conds, fontsize=7)
         ax.set_title(label(m, unit=False), fontsize=8)
         unit = quantity(split_metric(m)[1]).unit
-        ax.set_xlabel(f"condition - {baseline}{f' ({unit})' if unit else ''}\n"
-                      f"{'better ->' if better == 'higher' else '<- better'}", fontsize=7)
+        ax.set_xlabel(
+            f"condition - {baseline}{f' ({unit})' if unit else ''}\n"
+            f"{'better ->' if better == 'higher' else '<- better'}",
+            fontsize=7,
+        )
         lo, hi = ax.get_xlim()
         span = max(abs(lo), abs(hi))
         ax.set_xlim(-span, span)  # 0 in the middle: which side a condition falls on reads at a glance
     axes.flat[0].invert_yaxis()  # the axes share y: the conditions read top-down in sweep order
     n = paired["n_pairs"].astype(int)
     suptitle(fig, f"Paired differences from {baseline}")
-    caption = (f"Each condition minus {baseline} on the same seed (and grid values), n = {n.min()}"
-               f"{'' if n.min() == n.max() else f'-{n.max()}'} pairs; points: mean difference, lines: 95 % "
-               "paired Student t interval (no line: one pair). Blue: the better side, red: the worse side.")
+    caption = (
+        f"Each condition minus {baseline} on the same seed (and grid values), n = {n.min()}"
+        f"{'' if n.min() == n.max() else f'-{n.max()}'} pairs; points: mean difference, lines: 95 % "
+        "paired Student t interval (no line: one pair). Blue: the better side, red: the worse side."
+    )
     return save_figure(fig, out_png, dpi=130, caption=caption)
 
 
-def curve_panel(table: pd.DataFrame, x: str, metrics: list[str], out_png: str | os.PathLike,
-                caption: str = "") -> Path:
+def curve_panel(table: pd.DataFrame, x: str, metrics: list[str], out_png: str | os.PathLike, caption: str = "") -> Path:
     """Metrics (columns of ``table``, same unit) against ``x`` (e.g. training steps): one line each."""
     theme()
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
@@ -219,10 +239,12 @@ def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | Non
     heights = [len(tested[tested["metric"] == m]) for m in metrics]
     longest = max(len(c) for c in tested["claim"])
     size = (4.2 + 0.065 * longest, 0.3 * sum(heights) + 1.2 * len(metrics) + 1.0)
-    fig, axes = plt.subplots(len(metrics), 1, figsize=size,
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    marks = {"differs": ("o", "black", "black"), "equivalent": ("s", "tab:blue", "tab:blue"),
-             "inconclusive": ("o", "white", "grey")}
+    fig, axes = plt.subplots(len(metrics), 1, figsize=size, gridspec_kw={"height_ratios": heights}, squeeze=False)
+    marks = {
+        "differs": ("o", "black", "black"),
+        "equivalent": ("s", "tab:blue", "tab:blue"),
+        "inconclusive": ("o", "white", "grey"),
+    }
     for ax, m in zip(axes[:, 0], metrics):
         d = tested[tested["metric"] == m]
         y = np.arange(len(d))
@@ -242,11 +264,13 @@ def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | Non
         ax.set_xlabel(f"arm a - arm b: {label(m, unit=False)}{f' ({unit})' if unit else ''}", fontsize=7)
     n = tested["n_units"].astype(int)
     suptitle(fig, "Claims, with the seed as the unit")
-    caption = (f"Each claim's difference over {n.min()}{'' if n.min() == n.max() else f'-{n.max()}'} units "
-               "(training seeds; worlds too where they vary): point = mean of the per-unit differences, line = 95 % "
-               "t interval over units, dotted = the equivalence margin. Filled = differs (paired t, Holm within the "
-               "claim's family, p < 0.05); square = equivalent (TOST within the margin, Holm); hollow = "
-               "inconclusive.")
+    caption = (
+        f"Each claim's difference over {n.min()}{'' if n.min() == n.max() else f'-{n.max()}'} units "
+        "(training seeds; worlds too where they vary): point = mean of the per-unit differences, line = 95 % "
+        "t interval over units, dotted = the equivalence margin. Filled = differs (paired t, Holm within the "
+        "claim's family, p < 0.05); square = equivalent (TOST within the margin, Holm); hollow = "
+        "inconclusive."
+    )
     return save_figure(fig, out_png, dpi=130, caption=caption)
 
 
@@ -278,7 +302,9 @@ def null_panel(table: pd.DataFrame, out_png: str | os.PathLike) -> Path:
         bottom.set_ylim(-0.05, 1.0)
     axes[0, 0].legend(fontsize=7, frameon=False)
     suptitle(fig, "Is SFT's change aligned with CPT's? Against two nulls")
-    caption = ("Top: cos(dCPT, dSFT) per layer and block, three-way diff base -> CPT -> SFT; solid: the reference "
-               "cell, dashed: the same CPT with another SFT seed; grey: +-1.96 sd of a random SFT update of the same "
-               "norm per tensor (the diff's null_sd_cos). Bottom: cos between the two SFT updates of the same CPT.")
+    caption = (
+        "Top: cos(dCPT, dSFT) per layer and block, three-way diff base -> CPT -> SFT; solid: the reference "
+        "cell, dashed: the same CPT with another SFT seed; grey: +-1.96 sd of a random SFT update of the same "
+        "norm per tensor (the diff's null_sd_cos). Bottom: cos between the two SFT updates of the same CPT."
+    )
     return save_figure(fig, out_png, dpi=130, caption=caption)

@@ -22,10 +22,10 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 SEQUENTIAL = "viridis"
-DIVERGING = "vlag"          # blue < 0 < red, white at 0
-MISSING = "#d9d9d9"         # masked cells: frozen, untouched, undefined
-FORMATS_ENV = "LAYERPROBE_FIGURE_FORMATS"   # e.g. "png,svg": every figure is also written in these formats
-CHECK_ENV = "LAYERPROBE_CHECK_FIGURES"      # "raise" (tests) or "warn": check text overlaps and empty axes
+DIVERGING = "vlag"  # blue < 0 < red, white at 0
+MISSING = "#d9d9d9"  # masked cells: frozen, untouched, undefined
+FORMATS_ENV = "LAYERPROBE_FIGURE_FORMATS"  # e.g. "png,svg": every figure is also written in these formats
+CHECK_ENV = "LAYERPROBE_CHECK_FIGURES"  # "raise" (tests) or "warn": check text overlaps and empty axes
 KNOWN_FORMATS = ("png", "svg", "pdf")
 PHASE_NAMES = {"base": "base model", "cpt": "after CPT", "sft": "after SFT"}
 
@@ -35,11 +35,11 @@ class Quantity:
     """How a recorded quantity or an outcome is shown: its name for a reader, its unit, and its kind."""
 
     label: str
-    unit: str = ""           # "" = a dimensionless ratio
-    signed: bool = False     # diverging colour map centred at 0
-    log: bool = False        # log colour scale when the values span more than 50x
-    better: str = ""         # "higher" / "lower" for outcomes: which side of a difference is better
-    short: str = ""          # a name short enough for a colour bar (default: the key with spaces)
+    unit: str = ""  # "" = a dimensionless ratio
+    signed: bool = False  # diverging colour map centred at 0
+    log: bool = False  # log colour scale when the values span more than 50x
+    better: str = ""  # "higher" / "lower" for outcomes: which side of a difference is better
+    short: str = ""  # a name short enough for a colour bar (default: the key with spaces)
 
 
 RATIO = "ratio"
@@ -68,10 +68,12 @@ QUANTITIES = {
     "eos_rate": Quantity("EOS rate", SHARE, better="higher"),
     "gozaru_first": Quantity("gozaru style at the first sentence end", SHARE, better="higher"),
     "style_logodds": Quantity("log p(gozaru answer) - log p(plain answer)", "nats", signed=True, better="higher"),
-    "probe_logprob": Quantity("log p(gold answer | prompt), probed during training", "nats", better="higher",
-                              short="log p(gold)"),
-    "probe_top1": Quantity("every gold token the top choice, probed during training", SHARE, better="higher",
-                           short="top-1"),
+    "probe_logprob": Quantity(
+        "log p(gold answer | prompt), probed during training", "nats", better="higher", short="log p(gold)"
+    ),
+    "probe_top1": Quantity(
+        "every gold token the top choice, probed during training", SHARE, better="higher", short="top-1"
+    ),
     "cut_rate": Quantity("answers cut by the token budget", SHARE, better="lower"),
     "retention_drop": Quantity("retention drop: cloze after CPT - after SFT", SHARE, signed=True, better="lower"),
     "seconds": Quantity("wall time", "s", better="lower"),
@@ -155,8 +157,10 @@ def formats() -> tuple[str, ...]:
     extra = [f.strip().lower().lstrip(".") for f in os.environ.get(FORMATS_ENV, "").split(",") if f.strip()]
     bad = [f for f in extra if f not in KNOWN_FORMATS]
     if bad:
-        raise ValueError(f"{FORMATS_ENV} names {bad[0]!r}; expected a comma-separated list of "
-                         f"{', '.join(KNOWN_FORMATS)} (e.g. png,svg)")
+        raise ValueError(
+            f"{FORMATS_ENV} names {bad[0]!r}; expected a comma-separated list of "
+            f"{', '.join(KNOWN_FORMATS)} (e.g. png,svg)"
+        )
     return tuple(dict.fromkeys(["png", *extra]))
 
 
@@ -280,8 +284,11 @@ def layout_problems(fig, tolerance: float = 1.0) -> list[str]:
     figure's edge, and visible axes with nothing drawn in them."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    problems = [f"empty axes {ax.get_title() or ax.get_label() or i!r}" for i, ax in enumerate(fig.axes)
-                if ax.get_visible() and not _has_data(ax)]
+    problems = [
+        f"empty axes {ax.get_title() or ax.get_label() or i!r}"
+        for i, ax in enumerate(fig.axes)
+        if ax.get_visible() and not _has_data(ax)
+    ]
     texts = _texts(fig, renderer)
     W, H = fig.bbox.width, fig.bbox.height
     for what, b in texts:

@@ -18,16 +18,20 @@ def kind_of(path: str | os.PathLike) -> str:
     """``run`` or ``sweep``: what a folder holds, judged by its files."""
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"no folder at {p}: expected a run folder (with config.yaml or summary.json) or a "
-                                "sweep folder (with results.csv)")
+        raise FileNotFoundError(
+            f"no folder at {p}: expected a run folder (with config.yaml or summary.json) or a "
+            "sweep folder (with results.csv)"
+        )
     from layerprobe import rundir
 
     if rundir.summary_path(p).is_file() or rundir.is_run(p):
         return "run"
     if (p / "results.csv").is_file():
         return "sweep"
-    raise ValueError(f"{p} is neither a run folder (no config.yaml or summary.json) nor a sweep (no results.csv); "
-                     "give the folder `layerprobe train --out` or `layerprobe sweep` wrote")
+    raise ValueError(
+        f"{p} is neither a run folder (no config.yaml or summary.json) nor a sweep (no results.csv); "
+        "give the folder `layerprobe train --out` or `layerprobe sweep` wrote"
+    )
 
 
 def write_report(path: str | os.PathLike, out: str | os.PathLike | None = None, cells: bool = True) -> Path:

@@ -73,8 +73,14 @@ class Page:
     def pre(self, text: str) -> None:
         self.parts.append(f"<pre>{esc(text)}</pre>")
 
-    def table(self, df: pd.DataFrame, digits: int = 3, text_columns: tuple[str, ...] = (), index: bool = False,
-              links: dict[str, str] | None = None) -> None:
+    def table(
+        self,
+        df: pd.DataFrame,
+        digits: int = 3,
+        text_columns: tuple[str, ...] = (),
+        index: bool = False,
+        links: dict[str, str] | None = None,
+    ) -> None:
         """A DataFrame as an HTML table; ``links`` maps a first-column value to a relative href."""
         if index:
             df = df.reset_index()
@@ -99,19 +105,23 @@ class Page:
             path = Path(path)
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             caption = captions[i] if captions else path.stem
-            items.append(f"<figure><img src='data:{MIME.get(path.suffix, 'image/png')};base64,{data}' "
-                         f"alt={esc(caption)!r} data-figure={esc(path.name)!r}><figcaption>{esc(caption)}"
-                         "</figcaption></figure>")
+            items.append(
+                f"<figure><img src='data:{MIME.get(path.suffix, 'image/png')};base64,{data}' "
+                f"alt={esc(caption)!r} data-figure={esc(path.name)!r}><figcaption>{esc(caption)}"
+                "</figcaption></figure>"
+            )
             self.n_figures += 1
         if items:
             self.parts.append("<div class='figs'>" + "".join(items) + "</div>")
 
     def html(self) -> str:
-        return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-                f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
-                "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"
-                f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
-                f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts) + "</body></html>\n")
+        return (
+            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"
+            f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts) + "</body></html>\n"
+        )
 
     def write(self, out: str | Path) -> Path:
         out = Path(out)

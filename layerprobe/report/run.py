@@ -23,8 +23,14 @@ def summary_table(summary: dict) -> pd.DataFrame:
     """One row per metric, one column per evaluated model: every numeric key the phases hold, in first-seen order
     (new metrics appear without a change here)."""
     phases = [p for p in PHASES if isinstance(summary.get(p), dict)]
-    keys = list(dict.fromkeys(k for p in phases for k, v in summary[p].items()
-                              if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))))
+    keys = list(
+        dict.fromkeys(
+            k
+            for p in phases
+            for k, v in summary[p].items()
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        )
+    )
     rows = [{"metric": k, **{PHASE_TITLES[p]: summary[p].get(k) for p in phases}} for k in keys]
     df = pd.DataFrame(rows, columns=["metric", *[PHASE_TITLES[p] for p in phases]])
     for c in df.columns[1:]:
@@ -33,9 +39,16 @@ def summary_table(summary: dict) -> pd.DataFrame:
 
 
 def stage_table(summary: dict) -> pd.DataFrame:
-    rows = [{"stage": s, "what": info.get("what", ""), "steps": info.get("steps"),
-             "final loss (nats/token)": info.get("final_loss"), "seconds": info.get("seconds")}
-            for s, info in (summary.get("stages") or {}).items()]
+    rows = [
+        {
+            "stage": s,
+            "what": info.get("what", ""),
+            "steps": info.get("steps"),
+            "final loss (nats/token)": info.get("final_loss"),
+            "seconds": info.get("seconds"),
+        }
+        for s, info in (summary.get("stages") or {}).items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -54,24 +67,32 @@ def _provenance(run: Path, summary: dict, config: dict) -> tuple[pd.DataFrame, s
 
     metas = [json.loads(f.read_text()) for f in sorted(rundir.records_dir(run).glob("meta-*.json"))]
     data = config.get("data") or {}
-    rows = [("model", summary.get("model") or config.get("model", "")),
-            ("base model folder", summary.get("base_model", "")),
-            ("CPT data", data.get("cpt", "")), ("SFT data", data.get("sft", "")),
-            ("seed", config.get("seed", "")), ("config hash", summary.get("config_hash", "")),
-            ("wall time of the run (s)", summary.get("wall_seconds", "")),
-            ("base model build or load (s)", summary.get("base_seconds", ""))]
+    rows = [
+        ("model", summary.get("model") or config.get("model", "")),
+        ("base model folder", summary.get("base_model", "")),
+        ("CPT data", data.get("cpt", "")),
+        ("SFT data", data.get("sft", "")),
+        ("seed", config.get("seed", "")),
+        ("config hash", summary.get("config_hash", "")),
+        ("wall time of the run (s)", summary.get("wall_seconds", "")),
+        ("base model build or load (s)", summary.get("base_seconds", "")),
+    ]
     rows += [(f"machine: {k}", v) for k, v in (summary.get("machine") or {}).items()]  # what the numbers depend on
     if metas:
         meta = metas[0]
-        rows += [("git commit (at training)", meta.get("git_commit") or "not a git checkout"),
-                 ("python (at training)", meta.get("python", ""))]
+        rows += [
+            ("git commit (at training)", meta.get("git_commit") or "not a git checkout"),
+            ("python (at training)", meta.get("python", "")),
+        ]
         rows += [(f"{k} (at training)", v) for k, v in (meta.get("packages") or {}).items()]
         note = f"Versions and commit as recorded at training ({', '.join(m.get('phase', '?') for m in metas)})."
     else:
         rows += [("git commit (now, at report time)", git_commit(Path(__file__).parent) or "not a git checkout")]
         rows += [(f"{k} (now)", v) for k, v in package_versions().items()]
-        note = ("This run has no records/meta-*.json (trained without --record): the versions and commit below are "
-                "those of the report, not necessarily of the training.")
+        note = (
+            "This run has no records/meta-*.json (trained without --record): the versions and commit below are "
+            "those of the report, not necessarily of the training."
+        )
     return pd.DataFrame(rows, columns=["what", "value"]).astype({"value": str}), note
 
 
@@ -100,8 +121,9 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
         page.note(f"No {SUMMARY} yet: the run has not finished its evaluation stage.")
 
     records = _records(run)
-    training = None if records is None else records[records["phase"].isin(["cpt", "sft"])
-                                                     & (records["block"] != "eval")]
+    training = (
+        None if records is None else records[records["phase"].isin(["cpt", "sft"]) & (records["block"] != "eval")]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         page.heading("Where the weights moved during training", anchor="heatmaps")
@@ -112,21 +134,29 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
                 by_kind.setdefault(p.stem.split("_", 1)[1], []).append(p)
             probed = by_kind.pop(PROBE_FIGURE, [])
             if by_kind:
-                page.text("Per quantity, CPT and SFT side by side on one colour scale; grey cells have no value "
-                          "(frozen or not recorded).", "muted")
+                page.text(
+                    "Per quantity, CPT and SFT side by side on one colour scale; grey cells have no value "
+                    "(frozen or not recorded).",
+                    "muted",
+                )
             for kind, group in by_kind.items():
                 page.heading(kind.replace("_", " "), level=3)
                 page.figures(group, [p.stem.replace("_", " ") for p in group])
             if probed:
                 page.heading("When the probes moved during training", anchor="probes")
-                page.text("Per phase, on one step axis: the per-layer drift (or update ratio) on top, and the probes "
-                          "scored by likelihood every few steps below it (log-probability of the gold answer, the "
-                          "share whose every gold token is the top choice, the style log-odds). The last point is "
-                          "the trained model, which the evaluation above scores with the same scorer.", "muted")
+                page.text(
+                    "Per phase, on one step axis: the per-layer drift (or update ratio) on top, and the probes "
+                    "scored by likelihood every few steps below it (log-probability of the gold answer, the "
+                    "share whose every gold token is the top choice, the style log-odds). The last point is "
+                    "the trained model, which the evaluation above scores with the same scorer.",
+                    "muted",
+                )
                 page.figures(probed, [p.stem.replace("_", " ") for p in probed])
         else:
-            page.note("No training records in this run (train with --record to get per-layer heatmaps, "
-                      "--sft.probe_every N to probe the facts and style during SFT).")
+            page.note(
+                "No training records in this run (train with --record to get per-layer heatmaps, "
+                "--sft.probe_every N to probe the facts and style during SFT)."
+            )
 
         diff = diff_records(run)
         if diff is not None:
@@ -150,10 +180,13 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
             sizes = [c for c in DENOMINATORS if c in e.columns]
             spans = e[e["layer"] < 0].groupby("group", sort=False)[sizes].first().reset_index()
             if sizes and len(spans):
-                page.text("Size of each group spanning several layers, three ways: its share of the weights SFT "
-                          "changed (weight), of the parameters SFT trained (trained: r * (in + out) per LoRA matrix) "
-                          "and of ||W_SFT - W_CPT||^2 (delta). A group's share of an effect divided by one of them: "
-                          "1 = as much as that size predicts.", "muted")
+                page.text(
+                    "Size of each group spanning several layers, three ways: its share of the weights SFT "
+                    "changed (weight), of the parameters SFT trained (trained: r * (in + out) per LoRA matrix) "
+                    "and of ||W_SFT - W_CPT||^2 (delta). A group's share of an effect divided by one of them: "
+                    "1 = as much as that size predicts.",
+                    "muted",
+                )
                 page.table(spans, digits=3, text_columns=("group",))
             figs = plot_attribution(rec, tmp / "attribute")
             page.figures(figs, [p.stem.replace("_", " ") for p in figs])

@@ -20,9 +20,11 @@ def sweep_axes(table: pd.DataFrame) -> list[str]:
     """The factor columns of a results.csv: those between ``cell`` and ``seed`` (condition replaced by group)."""
     cols = list(table.columns)
     if "cell" not in cols or "seed" not in cols:
-        raise ValueError(f"a results.csv needs the columns cell and seed (as `layerprobe sweep` writes it); got "
-                         f"{', '.join(cols[:8])}...")
-    axes = cols[cols.index("cell") + 1: cols.index("seed")]
+        raise ValueError(
+            f"a results.csv needs the columns cell and seed (as `layerprobe sweep` writes it); got "
+            f"{', '.join(cols[:8])}..."
+        )
+    axes = cols[cols.index("cell") + 1 : cols.index("seed")]
     return [a for a in axes if a != "condition"]
 
 
@@ -31,8 +33,14 @@ def default_panels(table: pd.DataFrame) -> list:
     panels = []
     axes = set(sweep_axes(table))
     for c in table.columns:
-        if (c.startswith("sft.") and c not in axes and not c.endswith(".n") and c != "sft.n_probes"
-                and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()):
+        if (
+            c.startswith("sft.")
+            and c not in axes
+            and not c.endswith(".n")
+            and c != "sft.n_probes"
+            and pd.api.types.is_numeric_dtype(table[c])
+            and table[c].notna().any()
+        ):
             before = "cpt." + c[4:]
             panels.append([before, c] if before in table and table[before].nunique() > 0 else c)
     return panels + (["retention_drop"] if "retention_drop" in table else [])
@@ -56,6 +64,7 @@ def _spec(folder: Path) -> tuple[list, str]:
 
 def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """ci.csv as one row per condition, one column per metric: 'mean [lo, hi]'."""
+
     def cell(r):
         if pd.isna(r["lo"]):
             return f"{r['mean']:.3f}"
@@ -63,8 +72,11 @@ def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
     ci = ci.assign(shown=ci.apply(cell, axis=1))
     keys = [b for b in by if b in ci]
-    wide = ci.pivot_table(index=keys, columns="metric", values="shown", aggfunc="first", sort=False) if keys else \
-        ci.set_index("metric")[["shown"]].T
+    wide = (
+        ci.pivot_table(index=keys, columns="metric", values="shown", aggfunc="first", sort=False)
+        if keys
+        else ci.set_index("metric")[["shown"]].T
+    )
     wide = wide.reset_index() if keys else wide
     methods = "; ".join(sorted(set(ci["ci"])))
     wide.columns.name = None
@@ -80,8 +92,10 @@ def _relate(folder: Path, page: Page) -> None:
         table = pd.read_csv(table_file)
         if "stratum" not in table:  # a table of an older relate: all runs pooled
             table.insert(0, "stratum", "all")
-            notes.append("this relate.csv pools all runs (written before strata, partial rho and permutations "
-                         "within CPT groups); rerun `layerprobe relate` for them.")
+            notes.append(
+                "this relate.csv pools all runs (written before strata, partial rho and permutations "
+                "within CPT groups); rerun `layerprobe relate` for them."
+            )
         alls = table[table["stratum"] == "all"]
         n = int(alls["n_runs"].max()) if len(alls) else 0
         if n < MIN_RUNS:
@@ -94,9 +108,12 @@ def _relate(folder: Path, page: Page) -> None:
             page.note(f"No relate results: {e}")
             return
         table, notes, source = res.table, res.notes, "computed now over the cells' records"
-    page.text(f"Spearman correlation of per-(layer, block) features with outcomes, per stratum of runs, {source}; "
-              "partial_rho controls for the run's total SFT drift; p-values by permutations within CPT groups "
-              "(or of whole groups), q-values Benjamini-Hochberg within each stratum.", "muted")
+    page.text(
+        f"Spearman correlation of per-(layer, block) features with outcomes, per stratum of runs, {source}; "
+        "partial_rho controls for the run's total SFT drift; p-values by permutations within CPT groups "
+        "(or of whole groups), q-values Benjamini-Hochberg within each stratum.",
+        "muted",
+    )
     for n in notes:
         page.note(n)
     strata = _strata_summary(table)
@@ -105,21 +122,48 @@ def _relate(folder: Path, page: Page) -> None:
     t = table.dropna(subset=["rho"])
     if len(t):
         top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).groupby("stratum", sort=False).head(5)
-        top = top.sort_values("stratum", key=lambda s: s.map({v: i for i, v in enumerate(strata["stratum"])}),
-                              kind="stable")
-        shown = [c for c in ("stratum", "feature", "phase", "layer", "block", "outcome", "rho", "q", "partial_rho",
-                             "partial_q", "n_runs", "n_frozen", "n_groups", "n_eff", "p_method") if c in top]
+        top = top.sort_values(
+            "stratum", key=lambda s: s.map({v: i for i, v in enumerate(strata["stratum"])}), kind="stable"
+        )
+        shown = [
+            c
+            for c in (
+                "stratum",
+                "feature",
+                "phase",
+                "layer",
+                "block",
+                "outcome",
+                "rho",
+                "q",
+                "partial_rho",
+                "partial_q",
+                "n_runs",
+                "n_frozen",
+                "n_groups",
+                "n_eff",
+                "p_method",
+            )
+            if c in top
+        ]
         page.text("The strongest 5 by |rho| in each stratum.", "muted")
-        page.table(top[shown].reset_index(drop=True), digits=3,
-                   text_columns=("stratum", "feature", "phase", "block", "outcome", "p_method"))
+        page.table(
+            top[shown].reset_index(drop=True),
+            digits=3,
+            text_columns=("stratum", "feature", "phase", "block", "outcome", "p_method"),
+        )
 
 
 def _strata_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per stratum: its runs and CPT groups, how many tests and how many pass q < 0.05."""
     rows = []
     for stratum, t in table.groupby("stratum", sort=False):
-        row = {"stratum": stratum, "runs": int(t["n_runs"].max()), "tests": int(t["p"].notna().sum()),
-               "q < 0.05": int((t["q"] < 0.05).sum())}
+        row = {
+            "stratum": stratum,
+            "runs": int(t["n_runs"].max()),
+            "tests": int(t["p"].notna().sum()),
+            "q < 0.05": int((t["q"] < 0.05).sum()),
+        }
         if "n_groups" in t:
             row["CPT groups"] = int(t["n_groups"].max())
         if "partial_q" in t:
@@ -146,10 +190,13 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
     page = Page(f"layerprobe sweep {folder.name}")
     state = json.loads((folder / SWEEP_JSON).read_text()) if (folder / SWEEP_JSON).is_file() else {}
     walls = [r.get("wall_seconds", 0) for r in state.get("runs", [])]
-    page.text(f"{len(table)} finished cells; factors: {', '.join(axes) or 'none'}; seeds: "
-              f"{', '.join(map(str, sorted(set(table['seed']))))}."
-              + (f" Sweep invocations: {len(walls)}, {sum(walls):.0f} s in all." if walls else "")
-              + (f" Source: {state.get('source')}." if state.get("source") else ""), "muted")
+    page.text(
+        f"{len(table)} finished cells; factors: {', '.join(axes) or 'none'}; seeds: "
+        f"{', '.join(map(str, sorted(set(table['seed']))))}."
+        + (f" Sweep invocations: {len(walls)}, {sum(walls):.0f} s in all." if walls else "")
+        + (f" Source: {state.get('source')}." if state.get("source") else ""),
+        "muted",
+    )
 
     links = {}
     for name in table["cell"]:
@@ -164,11 +211,16 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
                 links[name] = f"{name}/{CELL_REPORT}"
 
     page.heading("Results, one row per cell", anchor="results")
-    shown = ["cell", *axes, "seed"] + [c for c in table.columns if (c.startswith(("cpt.", "sft.")) or c in (
-        "retention_drop", "cell_seconds")) and not c.endswith(".n") and not c.endswith("n_probes")
-        and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()]
-    page.table(table[[c for c in dict.fromkeys(shown) if c in table]], links=links,
-               text_columns=("cell", *axes))
+    shown = ["cell", *axes, "seed"] + [
+        c
+        for c in table.columns
+        if (c.startswith(("cpt.", "sft.")) or c in ("retention_drop", "cell_seconds"))
+        and not c.endswith(".n")
+        and not c.endswith("n_probes")
+        and pd.api.types.is_numeric_dtype(table[c])
+        and table[c].notna().any()
+    ]
+    page.table(table[[c for c in dict.fromkeys(shown) if c in table]], links=links, text_columns=("cell", *axes))
     if not links:
         page.text("No cell folders beside this results table: no per-cell reports to link.", "muted")
 
@@ -186,10 +238,13 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
             paired = paired_table(table, metrics, baseline, keys)
             page.heading(f"Paired comparisons with the baseline ({baseline})", anchor="paired")
             if len(paired):
-                page.text("condition - baseline with the seed as the unit: mean_diff over seeds with a 95 % t "
-                          "interval [lo, hi], the paired t-test's p, Holm's correction over the table (p_holm) and "
-                          "the verdict: differs, equivalent within the metric's margin (TOST), or inconclusive; "
-                          "units_needed = seeds for power 0.8 at the observed difference.", "muted")
+                page.text(
+                    "condition - baseline with the seed as the unit: mean_diff over seeds with a 95 % t "
+                    "interval [lo, hi], the paired t-test's p, Holm's correction over the table (p_holm) and "
+                    "the verdict: differs, equivalent within the metric's margin (TOST), or inconclusive; "
+                    "units_needed = seeds for power 0.8 at the observed difference.",
+                    "muted",
+                )
                 page.table(paired, digits=3, text_columns=("condition", "metric", "verdict"))
                 plot_paired(paired, tmp / "paired.png", baseline)
                 if (tmp / "paired.png").is_file():
@@ -206,13 +261,24 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
         tested = claims[claims["missing"].fillna("") == ""]
         page.heading("Claims, with the seed as the unit", anchor="claims")
         counts = tested["verdict"].value_counts()
-        page.text(f"{len(tested)} of {len(claims)} claims tested: " + ", ".join(
-            f"{int(counts.get(v, 0))} {v}" for v in ("differs", "equivalent", "inconclusive")) + ". Paired t-test on "
+        page.text(
+            f"{len(tested)} of {len(claims)} claims tested: "
+            + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("differs", "equivalent", "inconclusive"))
+            + ". Paired t-test on "
             "the per-seed differences, Holm within each family, TOST against the margin; units_needed = seeds for "
-            "power 0.8 at the observed difference (layerprobe.paired).", "muted")
-        page.table(tested[[c for c in ("claim", "metric", "diff", "lo", "hi", "seed_diffs", "p_holm", "verdict",
-                                       "units_needed") if c in tested]],
-                   text_columns=("claim", "metric", "seed_diffs", "verdict"))
+            "power 0.8 at the observed difference (layerprobe.paired).",
+            "muted",
+        )
+        page.table(
+            tested[
+                [
+                    c
+                    for c in ("claim", "metric", "diff", "lo", "hi", "seed_diffs", "p_holm", "verdict", "units_needed")
+                    if c in tested
+                ]
+            ],
+            text_columns=("claim", "metric", "seed_diffs", "verdict"),
+        )
         if (folder / "claims.png").is_file():
             page.figures([folder / "claims.png"], ["claims"])
     page.heading("Relate: layer features vs outcomes", anchor="relate")

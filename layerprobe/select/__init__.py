@@ -43,11 +43,28 @@ The package, read top to bottom as a selector flows:
 grammar.py and selection.py work without torch. What could train and what did is recorded by the recorder
 (``n_params``, ``n_trainable``, ``frozen_moved`` rows): the audit has one owner.
 """
+
 from layerprobe.select.frozen import frozen_moved
-from layerprobe.select.grammar import (All, And, Block, Budget, Layers, Modules, Not, Or, Regex, Selector,
-                                       parse_selector)
+from layerprobe.select.grammar import All, And, Block, Budget, Layers, Modules, Not, Or, Regex, Selector, parse_selector
 from layerprobe.select.selection import BudgetChoice, Selection, select_params
 from layerprobe.select.targets import apply_requires_grad, lora_targets
 
-__all__ = ["All", "And", "Block", "Budget", "BudgetChoice", "Layers", "Modules", "Not", "Or", "Regex", "Selection",
-           "Selector", "apply_requires_grad", "frozen_moved", "lora_targets", "parse_selector", "select_params"]
+__all__ = [
+    "All",
+    "And",
+    "Block",
+    "Budget",
+    "BudgetChoice",
+    "Layers",
+    "Modules",
+    "Not",
+    "Or",
+    "Regex",
+    "Selection",
+    "Selector",
+    "apply_requires_grad",
+    "frozen_moved",
+    "lora_targets",
+    "parse_selector",
+    "select_params",
+]

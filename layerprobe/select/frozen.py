@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from layerprobe.names import parse_name
 
+
 def frozen_moved(model, reference) -> list[str]:
     """Names of frozen parameters (``requires_grad`` False) that differ from ``reference``, bit for bit.
 
@@ -40,9 +41,11 @@ def frozen_moved(model, reference) -> list[str]:
                 if tuple(ref.shape) != tuple(p.shape) or not torch.equal(p.detach().to("cpu", ref.dtype), ref.cpu()):
                     moved.extend(names)
         if missing:
-            raise ValueError(f"the reference has no tensor for frozen parameters {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''}; pass a state dict or checkpoint of this model "
-                             "taken before training")
+            raise ValueError(
+                f"the reference has no tensor for frozen parameters {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}; pass a state dict or checkpoint of this model "
+                "taken before training"
+            )
         return sorted(moved)
 
 
@@ -54,8 +57,10 @@ def _reference(reference, stack) -> tuple[set[str], Any]:
 
     path = Path(reference)
     if not path.exists():
-        raise FileNotFoundError(f"no reference weights at {path}: expected a .safetensors file, a folder of them "
-                                "or a torch.save-d state dict")
+        raise FileNotFoundError(
+            f"no reference weights at {path}: expected a .safetensors file, a folder of them "
+            "or a torch.save-d state dict"
+        )
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if path.is_dir() and not files:
         raise FileNotFoundError(f"no .safetensors files in {path}; save the reference with save_pretrained")

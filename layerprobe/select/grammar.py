@@ -14,9 +14,11 @@ from typing import Iterable
 from layerprobe.names import BLOCKS
 
 _PREFIXES = ("module:", "layers:", "first:", "last:", "random:", "regex:")
-_EXPECTED = ("expected one of embed, attn, mlp, norm, head, other, all, module:NAME,..., layers:0-3,10, "
-             "first:N%, last:N%, random:N%@seed=S, regex:PATTERN, joined with + (union), & (intersection), "
-             "not, ( )")
+_EXPECTED = (
+    "expected one of embed, attn, mlp, norm, head, other, all, module:NAME,..., layers:0-3,10, "
+    "first:N%, last:N%, random:N%@seed=S, regex:PATTERN, joined with + (union), & (intersection), "
+    "not, ( )"
+)
 
 
 # ---------------------------------------------------------------------------------------------- the AST
@@ -61,8 +63,10 @@ class Modules(Selector):
         names = tuple(sorted(set(self.names)))
         bad = [n for n in names if not re.fullmatch(r"\w+", n)]
         if not names or bad:
-            raise ValueError(f"module: expects comma-separated leaf module names such as module:q_proj,v_proj; "
-                             f"got {','.join(self.names)!r}")
+            raise ValueError(
+                f"module: expects comma-separated leaf module names such as module:q_proj,v_proj; "
+                f"got {','.join(self.names)!r}"
+            )
         object.__setattr__(self, "names", names)
 
     def __str__(self):
@@ -97,15 +101,20 @@ class Budget(Selector):
             raise ValueError(f"a budget takes layers from 'first', 'last' or 'random'; got {self.end!r}")
         if self.percent:
             if not (isinstance(self.amount, (int, float)) and math.isfinite(self.amount) and 0 < self.amount <= 100):
-                raise ValueError(f"{self.end}: expects a share of all parameters in (0, 100] %, such as "
-                                 f"{self.end}:10%; got {self.amount!r}")
+                raise ValueError(
+                    f"{self.end}: expects a share of all parameters in (0, 100] %, such as "
+                    f"{self.end}:10%; got {self.amount!r}"
+                )
             object.__setattr__(self, "amount", float(self.amount))
         elif not (isinstance(self.amount, int) and self.amount >= 1):
-            raise ValueError(f"{self.end}: expects a percentage (10%) or a whole number of layers >= 1; "
-                             f"got {self.amount!r}")
+            raise ValueError(
+                f"{self.end}: expects a percentage (10%) or a whole number of layers >= 1; got {self.amount!r}"
+            )
         if self.end == "random" and not (isinstance(self.seed, int) and self.seed >= 0):
-            raise ValueError(f"random: needs a seed >= 0 so the choice can be repeated, such as "
-                             f"random:10%@seed=0; got seed={self.seed!r}")
+            raise ValueError(
+                f"random: needs a seed >= 0 so the choice can be repeated, such as "
+                f"random:10%@seed=0; got seed={self.seed!r}"
+            )
         if self.end != "random" and self.seed is not None:
             raise ValueError(f"only random: takes a seed; write {self.end}:{self._amount()} without @seed=")
 
@@ -126,15 +135,18 @@ class Regex(Selector):
 
     def __post_init__(self):
         if not isinstance(self.pattern, str) or not self.pattern:
-            raise ValueError(f"regex: expects a pattern, such as regex:'layers\\.[0-3]\\..*q_proj'; "
-                             f"got {self.pattern!r}")
+            raise ValueError(
+                f"regex: expects a pattern, such as regex:'layers\\.[0-3]\\..*q_proj'; got {self.pattern!r}"
+            )
         try:
             object.__setattr__(self, "compiled", re.compile(self.pattern))
         except re.error as e:
             raise ValueError(f"regex: expects a Python regular expression; {self.pattern!r} is not one ({e})") from None
         if self._quote() is None:
-            raise ValueError(f"regex pattern {self.pattern!r} holds both quote characters and needs quoting; "
-                             "write one of them as \\x27 or \\x22")
+            raise ValueError(
+                f"regex pattern {self.pattern!r} holds both quote characters and needs quoting; "
+                "write one of them as \\x27 or \\x22"
+            )
 
     def _quote(self) -> str | None:
         """'' when the pattern can be written bare, else the quote character to wrap it in."""
@@ -223,9 +235,11 @@ def _scan_regex(text: str, start: int, spec: str) -> tuple[str, int]:
     if start < len(text) and text[start] in "'\"":
         end = text.find(text[start], start + 1)
         if end < 0:
-            raise ValueError(f"regex: quote {text[start]} opened at position {start} of {spec!r} is never closed; "
-                             "close it or write the pattern without quotes")
-        return text[start + 1:end], end + 1
+            raise ValueError(
+                f"regex: quote {text[start]} opened at position {start} of {spec!r} is never closed; "
+                "close it or write the pattern without quotes"
+            )
+        return text[start + 1 : end], end + 1
     depth, in_class, j = 0, False, start
     while j < len(text):
         c = text[j]
@@ -285,8 +299,10 @@ class _Parser:
             got = f"{value if kind != 'term' else str(value)!r} at position {at}"
         else:
             got = "the end"
-        raise ValueError(f"selector {self.spec!r}: expected {expected}, got {got}; join terms with + (union) or "
-                         "& (intersection), negate with not, group with ( ), e.g. 'mlp & layers:0-3 + head'")
+        raise ValueError(
+            f"selector {self.spec!r}: expected {expected}, got {got}; join terms with + (union) or "
+            "& (intersection), negate with not, group with ( ), e.g. 'mlp & layers:0-3 + head'"
+        )
 
     def parse(self) -> Selector:
         node = self._union()
@@ -348,7 +364,7 @@ def _unknown(word: str, spec: str, vocabulary: list[str]):
     near = difflib.get_close_matches(head, vocabulary, n=1, cutoff=0.5)
     hint = ""
     if near:
-        hint = f"; did you mean {near[0] + word[len(head):]!r}?"
+        hint = f"; did you mean {near[0] + word[len(head) :]!r}?"
     elif ":" not in word:
         hint = f"; for a module name write module:{word}"
     raise ValueError(f"unknown selector term {word!r} in {spec!r}: {_EXPECTED}{hint}")
@@ -359,8 +375,10 @@ def _layer_list(arg: str, word: str) -> tuple[int, ...]:
     for part in arg.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-            raise ValueError(f"{word!r}: layers: expects indices and increasing inclusive ranges such as "
-                             f"layers:0-3,10; {part!r} is neither")
+            raise ValueError(
+                f"{word!r}: layers: expects indices and increasing inclusive ranges such as "
+                f"layers:0-3,10; {part!r} is neither"
+            )
         lo = int(m.group(1))
         out.extend(range(lo, int(m.group(2) or lo) + 1))
     return tuple(out)
@@ -372,12 +390,15 @@ def _budget(end: str, arg: str, word: str) -> Budget:
     if at:
         m = re.fullmatch(r"seed=(\d+)", seed_text)
         if not m:
-            raise ValueError(f"{word!r}: expected @seed=S with a whole number S >= 0, such as random:10%@seed=2; "
-                             f"got @{seed_text}")
+            raise ValueError(
+                f"{word!r}: expected @seed=S with a whole number S >= 0, such as random:10%@seed=2; got @{seed_text}"
+            )
         seed = int(m.group(1))
     if re.fullmatch(r"\d+", amount):
         return Budget(end, int(amount), percent=False, seed=seed)
     if re.fullmatch(r"(\d+\.?\d*|\.\d+)(e-?\d+)?%", amount):
         return Budget(end, float(amount[:-1]), percent=True, seed=seed)
-    raise ValueError(f"{word!r}: {end}: expects a share of all parameters such as {end}:10% or a number of "
-                     f"layers such as {end}:3; got {amount!r}")
+    raise ValueError(
+        f"{word!r}: {end}: expects a share of all parameters such as {end}:10% or a number of "
+        f"layers such as {end}:3; got {amount!r}"
+    )

@@ -13,8 +13,21 @@ from itertools import accumulate
 from typing import Any, Iterable, Mapping
 
 from layerprobe.names import BLOCKS, parse_name
-from layerprobe.select.grammar import (All, And, Block, Budget, Layers, Modules, Not, Or, Regex, Selector, _ranges,
-                                       parse_selector)
+from layerprobe.select.grammar import (
+    All,
+    And,
+    Block,
+    Budget,
+    Layers,
+    Modules,
+    Not,
+    Or,
+    Regex,
+    Selector,
+    _ranges,
+    parse_selector,
+)
+
 
 @dataclass(frozen=True)
 class BudgetChoice:
@@ -50,8 +63,11 @@ class Selection:
         return self.trainable / self.total
 
     def describe(self) -> str:
-        where = (f"{_layers(self.layers)} ({len(self.layers)} of {self.n_layers})" if self.layers
-                 else f"no decoder layer (of {self.n_layers})")
+        where = (
+            f"{_layers(self.layers)} ({len(self.layers)} of {self.n_layers})"
+            if self.layers
+            else f"no decoder layer (of {self.n_layers})"
+        )
         text = f"{self.spec} -> {where}, {_pct(self.share)} of {_count(self.total)} parameters trainable"
         for b in self.budgets:
             target = f", target {_pct(b.target)}" if b.target is not None else ""
@@ -115,14 +131,17 @@ class _Table:
             for m in node.names:
                 if m not in present:
                     near = difflib.get_close_matches(m, present, n=1)
-                    raise ValueError(f"{node}: no parameter sits in a module named {m!r}; modules here: "
-                                     f"{', '.join(sorted(present))}" + (f"; did you mean {near[0]!r}?" if near else ""))
+                    raise ValueError(
+                        f"{node}: no parameter sits in a module named {m!r}; modules here: "
+                        f"{', '.join(sorted(present))}" + (f"; did you mean {near[0]!r}?" if near else "")
+                    )
             out = self.where(lambda p: p.module in node.names)
         elif isinstance(node, Layers):
             missing = [i for i in node.indices if i not in self.layer_numel]
             if missing:
-                raise ValueError(f"{node}: no layer {_ranges(missing)} in this model; it has layers "
-                                 f"{_ranges(self.layers) or 'none'}")
+                raise ValueError(
+                    f"{node}: no layer {_ranges(missing)} in this model; it has layers {_ranges(self.layers) or 'none'}"
+                )
             out = self.where(lambda p: p.layer in node.indices)
         elif isinstance(node, Budget):
             chosen = self._budget(node)
@@ -135,8 +154,10 @@ class _Table:
             raise TypeError(f"expected a Selector node, got {type(node).__name__}")
         if not out:
             blocks = sorted({p.block for p in self.params}, key=BLOCKS.index)
-            raise ValueError(f"selector term {str(node)!r} matches no parameter; this model has blocks "
-                             f"{', '.join(blocks)} and layers {_ranges(self.layers) or 'none'}; {self.shares_text()}")
+            raise ValueError(
+                f"selector term {str(node)!r} matches no parameter; this model has blocks "
+                f"{', '.join(blocks)} and layers {_ranges(self.layers) or 'none'}; {self.shares_text()}"
+            )
         return out
 
     def _budget(self, node: Budget) -> tuple[int, ...]:
@@ -155,18 +176,24 @@ class _Table:
         if not node.percent:
             k = node.amount
             if k > len(order):
-                raise ValueError(f"{term} asks for {k} layers but this model has {len(order)}; "
-                                 f"ask for at most {node.end}:{len(order)}")
+                raise ValueError(
+                    f"{term} asks for {k} layers but this model has {len(order)}; "
+                    f"ask for at most {node.end}:{len(order)}"
+                )
         else:
             target = node.amount / 100
             if target < cum[0] - 1e-12:
-                raise ValueError(f"{term} is below one layer's share: layer {order[0]}, the first it would take, "
-                                 f"holds {_pct(cum[0])} of all parameters; ask for at least {_pct(cum[0])} or name "
-                                 f"layers with layers:...; {self.shares_text()}")
+                raise ValueError(
+                    f"{term} is below one layer's share: layer {order[0]}, the first it would take, "
+                    f"holds {_pct(cum[0])} of all parameters; ask for at least {_pct(cum[0])} or name "
+                    f"layers with layers:...; {self.shares_text()}"
+                )
             if target > cum[-1] + 1e-12:
-                raise ValueError(f"{term} asks for more than all {len(order)} layers hold ({_pct(cum[-1])} of all "
-                                 f"parameters); ask for at most {_pct(cum[-1])} or add blocks such as + embed + head; "
-                                 f"{self.shares_text()}")
+                raise ValueError(
+                    f"{term} asks for more than all {len(order)} layers hold ({_pct(cum[-1])} of all "
+                    f"parameters); ask for at most {_pct(cum[-1])} or add blocks such as + embed + head; "
+                    f"{self.shares_text()}"
+                )
             k = min(range(1, len(order) + 1), key=lambda n: (abs(cum[n - 1] - target), n))
         choice = BudgetChoice(term, tuple(sorted(order[:k])), cum[k - 1], target)
         self.budgets[term] = choice
@@ -206,8 +233,10 @@ def select_params(model_or_named_shapes, spec: str | Selector) -> Selection:
     table = _Table(model_or_named_shapes)
     matched = table.eval(node)
     if not matched:
-        raise ValueError(f"selector {str(node)!r} matches no parameter (each term matches some, their combination "
-                         f"none); {table.shares_text()}")
+        raise ValueError(
+            f"selector {str(node)!r} matches no parameter (each term matches some, their combination "
+            f"none); {table.shares_text()}"
+        )
     keys = {p.key for p in table.params if p.name in matched}
     first_name = {}
     for p in table.params:
@@ -217,9 +246,16 @@ def select_params(model_or_named_shapes, spec: str | Selector) -> Selection:
     names = matched | {n for n, _ in tied}
     unique = {p.key: p for p in table.params if p.name in names}
     layers = tuple(sorted({p.layer for p in table.params if p.name in names and p.layer >= 0}))
-    return Selection(spec=str(node), names=frozenset(names), tied=tied,
-                     trainable=sum(p.numel for p in unique.values()), total=table.total, layers=layers,
-                     n_layers=len(table.layers), budgets=tuple(table.budgets.values()))
+    return Selection(
+        spec=str(node),
+        names=frozenset(names),
+        tied=tied,
+        trainable=sum(p.numel for p in unique.values()),
+        total=table.total,
+        layers=layers,
+        n_layers=len(table.layers),
+        budgets=tuple(table.budgets.values()),
+    )
 
 
 def _layers(indices: tuple[int, ...]) -> str:

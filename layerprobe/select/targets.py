@@ -12,6 +12,7 @@ from layerprobe.select.selection import Selection, select_params
 
 log = logging.getLogger("layerprobe.select")
 
+
 def apply_requires_grad(model, spec: str | Selector) -> Selection:
     """Full fine-tuning: ``requires_grad`` True exactly on the selection, False elsewhere. Call it before the
     optimizer is built; an optimizer skips parameters without gradients, weight decay included."""
@@ -38,21 +39,30 @@ def lora_targets(model, spec: str | Selector) -> dict:
         raise ValueError("lora_targets needs the base model, before get_peft_model wraps it; got a peft model")
     sel = select_params(model, spec)
     tied = {n for n, _ in sel.tied}
-    adaptable = {name for name, m in model.named_modules()
-                 if name and isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D))}
+    adaptable = {
+        name
+        for name, m in model.named_modules()
+        if name and isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D))
+    }
     targets, skipped = set(), []
     for name in sel.names - tied:
         module = name.rpartition(".")[0]
         (targets.add(module) if module in adaptable else skipped.append(name))
     if not targets:
-        raise ValueError(f"selector {sel.spec!r} picks only parameters LoRA cannot adapt "
-                         f"({', '.join(sorted(skipped)[:4])}{', ...' if len(skipped) > 4 else ''}); "
-                         "LoRA adapts Linear, Embedding and Conv modules: "
-                         "select attn, mlp, embed or head")
+        raise ValueError(
+            f"selector {sel.spec!r} picks only parameters LoRA cannot adapt "
+            f"({', '.join(sorted(skipped)[:4])}{', ...' if len(skipped) > 4 else ''}); "
+            "LoRA adapts Linear, Embedding and Conv modules: "
+            "select attn, mlp, embed or head"
+        )
     if skipped:
         blocks = sorted({parse_name(n).block for n in skipped})
-        log.warning("%s: %d selected parameters (%s) sit in modules LoRA cannot adapt and stay frozen",
-                    sel.spec, len(skipped), ", ".join(blocks))
+        log.warning(
+            "%s: %d selected parameters (%s) sit in modules LoRA cannot adapt and stay frozen",
+            sel.spec,
+            len(skipped),
+            ", ".join(blocks),
+        )
     names = [name for name, _ in model.named_modules() if name]
     leaves = sorted({t.rpartition(".")[2] for t in targets})
     layers = sorted({parse_name(t).layer for t in targets})
@@ -63,8 +73,10 @@ def lora_targets(model, spec: str | Selector) -> dict:
     for kwargs in candidates:
         if _peft_matches(kwargs, names) == targets:
             return kwargs
-    raise RuntimeError(f"could not compile {sel.spec!r} to peft targets: the regex "
-                       f"{candidates[-1]['target_modules']!r} misses some selected modules (a layerprobe bug)")
+    raise RuntimeError(
+        f"could not compile {sel.spec!r} to peft targets: the regex "
+        f"{candidates[-1]['target_modules']!r} misses some selected modules (a layerprobe bug)"
+    )
 
 
 def _module_regex(modules: Iterable[str]) -> str:
@@ -73,7 +85,7 @@ def _module_regex(modules: Iterable[str]) -> str:
     for m in sorted(modules):
         layer, parts = parse_name(m).layer, m.split(".")
         i = next((i for i, s in enumerate(parts) if layer >= 0 and s == str(layer)), None)
-        key = (m, "") if i is None else (".".join(parts[:i]), ".".join(parts[i + 1:]))
+        key = (m, "") if i is None else (".".join(parts[:i]), ".".join(parts[i + 1 :]))
         layers_of.setdefault(key, set()).update([] if i is None else [layer])
     suffixes: dict[tuple[str, tuple[int, ...]], list[str]] = {}
     for (prefix, suffix), layers in layers_of.items():
@@ -93,6 +105,7 @@ def _peft_matches(kwargs: dict, module_names: list[str]) -> set[str]:
 
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    cfg = SimpleNamespace(**kwargs, layers_pattern=None, exclude_modules=None, modules_to_save=None,
-                          target_parameters=None)
+    cfg = SimpleNamespace(
+        **kwargs, layers_pattern=None, exclude_modules=None, modules_to_save=None, target_parameters=None
+    )
     return {n for n in module_names if check_target_module_exists(cfg, n)}

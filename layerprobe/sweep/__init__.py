@@ -44,16 +44,58 @@ from the baseline (same seed and grid values) with a t interval and p-value, and
 This module never imports torch; the pipeline is imported only to run cells.
 """
 
-from layerprobe.sweep.results import (collect, flatten, format_results, item_counts, paired_table, plot_paired,
-                                      plot_sweep, redraw, summarize, write_figures)
+from layerprobe.sweep.results import (
+    collect,
+    flatten,
+    format_results,
+    item_counts,
+    paired_table,
+    plot_paired,
+    plot_sweep,
+    redraw,
+    summarize,
+    write_figures,
+)
 from layerprobe.sweep.cell import CellJob, run_cell
 from layerprobe.sweep.executors import ExecutorConfig
 from layerprobe.sweep.plan import Plan, make_plan
 from layerprobe.sweep.runner import run_sweep
-from layerprobe.sweep.spec import (CI_TABLE, PAIRED_TABLE, RATE_ITEMS, RESULTS, SWEEP_JSON, Cell, Sweep, load_sweep,
-                                   select_cells)
+from layerprobe.sweep.spec import (
+    CI_TABLE,
+    PAIRED_TABLE,
+    RATE_ITEMS,
+    RESULTS,
+    SWEEP_JSON,
+    Cell,
+    Sweep,
+    load_sweep,
+    select_cells,
+)
 
-__all__ = ["Cell", "Sweep", "load_sweep", "select_cells", "run_sweep", "ExecutorConfig", "Plan", "make_plan",
-           "CellJob", "run_cell", "collect", "flatten", "item_counts",
-           "summarize", "paired_table", "plot_paired", "plot_sweep", "format_results", "redraw", "write_figures",
-           "RESULTS", "SWEEP_JSON", "CI_TABLE", "PAIRED_TABLE", "RATE_ITEMS"]
+__all__ = [
+    "Cell",
+    "Sweep",
+    "load_sweep",
+    "select_cells",
+    "run_sweep",
+    "ExecutorConfig",
+    "Plan",
+    "make_plan",
+    "CellJob",
+    "run_cell",
+    "collect",
+    "flatten",
+    "item_counts",
+    "summarize",
+    "paired_table",
+    "plot_paired",
+    "plot_sweep",
+    "format_results",
+    "redraw",
+    "write_figures",
+    "RESULTS",
+    "SWEEP_JSON",
+    "CI_TABLE",
+    "PAIRED_TABLE",
+    "RATE_ITEMS",
+]

@@ -96,8 +96,11 @@ def _run(job: CellJob, log) -> dict:
         log(f"FAILED: {error}")
         return {"status": "failed", "error": error, "seconds": round(time.time() - t0, 1)}
     stages = summary.get("stages", {})
-    reused_dirs = [Path(stages[s]["reused_from"]) for s in ("cpt", "merge")
-                   if s not in before and stages.get(s, {}).get("reused_from")]
+    reused_dirs = [
+        Path(stages[s]["reused_from"])
+        for s in ("cpt", "merge")
+        if s not in before and stages.get(s, {}).get("reused_from")
+    ]
     reused = reused_dirs[0].parent.name if reused_dirs else ""
     saved = sum(float(stages[s].get("seconds") or 0.0) for s in ("cpt", "merge") if reused and s not in before)
     ran = [s for s in rundir.STAGES if s not in before and not (reused and s in ("cpt", "merge"))]
@@ -106,8 +109,14 @@ def _run(job: CellJob, log) -> dict:
         what = f"reused cpt+merged of {reused} (saved {saved:.0f}s), " + what
     elif before:
         what = f"resumed ({', '.join(sorted(before))} done), " + what
-    return {"status": "finished", "ran": ran, "seconds": round(time.time() - t0, 1),
-            "reused_cpt_from": reused or None, "saved_seconds": round(saved, 1), "what": what}
+    return {
+        "status": "finished",
+        "ran": ran,
+        "seconds": round(time.time() - t0, 1),
+        "reused_cpt_from": reused or None,
+        "saved_seconds": round(saved, 1),
+        "what": what,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,21 +47,30 @@ def _help(text: str, **kw):
 class ExecutorConfig:
     """Where a sweep's cells run (``executor:`` in the sweep YAML: a name or a mapping of these fields)."""
 
-    name: str = _help("'local' (this machine), 'ray' (a Ray cluster) or 'slurm' (a Slurm job per cell)",
-                      default="local")
-    workers: int | None = _help("cells at once. local: worker processes (none or 1: one after another in this "
-                                "process); ray, slurm: cells in flight at most (none: as many as are ready)",
-                                default=None)
-    cell_cpus: int | None = _help("CPU cores per cell, also its torch threads. Default: local cores // workers; "
-                                  "ray the cluster's CPUs // workers (1 without workers); slurm 1", default=None)
-    cell_gpus: int = _help("GPUs per cell (ray, slurm). local gives each worker one GPU when there are GPUs",
-                           default=0)
-    address: str | None = _help("ray: the cluster to join ('auto': the one running on this machine, or "
-                                "ray://HOST:10001); none: start a local one", default=None)
+    name: str = _help(
+        "'local' (this machine), 'ray' (a Ray cluster) or 'slurm' (a Slurm job per cell)", default="local"
+    )
+    workers: int | None = _help(
+        "cells at once. local: worker processes (none or 1: one after another in this "
+        "process); ray, slurm: cells in flight at most (none: as many as are ready)",
+        default=None,
+    )
+    cell_cpus: int | None = _help(
+        "CPU cores per cell, also its torch threads. Default: local cores // workers; "
+        "ray the cluster's CPUs // workers (1 without workers); slurm 1",
+        default=None,
+    )
+    cell_gpus: int = _help("GPUs per cell (ray, slurm). local gives each worker one GPU when there are GPUs", default=0)
+    address: str | None = _help(
+        "ray: the cluster to join ('auto': the one running on this machine, or "
+        "ray://HOST:10001); none: start a local one",
+        default=None,
+    )
     partition: str | None = _help("slurm: the partition the jobs go to (none: the cluster's default)", default=None)
     time: int = _help("slurm: minutes a cell's job may run", default=120)
-    slurm_cluster: str = _help("slurm: 'slurm' (sbatch) or 'local' (submitit's local executor on this machine)",
-                               default="slurm")
+    slurm_cluster: str = _help(
+        "slurm: 'slurm' (sbatch) or 'local' (submitit's local executor on this machine)", default="slurm"
+    )
 
     def __post_init__(self):
         if self.name not in EXECUTORS:
@@ -78,11 +87,15 @@ class ExecutorConfig:
         only = {"address": "ray", "partition": "slurm"}
         for key, owner in only.items():
             if getattr(self, key) is not None and self.name != owner:
-                raise ValueError(f"{key} applies to the {owner} executor only, got {key}={getattr(self, key)!r} "
-                                 f"with executor {self.name!r}")
+                raise ValueError(
+                    f"{key} applies to the {owner} executor only, got {key}={getattr(self, key)!r} "
+                    f"with executor {self.name!r}"
+                )
         if self.name == "local" and self.cell_gpus > 1:
-            raise ValueError(f"the local executor gives each worker one GPU, got cell-gpus={self.cell_gpus}; use "
-                             "the ray or slurm executor for several GPUs per cell")
+            raise ValueError(
+                f"the local executor gives each worker one GPU, got cell-gpus={self.cell_gpus}; use "
+                "the ray or slurm executor for several GPUs per cell"
+            )
 
     @classmethod
     def from_yaml(cls, raw) -> "ExecutorConfig":
@@ -92,8 +105,10 @@ class ExecutorConfig:
         if isinstance(raw, str):
             return cls(name=raw)
         if not isinstance(raw, dict):
-            raise ValueError(f"executor must be a name ({', '.join(EXECUTORS)}) or a mapping such as "
-                             f"{{name: ray, workers: 4}}, got {raw!r}")
+            raise ValueError(
+                f"executor must be a name ({', '.join(EXECUTORS)}) or a mapping such as "
+                f"{{name: ray, workers: 4}}, got {raw!r}"
+            )
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -127,13 +142,16 @@ def _require(name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"the {name} executor needs {module}, which is not installed; install it with "
-                           f"pip install 'layerprobe[{name}]'") from None
+        raise MissingExtra(
+            f"the {name} executor needs {module}, which is not installed; install it with "
+            f"pip install 'layerprobe[{name}]'"
+        ) from None
 
 
 def _no_gpus(cell_gpus: int, where: str) -> ValueError:
-    return ValueError(f"cell-gpus={cell_gpus} but {where} has no GPUs; leave --cell-gpus out (0) or run where "
-                      "there are GPUs")
+    return ValueError(
+        f"cell-gpus={cell_gpus} but {where} has no GPUs; leave --cell-gpus out (0) or run where there are GPUs"
+    )
 
 
 class Executor:
@@ -218,10 +236,17 @@ class LocalExecutor(Executor):
         self.running: list[_Worker] = []
 
     def start(self):
-        gpus = (f", GPU {', '.join(self.gpus)} one per worker" if len(self.gpus) >= self.slots
-                else f", {len(self.gpus)} GPU(s) shared by {self.slots} workers" if self.gpus else "")
-        return (f"local: {self.slots} worker processes, {self.threads} torch thread{'s' if self.threads > 1 else ''}"
-                f" each{gpus}")
+        gpus = (
+            f", GPU {', '.join(self.gpus)} one per worker"
+            if len(self.gpus) >= self.slots
+            else f", {len(self.gpus)} GPU(s) shared by {self.slots} workers"
+            if self.gpus
+            else ""
+        )
+        return (
+            f"local: {self.slots} worker processes, {self.threads} torch thread{'s' if self.threads > 1 else ''}"
+            f" each{gpus}"
+        )
 
     def submit(self, jobs):
         out = []
@@ -235,9 +260,13 @@ class LocalExecutor(Executor):
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
             with open(job.log, "a", encoding="utf-8") as log:  # the child's own output (warnings, a traceback)
-                process = subprocess.Popen([sys.executable, "-m", "layerprobe.sweep.cell", str(job_file), str(result)],
-                                           env=env, stdin=subprocess.DEVNULL, stderr=log,
-                                           stdout=None if job.echo else log)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "layerprobe.sweep.cell", str(job_file), str(result)],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stderr=log,
+                    stdout=None if job.echo else log,
+                )
             out.append(_Worker(job, process, result, slot))
         self.running += out
         return out
@@ -252,8 +281,11 @@ class LocalExecutor(Executor):
         code = w.process.wait()
         if w.result.is_file():
             return json.loads(w.result.read_text(encoding="utf-8"))
-        how = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
-               else f"exit code {code}")
+        how = (
+            f"killed by {signal.Signals(-code).name}"
+            if code < 0 and -code in signal.valid_signals()
+            else f"exit code {code}"
+        )
         return _failed(f"worker process {w.process.pid} ended without a result ({how}); its log: {w.job.log}")
 
     def where(self, w):
@@ -284,28 +316,43 @@ class RayExecutor(Executor):
     def start(self):
         ray, cfg = self.ray, self.config
         if not ray.is_initialized():
-            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=self.verbose,
-                     configure_logging=True, logging_level="warning")
+            ray.init(
+                address=cfg.address,
+                include_dashboard=False,
+                log_to_driver=self.verbose,
+                configure_logging=True,
+                logging_level="warning",
+            )
             self.owns = True
         res = ray.cluster_resources()
         cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
         if cfg.cell_gpus > gpus:
             self.close()
-            raise _no_gpus(cfg.cell_gpus, "the Ray cluster") if not gpus else ValueError(
-                f"cell-gpus={cfg.cell_gpus} but the Ray cluster has {gpus:g} GPUs in all; ask for at most that many")
+            raise (
+                _no_gpus(cfg.cell_gpus, "the Ray cluster")
+                if not gpus
+                else ValueError(
+                    f"cell-gpus={cfg.cell_gpus} but the Ray cluster has {gpus:g} GPUs in all; ask for at most that many"
+                )
+            )
         self.threads = cfg.cell_cpus or (max(1, int(cpus // cfg.workers)) if cfg.workers else 1)
         if self.threads > cpus:
             self.close()
-            raise ValueError(f"cell-cpus={self.threads} but the Ray cluster has {cpus:g} CPUs in all; ask for at "
-                             "most that many")
+            raise ValueError(
+                f"cell-cpus={self.threads} but the Ray cluster has {cpus:g} CPUs in all; ask for at most that many"
+            )
         self.slots = cfg.workers or self.cells
-        self.remote = ray.remote(num_cpus=self.threads, num_gpus=cfg.cell_gpus, max_calls=1,
-                                 max_retries=0)(run_cell)
+        self.remote = ray.remote(num_cpus=self.threads, num_gpus=cfg.cell_gpus, max_calls=1, max_retries=0)(run_cell)
         self.refs: dict = {}
-        where = "joined the cluster at " + cfg.address if cfg.address else (
-            "started a local cluster" if self.owns else "the running Ray")
-        return (f"ray: {where} ({cpus:g} CPUs, {gpus:g} GPUs); each cell a task with {self.threads} CPU(s)"
-                f"{f', {cfg.cell_gpus} GPU(s)' if cfg.cell_gpus else ''}, {self.slots} at most at once")
+        where = (
+            "joined the cluster at " + cfg.address
+            if cfg.address
+            else ("started a local cluster" if self.owns else "the running Ray")
+        )
+        return (
+            f"ray: {where} ({cpus:g} CPUs, {gpus:g} GPUs); each cell a task with {self.threads} CPU(s)"
+            f"{f', {cfg.cell_gpus} GPU(s)' if cfg.cell_gpus else ''}, {self.slots} at most at once"
+        )
 
     def submit(self, jobs):
         refs = [self.remote.remote(job) for job in jobs]
@@ -345,8 +392,10 @@ class SlurmExecutor(Executor):
     def __init__(self, config: ExecutorConfig, cells: int, scratch: Path):
         self.submitit = _require("slurm")
         if config.slurm_cluster == "slurm" and not shutil.which("sbatch"):
-            raise ValueError("the slurm executor found no Slurm here (no sbatch on PATH); run the sweep on a Slurm "
-                             "login node, or use --executor local or ray")
+            raise ValueError(
+                "the slurm executor found no Slurm here (no sbatch on PATH); run the sweep on a Slurm "
+                "login node, or use --executor local or ray"
+            )
         if config.slurm_cluster == "local" and config.cell_gpus and not visible_gpus():
             raise _no_gpus(config.cell_gpus, "this machine (slurm_cluster: local)")
         self.config = config
@@ -364,9 +413,11 @@ class SlurmExecutor(Executor):
             params["slurm_partition"] = cfg.partition
         self.executor.update_parameters(**params)
         self.jobs: list = []
-        return (f"slurm{' (submitit local executor)' if cfg.slurm_cluster == 'local' else ''}: a job per cell, "
-                f"{self.threads} CPU(s){f', {cfg.cell_gpus} GPU(s)' if cfg.cell_gpus else ''}, {cfg.time} min"
-                f"{', partition ' + cfg.partition if cfg.partition else ''}, {self.slots} at most at once")
+        return (
+            f"slurm{' (submitit local executor)' if cfg.slurm_cluster == 'local' else ''}: a job per cell, "
+            f"{self.threads} CPU(s){f', {cfg.cell_gpus} GPU(s)' if cfg.cell_gpus else ''}, {cfg.time} min"
+            f"{', partition ' + cfg.partition if cfg.partition else ''}, {self.slots} at most at once"
+        )
 
     def submit(self, jobs):
         if len(jobs) == 1:
@@ -386,8 +437,10 @@ class SlurmExecutor(Executor):
             return job.result()
         except Exception as e:  # the job failed, was cancelled or timed out
             lines = [x for x in str(e).strip().splitlines() if x.strip()]
-            return _failed(f"slurm job {job.job_id} failed: {type(e).__name__}: {(lines or [''])[-1][:300]}; its "
-                           f"logs: {self.scratch / 'slurm' / str(job.job_id)}")
+            return _failed(
+                f"slurm job {job.job_id} failed: {type(e).__name__}: {(lines or [''])[-1][:300]}; its "
+                f"logs: {self.scratch / 'slurm' / str(job.job_id)}"
+            )
 
     def where(self, job):
         return f"slurm job {job.job_id}"

@@ -73,8 +73,10 @@ class Plan:
 
     def summary(self, pending: list[str]) -> str:
         trains = sum(self.role(n, pending) == "trains its CPT" for n in pending)
-        return (f"{len(self.cells)} cells: {len(self.finished)} finished, {trains} train a CPT, "
-                f"{len(pending) - trains} start from another cell's CPT")
+        return (
+            f"{len(self.cells)} cells: {len(self.finished)} finished, {trains} train a CPT, "
+            f"{len(pending) - trains} start from another cell's CPT"
+        )
 
 
 def make_plan(cells: list[Cell], out: Path, reuse: bool = True) -> Plan:

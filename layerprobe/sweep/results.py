@@ -13,8 +13,17 @@ from layerprobe import rundir
 from layerprobe.outcomes import read_outcomes
 from layerprobe.rundir import SUMMARY
 from layerprobe.paired import ANSWERS_TABLE, answers_table
-from layerprobe.sweep.spec import (CI_TABLE, DIFFERENCES, PAIRED_TABLE, PHASES, RATE_ITEMS, RESULTS,
-                                   Sweep, _read_state, _safe)
+from layerprobe.sweep.spec import (
+    CI_TABLE,
+    DIFFERENCES,
+    PAIRED_TABLE,
+    PHASES,
+    RATE_ITEMS,
+    RESULTS,
+    Sweep,
+    _read_state,
+    _safe,
+)
 
 
 def flatten(summary: dict, prefix: str = "") -> dict[str, float]:
@@ -58,9 +67,14 @@ def collect(sweep: Sweep) -> pd.DataFrame:
             continue
         summary = json.loads((d / SUMMARY).read_text())
         info = state["cells"].get(cell.name, {})
-        row = {"cell": cell.name, **cell.columns, **flatten(summary), **item_counts(d),
-               "reused_cpt_from": info.get("reused_cpt_from") or "",
-               "cell_seconds": info.get("seconds", math.nan)}
+        row = {
+            "cell": cell.name,
+            **cell.columns,
+            **flatten(summary),
+            **item_counts(d),
+            "reused_cpt_from": info.get("reused_cpt_from") or "",
+            "cell_seconds": info.get("seconds", math.nan),
+        }
         row.update(read_outcomes(summary, DIFFERENCES))
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -98,8 +112,10 @@ def redraw(sweep: Sweep) -> pd.DataFrame:
     training): how a study's figures are regenerated after a change of style."""
     src = sweep.figures / RESULTS
     if not src.is_file():
-        raise FileNotFoundError(f"no {src}: expected the sweep's committed results table there; run the sweep "
-                                f"(`layerprobe sweep {sweep.source or 'SWEEP.yaml'}`) or --collect first")
+        raise FileNotFoundError(
+            f"no {src}: expected the sweep's committed results table there; run the sweep "
+            f"(`layerprobe sweep {sweep.source or 'SWEEP.yaml'}`) or --collect first"
+        )
     table = pd.read_csv(src)
     for col in ("condition", "group", "reused_cpt_from"):
         if col in table:
@@ -132,7 +148,9 @@ def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
             if f"{metric}.n" in g:  # a rate: the interval stays inside [0, 1]
                 lo, hi = max(lo, 0.0), min(hi, 1.0)
             row["lo"], row["hi"], row["ci"] = lo, hi, f"t over {len(values)} cells"
-        elif len(values) == 1 and f"{metric}.n" in g and g[f"{metric}.n"].notna().all() and g[f"{metric}.n"].iloc[0] > 0:
+        elif (
+            len(values) == 1 and f"{metric}.n" in g and g[f"{metric}.n"].notna().all() and g[f"{metric}.n"].iloc[0] > 0
+        ):
             n = int(g[f"{metric}.n"].iloc[0])
             row["lo"], row["hi"] = wilson(round(values[0] * n), n)
             row["ci"] = f"Wilson (n={n})"
@@ -166,9 +184,17 @@ def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: l
     for cond, m, pairs in found:
         margin = config.margins.get(m.split(".", 1)[-1], math.nan)
         test = unit_test((pairs["t"] - pairs["b"]).to_numpy(), margin, config.alpha / family, config.power)
-        rows.append({"condition": cond, "metric": m, "baseline_mean": float(pairs["b"].mean()),
-                     "mean": float(pairs["t"].mean()), "n_pairs": test["n_units"], "mean_diff": test["diff"],
-                     **{k: test[k] for k in ("lo", "hi", "p", "p_tost", "mde", "units_needed")}})
+        rows.append(
+            {
+                "condition": cond,
+                "metric": m,
+                "baseline_mean": float(pairs["b"].mean()),
+                "mean": float(pairs["t"].mean()),
+                "n_pairs": test["n_units"],
+                "mean_diff": test["diff"],
+                **{k: test[k] for k in ("lo", "hi", "p", "p_tost", "mde", "units_needed")},
+            }
+        )
     out = pd.DataFrame(rows)
     if out.empty:
         return out

@@ -25,9 +25,15 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] = print,
-              pipeline_log: Callable[[str], None] | None = None, reuse: bool = True,
-              executor: ExecutorConfig | None = None, progress_every: float = 60.0) -> pd.DataFrame:
+def run_sweep(
+    sweep: Sweep,
+    only: str | None = None,
+    log: Callable[[str], None] = print,
+    pipeline_log: Callable[[str], None] | None = None,
+    reuse: bool = True,
+    executor: ExecutorConfig | None = None,
+    progress_every: float = 60.0,
+) -> pd.DataFrame:
     """Run every cell not yet finished, then write results.csv, figures and sweep.json; returns the table.
 
     ``executor``: where the cells run (default: the sweep's ``executor:``, else one after another in this process).
@@ -57,14 +63,24 @@ def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] 
         log(line)
 
     def progress() -> str:
-        return (f"{finished}/{n} done, {len(running)} running, {len(failed)} failed, "
-                f"{_clock(time.time() - t_sweep)} elapsed")
+        return (
+            f"{finished}/{n} done, {len(running)} running, {len(failed)} failed, "
+            f"{_clock(time.time() - t_sweep)} elapsed"
+        )
 
     def job(name: str) -> CellJob:
         donors = [str(p) for p in plan.donors(name, sweep.reuse_from)] if reuse else []
         log_file = str(sweep.out / SCRATCH / f"{name}.log") if ex.fresh else None
-        return CellJob(name, by_name[name].config.to_dict(), str(sweep.out / name), donors, ex.threads,
-                       os.getcwd() if ex.fresh else None, log_file, ex.fresh and pipeline_log is not None)
+        return CellJob(
+            name,
+            by_name[name].config.to_dict(),
+            str(sweep.out / name),
+            donors,
+            ex.threads,
+            os.getcwd() if ex.fresh else None,
+            log_file,
+            ex.fresh and pipeline_log is not None,
+        )
 
     for c in cells:
         if c.name in plan.finished:
@@ -117,19 +133,30 @@ def run_sweep(sweep: Sweep, only: str | None = None, log: Callable[[str], None] 
                 _write_state(sweep, state)
             if not ended and running and time.time() - last_line >= progress_every:
                 now = time.time()
-                say(f"sweep: {progress()}; running: "
-                    + ", ".join(f"{name} ({_clock(now - t0)})" for name, (_, t0) in running.items()))
+                say(
+                    f"sweep: {progress()}; running: "
+                    + ", ".join(f"{name} ({_clock(now - t0)})" for name, (_, t0) in running.items())
+                )
     finally:
         ex.close()
     wall = time.time() - t_sweep
-    state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_sweep)),
-                          "cells": n, "wall_seconds": round(wall, 1), "only": only,
-                          "executor": config.describe(), "failed": sorted(failed)})
+    state["runs"].append(
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_sweep)),
+            "cells": n,
+            "wall_seconds": round(wall, 1),
+            "only": only,
+            "executor": config.describe(),
+            "failed": sorted(failed),
+        }
+    )
     _write_state(sweep, state)
     table = collect(sweep)
     table.attrs["failed"] = sorted(failed)
     table.attrs["busy"] = sorted(busy)
-    say(f"sweep: {n} cells in {wall:.0f}s; {len(table)} finished cells in {sweep.out / RESULTS}"
+    say(
+        f"sweep: {n} cells in {wall:.0f}s; {len(table)} finished cells in {sweep.out / RESULTS}"
         + (f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "")
-        + (f"; {len(busy)} in use by another process: {', '.join(busy)}" if busy else ""))
+        + (f"; {len(busy)} in use by another process: {', '.join(busy)}" if busy else "")
+    )
     return table

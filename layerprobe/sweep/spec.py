@@ -22,8 +22,15 @@ SWEEP_JSON = "sweep.json"
 CI_TABLE = "ci.csv"
 PAIRED_TABLE = "paired.csv"
 # Rate metrics and the answer kinds (eval/<phase>-answers.jsonl) they are a share of: their n for Wilson.
-RATE_ITEMS = {"cloze_acc": ("cloze",), "cloze_heldout_acc": ("cloze_heldout",), "qa_acc": ("qa",),
-              "gozaru_rate": ("instruction",), "gozaru_first": ("instruction",), "eos_rate": ("instruction",), "cut_rate": ("instruction",)}
+RATE_ITEMS = {
+    "cloze_acc": ("cloze",),
+    "cloze_heldout_acc": ("cloze_heldout",),
+    "qa_acc": ("qa",),
+    "gozaru_rate": ("instruction",),
+    "gozaru_first": ("instruction",),
+    "eos_rate": ("instruction",),
+    "cut_rate": ("instruction",),
+}
 PHASES = rundir.EVAL_PHASES
 DIFFERENCES = [name for name, (definition, _) in OUTCOMES.items() if " - " in definition]  # not plain copies
 _SAFE = re.compile(r"[^\w.%+@=,-]+")
@@ -97,13 +104,16 @@ def _conditions(raw) -> list[tuple[str, str, dict]]:
     if raw is None:
         return [("", "", {})]
     if not isinstance(raw, list) or not raw:
-        raise ValueError(f"conditions must be a non-empty list of mappings with a name and dotted overrides, "
-                         f"got {raw!r}")
+        raise ValueError(
+            f"conditions must be a non-empty list of mappings with a name and dotted overrides, got {raw!r}"
+        )
     out = []
     for i, c in enumerate(raw):
         if not isinstance(c, dict) or not c.get("name"):
-            raise ValueError(f"condition {i} must be a mapping with a 'name' and dotted overrides such as "
-                             f"sft.select: 'mlp + head'; got {c!r}")
+            raise ValueError(
+                f"condition {i} must be a mapping with a 'name' and dotted overrides such as "
+                f"sft.select: 'mlp + head'; got {c!r}"
+            )
         over = {k: v for k, v in c.items() if k not in ("name", "group")}
         out.append((str(c["name"]), str(c.get("group") or c["name"]), over))
     names = [n for n, _, _ in out]
@@ -112,13 +122,28 @@ def _conditions(raw) -> list[tuple[str, str, dict]]:
     return out
 
 
-def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = None,
-               overrides: dict[str, Any] | None = None, figures: str | os.PathLike | None = None) -> Sweep:
+def load_sweep(
+    spec: str | os.PathLike | dict,
+    out: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    figures: str | os.PathLike | None = None,
+) -> Sweep:
     """Read a sweep YAML (or mapping) into its cells; ``overrides`` (dotted) apply to every cell's base config."""
     where = Path(spec).parent if not isinstance(spec, dict) else Path(".")
     data = dict(spec) if isinstance(spec, dict) else load_yaml(spec)
-    known = {"base", "set", "grid", "conditions", "seeds", "out", "figures", "plot", "reuse_from", "baseline",
-             "executor"}
+    known = {
+        "base",
+        "set",
+        "grid",
+        "conditions",
+        "seeds",
+        "out",
+        "figures",
+        "plot",
+        "reuse_from",
+        "baseline",
+        "executor",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown sweep key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
@@ -143,15 +168,19 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
     seeds = data.get("seeds")
     if seeds is None:
         seeds = [resolve(base).seed]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                              for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     if "seed" in grid:
         raise ValueError("set seeds with the 'seeds:' list, not in grid")
 
     cells: list[Cell] = []
     for (cname, group, cover), choice, seed in itertools.product(
-            conditions, itertools.product(*[pairs for _, pairs in axes]), seeds):
+        conditions, itertools.product(*[pairs for _, pairs in axes]), seeds
+    ):
         cfg_data = copy.deepcopy(base)
         over: dict[str, Any] = {}
         columns: dict[str, Any] = {}
@@ -176,8 +205,10 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
         cells.append(Cell(name, columns, over, cfg))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise ValueError(f"two cells share a folder name ({sorted({n for n in names if names.count(n) > 1})[0]}); "
-                         "give conditions distinct names")
+        raise ValueError(
+            f"two cells share a folder name ({sorted({n for n in names if names.count(n) > 1})[0]}); "
+            "give conditions distinct names"
+        )
     out_dir = Path(out or data.get("out") or "runs/sweep")
     fig_dir = Path(figures or data.get("figures") or out_dir / "figures")
     axis_cols = (["group"] if conditions[0][0] else []) + [k for k, _ in axes]
@@ -189,11 +220,23 @@ def load_sweep(spec: str | os.PathLike | dict, out: str | os.PathLike | None = N
         raise ValueError(f"reuse_from must be a list of sweep folders, got {reuse_from!r}")
     baseline = data.get("baseline") or ""
     if baseline and baseline not in [c[0] for c in conditions]:
-        raise ValueError(f"baseline {baseline!r} is not a condition; the conditions are "
-                         f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}")
+        raise ValueError(
+            f"baseline {baseline!r} is not a condition; the conditions are "
+            f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}"
+        )
     executor = ExecutorConfig.from_yaml(data.get("executor"))
-    return Sweep(cells, out_dir, fig_dir, plot, axis_cols, "" if isinstance(spec, dict) else str(spec),
-                 dict(overrides or {}), [Path(r) for r in reuse_from], baseline, executor)
+    return Sweep(
+        cells,
+        out_dir,
+        fig_dir,
+        plot,
+        axis_cols,
+        "" if isinstance(spec, dict) else str(spec),
+        dict(overrides or {}),
+        [Path(r) for r in reuse_from],
+        baseline,
+        executor,
+    )
 
 
 def select_cells(sweep: Sweep, only: str | None) -> list[Cell]:

@@ -27,7 +27,17 @@ class ToyData:
 def toy_data(cfg: ToyWorldConfig) -> ToyData:
     world, lang = make_world(cfg), cfg.language
     train, heldout = W.instructions(world, cfg.sft_examples, cfg.heldout_instructions, cfg.seed, lang)
-    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
-             "completion": [{"role": "assistant", "content": r["completion"]}]} for r in train]
-    return ToyData(W.cpt_corpus(world, cfg.cpt_docs_per_entity, cfg.seed, lang), rows, heldout,
-                   W.probes(world, lang), W.general_heldout(100, cfg.seed, lang))
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "completion": [{"role": "assistant", "content": r["completion"]}],
+        }
+        for r in train
+    ]
+    return ToyData(
+        W.cpt_corpus(world, cfg.cpt_docs_per_entity, cfg.seed, lang),
+        rows,
+        heldout,
+        W.probes(world, lang),
+        W.general_heldout(100, cfg.seed, lang),
+    )

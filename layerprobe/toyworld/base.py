@@ -71,18 +71,28 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     docs = base_texts(cfg)
     # The tokenizer also reads the name and attribute pools, so CPT names (unseen in pretraining) still
     # split into a few known pieces: a vocabulary, not facts.
-    pools = [" ".join(p) for p in (W.FAMILY, W.GIVEN, W.CITIES, W.JOBS, W.HOBBIES, W.ORG_HEADS, W.ORG_KINDS,
-                                   W.PRODUCTS)] * 2
+    pools = [
+        " ".join(p) for p in (W.FAMILY, W.GIVEN, W.CITIES, W.JOBS, W.HOBBIES, W.ORG_HEADS, W.ORG_KINDS, W.PRODUCTS)
+    ] * 2
     tok = build_tokenizer(docs + pools, cfg.vocab_size)
     blocks = torch.tensor(pack_texts(tok, docs, cfg.block_size))
     if blocks.shape[1] != cfg.block_size:
         raise ValueError(f"the base corpus has fewer tokens than one block of {cfg.block_size}; raise its size")
 
     torch.manual_seed(cfg.seed)
-    mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=3 * cfg.hidden_size,
-                       num_hidden_layers=cfg.num_layers, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=4 * cfg.block_size, tie_word_embeddings=False,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    mcfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=3 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4 * cfg.block_size,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=0.01, betas=(0.9, 0.95))
     warm = max(1, cfg.base_steps // 10)
@@ -98,14 +108,13 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     order: list[int] = []
     losses = []
     model.train()
-    bar = tqdm(range(cfg.base_steps), desc="  build toy base model", disable=not progress, unit="step",
-               leave=False)
+    bar = tqdm(range(cfg.base_steps), desc="  build toy base model", disable=not progress, unit="step", leave=False)
     for _ in bar:
         if len(order) < cfg.base_batch_size:
             perm = list(range(len(blocks)))
             rng.shuffle(perm)
             order.extend(perm)
-        idx, order = order[: cfg.base_batch_size], order[cfg.base_batch_size:]
+        idx, order = order[: cfg.base_batch_size], order[cfg.base_batch_size :]
         batch = blocks[idx]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -120,7 +129,13 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     last = losses[-10:]
-    info = {"config": cfg.base_key(), "version": BUILD_VERSION, "tokens_per_epoch": int(blocks.numel()),
-            "params": sum(p.numel() for p in model.parameters()), "final_loss": sum(last) / len(last),
-            "loss_curve": losses[:: max(1, len(losses) // 50)], "seconds": round(time.time() - t0, 1)}
+    info = {
+        "config": cfg.base_key(),
+        "version": BUILD_VERSION,
+        "tokens_per_epoch": int(blocks.numel()),
+        "params": sum(p.numel() for p in model.parameters()),
+        "final_loss": sum(last) / len(last),
+        "loss_curve": losses[:: max(1, len(losses) // 50)],
+        "seconds": round(time.time() - t0, 1),
+    }
     (out / "build.json").write_text(json.dumps(info, indent=2))

@@ -30,19 +30,30 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int):
     if vocab_size < 256 + len(specials):
         raise ValueError(f"a byte-level tokenizer needs vocab_size >= {256 + len(specials)}, got {vocab_size}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SCRIPT_RUNS), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SCRIPT_RUNS), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+    )
     tok.train_from_iterator(texts, trainer)
     # Like Llama tokenizers, every encoded text starts with BOS, so a probe starts as a document does.
     bos = tok.token_to_id(SPECIAL["bos_token"])
-    tok.post_processor = processors.TemplateProcessing(single=f"{SPECIAL['bos_token']} $A",
-                                                       pair=f"{SPECIAL['bos_token']} $A $B",
-                                                       special_tokens=[(SPECIAL["bos_token"], bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL, additional_special_tokens=list(ROLES),
-                                  clean_up_tokenization_spaces=False)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{SPECIAL['bos_token']} $A",
+        pair=f"{SPECIAL['bos_token']} $A $B",
+        special_tokens=[(SPECIAL["bos_token"], bos)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, **SPECIAL, additional_special_tokens=list(ROLES), clean_up_tokenization_spaces=False
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
