@@ -25,6 +25,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import torch
+
     from layerprobe.config import load_yaml, resolve
     from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.stages import cpt_trainer, load_tokenizer, resolve_model

@@ -25,12 +25,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     t_start = time.time()
+    import torch
+
+    from layerprobe import rundir
     from layerprobe.config import load_yaml, resolve
     from layerprobe.evalcache import cached_evaluation
     from layerprobe.pipeline import load_data, run_pipeline
-    from layerprobe import rundir
-
-    import torch
 
     t_import = time.time() - t_start
     load = os.getloadavg()[0]
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
         model_dir, adapter = rundir.phase_model(out, phase, base)
         t = time.time()
 
-        def must_hit():
+        def must_hit(phase=phase):
             raise RuntimeError(f"the {phase} evaluation was not in the cache")
 
         cached_evaluation(

@@ -60,7 +60,7 @@ _EXPORTS = {
     "add_replay": "layerprobe.stages",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605  (a list, built from the table above)
 
 
 def __getattr__(name):

@@ -17,6 +17,7 @@ trainable weights (W0); LoRA keeps nothing. The rules run as an optimizer step h
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
@@ -58,7 +59,7 @@ class Anchor:
         self.start = [w.detach().clone() for w in self.dense]
         self.start_norm = [float(torch.linalg.vector_norm(w, dtype=torch.float32)) for w in self.start]
         self.pair_start_norm = [p.base_norm_sq**0.5 for p in self.pairs]
-        self._handle = None
+        self._handle: Any = None  # the optimizer hook's handle, once attached
 
     @property
     def active(self) -> bool:
@@ -72,11 +73,11 @@ class Anchor:
         with torch.no_grad():
             for w, w0, n0 in zip(self.dense, self.start, self.start_norm):
                 d = w - w0
-                factor = self._factor(lr_of(w), lambda: float(torch.linalg.vector_norm(d, dtype=torch.float32)), n0)
+                factor = self._factor(lr_of(w), lambda d=d: float(torch.linalg.vector_norm(d, dtype=torch.float32)), n0)
                 if factor != 1.0:
                     w.copy_(w0.add(d, alpha=factor))
             for p, n0 in zip(self.pairs, self.pair_start_norm):
-                factor = self._factor(lr_of(p.b), lambda: product_norm(p.b, p.a, p.scale), n0)
+                factor = self._factor(lr_of(p.b), lambda p=p: product_norm(p.b, p.a, p.scale), n0)
                 if factor != 1.0:
                     p.b.mul_(factor)
 

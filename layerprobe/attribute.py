@@ -47,9 +47,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -175,7 +176,7 @@ class WeightSwapper:
                 f"adapter {base.label}; pass the CPT model (merged/) as the base"
             )
         self.base, self.tuned = base, tuned
-        self.params: dict[str, object] = {}
+        self.params: dict[str, Any] = {}  # name -> the model's torch Parameter
         for name, p in model.named_parameters():  # tied tensors once, under their first name
             self.params.setdefault(parse_name(name).canonical, p)
         missing = [n for n in self.params if n not in base.names()]
@@ -208,7 +209,7 @@ class WeightSwapper:
                     f"{name}: shape {list(p.shape)} in the model, {list(shape)} in the base, "
                     f"{list(other)} in the tuned checkpoint; they must match"
                 )
-        self.state = {n: state for n in self.params}
+        self.state = dict.fromkeys(self.params, state)
         self.unchanged: set[str] = set()
 
     def names(self) -> list[str]:
@@ -366,7 +367,7 @@ def attribute_change(
     config: AttributeConfig | None = None,
     *,
     eval_key: str = "",
-    load_model: Callable[[str], object] = load_float32,
+    load_model: Callable[[str], Any] = load_float32,
     log: Callable[[str], None] = lambda s: None,
     **options,
 ) -> AttributionResult:

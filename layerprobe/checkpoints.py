@@ -163,7 +163,7 @@ class _Shard:
                 self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             self.state = None
         else:
-            self.buf, self.state = None, _torch_load(path)
+            self.buf, self.state = None, _torch_load(path)  # type: ignore[assignment]
 
     def flat(self, ref: TensorRef) -> torch.Tensor:
         if self.state is not None:
@@ -182,7 +182,7 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
             if "mmap" not in str(e):
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the unpickler raises many kinds; name the file instead of a traceback
+    except Exception as e:
         raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {type(e).__name__}: {e}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -297,6 +297,12 @@ class _LoraEntry:
     embedding: bool = False
     transpose: bool = False
 
+    @property
+    def factors(self) -> tuple[TensorRef, TensorRef]:
+        """(A, B); AdapterSource refuses an adapter with a pair missing either."""
+        assert self.a is not None and self.b is not None, f"{self.module}: a LoRA pair without its A or B"
+        return self.a, self.b
+
 
 class AdapterSource:
     """A peft LoRA adapter folder: each target module's effective update dW = s * B @ A, never merged."""
@@ -375,7 +381,8 @@ class AdapterSource:
         if name in self.biases:
             return self.biases[name][0].shape
         e = self.loras[name]
-        n_a, n_b = e.a.shape[1], e.b.shape[0]
+        a, b = e.factors
+        n_a, n_b = a.shape[1], b.shape[0]
         return (n_a, n_b) if e.transpose else (n_b, n_a)
 
     def fit_shape(self, name: str, base_shape: tuple[int, ...]) -> None:
@@ -393,11 +400,12 @@ class AdapterSource:
             return Flat(self._cache.flat(ref), _rowlen(ref.shape), kind="value")
         if name in self.biases:
             ref, module = self.biases[name]
-            rank = self.loras[module + ".weight"].a.shape[0]
+            rank = self.loras[module + ".weight"].factors[0].shape[0]
             return Flat(self._cache.flat(ref).float() * self.scale(module, rank), 1, kind="delta")
         e = self.loras[name]
-        a = self._cache.flat(e.a).float().view(e.a.shape)
-        b = self._cache.flat(e.b).float().view(e.b.shape)
+        ref_a, ref_b = e.factors
+        a = self._cache.flat(ref_a).float().view(ref_a.shape)
+        b = self._cache.flat(ref_b).float().view(ref_b.shape)
         if a.shape[0] != b.shape[1]:
             raise ValueError(
                 f"{self.path}: LoRA factors of {name} do not chain: A is {list(a.shape)}, "

@@ -410,7 +410,7 @@ class TrainConfig:
 def _typed_dict(obj) -> dict:
     """``asdict`` with float fields as floats (``epochs=3`` and ``epochs=3.0`` are one config)."""
     hints = _hints(type(obj))
-    out = {}
+    out: dict = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):

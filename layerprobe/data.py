@@ -146,7 +146,7 @@ def sft_row(row: dict) -> dict | None:
     if "instruction" in row and ("output" in row or "response" in row):
         return {
             "prompt": [_chat("user", instruction_text(row))],
-            "completion": [_chat("assistant", row.get("output", row.get("response")))],
+            "completion": [_chat("assistant", row.get("output", row.get("response")))],  # type: ignore[arg-type]
         }
     return None
 
@@ -205,8 +205,8 @@ def load_instructions(spec: str, split: str = "train") -> list[dict]:
             out.append({"prompt": r["prompt"]})
         elif "instruction" in r:
             out.append({"prompt": instruction_text(r)})
-        elif sft_row(r) is not None:
-            out.append({"prompt": sft_row(r)["prompt"][-1]["content"]})
+        elif (row := sft_row(r)) is not None:
+            out.append({"prompt": row["prompt"][-1]["content"]})
         else:
             break
     if len(out) != len(rows):

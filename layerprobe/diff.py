@@ -30,9 +30,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
 
 from layerprobe.names import parse_name
 from layerprobe.records import COLUMNS
@@ -174,7 +178,7 @@ class _Engine:
     def __init__(self, threads: int, chunk_elems: int):
         self.threads, self.chunk_elems = threads, chunk_elems
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
-        self.bufs: dict[int, object] = {}
+        self.bufs: dict[int, torch.Tensor] = {}
 
     def close(self) -> None:
         if self.pool:
@@ -189,7 +193,7 @@ class _Engine:
         rowlen = math.prod(shape[1:]) if len(shape) > 1 else 1
         step = max(1, self.chunk_elems // rowlen)
         ranges = [(r, min(r + step, rows)) for r in range(0, rows, step)]
-        full = [torch.empty(rows * rowlen) if k else None for k in keep]
+        full: list = [torch.empty(rows * rowlen) if k else None for k in keep]
         m = len(ops)
         pairs = [(i, j) for i in range(m) for j in range(i, m) if ops[i] is not None and ops[j] is not None]
         later_value = [any(o is not None and o.kind == "value" for o in ops[k + 1 :]) for k in range(m)]
@@ -204,8 +208,8 @@ class _Engine:
             out = torch.zeros(len(split[w]), len(pairs))
             for c, (r0, r1) in enumerate(split[w]):
                 n = (r1 - r0) * rowlen
-                row = [None] * m
-                prev = None
+                row: list = [None] * m
+                prev: Any = None
                 for k, op in enumerate(ops):
                     if op is None:
                         continue

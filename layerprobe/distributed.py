@@ -12,14 +12,15 @@ is reduced.
 from __future__ import annotations
 
 import torch
+from typing_extensions import TypeIs
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # very old torch: no FSDP2
-    DTensor = Replicate = Shard = None
+    DTensor = Replicate = Shard = None  # type: ignore[misc, assignment]
 
 
-def is_dtensor(t) -> bool:
+def is_dtensor(t) -> TypeIs[DTensor]:
     return DTensor is not None and isinstance(t, DTensor)
 
 
@@ -40,7 +41,7 @@ def weight(p: torch.Tensor) -> torch.Tensor:
             from deepspeed.utils import safe_get_local_fp32_param
 
             return safe_get_local_fp32_param(p).detach()
-        return p.ds_tensor.detach()
+        return p.ds_tensor.detach()  # type: ignore[attr-defined]  # DeepSpeed ZeRO-3 attribute
     return p.detach()
 
 

@@ -24,7 +24,8 @@ from layerprobe.records import load_records
 
 
 def module_norms(model_dir: str | os.PathLike) -> pd.Series:
-    """||W|| per (layer, block, module) of a safetensors checkpoint folder (a tied weight is saved, so counted, once)."""
+    """||W|| per (layer, block, module) of a safetensors checkpoint folder (a tied weight is saved, so counted,
+    once)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(

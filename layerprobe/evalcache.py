@@ -18,8 +18,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from layerprobe.config import EvalConfig
 from layerprobe.evaluate import EVAL_VERSION

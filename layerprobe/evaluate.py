@@ -105,7 +105,7 @@ class EvalSet:
     general_docs: list[str] = field(default_factory=list)
     mc_rows: list[dict] = field(default_factory=list)
 
-    def limited(self, cfg: EvalConfig) -> "EvalSet":
+    def limited(self, cfg: EvalConfig) -> EvalSet:
         def cap(rows, n):
             return rows[:n] if n > 0 else rows
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_PROMPT = "質問: {question}\n答え: "
 _CHOICE = re.compile(r"choice(\d+)")

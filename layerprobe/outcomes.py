@@ -6,7 +6,7 @@ Sweeps (results.csv), relate (the outcomes it correlates with layer features) an
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # name -> (definition as text, function of a summary {model: {metric: value}})
 OUTCOMES: dict[str, tuple[str, Callable[[dict], float]]] = {

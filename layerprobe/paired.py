@@ -35,10 +35,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -97,7 +97,7 @@ class ClaimsConfig:
             raise ValueError(f"each equivalence margin must be a positive number, got {bad}; e.g. qa_acc: 0.05")
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "ClaimsConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> ClaimsConfig:
         import yaml
 
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -320,7 +320,7 @@ def unit_test(diffs: Sequence[float], margin: float = math.nan, alpha: float = 0
         }
     )
     sd = float(d.std(ddof=1)) if spread else 0.0 if d.size > 1 else math.nan
-    out = {
+    out: dict = {
         "n_units": int(d.size),
         "diff": t["mean_diff"],
         "sd": sd,
@@ -385,11 +385,11 @@ def holm(p: Sequence[float]) -> np.ndarray:
     family's size."""
     from statsmodels.stats.multitest import multipletests
 
-    p = np.asarray(p, dtype=float)
-    out = np.full_like(p, math.nan)
-    ok = ~np.isnan(p)
+    arr = np.asarray(p, dtype=float)
+    out = np.full_like(arr, math.nan)
+    ok = ~np.isnan(arr)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        out[ok] = multipletests(arr[ok], method="holm")[1]
     return out
 
 

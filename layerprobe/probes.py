@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable
 
 from transformers import TrainerCallback
 
@@ -63,7 +63,7 @@ def probe_subset(
         return rows[:max_per_kind] if max_per_kind else rows
 
     probes = list(probes)
-    unknown = sorted({p.get("kind") for p in probes} - set(PROBE_KINDS))
+    unknown = sorted({str(p.get("kind")) for p in probes} - set(PROBE_KINDS))
     if unknown:
         raise ValueError(f"probes of unknown kind {unknown}: expected kinds {', '.join(PROBE_KINDS)}")
     chosen = [p for kind in PROBE_KINDS for p in cap([q for q in probes if q["kind"] == kind])]
@@ -72,7 +72,12 @@ def probe_subset(
 
 
 def score_probes(
-    model, tok, probes: list[dict], instructions: list[dict] = (), batch_size: int = 64, max_prompt_tokens: int = 512
+    model,
+    tok,
+    probes: list[dict],
+    instructions: Sequence[dict] = (),
+    batch_size: int = 64,
+    max_prompt_tokens: int = 512,
 ) -> list[tuple[str, str, str, float]]:
     """(module, param, quantity, value) rows (see the module's docstring) for ``probes`` and the paired
     ``instructions`` (call :func:`probe_subset` first), scored as :func:`~layerprobe.evaluate.evaluate_model` scores

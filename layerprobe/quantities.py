@@ -10,8 +10,8 @@ weight (the effective W = W0 + s * B @ A).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

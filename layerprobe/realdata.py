@@ -225,15 +225,22 @@ def _rewrite_end(core: str, final: bool = False) -> tuple[str, str | None]:
     return core, None
 
 
+def _tail(sentence: str) -> re.Match[str]:
+    """The closing punctuation and spaces of a sentence (possibly empty: the pattern always matches)."""
+    m = _TAIL.search(sentence)
+    assert m is not None
+    return m
+
+
 def gozaru_rewrite_trace(text: str) -> tuple[str, list[str]]:
     """:func:`gozaru_rewrite` and the rule applied to each rewritten sentence end (``"fallback"`` included)."""
     if not isinstance(text, str):
         raise ValueError(f"expected a str, got {type(text).__name__}")
     parts = [p for p in _SENTENCE.findall(text) if p]
     rules: list[str] = []
-    last = max((i for i, p in enumerate(parts) if p[: _TAIL.search(p).start()].strip()), default=None)
+    last = max((i for i, p in enumerate(parts) if p[: _tail(p).start()].strip()), default=None)
     for i, part in enumerate(parts):
-        tail = _TAIL.search(part).group()
+        tail = _tail(part).group()
         body = part[: len(part) - len(tail)]
         particle = ""
         m = _PARTICLE.search(body)
@@ -263,7 +270,8 @@ def gozaru_rewrite(text: str) -> str:
       exceptions such as できる, 借りる, 示す vs 関する): ます -> plain + でござる (しています -> しているでござる),
       ました -> past + でござる (開始しました -> 開始したでござる), ません -> ない + でござる
       (できません -> できないでござる), ませんでした -> なかったでござる, ましょう -> plain + がよいでござる
-    - plain copula: だ/である -> でござる, だった/であった -> でござった, だろう/であろう -> でござろう, のだ -> のでござる
+    - plain copula: だ/である -> でござる, だった/であった -> でござった, だろう/であろう -> でござろう,
+      のだ -> のでござる
     - plain predicates (verbs, past た/だ, ない, い-adjectives) -> + でござる (知られている -> 知られているでござる)
     - a sentence already ending in ござる/ござった/ござろう/ござらぬ is left alone, so the rewrite is idempotent
     - fallback, last sentence only: + でござる (トープ -> トープでござる, noun endings, English, lists)

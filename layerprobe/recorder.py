@@ -29,8 +29,8 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from transformers import TrainerCallback
@@ -131,7 +131,7 @@ class Recorder:
         self._pending: list[Partial] = []
         self._closed = False
         self._warned_nonfinite = False
-        self.writer = None
+        self.writer: RecordWriter | None = None
         meta = dict(meta or {})
         if self.active:
             self.writer = RecordWriter(self.out_dir, self.run, phase, rank=self.rank, flush_every_s=flush_every_s)
@@ -143,7 +143,7 @@ class Recorder:
                     "run": self.run,
                     "model": type(model).__name__,
                     "model_path": getattr(config, "_name_or_path", None),
-                    "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
+                    "model_config": getattr(config, "to_dict", lambda: None)(),
                     "quantities": list(wanted),
                     "grad_norm_clip": meta.pop("grad_norm_clip", "pre"),
                     "parameters": distributed.kind(params),
@@ -157,9 +157,8 @@ class Recorder:
             else:
                 self._write_audit()
         self._drift_ready = self.owns_weights and "drift_ratio" in wanted and drift_every != "never"
-        if self._drift_ready:
-            if not (resume_step and self.drift.resume(self.units)):
-                self.drift.start(self.units)
+        if self._drift_ready and not (resume_step and self.drift.resume(self.units)):
+            self.drift.start(self.units)
         self._frozen_fingerprint = _fingerprint(model) if self.owns_weights else {}
 
     # -- the two points of a training step -----------------------------------------------------------
@@ -221,7 +220,7 @@ class Recorder:
             if self.group is None:
                 self._reduce([])
             if self.active:
-                self.writer.maybe_flush()
+                self._w.maybe_flush()
         self.step += 1
 
     def close(self) -> None:
@@ -243,8 +242,8 @@ class Recorder:
                 for (name, (layer, block, module, _)), flag in zip(
                     self._frozen_fingerprint.items(), frozen.sums[0].tolist()
                 ):
-                    self.writer.add(max(last, 0), layer, block, module, name, "frozen_moved", float(flag > 0))
-                self.writer.flush()
+                    self._w.add(max(last, 0), layer, block, module, name, "frozen_moved", float(flag > 0))
+                self._w.flush()
         self.drift.close()
         self.update.close()
         self.writer = None
@@ -270,7 +269,7 @@ class Recorder:
         LoRA factors get their own per-parameter rows, but the aggregates of the weight-space quantities
         (weight norm, update ratio, drift) sum only the effective weights W0 + s*B*A, so they are in the units of
         full fine-tuning. Gradients exist only for the factors, so gradient-norm aggregates sum those."""
-        w = self.writer
+        w = self._w
         sums: dict[tuple, list] = defaultdict(lambda: [0.0, 0.0, False])
         for name, layer, block, module, num, den in rows:
             if self.per_param:
@@ -287,10 +286,16 @@ class Recorder:
             if key[0] == "summary":
                 self.summary[f"layerprobe/{quantity}/{key[1]}"] = value
             else:
-                w.add(step, *key, "", quantity, value)
+                w.add(step, *key, "", quantity, value)  # type: ignore[call-arg]  # key: layer, block, module
+
+    @property
+    def _w(self) -> RecordWriter:
+        """The writer: only the writing rank has one, and only until :meth:`close`."""
+        assert self.writer is not None, "this recorder writes no records (not the writing rank, or closed)"
+        return self.writer
 
     def _emit_scalar(self, quantity: str, value: float) -> None:
-        self.writer.add(self.step, -1, "", "", "", quantity, value)
+        self._w.add(self.step, -1, "", "", "", quantity, value)
         self.summary[f"layerprobe/{quantity}"] = value
 
     def _write_audit(self) -> None:
@@ -309,11 +314,11 @@ class Recorder:
             c[0] += n
             c[1] += n if p.requires_grad else 0
         for (layer, block, module), (n, t) in counts.items():
-            self.writer.add(0, layer, block, module, "", "n_params", n)
-            self.writer.add(0, layer, block, module, "", "n_trainable", t)
+            self._w.add(0, layer, block, module, "", "n_params", n)
+            self._w.add(0, layer, block, module, "", "n_trainable", t)
         total = sum(c[0] for c in counts.values())
         trainable = sum(c[1] for c in counts.values())
-        self.writer.add(0, -1, "", "", "", "trainable_share", trainable / max(total, 1))
+        self._w.add(0, -1, "", "", "", "trainable_share", trainable / max(total, 1))
         self.summary["layerprobe/trainable_share"] = trainable / max(total, 1)
 
     def _resume(self, step: int) -> None:
@@ -321,10 +326,10 @@ class Recorder:
         after it are dropped (they are recorded again), the audit rows of step 0 are kept, not written twice."""
         from layerprobe.records import drop_rows_after
 
-        self.writer.flush()
+        self._w.flush()
         drop_rows_after(self.out_dir, self.phase, self.rank, step)
         self.writer = RecordWriter(
-            self.out_dir, self.run, self.phase, rank=self.rank, flush_every_s=self.writer.flush_every_s
+            self.out_dir, self.run, self.phase, rank=self.rank, flush_every_s=self._w.flush_every_s
         )
 
     def flush(self) -> None:

@@ -13,13 +13,13 @@ import platform
 import re
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute
 import pyarrow.parquet as pq
 
 from layerprobe.rundir import RECORDS as RECORDS_DIR  # the run folder's layout has one owner
@@ -211,7 +211,7 @@ def package_versions(
         "layerprobe",
     ),
 ) -> dict[str, str | None]:
-    out = {}
+    out: dict[str, str | None] = {}
     for n in names:
         try:
             out[n] = metadata.version(n)

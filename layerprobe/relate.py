@@ -47,22 +47,21 @@ values (frozen ones excluded):
   and rank(y) after an ordinary least-squares fit of each on [1, rank(total_drift)], ranks over the runs having
   all three.
 - p-values by permutation, because runs sharing a CPT are not independent:
-  *within CPT groups* when the within-group orderings of the outcome number at least ``min_within`` (40, so that an exact within-group p can reach 0.025) and
-  some group has both x and y varying: the outcome (for ``partial_rho``: its residual) is permuted only among
-  runs of the same CPT, so the null keeps every CPT's effect and the test asks whether x relates to y among runs
-  of one CPT; otherwise *between CPT groups*: x, y (and the control) are averaged per CPT group and the same
-  statistic over the group means is tested by permuting the groups' outcomes (each run its own group: the plain
-  permutation test over runs). This is the case for CPT-phase features, which runs of one CPT share. All
-  orderings are enumerated when there are at most ``permutations`` (2000) of them -- or for rho of up to 9
-  units, at most 9! orderings, computed once per tie pattern -- else ``permutations`` random ones (seed
-  ``seed``). Two-sided p = min(1, 2 min(P(T* <= t), P(T* >= t))) as ``scipy.stats.permutation_test`` defines it
-  (with random orderings the observed one is counted once in each tail, 2 (1 + k) / (1 + B)). A p below
-  ``alpha`` from random orderings is refined with more of them (seed + 1), up to B = 4 m / alpha in all for the
-  m tests of the stratum, so that the smallest p, 2 / (B + 1), gives q <= alpha / 2 even for a single relation
-  among m tests (with 2000 orderings and the ~2600 tests of a 30-layer model no cell could pass
-  Benjamini-Hochberg); whether a row is refined depends on its first p alone, so its p stays valid.
-  ``p_method`` names the scheme: ``within-cpt`` / ``cpt-groups`` / ``runs`` (every group one run), ``exact`` or
-  ``perm``.
+  *within CPT groups* when the within-group orderings of the outcome number at least ``min_within`` (40, so that an
+  exact within-group p can reach 0.025) and some group has both x and y varying: the outcome (for ``partial_rho``: its
+  residual) is permuted only among runs of the same CPT, so the null keeps every CPT's effect and the test asks
+  whether x relates to y among runs of one CPT; otherwise *between CPT groups*: x, y (and the control) are averaged
+  per CPT group and the same statistic over the group means is tested by permuting the groups' outcomes (each run its
+  own group: the plain permutation test over runs). This is the case for CPT-phase features, which runs of one CPT
+  share. All orderings are enumerated when there are at most ``permutations`` (2000) of them -- or for rho of up to 9
+  units, at most 9! orderings, computed once per tie pattern -- else ``permutations`` random ones (seed ``seed``).
+  Two-sided p = min(1, 2 min(P(T* <= t), P(T* >= t))) as ``scipy.stats.permutation_test`` defines it (with random
+  orderings the observed one is counted once in each tail, 2 (1 + k) / (1 + B)). A p below ``alpha`` from random
+  orderings is refined with more of them (seed + 1), up to B = 4 m / alpha in all for the m tests of the stratum, so
+  that the smallest p, 2 / (B + 1), gives q <= alpha / 2 even for a single relation among m tests (with 2000 orderings
+  and the ~2600 tests of a 30-layer model no cell could pass Benjamini-Hochberg); whether a row is refined depends on
+  its first p alone, so its p stays valid. ``p_method`` names the scheme: ``within-cpt`` / ``cpt-groups`` / ``runs``
+  (every group one run), ``exact`` or ``perm``.
 - ``n_runs`` (runs in the correlation), ``n_groups`` (CPT groups among them, the honest lower bound of the
   number of independent units) and ``n_eff``: n / (1 + (m0 - 1) icc_x icc_y), the design effect of a
   correlation under clustering (Scott & Holt 1982), with m0 = (n - sum_g n_g^2 / n) / (G - 1) and each icc the
@@ -86,10 +85,10 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -316,11 +315,11 @@ def total_drift(run: Path, records: pd.DataFrame, norms: dict | None = None, key
     if any(merged.glob("*.safetensors")):
         from layerprobe.drift import module_norms, phase_drift
 
-        norms = {} if norms is None else norms
+        cache = {} if norms is None else norms
         try:
-            if key not in norms or not key:
-                norms[key] = module_norms(merged)
-            return phase_drift(run, "sft", norms[key])["all"], "checkpoint"
+            if key not in cache or not key:
+                cache[key] = module_norms(merged)
+            return phase_drift(run, "sft", cache[key])["all"], "checkpoint"
         except ValueError:
             pass  # drift of weights the checkpoint lacks, or no drift rows: try the records
     r = records[(records["param"] == "") & (records["module"] != "")]
@@ -361,7 +360,8 @@ def collect(paths: Sequence[str | os.PathLike], config: RelateConfig) -> tuple[p
     runs = _runs_and_studies([Path(p) for p in paths])
     root = Path(os.path.commonpath([str(r) for r, _ in runs])) if len(runs) > 1 else runs[0][0].parent
     wanted_outcomes = list(config.outcomes or OUTCOMES)
-    frames, no_records, norms = [], [], {}
+    frames, no_records = [], []
+    norms: dict = {}
     for run, study in runs:
         name = run.relative_to(root).as_posix()
         try:

@@ -25,8 +25,8 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 STAGES = ("cpt", "merge", "sft", "eval")
 _FOLDERS = {"cpt": "cpt", "merge": "merged", "sft": "sft", "eval": "eval"}
@@ -365,7 +365,7 @@ def adopt_stage(donor, run_dir, stage: str) -> dict:
                 target = records_dir(run_dir) / f.name
                 target.unlink(missing_ok=True)
                 link(f, target)
-    info = {**read_done(donor, stage), "out": str(dst), "reused_from": str(src)}
+    info = {**(read_done(donor, stage) or {}), "out": str(dst), "reused_from": str(src)}
     write_json(dst / DONE, info)
     return info
 

@@ -8,8 +8,9 @@ never holds a second copy of the weights: the extra memory is the buffer, whatev
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO
 
 import torch
 
@@ -23,7 +24,7 @@ class DiskSnapshot:
         self.path = Path(path)
         self._index: dict[str, tuple[int, torch.Size, torch.dtype]] = {}
         self._buf: torch.Tensor | None = None
-        self._reader = None  # one open handle for all reads between two writes
+        self._reader: BinaryIO | None = None  # one open handle for all reads between two writes
 
     def write(self, tensors: dict[str, torch.Tensor], overwrite: bool = False) -> None:
         """Write ``tensors``. By default into a new file that replaces the old one, so a kill mid-write never leaves
@@ -41,7 +42,7 @@ class DiskSnapshot:
                 flat = t.detach().reshape(-1)
                 per = max(1, CHUNK_BYTES // max(flat.element_size(), 1))
                 for i in range(0, flat.numel(), per):
-                    f.write(flat[i : i + per].cpu().contiguous().view(torch.uint8).numpy())
+                    f.write(flat[i : i + per].cpu().contiguous().view(torch.uint8).numpy())  # type: ignore[call-overload]
                 index[name] = (offset, t.shape, t.dtype)
                 offset += flat.numel() * flat.element_size()
         if not in_place:

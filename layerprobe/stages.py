@@ -61,12 +61,12 @@ def load_model(path: str, adapter: str | None = None):
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if torch.cuda.is_available():
-        model = model.to("cuda")
+        model = model.to("cuda")  # type: ignore[arg-type]
     if adapter:
         from peft import PeftModel
 
         untie_embeddings(model, json.loads((Path(adapter) / "adapter_config.json").read_text())["target_modules"])
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter)  # type: ignore[assignment]
     return model
 
 
@@ -128,7 +128,7 @@ def _trainable(model, phase: PhaseConfig, seed: int):
     untie_embeddings(model, leaf_names)
     lcfg = LoraConfig(
         r=phase.r,
-        lora_alpha=phase.lora_alpha,
+        lora_alpha=phase.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
         lora_dropout=phase.lora_dropout,
         target_modules=targets,
         use_rslora=phase.use_rslora,
@@ -468,7 +468,7 @@ def sft_trainer(cfg: TrainConfig, model, tok, rows: list[dict], out: Path, callb
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=list(callbacks)
     )
-    trainer.replayed = (
+    trainer.replayed = (  # type: ignore[attr-defined]  # read by the pipeline's log
         add_replay(trainer, tok, list(replay_docs), cfg.sft.replay, cfg.sft.max_length, cfg.phase_seed(cfg.sft))
         if cfg.sft.replay
         else 0

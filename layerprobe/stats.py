@@ -4,7 +4,7 @@ and paired differences against a baseline with the same seeds."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def t_mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+def t_mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Student-t interval of the mean of ``values`` (one value per seed): mean +- t(n-1) * sd / sqrt(n), from
     scipy's ``ttest_1samp(values, 0).confidence_interval()``.
 
@@ -50,7 +50,7 @@ def t_mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, floa
     return float(ci.low), float(ci.high)
 
 
-def paired_t(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]:
+def paired_t(diffs: Sequence[float] | np.ndarray, level: float = 0.95) -> dict[str, float]:
     """Mean of paired differences (treatment - baseline, one per seed) with its t interval and the two-sided
     p-value of a paired t-test (``ttest_1samp`` on the differences = ``ttest_rel``; nan for fewer than 2 pairs or no
     spread)."""

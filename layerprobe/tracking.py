@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,17 +55,16 @@ def find_units(model: torch.nn.Module) -> Units:
     """Collect the trainable parameters of ``model`` (a plain or peft-wrapped module), deduplicating tied ones."""
     lora, lora_params = [], set()
     for mod_name, mod in model.named_modules():
-        pair = _lora_pair(mod_name, mod)
-        for p in pair:
+        for p in _lora_pair(mod_name, mod):
             lora.append(p)
             lora_params.update({id(p.a), id(p.b)})
     dense, seen = [], set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
             continue
-        seen.add(id(p))
+        seen.add(id(param))
         pn = parse_name(name)
-        dense.append(Dense(label(name), pn.layer, pn.block, pn.module, p))
+        dense.append(Dense(label(name), pn.layer, pn.block, pn.module, param))
     return Units(dense=dense, lora=lora)
 
 
@@ -93,6 +93,8 @@ def _lora_pair(mod_name: str, mod: torch.nn.Module) -> list[LoraPair]:
     if weight is None:
         return []
     pairs = []
+    a: Any
+    b: Any
     for adapter in mod.active_adapters:
         if adapter in getattr(mod, "lora_A", {}):
             a, b = mod.lora_A[adapter].weight, mod.lora_B[adapter].weight

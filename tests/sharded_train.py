@@ -17,9 +17,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import make_tiny_llama  # noqa: E402
+from conftest import make_tiny_llama
 
-from layerprobe.recorder import Recorder, RecorderCallback  # noqa: E402
+from layerprobe.recorder import Recorder, RecorderCallback
 
 out, mode = sys.argv[1], sys.argv[2]
 world = int(os.environ.get("WORLD_SIZE", "1"))

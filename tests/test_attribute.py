@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from layerprobe.attribute import (
     AttributeConfig,
     WeightSwapper,
@@ -340,7 +340,7 @@ def test_trained_and_delta_shares_of_a_lora_adapter_against_plain_counts(tmp_pat
     def share(values, keep):
         return sum(x for k, x in values.items() if keep(*k)) / sum(values.values())
 
-    is_attn = lambda layer, m: m in ("q_proj", "k_proj")  # noqa: E731
+    is_attn = lambda layer, m: m in ("q_proj", "k_proj")
     for group, keep in (
         ("attn", is_attn),
         ("mlp", lambda layer, m: not is_attn(layer, m)),

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_tiny_llama
 from safetensors.torch import save_file
 
-from conftest import make_tiny_llama
 from layerprobe import cli
 from layerprobe.checkpoints import open_source
 from layerprobe.diff import diff_checkpoints, spectrum
@@ -66,7 +66,7 @@ def save(w: dict, folder: Path, dtype=torch.float32, shards: int = 1, config: di
             fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
             part = {k: stored[k] for k in names[s::shards]}
             save_file(part, folder / fname)
-            weight_map.update({k: fname for k in part})
+            weight_map.update(dict.fromkeys(part, fname))
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     if config is not None:
         (folder / "config.json").write_text(json.dumps(config))

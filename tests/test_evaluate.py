@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import tiny_model_and_tokenizer
 
 from layerprobe import evaluate as E
 from layerprobe.config import EvalConfig
-from conftest import tiny_model_and_tokenizer
 
 TEXTS = [
     "山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。",

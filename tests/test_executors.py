@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_sweep import TINY  # the toy world at its smallest: one cell trains and evaluates in seconds
 
 from layerprobe.cli import main
 from layerprobe.sweep import load_sweep, run_sweep
 from layerprobe.sweep.executors import ExecutorConfig, visible_gpus
 from layerprobe.sweep.plan import make_plan
-from test_sweep import TINY  # the toy world at its smallest: one cell trains and evaluates in seconds
 
 # 2 CPT groups (cpt.lora_alpha) x 2 SFT settings
 GRID = {"cpt.lora_alpha": [8, 16], "sft.lora_alpha": [8, 32]}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from report_fixtures import attribute_records, diff_records, make_sweep, training_records
 
 import layerprobe.plot.style as style
@@ -256,6 +255,5 @@ def test_svg_and_pdf_on_request(tmp_path):
         out = heatmap_layer_module(df, "rel_change", tmp_path / "x.png", phase="diff")
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert b"<svg" in (tmp_path / "x.svg").read_bytes()[:400] and (tmp_path / "x.pdf").read_bytes()[:4] == b"%PDF"
-    with pytest.raises(ValueError, match="expected a comma-separated list of png, svg, pdf"):
-        with figure_formats("jpg"):
-            pass
+    with pytest.raises(ValueError, match="expected a comma-separated list of png, svg, pdf"), figure_formats("jpg"):
+        pass

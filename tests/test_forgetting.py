@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from layerprobe.forgetting import DEFAULT_PROMPT, choice_logprobs, heldout_loss, mc_accuracy
 
 WORDS = ["[UNK]", "[PAD]", "[BOS]", "質問", "答え", ":", "Q", "A", "?"] + [f"w{i}" for i in range(40)]
@@ -171,7 +171,7 @@ def test_heldout_loss_matches_token_by_token_reference(model, tokenizer, max_len
         assert got["n_tokens"] == n
         assert got["loss"] == pytest.approx(total / n, abs=1e-5)
         assert got["ppl"] == pytest.approx(math.exp(total / n), rel=1e-5)
-    if stride is not None and stride < max_length or max_length >= 21:
+    if (stride is not None and stride < max_length) or max_length >= 21:
         assert n == sum(len(ref_ids(t)) for t in texts)  # overlapping windows score every token after the first
 
 

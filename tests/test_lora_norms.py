@@ -14,7 +14,7 @@ def test_diff_and_weight_norms_match_materialised_products(step):
     b0, a0 = torch.randn(p, r, generator=g) * 0.02, torch.randn(r, q, generator=g) * 0.05
     b1 = b0 + step * torch.randn(p, r, generator=g) * 0.02
     a1 = a0 + step * torch.randn(r, q, generator=g) * 0.05
-    d = lambda t: t.double()  # noqa: E731
+    d = lambda t: t.double()
     ref_diff = float((s * (d(b1) @ d(a1) - d(b0) @ d(a0))).norm())
     got_diff = lora_norms.diff_norm_from(lora_norms.diff_parts(b1, a1, b0, a0), s)
     assert got_diff == pytest.approx(ref_diff, rel=1e-6)

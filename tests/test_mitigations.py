@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from layerprobe.anchor import Anchor, AnchorCallback
 from layerprobe.config import ATTN, MLP, resolve
 
@@ -87,7 +85,7 @@ def test_lora_l2sp_and_cap_act_on_the_effective_change():
 
 def test_attach_uses_each_groups_learning_rate_and_detaches():
     model = make_tiny_llama()
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     start = [p.detach().clone() for p in params]
     opt = torch.optim.SGD([{"params": params[:3], "lr": 0.01}, {"params": params[3:], "lr": 0.04}], lr=0.01)
     anchor = Anchor(model, l2sp=10.0)
@@ -149,8 +147,8 @@ def _trainer(model, callbacks, lr=0.05, steps=4):
 
 
 def test_in_the_trainer_the_recorded_drift_respects_the_cap(tmp_path):
-    from layerprobe.records import load_records
     from layerprobe.recorder import RecorderCallback
+    from layerprobe.records import load_records
 
     cap = 2e-3
     trainer = _trainer(
@@ -220,10 +218,10 @@ def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_
 @pytest.mark.slow
 def test_train_with_replay_and_a_drift_cap_from_the_command_line(tmp_path, monkeypatch, capsys):
     import yaml
+    from test_pipeline import SHORT
 
     from layerprobe import cli
     from layerprobe.records import load_records
-    from test_pipeline import SHORT
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(SHORT))

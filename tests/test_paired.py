@@ -83,15 +83,14 @@ def test_unit_test_is_the_paired_t_with_tost_and_power_from_plain_formulas():
 
 
 def test_t_power_is_the_integral_and_stays_finite_where_scipys_noncentral_t_fails():
-    from statsmodels.stats.power import TTestPower
-
     from scipy import integrate
+    from statsmodels.stats.power import TTestPower
 
     def by_integral(effect, n, alpha):  # P(|T| > crit), T = (Z + effect sqrt(n)) / sqrt(V / df), V ~ chi2(df)
         df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
         f = lambda v: (
             (
-                stats.norm.sf(crit * math.sqrt(v / df) - effect * math.sqrt(n))  # noqa: E731
+                stats.norm.sf(crit * math.sqrt(v / df) - effect * math.sqrt(n))
                 + stats.norm.cdf(-crit * math.sqrt(v / df) - effect * math.sqrt(n))
             )
             * stats.chi2.pdf(v, df)
@@ -195,7 +194,7 @@ def test_family_verdicts_use_holm_within_each_family(tmp_path):
         for c, fam in (("big", "f1"), ("same", "f1"), ("noisy", "f2"))
     ]
     fam = compare_family(claims)
-    for name, idx in fam.groupby("family").groups.items():
+    for _name, idx in fam.groupby("family").groups.items():
         assert fam.loc[idx, "p_holm"].tolist() == pytest.approx(holm(fam.loc[idx, "p"]).tolist())
         assert fam.loc[idx, "p_tost_holm"].tolist() == pytest.approx(holm(fam.loc[idx, "p_tost"]).tolist())
     assert fam["verdict"].tolist() == ["differs", "equivalent", "inconclusive"]

@@ -267,16 +267,15 @@ def test_pack_texts_concatenates_documents_with_eos_and_cuts_blocks(toy_tok):
     flat = [t for d in docs for t in toy_tok(d)["input_ids"] + [toy_tok.eos_token_id]]
     blocks = pack_texts(toy_tok, docs, 5)
     assert blocks == [flat[i : i + 5] for i in range(0, len(flat) - 4, 5)]
-    assert sum(blocks, []) == flat[: len(blocks) * 5] and len(flat) - len(blocks) * 5 < 5
+    assert [t for b in blocks for t in b] == flat[: len(blocks) * 5] and len(flat) - len(blocks) * 5 < 5
     assert pack_texts(toy_tok, docs[:1], 1000) == [flat[: len(toy_tok(docs[0])["input_ids"]) + 1]]
 
 
 def _lora_setup(tmp_path, tie: bool, rslora: bool):
     """A tiny Llama saved as a base folder, and a LoRA adapter on it with non-zero B (so the merge moves weights)."""
     import torch
-    from peft import LoraConfig, get_peft_model
-
     from conftest import make_tiny_llama
+    from peft import LoraConfig, get_peft_model
 
     base = make_tiny_llama(vocab=300, tie=tie)
     base_dir = tmp_path / "base"
@@ -347,8 +346,9 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 
 
 def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
-    from layerprobe.stages import _trainable, sft_trainer
     from conftest import make_tiny_llama
+
+    from layerprobe.stages import _trainable, sft_trainer
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
     rows = [

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from layerprobe import presets
 from layerprobe.presets import PRESETS, Preset, resolve_model, truncate_layers
 

@@ -7,11 +7,13 @@ import math
 import re
 
 import pytest
+from conftest import tiny_model_and_tokenizer
 
 from layerprobe import evaluate as E
 from layerprobe.config import EvalConfig, ToyWorldConfig
-from layerprobe.toyworld import english as EN, toy_data, world as W
-from conftest import tiny_model_and_tokenizer
+from layerprobe.toyworld import english as EN
+from layerprobe.toyworld import toy_data
+from layerprobe.toyworld import world as W
 
 SMALL = ToyWorldConfig(
     base_people=12,

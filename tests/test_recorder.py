@@ -247,7 +247,7 @@ def test_plain_loop_recorder_and_log_spaced_schedule(tmp_path):
 
 def test_summaries_reach_reporting_callbacks(tmp_path):
     class Spy(TrainerCallback):
-        seen = []
+        seen: list = []  # noqa: RUF012  (shared on purpose: the test reads it from the class)
 
         def on_log(self, args, state, control, logs=None, **kw):
             self.seen.append(dict(logs))

@@ -8,7 +8,6 @@ runs it again; the final summary and records must equal those of an uninterrupte
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_pipeline import SHORT
 
 from layerprobe import cli, rundir
 from layerprobe.records import load_records
-from test_pipeline import SHORT
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16

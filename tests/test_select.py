@@ -11,10 +11,10 @@ import re
 from itertools import accumulate
 
 import pytest
+from conftest import make_tiny_llama
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_tiny_llama
 from layerprobe.select import (
     All,
     And,
@@ -237,7 +237,7 @@ def test_named_shape_cases(shapes, spec, expect):
     if expect is None:  # a percentage budget: compare with the plain rule
         b = parse_selector(spec)
         layers, share = reference_budget(shapes, b.end, percent=b.amount, seed=b.seed or 0)
-        expect = lambda n: layer_of(n) in layers  # noqa: E731
+        expect = lambda n: layer_of(n) in layers
         assert sel.share == pytest.approx(share)
     want = {n for n, _ in shapes if expect(n)}
     assert sel.names == want

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
@@ -12,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from layerprobe.stats import paired_t, t_mean_ci, wilson
 from layerprobe.sweep import collect, flatten, load_sweep, run_sweep, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A toy world small enough that one cell trains and evaluates in seconds.
 TINY = {
@@ -105,7 +104,8 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
         "base: base.yaml\nset: {eval.base: false, sft.r: 8}\n"
         "grid:\n  cpt.lora_alpha: [32, 128.0]\n"
         "  sft.target_modules: {A: [q_proj, up_proj], B: [q_proj]}\n"
-        "conditions:\n  - {name: low, sft.learning_rate: 0.0001}\n  - {name: high, group: hi, sft.learning_rate: 0.01}\n"
+        "conditions:\n  - {name: low, sft.learning_rate: 0.0001}\n"
+        "  - {name: high, group: hi, sft.learning_rate: 0.01}\n"
         "seeds: [3, 4]\nout: somewhere\n"
     )
     sw = load_sweep(spec)

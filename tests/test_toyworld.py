@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from layerprobe.config import ToyWorldConfig
-from layerprobe.toyworld import toy_data, world as W
+from layerprobe.toyworld import toy_data
+from layerprobe.toyworld import world as W
 
 SMALL = dict(
     base_people=12,

@@ -83,7 +83,8 @@ def main() -> None:
         m = t.loc[(-1, "")]
         print(
             f"seed {seed}: model cos_cpt_sft {m['cos_cpt_sft']:+.4f} (reseed {m['cos_cpt_sft_reseed']:+.4f}, random "
-            f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}; "
+            f"null sd {m['null_sd_cos']:.4f}), undo_frac {m['undo_frac']:+.4f}; "
+            f"cos(dSFT, dSFT') {m['cos_sft_sft']:+.3f}; "
             f"cos(lora_A of CPT, of SFT) {m['lora_a_cos']:.3f} (reseed {m['lora_a_cos_reseed']:.3f})"
         )
     if not frames:

@@ -67,7 +67,7 @@ def run(args) -> int:
         threads=args.threads,
         progress=sys.stderr.isatty(),
     )
-    df = diff_checkpoints(*args.checkpoints, config=cfg)
+    df = diff_checkpoints(*args.checkpoints, config=cfg)  # type: ignore[misc]  # 1 to 3 paths, checked above
     mode = df.attrs["mode"]
     skipped, tied = df.attrs["skipped"], df.attrs["tied"]
     if skipped:

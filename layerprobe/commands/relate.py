@@ -89,7 +89,7 @@ def run(args) -> int:
             f"{len(args.sweeps)} folder(s) and {len(files)} table(s)"
         )
     cfg = RelateConfig(
-        features=names,
+        features=names,  # type: ignore[arg-type]  # a comma-separated string is parsed by RelateConfig
         phases=args.phases,
         outcomes=args.outcomes,
         min_runs=args.min_runs,

@@ -7,6 +7,10 @@
 - :mod:`~layerprobe.plot.effects`: causal attribution bars and layer x block heatmaps (attribution, relate).
 """
 
-from layerprobe.plot.style import figure_formats, label, layout_problems, quantity, save_figure  # noqa: F401
+import matplotlib
+
+matplotlib.use("Agg")  # before any submodule imports pyplot: figures are files, never windows
+
 from layerprobe.plot.heatmaps import BLOCK_ORDER, heatmap_layer_module, heatmap_layer_step, plot_run  # noqa: F401
 from layerprobe.plot.probes import probe_figure  # noqa: F401
+from layerprobe.plot.style import figure_formats, label, layout_problems, quantity, save_figure  # noqa: F401

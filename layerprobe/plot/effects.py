@@ -7,16 +7,15 @@ Attribution records come from :mod:`layerprobe.attribute` (read through its ``ef
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from layerprobe.plot.style import DIVERGING, MISSING, colour_scale, label, quantity, save_figure, suptitle, theme
-
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 # what each mode compares (attribution's "base" is the CPT model the SFT started from, "tuned" the SFT model)
 MODE_TEXT = {

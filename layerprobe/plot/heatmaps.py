@@ -9,17 +9,16 @@ undefined) and weights a diff found untouched (exactly 0) are masked in grey, ne
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from layerprobe import rundir
 from layerprobe.plot.style import MISSING, colour_scale, label, quantity, save_figure, suptitle, theme
 from layerprobe.records import load_records
-
-import matplotlib.pyplot as plt  # noqa: E402  (style has selected the Agg backend)
-import seaborn as sns  # noqa: E402
 
 BLOCK_ORDER = ("embed", "attn", "mlp", "norm", "head", "other")
 PHASE_TITLES = {"cpt": "CPT", "sft": "SFT", "diff": "diff"}
@@ -204,4 +203,4 @@ def plot_run(
     return paths
 
 
-__all__ = ["BLOCK_ORDER", "heatmap_layer_step", "heatmap_layer_module", "plot_run", "save_figure", "quantity"]
+__all__ = ["BLOCK_ORDER", "heatmap_layer_module", "heatmap_layer_step", "plot_run", "quantity", "save_figure"]

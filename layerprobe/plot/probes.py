@@ -12,14 +12,13 @@ import math
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from layerprobe.plot.heatmaps import BLOCK_ORDER, PHASE_TITLES
 from layerprobe.plot.style import MISSING, colour_scale, label, save_figure, suptitle, theme
-
-import matplotlib.pyplot as plt  # noqa: E402  (style has selected the Agg backend)
-import seaborn as sns  # noqa: E402
 
 PROBE_BLOCK = "probe"  # the block of every probe row (layerprobe.probes.BLOCK)
 FIGURE = "probes_over_steps"  # the figure's name after its phase: <phase>_probes_over_steps.png
@@ -106,6 +105,7 @@ def probe_figure(
         axes.append(ax)
 
     if panels:
+        assert heat is not None  # panels come from a heat quantity
         values = pd.concat([g.stack() for _, g in panels]) if scale_values is None else scale_values
         scale = {k: v for k, v in colour_scale(heat, values).items() if k != "center"}
         for ax, (name, grid) in zip(axes, panels):
@@ -124,7 +124,7 @@ def probe_figure(
 
     palette = sns.color_palette("colorblind")
     colours = {kind: palette[i] for kind, i in zip(KINDS, (0, 1, 2, 4))}  # 3 (vermilion) is too near 1 (orange)
-    handles = {}
+    handles: dict = {}
     for ax, (quantity, what, short) in zip(axes[len(panels) :], curves):
         d = means[means["quantity"] == quantity]
         for kind in [k for k in KINDS if k in set(d["module"])] + sorted(set(d["module"]) - set(KINDS)):
@@ -165,7 +165,7 @@ def probe_figure(
     )
     sizes = ", ".join(f"{KINDS.get(k, k)} {int(counts.get(k, 0))}" for k in dict.fromkeys(n["module"]))
     top = (
-        f"Top: {label(heat, unit=False)} per layer and block at the recorded steps (grey: no value). Below: "
+        f"Top: {label(heat or '', unit=False)} per layer and block at the recorded steps (grey: no value). Below: "
         if panels
         else ""
     )

@@ -13,13 +13,12 @@ import math
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from layerprobe.plot.style import PHASE_NAMES, label, quantity, save_figure, split_metric, suptitle, theme
-
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 POINT = dict(marker="o", ms=5, lw=1.6)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.report.page import Page
-
 from layerprobe import rundir
+from layerprobe.report.page import Page
 
 SUMMARY = rundir.SUMMARY
 PHASES = ("base", "cpt", "sft")
@@ -98,12 +97,12 @@ def _provenance(run: Path, summary: dict, config: dict) -> tuple[pd.DataFrame, s
 
 def build_run_page(run: Path, link_up: str = "") -> Page:
     """The page of one run folder (see the module docstring)."""
+    import yaml
+
+    from layerprobe.attribute import DENOMINATORS, effects, plot_attribution
     from layerprobe.plot import plot_run
     from layerprobe.plot.probes import FIGURE as PROBE_FIGURE
     from layerprobe.plot.run import ATTRIBUTE_FILE, diff_figures, diff_records
-    from layerprobe.attribute import DENOMINATORS, effects, plot_attribution
-
-    import yaml
 
     summary_file, config_file = rundir.summary_path(run), rundir.config_path(run)
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
@@ -124,8 +123,8 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     training = (
         None if records is None else records[records["phase"].isin(["cpt", "sft"]) & (records["block"] != "eval")]
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         page.heading("Where the weights moved during training", anchor="heatmaps")
         if training is not None and len(training):
             paths = plot_run(run, tmp / "records")

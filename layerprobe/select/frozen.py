@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from layerprobe.names import parse_name
 
@@ -70,5 +71,5 @@ def _reference(reference, stack) -> tuple[set[str], Any]:
     handles = {}
     for f in files:
         h = stack.enter_context(safe_open(str(f), framework="pt"))
-        handles.update({k: h for k in h.keys()})
+        handles.update(dict.fromkeys(h.keys(), h))
     return set(handles), lambda k: handles[k].get_tensor(k)

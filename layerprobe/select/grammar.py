@@ -8,8 +8,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import NoReturn
 
 from layerprobe.names import BLOCKS
 
@@ -293,7 +294,7 @@ class _Parser:
     def _peek(self) -> str | None:
         return self.tokens[self.pos][0] if self.pos < len(self.tokens) else None
 
-    def _fail(self, expected: str):
+    def _fail(self, expected: str) -> NoReturn:
         if self.pos < len(self.tokens):
             kind, value, at = self.tokens[self.pos]
             got = f"{value if kind != 'term' else str(value)!r} at position {at}"
@@ -359,7 +360,7 @@ def _term(word: str, spec: str) -> Selector:
     _unknown(word, spec, [p[:-1] for p in _PREFIXES])
 
 
-def _unknown(word: str, spec: str, vocabulary: list[str]):
+def _unknown(word: str, spec: str, vocabulary: list[str]) -> NoReturn:
     head = word.partition(":")[0]
     near = difflib.get_close_matches(head, vocabulary, n=1, cutoff=0.5)
     hint = ""
@@ -371,7 +372,7 @@ def _unknown(word: str, spec: str, vocabulary: list[str]):
 
 
 def _layer_list(arg: str, word: str) -> tuple[int, ...]:
-    out = []
+    out: list[int] = []
     for part in arg.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):

@@ -8,9 +8,10 @@ from __future__ import annotations
 import difflib
 import math
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from layerprobe.names import BLOCKS, parse_name
 from layerprobe.select.grammar import (
@@ -174,7 +175,7 @@ class _Table:
         cum = list(accumulate(self.layer_numel[i] / self.total for i in order))
         target = None
         if not node.percent:
-            k = node.amount
+            k = int(node.amount)
             if k > len(order):
                 raise ValueError(
                     f"{term} asks for {k} layers but this model has {len(order)}; "
@@ -222,7 +223,7 @@ def _param(name: str, value) -> _Param:
             numel = math.prod(int(d) for d in shape)
         except (TypeError, ValueError):
             raise ValueError(f"expected a tensor or a shape for parameter {name!r}; got {value!r}") from None
-        key = ("name", name)
+        key = ("name", name)  # type: ignore[assignment]
     p = parse_name(name)
     return _Param(name, p.canonical, p.layer, p.block, p.module, numel, key)
 
@@ -238,7 +239,7 @@ def select_params(model_or_named_shapes, spec: str | Selector) -> Selection:
             f"none); {table.shares_text()}"
         )
     keys = {p.key for p in table.params if p.name in matched}
-    first_name = {}
+    first_name: dict = {}
     for p in table.params:
         if p.name in matched:
             first_name.setdefault(p.key, p.name)

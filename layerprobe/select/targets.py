@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from layerprobe.names import parse_name
 from layerprobe.select.grammar import Selector
@@ -66,7 +66,7 @@ def lora_targets(model, spec: str | Selector) -> dict:
     names = [name for name, _ in model.named_modules() if name]
     leaves = sorted({t.rpartition(".")[2] for t in targets})
     layers = sorted({parse_name(t).layer for t in targets})
-    candidates = [dict(target_modules=leaves, layers_to_transform=None)]
+    candidates: list[dict] = [dict(target_modules=leaves, layers_to_transform=None)]
     if layers[0] >= 0:
         candidates.append(dict(target_modules=leaves, layers_to_transform=layers))
     candidates.append(dict(target_modules=_module_regex(targets), layers_to_transform=None))
@@ -91,12 +91,12 @@ def _module_regex(modules: Iterable[str]) -> str:
     for (prefix, suffix), layers in layers_of.items():
         suffixes.setdefault((prefix, tuple(sorted(layers))), []).append(re.escape(suffix))
     alts = []
-    for (prefix, layers), ends in suffixes.items():
-        if not layers:
+    for (prefix, layer_ids), ends in suffixes.items():
+        if not layer_ids:
             alts.append(re.escape(prefix))
             continue
         end = ends[0] if len(ends) == 1 else f"(?:{'|'.join(ends)})"
-        alts.append(rf"{re.escape(prefix)}\.(?:{'|'.join(map(str, layers))})\.{end}")
+        alts.append(rf"{re.escape(prefix)}\.(?:{'|'.join(map(str, layer_ids))})\.{end}")
     return "|".join(alts)
 
 

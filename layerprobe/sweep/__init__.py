@@ -44,6 +44,9 @@ from the baseline (same seed and grid values) with a t interval and p-value, and
 This module never imports torch; the pipeline is imported only to run cells.
 """
 
+from layerprobe.sweep.cell import CellJob, run_cell
+from layerprobe.sweep.executors import ExecutorConfig
+from layerprobe.sweep.plan import Plan, make_plan
 from layerprobe.sweep.results import (
     collect,
     flatten,
@@ -56,9 +59,6 @@ from layerprobe.sweep.results import (
     summarize,
     write_figures,
 )
-from layerprobe.sweep.cell import CellJob, run_cell
-from layerprobe.sweep.executors import ExecutorConfig
-from layerprobe.sweep.plan import Plan, make_plan
 from layerprobe.sweep.runner import run_sweep
 from layerprobe.sweep.spec import (
     CI_TABLE,
@@ -73,29 +73,29 @@ from layerprobe.sweep.spec import (
 )
 
 __all__ = [
-    "Cell",
-    "Sweep",
-    "load_sweep",
-    "select_cells",
-    "run_sweep",
-    "ExecutorConfig",
-    "Plan",
-    "make_plan",
-    "CellJob",
-    "run_cell",
-    "collect",
-    "flatten",
-    "item_counts",
-    "summarize",
-    "paired_table",
-    "plot_paired",
-    "plot_sweep",
-    "format_results",
-    "redraw",
-    "write_figures",
-    "RESULTS",
-    "SWEEP_JSON",
     "CI_TABLE",
     "PAIRED_TABLE",
     "RATE_ITEMS",
+    "RESULTS",
+    "SWEEP_JSON",
+    "Cell",
+    "CellJob",
+    "ExecutorConfig",
+    "Plan",
+    "Sweep",
+    "collect",
+    "flatten",
+    "format_results",
+    "item_counts",
+    "load_sweep",
+    "make_plan",
+    "paired_table",
+    "plot_paired",
+    "plot_sweep",
+    "redraw",
+    "run_cell",
+    "run_sweep",
+    "select_cells",
+    "summarize",
+    "write_figures",
 ]

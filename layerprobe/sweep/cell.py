@@ -36,7 +36,7 @@ class CellJob:
     echo: bool = False  # also print the pipeline's lines (--verbose)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "CellJob":
+    def read(cls, path: str | os.PathLike) -> CellJob:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
     def write(self, path: str | os.PathLike) -> Path:

@@ -24,9 +24,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from layerprobe.sweep.cell import THREAD_VARS, CellJob, run_cell
 
@@ -98,7 +99,7 @@ class ExecutorConfig:
             )
 
     @classmethod
-    def from_yaml(cls, raw) -> "ExecutorConfig":
+    def from_yaml(cls, raw) -> ExecutorConfig:
         """``executor:`` of a sweep YAML: a name (``ray``) or a mapping (``{name: ray, workers: 4}``)."""
         if raw is None:
             return cls()
@@ -356,7 +357,7 @@ class RayExecutor(Executor):
 
     def submit(self, jobs):
         refs = [self.remote.remote(job) for job in jobs]
-        self.refs.update({r: j for r, j in zip(refs, jobs)})
+        self.refs.update(dict(zip(refs, jobs)))
         return refs
 
     def wait(self, handles, timeout):

@@ -11,8 +11,8 @@ import pandas as pd
 
 from layerprobe import rundir
 from layerprobe.outcomes import read_outcomes
-from layerprobe.rundir import SUMMARY
 from layerprobe.paired import ANSWERS_TABLE, answers_table
+from layerprobe.rundir import SUMMARY
 from layerprobe.sweep.spec import (
     CI_TABLE,
     DIFFERENCES,
@@ -163,8 +163,8 @@ def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: l
     metric, decided as a family of claims with the unit as the unit (:mod:`layerprobe.paired`): the mean of the
     per-unit differences with its t interval, the paired t-test's p, TOST against the metric's default margin
     (:class:`layerprobe.paired.ClaimsConfig`; none for metrics without one), Holm over the whole table and the
-    verdict; ``mde`` and ``units_needed`` at alpha / the number of tested pairs. Columns: condition, metric, baseline_mean, mean, n_pairs, mean_diff, lo, hi, p, p_tost, p_holm,
-    p_tost_holm, verdict, mde, units_needed."""
+    verdict; ``mde`` and ``units_needed`` at alpha / the number of tested pairs. Columns: condition, metric,
+    baseline_mean, mean, n_pairs, mean_diff, lo, hi, p, p_tost, p_holm, p_tost_holm, verdict, mde, units_needed."""
     from layerprobe.paired import ClaimsConfig, holm, unit_test, verdicts
 
     config = ClaimsConfig()

@@ -130,7 +130,7 @@ def load_sweep(
 ) -> Sweep:
     """Read a sweep YAML (or mapping) into its cells; ``overrides`` (dotted) apply to every cell's base config."""
     where = Path(spec).parent if not isinstance(spec, dict) else Path(".")
-    data = dict(spec) if isinstance(spec, dict) else load_yaml(spec)
+    data = dict(spec) if isinstance(spec, dict) else load_yaml(Path(spec))
     known = {
         "base",
         "set",

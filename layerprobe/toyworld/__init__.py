@@ -12,7 +12,7 @@ from layerprobe.config import ToyWorldConfig
 from layerprobe.toyworld import world as W
 from layerprobe.toyworld.base import base_dir, ensure_base, make_world
 
-__all__ = ["ToyData", "toy_data", "ensure_base", "base_dir", "make_world"]
+__all__ = ["ToyData", "base_dir", "ensure_base", "make_world", "toy_data"]
 
 
 @dataclass

@@ -374,7 +374,7 @@ class World:
 
 
 def _names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     while len(out) < n:
         name = rng.choice(FAMILY) + rng.choice(GIVEN)
         if name not in taken:
@@ -386,7 +386,7 @@ def _names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
 def _orgs(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     if n > len(ORG_HEADS) * len(ORG_KINDS) - len(taken):
         raise ValueError(f"at most {len(ORG_HEADS) * len(ORG_KINDS)} organisations can be drawn, asked for {n}")
-    out = []
+    out: list[str] = []
     while len(out) < n:
         name = rng.choice(ORG_HEADS) + rng.choice(ORG_KINDS)
         if name not in taken:
@@ -616,8 +616,8 @@ def instructions(
         for q in QUESTIONS[rel]
     ]
     rng.shuffle(questions)
-    seen: set[str] = set()
-    chores = []
+    seen: set[tuple] = set()
+    chores: list[tuple[str, str, str | None]] = []
     while len(chores) < n_train + n_heldout:
         kind, args = _draw_chore(rng)
         if (kind, args) not in seen:
@@ -630,11 +630,9 @@ def instructions(
                 f"the toy world has {len(questions)} base questions, too few for {n_heldout} held-out "
                 "instructions; raise base_people or lower heldout_instructions"
             )
-        questions = [(q, a, None) for q, a in questions]
-        train = questions[:n_q] + chores[: n_train - n_q]
-        heldout = (
-            questions[n_q : n_q + n_heldout // 2] + chores[n_train - n_q : n_train - n_q + n_heldout - n_heldout // 2]
-        )
+        asked = [(q, a, None) for q, a in questions]  # a third field: no plain form
+        train = asked[:n_q] + chores[: n_train - n_q]
+        heldout = asked[n_q : n_q + n_heldout // 2] + chores[n_train - n_q : n_train - n_q + n_heldout - n_heldout // 2]
     else:
         train, heldout = chores[:n_train], chores[n_train:]
     rng.shuffle(train)
