@@ -129,17 +129,20 @@ def make_run(run: Path, record: bool = True, diff: bool = True, attribute: bool 
     return run
 
 
-def make_sweep(folder: Path, seeds=(1, 2, 3), cells: bool = True) -> pd.DataFrame:
-    """A 2 x 2 x 2 grid (study A's shape) with conditions as the first factor, and a baseline for paired tables."""
+def make_sweep(
+    folder: Path, seeds=(1, 2, 3), cells: bool = True, conditions: tuple[str, str] = ("baseline", "replay")
+) -> pd.DataFrame:
+    """A 2 x 2 x 2 grid (study A's shape) with conditions as the first factor, and a baseline for paired tables.
+    The second of ``conditions`` is the one that raises cloze accuracy."""
     rows = []
     rng = np.random.default_rng(0)
-    for cond in ("baseline", "replay"):
+    for cond in conditions:
         for a in (32, 128):
             for b in (8, 32):
                 for mods in ("A", "B"):
                     for seed in seeds:
                         name = f"{cond},cpt.lora_alpha={a},sft.lora_alpha={b},sft.target_modules={mods},seed={seed}"
-                        sft = float(np.clip(0.5 + (0.3 if cond == "replay" else 0) + rng.normal(0, 0.05), 0, 1))
+                        sft = float(np.clip(0.5 + (0.3 if cond == conditions[1] else 0) + rng.normal(0, 0.05), 0, 1))
                         rows.append(
                             {
                                 "cell": name,

@@ -48,11 +48,14 @@ def test_plot_cli_writes_pngs_without_importing_torch(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
-def test_plot_error_names_available_quantities(tmp_path):
+def test_plot_error_names_available_quantities(tmp_path, capsys):
     _synthetic(tmp_path / "run")
     from layerprobe.cli import main
 
     assert main(["plot", str(tmp_path / "run"), "--quantity", "grad_norm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layerprobe plot: error: nothing to plot in ") and err.count("\n") == 1, err
+    assert "no aggregated rows of ['grad_norm']" in err and "the records have ['drift_ratio']" in err
 
 
 def test_load_records_one_run_a_folder_of_runs_and_csv(tmp_path):

@@ -241,8 +241,42 @@ def test_plain_loop_recorder_and_log_spaced_schedule(tmp_path):
     assert list(tot.index) == [2, 4, 6, 8, 10]
     np.testing.assert_allclose(tot.to_numpy(), [ref[s - 1] for s in tot.index], rtol=1e-5)
     steps = sorted(df[df.quantity == "update_ratio"].step.unique())
-    assert steps[0] == 1 and len(steps) <= 4 and max(steps) <= 10
+    assert steps == [1, 2, 5, 10]  # round(10 ** (k / 3)) for k = 0..3: four log-spaced steps from 1 to max_steps
     assert "drift_ratio" not in set(df.quantity)
+
+
+@pytest.mark.parametrize(
+    ("spec", "max_steps", "steps"),
+    [
+        ("log:4", 100, [1, 5, 22, 100]),  # round(100 ** (k / 3))
+        ("log:3", 10, [1, 3, 10]),
+        ("log:50", 10, list(range(1, 11))),  # more points than steps: each step once
+        ("every:3", 10, [3, 6, 9]),
+        (4, 10, [4, 8]),
+        ("never", 10, []),
+    ],
+)
+def test_schedules_fire_at_exactly_these_steps(spec, max_steps, steps):
+    from layerprobe.schedules import parse_schedule
+
+    schedule = parse_schedule(spec, max_steps)
+    assert [s for s in range(max_steps + 1) if schedule(s)] == steps
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("log:4", "log schedules need the number of training steps"),
+        ("every:0", "interval of at least 1 step"),
+        ("sometimes", "unknown schedule 'sometimes'"),
+        (True, "expected a schedule such as"),
+    ],
+)
+def test_bad_schedules_say_what_is_wrong(spec, message):
+    from layerprobe.schedules import parse_schedule
+
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(spec)
 
 
 def test_summaries_reach_reporting_callbacks(tmp_path):

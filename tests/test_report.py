@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from report_fixtures import SUMMARY, make_run, make_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +111,75 @@ def test_sweep_report_tables_links_and_figures(reports):
     # figures: before/after cloze, before/after general loss, retention drop (defaults without the YAML)
     assert len(page.images) == 3
     assert any("too few runs" in c or "No relate results" in c for c in [reports["sweep"].read_text()])
+
+
+# every character HTML or a URL gives a meaning to: a page that does not escape or quote them breaks visibly
+HOSTILE = "a<b>&\"q\" 'x' #1 %41\\"
+
+
+class Tags(HTMLParser):
+    """Each start tag's attributes and the text right after it, in order."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.found: list[tuple[str, dict, str]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs), ""))
+
+    def handle_data(self, data):
+        if self.found:
+            tag, attrs, text = self.found[-1]
+            self.found[-1] = (tag, attrs, text + data)
+
+
+def test_page_escapes_text_attributes_and_cells(tmp_path):
+    from layerprobe.report.page import Page, href
+
+    png = tmp_path / "f.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = Page(HOSTILE)
+    page.heading(HOSTILE, anchor=HOSTILE)
+    page.text(HOSTILE, "muted")
+    page.pre(HOSTILE)
+    page.table(pd.DataFrame({"cell": [HOSTILE], HOSTILE: [1.5]}), links={HOSTILE: href(f"{HOSTILE}/report.html")})
+    page.figures([png], [HOSTILE])
+    html = page.html()
+    assert "<b>" not in html and HOSTILE not in html
+    tags = Tags(html).found
+    texts = {tag: text.strip() for tag, _, text in tags if tag in ("title", "h1", "h2", "p", "pre")}
+    assert texts == dict.fromkeys(("title", "h1", "h2", "p", "pre"), HOSTILE)
+    assert [a for t, a, _ in tags if t == "h2"] == [{"id": HOSTILE}]
+    assert [(a, text) for t, a, text in tags if t == "a"] == [
+        ({"href": "a%3Cb%3E%26%22q%22%20%27x%27%20%231%20%2541%5C/report.html"}, HOSTILE)
+    ]
+    img = next(a for t, a, _ in tags if t == "img")
+    assert img["alt"] == HOSTILE and img["data-figure"] == "f.png"
+    assert parse_text(html).cells == ["cell", HOSTILE, HOSTILE, "1.500"]  # header, then the row: read back whole
+
+
+def parse_text(html: str) -> PageParser:
+    p = PageParser()
+    p.feed(html)
+    return p
+
+
+def test_sweep_report_escapes_names_and_quotes_cell_links(tmp_path):
+    from urllib.parse import unquote
+
+    from layerprobe.report import write_report
+
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, seeds=(1, 2), conditions=(HOSTILE, "replay"))  # the first two cells get folders
+    page = parse(write_report(sweep))
+    assert HOSTILE in page.cells  # the condition column, read back through an HTML parser
+    linked = [h for h in page.links if h.endswith("/report.html")]
+    assert len(linked) == 2
+    for h in linked:
+        assert not set("#<>\"' \\") & set(h), h  # quoted: a browser reads the whole path
+        assert unquote(h).startswith(f"{HOSTILE},cpt.lora_alpha=") and (sweep / unquote(h)).is_file()
+    assert sum(c.startswith(f"{HOSTILE},cpt.lora_alpha=") for c in page.cells) == 2 * 2 * 2 * 2  # its cells, whole
 
 
 def test_report_cli_and_train_option(tmp_path):

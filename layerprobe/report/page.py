@@ -11,6 +11,7 @@ import base64
 import html
 import math
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -34,7 +35,19 @@ pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em;max-height:420px
 
 
 def esc(value) -> str:
+    """Text or an attribute value made safe for HTML: ``& < > " '`` become entities."""
     return html.escape(str(value), quote=True)
+
+
+def attr(name: str, value) -> str:
+    """`` name="value"`` with the value escaped (a quoted attribute, whatever characters the value holds)."""
+    return f' {name}="{esc(value)}"'
+
+
+def href(path: str) -> str:
+    """A relative link to a file path, URL-quoted so that ``#``, ``%``, ``?``, quotes or spaces in a folder name
+    stay part of the path (``/``, ``,``, ``=``, ``+``, ``:`` and ``@`` are valid in a path and kept as they are)."""
+    return quote(path, safe="/,=+:@")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -59,10 +72,10 @@ class Page:
         self.n_figures = 0
 
     def heading(self, text: str, level: int = 2, anchor: str = "") -> None:
-        self.parts.append(f"<h{level}{f' id={esc(anchor)!r}' if anchor else ''}>{esc(text)}</h{level}>")
+        self.parts.append(f"<h{level}{attr('id', anchor) if anchor else ''}>{esc(text)}</h{level}>")
 
     def text(self, text: str, cls: str = "") -> None:
-        self.parts.append(f"<p{f' class={cls!r}' if cls else ''}>{esc(text)}</p>")
+        self.parts.append(f"<p{attr('class', cls) if cls else ''}>{esc(text)}</p>")
 
     def note(self, text: str) -> None:
         self.text(text, "note")
@@ -93,7 +106,7 @@ class Page:
             for c, v in zip(cols, rec):
                 shown = esc(fmt(v, digits))
                 if links and c == cols[0] and str(v) in links:
-                    shown = f"<a href={esc(links[str(v)])!r}>{shown}</a>"
+                    shown = f"<a{attr('href', links[str(v)])}>{shown}</a>"
                 cells.append(f"<td class='t'>{shown}</td>" if is_text[c] else f"<td>{shown}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
@@ -106,8 +119,8 @@ class Page:
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             caption = captions[i] if captions else path.stem
             items.append(
-                f"<figure><img src='data:{MIME.get(path.suffix, 'image/png')};base64,{data}' "
-                f"alt={esc(caption)!r} data-figure={esc(path.name)!r}><figcaption>{esc(caption)}"
+                f"<figure><img src='data:{MIME.get(path.suffix, 'image/png')};base64,{data}'"
+                f"{attr('alt', caption)}{attr('data-figure', path.name)}><figcaption>{esc(caption)}"
                 "</figcaption></figure>"
             )
             self.n_figures += 1

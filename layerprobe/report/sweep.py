@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe import rundir
-from layerprobe.report.page import Page
+from layerprobe.report.page import Page, href
 
 CELL_REPORT = "report.html"
 
@@ -114,8 +114,8 @@ def _relate(folder: Path, page: Page) -> None:
         "(or of whole groups), q-values Benjamini-Hochberg within each stratum.",
         "muted",
     )
-    for n in notes:
-        page.note(n)
+    for note in notes:
+        page.note(note)
     strata = _strata_summary(table)
     if len(strata) > 1 or "partial_q" in table:
         page.table(strata, digits=3, text_columns=("stratum",))
@@ -208,7 +208,7 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
                 page_cell = build_run_page(cell, link_up=f"../{CELL_REPORT}")
                 page_cell.write(cell / CELL_REPORT)
             if (cell / CELL_REPORT).is_file():
-                links[name] = f"{name}/{CELL_REPORT}"
+                links[name] = href(f"{name}/{CELL_REPORT}")
 
     page.heading("Results, one row per cell", anchor="results")
     shown = ["cell", *axes, "seed"] + [
@@ -224,8 +224,8 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
     if not links:
         page.text("No cell folders beside this results table: no per-cell reports to link.", "muted")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         ci = plot_sweep(table, plot, axes, tmp)
         page.heading("Means with 95 % intervals", anchor="intervals")
         if len(ci):
@@ -234,7 +234,7 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
             page.table(wide, text_columns=tuple(wide.columns))
         if baseline and "condition" in table:
             keys = ["seed"] + [a for a in axes if a != "group"]
-            metrics = [m for m in ci["metric"].unique()] if len(ci) else []
+            metrics = list(ci["metric"].unique()) if len(ci) else []
             paired = paired_table(table, metrics, baseline, keys)
             page.heading(f"Paired comparisons with the baseline ({baseline})", anchor="paired")
             if len(paired):
