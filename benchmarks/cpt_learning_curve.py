@@ -32,9 +32,10 @@ def main(argv=None) -> None:
     from transformers import TrainerCallback
 
     from layerprobe.config import EvalConfig, load_yaml, resolve
+    from layerprobe.data import pack_texts
     from layerprobe.evaluate import EvalSet, evaluate_model
     from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import cpt_trainer, hidden_size, load_tokenizer, pack_texts, resolve_model, resolve_precision
+    from layerprobe.stages import cpt_trainer, hidden_size, load_tokenizer, resolve_model, resolve_precision
 
     data_cfg = load_yaml(args.config)
     data_cfg.setdefault("cpt", {})["max_steps"] = args.steps

@@ -37,7 +37,9 @@ of the groups of a partition need not add up to 1: reverting two groups together
 Over several seeds, :func:`over_seeds` gives each mean with its Student-t interval, and :func:`paired_difference`
 the per-seed difference of two groups (``attn - mlp``).
 
-torch is imported only inside the functions that need it; :func:`plot_attribution` draws from records alone.
+torch is imported only inside the functions that need it. The records' effects table
+(:func:`layerprobe.attribution_records.effects`) and its figures (:func:`layerprobe.plot.effects.attribution_figures`)
+need no torch.
 """
 
 from __future__ import annotations
@@ -55,18 +57,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from layerprobe.attribution_records import DENOMINATORS, MODES, PHASE
 from layerprobe.names import BLOCKS, parse_name
 from layerprobe.records import COLUMNS
 
-PHASE = "attribute"
-MODES = ("revert", "apply")
 GROUPINGS = ("layers", "blocks", "cells")
-# each denominator recorded per group -> the ratio effects() writes (the effect's share / the group's share)
-DENOMINATORS = {
-    "weight_share": "share_per_weight",
-    "trained_share": "share_per_trained",
-    "delta_share": "share_per_delta",
-}
 # the per-seed columns over_seeds() gives a mean and an interval ("effect" keeps the names lo / hi)
 SEED_VALUES = ("effect", "share", *DENOMINATORS.values())
 Evaluate = Callable[[object, object], dict]
@@ -556,35 +551,6 @@ def _records(
 # ------------------------------------------------------------------------------------------ reading the records
 
 
-def effects(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per group x mode x metric: value, effect (revert: value - tuned; apply: value - base), the full SFT
-    effect (tuned - base) and share = effect / (base - tuned) for revert, effect / (tuned - base) for apply:
-    1 means this group alone carries the whole change of the metric."""
-    d = records[records["phase"] == PHASE]
-    split = d["quantity"].str.split(":", n=1, expand=True)
-    d = d.assign(mode=split[0], metric=split[1])
-    base = d[(d["mode"] == "base") & (d["param"] == "")].set_index("metric")["value"]
-    tuned = d[(d["mode"] == "tuned") & (d["param"] == "")].set_index("metric")["value"]
-    rel = d[d["quantity"] == "rel_change"].set_index("param")["value"]
-    out = d[d["mode"].isin(MODES)][["param", "layer", "block", "mode", "metric", "value"]].copy()
-    out = out.rename(columns={"param": "group"})
-    out["sft_effect"] = out["metric"].map(tuned - base).to_numpy()
-    ref = np.where(out["mode"] == "revert", out["metric"].map(tuned), out["metric"].map(base))
-    out["effect"] = out["value"] - ref
-    full = np.where(out["mode"] == "revert", -out["sft_effect"], out["sft_effect"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["share"] = np.where(full != 0, out["effect"] / full, np.nan) + 0.0  # no -0
-    out["rel_change"] = out["group"].map(rel).to_numpy()
-    present = set(d["quantity"])
-    for denominator, ratio in DENOMINATORS.items():  # records written before a denominator existed lack it
-        if denominator in present:
-            ws = d[d["quantity"] == denominator].set_index("param")["value"]
-            out[denominator] = out["group"].map(ws).to_numpy()
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out[ratio] = out["share"] / out[denominator]
-    return out.reset_index(drop=True)
-
-
 def paired_difference(per_seed: pd.DataFrame, a: str = "attn", b: str = "mlp") -> pd.DataFrame:
     """Per-seed rows of the group ``"a - b"``: for each seed (and cell, mode, metric) the effect, share, ratios and
     denominators of group ``a`` minus those of group ``b``, paired by seed; ``sft_effect`` stays the seed's own.
@@ -644,13 +610,3 @@ def over_seeds(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             row[col] = float(d[col].mean())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def plot_attribution(
-    records: pd.DataFrame, out_dir: str | os.PathLike, metrics: Sequence[str] | None = None
-) -> list[Path]:
-    """Per metric: bars of the effect per layer and per other group, revert on top, apply below (see
-    :func:`layerprobe.plot.effects.attribution_figures`, which draws them)."""
-    from layerprobe.plot.effects import attribution_figures
-
-    return attribution_figures(records, out_dir, metrics)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -258,6 +259,17 @@ class DataConfig:
             raise ValueError(f"data.sft_rewrite must be '' or 'gozaru', got {self.sft_rewrite!r}")
 
 
+def style_regex(pattern: str) -> re.Pattern:
+    """``eval.style_pattern`` compiled, or a ValueError that says how to write it."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(
+            f"eval.style_pattern must be a valid regular expression, got {pattern!r} ({e}); "
+            "escape special characters, e.g. 'ござる' or 'de gozaru\\.'"
+        ) from None
+
+
 @dataclass
 class EvalConfig:
     """Evaluation of the CPT model and the SFT model: knowledge retention, style and EOS."""
@@ -294,8 +306,6 @@ class EvalConfig:
             )
         if self.cloze_scoring not in ("generate", "likelihood"):
             raise ValueError(f"eval.cloze_scoring must be 'generate' or 'likelihood', got {self.cloze_scoring!r}")
-        from layerprobe.evaluate import style_regex
-
         style_regex(self.style_pattern)
 
 

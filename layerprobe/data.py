@@ -215,3 +215,13 @@ def load_instructions(spec: str, split: str = "train") -> list[dict]:
             "'instruction' (+ 'input') or 'messages'"
         )
     return out
+
+
+def pack_texts(tok, docs: list[str], block: int) -> list[list[int]]:
+    """Tokenize documents (each followed by EOS), concatenate and cut into blocks of ``block`` tokens."""
+    ids: list[int] = []
+    for enc in tok(docs)["input_ids"]:
+        ids.extend(enc + [tok.eos_token_id])
+    if len(ids) < block:
+        return [ids] if ids else []
+    return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]

@@ -36,7 +36,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from layerprobe.config import EvalConfig
+from layerprobe.config import EvalConfig, style_regex
 
 METRICS = (
     "cloze_acc",
@@ -77,16 +77,6 @@ def contains_answer(prediction: str, gold: str) -> bool:
 def first_sentence(text: str) -> str:
     m = _SENTENCE_END.search(text)
     return text[: m.start()] if m else text
-
-
-def style_regex(pattern: str) -> re.Pattern:
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ValueError(
-            f"eval.style_pattern must be a valid regular expression, got {pattern!r} ({e}); "
-            "escape special characters, e.g. 'ござる' or 'de gozaru\\.'"
-        ) from None
 
 
 def style_at_first_end(text: str, style: re.Pattern) -> bool:

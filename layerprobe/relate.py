@@ -97,6 +97,7 @@ from scipy import stats
 from layerprobe import rundir
 from layerprobe.outcomes import OUTCOMES, read_outcomes
 from layerprobe.outcomes import is_dotted as _dotted
+from layerprobe.plot.effects import heatmap_rho
 from layerprobe.records import load_records
 from layerprobe.rundir import SUMMARY, find_runs
 
@@ -915,22 +916,6 @@ def relate_features(
 
 
 # ------------------------------------------------------------------------------------------ outputs
-
-
-def heatmap_rho(
-    table: pd.DataFrame,
-    feature: str,
-    phase: str,
-    outcome: str,
-    out_png: str | os.PathLike,
-    alpha: float = 0.05,
-    value: str = "rho",
-) -> Path:
-    """Layer x block heatmaps of ``value`` (rho or partial_rho) for one (feature, phase, outcome), one panel per
-    stratum; '*' marks q < alpha (drawn by :func:`layerprobe.plot.effects.heatmap_rho`)."""
-    from layerprobe.plot.effects import heatmap_rho as draw
-
-    return draw(table, feature, phase, outcome, out_png, alpha, value=value)
 
 
 def write_outputs(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from layerprobe.config import TOYWORLD, PhaseConfig, TrainConfig
+from layerprobe.data import pack_texts
 from layerprobe.rundir import DONE, STARTED, checkpoint_dir
 
 # A chat template for tokenizers that have none (base models): assistant turns end with EOS, inside
@@ -295,16 +296,6 @@ def _info(trainer, t0: float, what: str, out: Path) -> dict:
 
 
 # -- CPT -----------------------------------------------------------------------------------------------------------
-
-
-def pack_texts(tok, docs: list[str], block: int) -> list[list[int]]:
-    """Tokenize documents (each followed by EOS), concatenate and cut into blocks of ``block`` tokens."""
-    ids: list[int] = []
-    for enc in tok(docs)["input_ids"]:
-        ids.extend(enc + [tok.eos_token_id])
-    if len(ids) < block:
-        return [ids] if ids else []
-    return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
 
 
 def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, callbacks=(), bf16: bool | None = None):

@@ -11,15 +11,10 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.attribute import (
-    AttributeConfig,
-    WeightSwapper,
-    attribute_change,
-    effects,
-    expand_groups,
-    plot_attribution,
-)
+from layerprobe.attribute import AttributeConfig, WeightSwapper, attribute_change, expand_groups
+from layerprobe.attribution_records import effects
 from layerprobe.checkpoints import open_source
+from layerprobe.plot.effects import attribution_figures as plot_attribution
 from layerprobe.records import COLUMNS
 
 LAYERS = 4

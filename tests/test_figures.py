@@ -193,8 +193,8 @@ def test_paired_plot_says_what_minus_what_and_which_side_is_better(tmp_path, cap
 
 
 def test_attribution_and_relate_figures(tmp_path, captured):
-    from layerprobe.attribute import plot_attribution
-    from layerprobe.relate import heatmap_rho
+    from layerprobe.plot.effects import attribution_figures as plot_attribution
+    from layerprobe.plot.effects import heatmap_rho
 
     paths = plot_attribution(attribute_records(tmp_path / "run"), tmp_path / "a")
     assert [p.name for p in paths] == [

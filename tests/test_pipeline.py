@@ -261,7 +261,7 @@ def toy_tok():
 
 
 def test_pack_texts_concatenates_documents_with_eos_and_cuts_blocks(toy_tok):
-    from layerprobe.stages import pack_texts
+    from layerprobe.data import pack_texts
 
     docs = ["山田太郎の出身地は札幌です。", "犬が公園にいます。", "拙者は医師でござる。"]
     flat = [t for d in docs for t in toy_tok(d)["input_ids"] + [toy_tok.eos_token_id]]

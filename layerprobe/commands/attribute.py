@@ -85,10 +85,12 @@ def run(args) -> int:
     from pathlib import Path
 
     from layerprobe import rundir
-    from layerprobe.attribute import AttributeConfig, attribute_change, effects, plot_attribution
+    from layerprobe.attribute import AttributeConfig, attribute_change
+    from layerprobe.attribution_records import effects
     from layerprobe.config import TrainConfig, load_yaml, resolve
     from layerprobe.evaluate import evaluate_model
     from layerprobe.pipeline import load_data, quiet_libraries
+    from layerprobe.plot.effects import attribution_figures
     from layerprobe.records import write_table
     from layerprobe.stages import load_model, load_tokenizer
 
@@ -189,6 +191,6 @@ def run(args) -> int:
     from layerprobe.plot import figure_formats
 
     with figure_formats(args.format):
-        figures = plot_attribution(res.records, out / "figures")
+        figures = attribution_figures(res.records, out / "figures")
     print(f"\nwrote {path} and {len(figures)} figures in {out / 'figures'}")
     return 0

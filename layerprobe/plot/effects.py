@@ -15,7 +15,19 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from layerprobe.plot.style import DIVERGING, MISSING, colour_scale, label, quantity, save_figure, suptitle, theme
+from layerprobe.attribution_records import MODES, effects
+from layerprobe.names import BLOCKS
+from layerprobe.plot.style import (
+    BLOCK_ORDER,
+    DIVERGING,
+    MISSING,
+    colour_scale,
+    label,
+    quantity,
+    save_figure,
+    suptitle,
+    theme,
+)
 
 # what each mode compares (attribution's "base" is the CPT model the SFT started from, "tuned" the SFT model)
 MODE_TEXT = {
@@ -30,8 +42,6 @@ def attribution_figures(
     """Per metric: bars of the effect per layer (left) and per other group (right), revert on top, apply below;
     a dashed line marks the whole SFT change. With ``cells`` groups, also a layer x block heatmap of the revert
     effect per metric."""
-    from layerprobe.attribute import MODES, effects
-    from layerprobe.names import BLOCKS
 
     theme()
     e = effects(records)
@@ -130,7 +140,6 @@ def heatmap_rho(
     for one (feature, phase, outcome), one panel per stratum of the table (``all``, ``method=lora``, ...); '*'
     marks q < alpha (``q`` / ``partial_q``, Benjamini-Hochberg within the stratum). Layer -1 (row ``outside``) =
     weights outside the decoder stack (embeddings, final norm, head)."""
-    from layerprobe.plot.heatmaps import BLOCK_ORDER
 
     theme()
     if value not in ("rho", "partial_rho"):

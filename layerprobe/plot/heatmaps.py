@@ -17,11 +17,20 @@ import pandas as pd
 import seaborn as sns
 
 from layerprobe import rundir
-from layerprobe.plot.style import MISSING, colour_scale, label, quantity, save_figure, suptitle, theme
+from layerprobe.plot.probes import FIGURE, HEAT_QUANTITIES, has_probes, probe_figure
+from layerprobe.plot.style import (
+    BLOCK_ORDER,
+    MISSING,
+    PHASE_TITLES,
+    colour_scale,
+    label,
+    quantity,
+    save_figure,
+    suptitle,
+    theme,
+)
 from layerprobe.records import load_records
 
-BLOCK_ORDER = ("embed", "attn", "mlp", "norm", "head", "other")
-PHASE_TITLES = {"cpt": "CPT", "sft": "SFT", "diff": "diff"}
 # diff quantities whose exact 0 means "this weight was not changed" (a real change never gives exactly 0)
 UNTOUCHED_AT_ZERO = {"delta_norm", "rel_change", "rel_change_bc", "rel_change_ac", "delta_norm_bc", "delta_norm_ac"}
 
@@ -168,8 +177,6 @@ def plot_run(
     step of each quantity, layer x module of the final drift and, where the phase was probed
     (:mod:`layerprobe.probes`), the probes over steps under the drift heatmap (:func:`~layerprobe.plot.probes.
     probe_figure`, ``<phase>_probes_over_steps.png``). Phases share one colour scale per quantity."""
-    from layerprobe.plot.probes import FIGURE, HEAT_QUANTITIES, has_probes, probe_figure
-
     df = load_records(run_dir)
     quantities = list(quantities)
     agg = df[(df["param"] == "") & (df["phase"] != "diff")]

@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from layerprobe.plot.heatmaps import BLOCK_ORDER, PHASE_TITLES
-from layerprobe.plot.style import MISSING, colour_scale, label, save_figure, suptitle, theme
+from layerprobe.plot.style import BLOCK_ORDER, MISSING, PHASE_TITLES, colour_scale, label, save_figure, suptitle, theme
 
 PROBE_BLOCK = "probe"  # the block of every probe row (layerprobe.probes.BLOCK)
 FIGURE = "probes_over_steps"  # the figure's name after its phase: <phase>_probes_over_steps.png

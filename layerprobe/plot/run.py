@@ -43,7 +43,7 @@ def diff_figures(diff: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
 def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Training heatmaps, diff heatmaps and attribution figures of a run folder into ``out_dir`` (default
     ``RUN/figures``), each only when the run holds its data."""
-    from layerprobe.attribute import plot_attribution
+    from layerprobe.plot.effects import attribution_figures
     from layerprobe.plot.heatmaps import plot_run
     from layerprobe.records import load_records
 
@@ -58,7 +58,7 @@ def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None
     if diff is not None:
         paths += diff_figures(diff, out)
     if (run / ATTRIBUTE_FILE).is_file():
-        paths += plot_attribution(load_records(run / ATTRIBUTE_FILE), out)
+        paths += attribution_figures(load_records(run / ATTRIBUTE_FILE), out)
     if not paths:
         raise ValueError(
             f"nothing to draw in {run}: expected records/ (train with --record), {DIFF_DIR}/*.parquet "

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+BLOCK_ORDER = ("embed", "attn", "mlp", "norm", "head", "other")  # the order of blocks in every figure
+PHASE_TITLES = {"cpt": "CPT", "sft": "SFT", "diff": "diff"}
 SEQUENTIAL = "viridis"
 DIVERGING = "vlag"  # blue < 0 < red, white at 0
 MISSING = "#d9d9d9"  # masked cells: frozen, untouched, undefined

@@ -99,8 +99,9 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     """The page of one run folder (see the module docstring)."""
     import yaml
 
-    from layerprobe.attribute import DENOMINATORS, effects, plot_attribution
+    from layerprobe.attribution_records import DENOMINATORS, effects
     from layerprobe.plot import plot_run
+    from layerprobe.plot.effects import attribution_figures
     from layerprobe.plot.probes import FIGURE as PROBE_FIGURE
     from layerprobe.plot.run import ATTRIBUTE_FILE, diff_figures, diff_records
 
@@ -187,7 +188,7 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
                     "muted",
                 )
                 page.table(spans, digits=3, text_columns=("group",))
-            figs = plot_attribution(rec, tmp / "attribute")
+            figs = attribution_figures(rec, tmp / "attribute")
             page.figures(figs, [p.stem.replace("_", " ") for p in figs])
 
         stages = stage_table(summary)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from layerprobe.config import ToyWorldConfig
+from layerprobe.data import pack_texts
 from layerprobe.presets import cache_root
 from layerprobe.toyworld import world as W
 
@@ -64,7 +65,6 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from layerprobe.stages import pack_texts
     from layerprobe.toyworld.tokenizer import build_tokenizer
 
     t0 = time.time()
