@@ -28,10 +28,10 @@ def main(argv=None) -> None:
 
     from layerprobe.config import load_yaml, resolve
     from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import cpt_trainer, load_tokenizer, resolve_model
+    from layerprobe.stages import cpt_trainer, load_model, load_tokenizer, make_trainable, model_folder
 
     cfg = resolve(load_yaml(args.config) if args.config else {})
-    base = resolve_model(cfg.model, cfg)
+    base = model_folder(cfg.model, cfg)
     tok = load_tokenizer(base)
     docs = load_data(cfg).cpt_docs
     phase = cfg.cpt
@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     with quiet_libraries():
         for _ in range(args.repeats):
             for name in ("fp32", "bf16"):
-                trainer, _ = cpt_trainer(cfg, base, tok, docs, Path("/tmp/lp-bench-precision"), bf16=name == "bf16")
+                model = make_trainable(load_model(base), phase, cfg.phase_seed(phase))[0]
+                trainer, _ = cpt_trainer(cfg, model, tok, docs, Path("/tmp/lp-bench-precision"), bf16=name == "bf16")
                 t = time.perf_counter()
                 out = trainer.train()
                 times[name].append((time.perf_counter() - t) / args.steps)

@@ -35,13 +35,21 @@ def main(argv=None) -> None:
     from layerprobe.data import pack_texts
     from layerprobe.evaluate import EvalSet, evaluate_model
     from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import cpt_trainer, hidden_size, load_tokenizer, resolve_model, resolve_precision
+    from layerprobe.stages import (
+        cpt_trainer,
+        hidden_size,
+        load_model,
+        load_tokenizer,
+        make_trainable,
+        model_folder,
+        resolve_precision,
+    )
 
     data_cfg = load_yaml(args.config)
     data_cfg.setdefault("cpt", {})["max_steps"] = args.steps
     cfg = resolve(data_cfg)
     data = load_data(cfg)
-    base = resolve_model(cfg.model, cfg)
+    base = model_folder(cfg.model, cfg)
     tok = load_tokenizer(base)
     blocks = pack_texts(tok, data.cpt_docs, cfg.cpt.max_length)
     probes = EvalSet(data.eval_set.probes, [], [])
@@ -76,7 +84,8 @@ def main(argv=None) -> None:
                 evaluate(model, state.global_step)
 
     with quiet_libraries():
-        trainer, _ = cpt_trainer(cfg, base, tok, data.cpt_docs, Path("/tmp/lp-curve"), [Every()])
+        model = make_trainable(load_model(base), cfg.cpt, cfg.phase_seed(cfg.cpt))[0]
+        trainer, _ = cpt_trainer(cfg, model, tok, data.cpt_docs, Path("/tmp/lp-curve"), [Every()])
         evaluate(trainer.model, 0)
         trainer.train()
     out = Path(args.out)

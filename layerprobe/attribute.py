@@ -58,8 +58,11 @@ import numpy as np
 import pandas as pd
 
 from layerprobe.attribution_records import DENOMINATORS, MODES, PHASE
+from layerprobe.keys import digest
 from layerprobe.names import BLOCKS, parse_name
 from layerprobe.records import COLUMNS
+from layerprobe.select import select_params
+from layerprobe.stats import t_mean_ci
 
 GROUPINGS = ("layers", "blocks", "cells")
 # the per-seed columns over_seeds() gives a mean and an interval ("effect" keeps the names lo / hi)
@@ -323,7 +326,7 @@ class EvalCache:
                 raise ValueError(f"the cache {self.path} is not valid JSON ({e}); delete it to start afresh") from None
 
     def key(self, group: str, mode: str) -> str:
-        return hashlib.sha256(f"{self.context}\0{group}\0{mode}".encode()).hexdigest()[:24]
+        return digest(f"{self.context}\0{group}\0{mode}", 24)
 
     def get(self, group: str, mode: str) -> dict | None:
         e = self.entries.get(self.key(group, mode))
@@ -434,7 +437,6 @@ def attribute_change(
 
 def _resolve_groups(model, swap: WeightSwapper, specs: Sequence[str]) -> dict[str, list[str]]:
     """selector -> canonical tensor names of the swapper (tied names folded), in the swapper's order."""
-    from layerprobe.select import select_params
 
     shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters(remove_duplicate=False)]
     by_param = {id(p): parse_name(n).canonical for n, p in model.named_parameters()}
@@ -586,7 +588,6 @@ def over_seeds(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     with ``<name>_lo`` / ``<name>_hi`` -- each ratio is computed per seed, then averaged; ``sft_effect`` and the
     denominators (``weight_share``, ...) as means. One seed, or a value that is NaN or infinite in some seed: the
     interval is NaN (and the mean too, in the second case); the per-seed rows show why."""
-    from layerprobe.stats import t_mean_ci
 
     if "seed" not in per_seed.columns:
         raise ValueError(f"over_seeds needs a 'seed' column (one row per seed); got columns {list(per_seed.columns)}")

@@ -3,6 +3,11 @@
 A command module defines ``HELP`` (one line), ``EXAMPLE`` (shown in --help), ``add_arguments(parser)``
 and ``run(args) -> int``; it imports torch only inside ``run``. The four stage commands (cpt, merge, sft, eval)
 are one table in ``layerprobe/commands/stage.py``.
+
+Imports: every import of the package's own modules is at the top of its file, except where that module would load a
+heavy third-party package (torch, transformers, pandas, pyarrow, matplotlib, scipy, ...) that the importing module
+does not load itself. Those few stay inside the function that needs them, so ``layerprobe --help`` starts fast and
+plotting and reports never load torch (tests/test_plot_records.py, tests/test_report.py).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from layerprobe.commands.stage import STAGES, command
 
 COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "attribute", "sweep", "report")
 
@@ -23,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from layerprobe.commands.stage import STAGES, command
 
     for name in COMMANDS:
         mod = command(name) if name in STAGES else importlib.import_module(f"layerprobe.commands.{name}")

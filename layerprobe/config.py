@@ -7,14 +7,15 @@ Flags are the dotted field paths: ``--cpt.lora_alpha 32 --sft.target_modules q_p
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import hashlib
-import json
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from layerprobe.keys import digest
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -414,7 +415,7 @@ class TrainConfig:
 
     def hash(self) -> str:
         """A short hash of the whole config: a run folder belongs to exactly one config."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return digest(self.to_dict(), 12, ensure_ascii=True)
 
 
 def _typed_dict(obj) -> dict:
@@ -571,16 +572,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """YAML (``--config``) + ``--section.key`` flags -> a checked TrainConfig."""
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     for key, value in vars(args).items():
-        if not key.startswith("cfg:") or value is None:
-            continue
-        node = data
-        *parents, leaf = key[4:].split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"config key {p!r} must be a mapping to take --{key[4:]}, got {node!r}")
-        node[leaf] = value
+        if key.startswith("cfg:") and value is not None:
+            set_dotted(data, key[4:], value)
     return resolve(data)
+
+
+def set_dotted(data: dict, dotted: str, value) -> None:
+    """Set ``data["a"]["b"] = value`` for ``dotted`` = ``"a.b"`` (a copy of ``value``), making the sections that
+    are missing; a section that holds a value instead of a mapping is an error that names it."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if not isinstance(node.get(p, {}), dict):
+            raise ValueError(f"cannot set {dotted!r}: {p!r} is a value ({node[p]!r}), not a section")
+        node = node.setdefault(p, {})
+    node[leaf] = copy.deepcopy(value)
 
 
 def resolve(data: dict) -> TrainConfig:

@@ -17,9 +17,7 @@ Run-time settings that change no result (checkpoint.*) count for none. Never imp
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
+from layerprobe.keys import digest
 
 # Config entries that change no stage's result: how often to checkpoint is not an input.
 NOT_INPUTS = ("checkpoint",)
@@ -31,14 +29,6 @@ _EXCLUDED = {
     "sft": ("cpt", "eval", "data", "toy", "model"),
     "eval": ("cpt", "sft", "data", "toy", "model", "record", "recorder"),
 }
-
-
-def digest(obj) -> str:
-    """A short hash of any JSON-able value (dataclasses as dicts)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _config_part(config: dict, stage: str) -> dict:

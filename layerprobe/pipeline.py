@@ -19,11 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerprobe import rundir
+from layerprobe import data as D
+from layerprobe import rundir, stages
 from layerprobe.config import TOYWORLD, TrainConfig, resolve
-from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet
+from layerprobe.evalcache import cached_evaluation
+from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet, evaluate_model
 from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
-from layerprobe.rundir import EVAL_PHASES, STAGES
+from layerprobe.preflight import check_run
+from layerprobe.realdata import gozaru_rewrite, load_jcommonsenseqa
+from layerprobe.rundir import EVAL_PHASES, STAGES, phase_model
+from layerprobe.stages import hidden_size, load_model, load_tokenizer, model_folder, resolve_precision
+from layerprobe.toyworld import toy_data
 
 
 @dataclass
@@ -43,13 +49,10 @@ def default_out() -> Path:
 
 def load_data(cfg: TrainConfig) -> PipelineData:
     """CPT documents, SFT rows and the evaluation set, from the toy world or files (fields checked)."""
-    from layerprobe import data as D
 
     d = cfg.data
     toy: Any = None  # the toy world's data, when the config reads it
     if TOYWORLD in (d.cpt, d.sft):
-        from layerprobe.toyworld import toy_data
-
         toy = toy_data(cfg.toy)
     cpt_docs = toy.cpt_docs if d.cpt == TOYWORLD else D.load_cpt_texts(d.cpt, d.cpt_text_field, d.split)
     if d.max_cpt_docs > 0:
@@ -74,8 +77,6 @@ def load_data(cfg: TrainConfig) -> PipelineData:
     if d.max_sft_rows > 0:
         sft_rows = sft_rows[: d.max_sft_rows]
     if d.sft != TOYWORLD and d.sft_rewrite == "gozaru":
-        from layerprobe.realdata import gozaru_rewrite
-
         sft_rows = [
             {**r, "completion": [{**m, "content": gozaru_rewrite(m["content"])} for m in r["completion"]]}
             for r in sft_rows
@@ -97,8 +98,6 @@ def load_data(cfg: TrainConfig) -> PipelineData:
         general = toy.general_docs if d.cpt == TOYWORLD else []
     mc = []
     if d.mc:
-        from layerprobe.realdata import load_jcommonsenseqa
-
         mc = load_jcommonsenseqa(d.mc, n=cfg.eval.max_mc or None)
     if general or mc:
         desc += f", {len(general)} general-text documents, {len(mc)} multiple-choice questions"
@@ -121,17 +120,6 @@ class Plan:
     def changes_text(self) -> str:
         shown = "; ".join(self.changes[:3]) + (f"; ... ({len(self.changes)} in all)" if len(self.changes) > 3 else "")
         return shown or "inputs changed"
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
 
 
 def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inputs: dict[str, dict]) -> Plan:
@@ -160,7 +148,7 @@ def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inpu
             state[s] = "resume" if rundir.started_fingerprint(run_dir, s) == fingerprints[s] else "stale"
         if state[s] == "stale" and first_stale is None:
             first_stale = (info or {}).get("inputs"), inputs[s]
-    changes = _differences(old, cfg.to_dict())
+    changes = changed_inputs(old, cfg.to_dict())
     if not changes and first_stale is not None:
         changes = changed_inputs(*first_stale)
     return Plan(state, changes)
@@ -192,7 +180,6 @@ def _callbacks(
         )
     if pc.probe_every:
         from layerprobe.probes import ProbeCallback
-        from layerprobe.stages import load_tokenizer
 
         shown = (eval_set or EvalSet([], [], [])).limited(cfg.eval)  # what the evaluation scores
         out.append(
@@ -218,11 +205,6 @@ def _callbacks(
 
 
 def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, progress: bool) -> dict:
-    from layerprobe.evalcache import cached_evaluation
-    from layerprobe.evaluate import evaluate_model
-    from layerprobe.rundir import phase_model
-    from layerprobe.stages import load_model, load_tokenizer
-
     t0 = time.time()
     out = rundir.stage_dir(run_dir, "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -375,9 +357,6 @@ def _run(
     only: str | None,
     reuse_from=(),
 ) -> dict:
-    from layerprobe.preflight import check_run
-    from layerprobe.stages import hidden_size, resolve_model, resolve_precision
-
     if only is not None and only not in STAGES:
         raise ValueError(f"unknown stage {only!r}; expected one of {', '.join(STAGES)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -395,7 +374,7 @@ def _run(
         )
     data = load_data(cfg)
     t0 = time.time()
-    base = resolve_model(cfg.model, cfg, progress=progress)
+    base = model_folder(cfg.model, cfg, progress=progress)
     base_seconds = round(time.time() - t0, 1)
     if cfg.model == TOYWORLD:
         built = json.loads((Path(base) / "build.json").read_text())
@@ -480,7 +459,6 @@ def _run_stages(
     log: Callable[[str], None],
 ) -> tuple[dict[str, dict], bool, bool]:
     """Run the stages the plan asks for; returns (stage infos, whether any ran, whether the folder had any)."""
-    from layerprobe.stages import run_cpt, run_merge, run_sft
 
     plan = plan_run(run_dir, cfg, fingerprints, inputs)
     if only is not None:
@@ -550,10 +528,11 @@ def _run_stages(
         if stage in ("cpt", "sft"):
             start = base if stage == "cpt" else str(rundir.stage_dir(run_dir, "merge"))
             callbacks = _callbacks(cfg, run_dir, stage, data.eval_set, start)
+            # stages.run_* are looked up at each call (not imported by name), so that a caller can replace one
             if stage == "cpt":
-                info = run_cpt(cfg, base, data.cpt_docs, out, callbacks, progress)
+                info = stages.run_cpt(cfg, base, data.cpt_docs, out, callbacks, progress)
             else:
-                info = run_sft(cfg, start, data.sft_rows, out, callbacks, progress, replay_docs=data.cpt_docs)
+                info = stages.run_sft(cfg, start, data.sft_rows, out, callbacks, progress, replay_docs=data.cpt_docs)
             if cfg.record:  # the recorder (first of the callbacks): its own time in this phase, its cost run by run
                 info["record_seconds"] = round(callbacks[0].seconds, 2)
             if getattr(cfg, stage).probe_every:  # the probes' own time, likewise
@@ -561,7 +540,7 @@ def _run_stages(
 
                 info["probe_seconds"] = round(next(c for c in callbacks if isinstance(c, ProbeCallback)).seconds, 2)
         elif stage == "merge":
-            info = run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
+            info = stages.run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
         else:
             info = _eval_stage(cfg, run_dir, base, data, progress)
         info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}

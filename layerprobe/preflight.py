@@ -1,13 +1,15 @@
 """Fail fast: the whole config checked against the model and the data before any stage trains.
 
 Both phases' selectors, target modules and layers are applied, with the very code training uses
-(:func:`layerprobe.stages._trainable`), to a weightless copy of the model (the meta device: parameter names and
+(:func:`layerprobe.stages.make_trainable`), to a weightless copy of the model (the meta device: parameter names and
 shapes, no memory); the SFT copy is the CPT model's architecture (untied when CPT adapted a tied embedding).
 The data have been loaded by then (fields, probe and instruction files checked as they load); here the phases'
 data must hold something to train on.
 """
 
 from __future__ import annotations
+
+from layerprobe.stages import make_trainable, untie_embeddings
 
 
 def check_run(cfg, base: str, data) -> None:
@@ -39,8 +41,6 @@ def check_phases(cfg, base: str) -> None:
     or layer list fails here with the phase named (``sft: layers:99: no layer 99 in this model; ...``)."""
     import warnings
 
-    from layerprobe.stages import untie_embeddings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cpt_model = _skeleton(base)
@@ -54,10 +54,8 @@ def check_phases(cfg, base: str) -> None:
 
 
 def _check(model, phase, seed: int, name: str) -> None:
-    from layerprobe.stages import _trainable
-
     try:
-        _trainable(model, phase, seed)
+        make_trainable(model, phase, seed)
     except Exception as e:  # peft raises its own error types; all are config errors here
         what = f"{name}.select {phase.select!r}" if phase.select else f"{name}.target_modules/layers_to_transform"
         msg = " ".join(str(e).split())

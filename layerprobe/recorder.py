@@ -36,10 +36,11 @@ import torch
 from transformers import TrainerCallback
 
 from layerprobe import distributed, rundir
+from layerprobe.names import parse_name
 from layerprobe.quantities import QUANTITIES, DriftRatio, GradNorm, Partial, Row, UpdateRatio, WeightNorm
-from layerprobe.records import RecordWriter, write_meta
+from layerprobe.records import RecordWriter, drop_rows_after, write_meta
 from layerprobe.schedules import Schedule, parse_schedule
-from layerprobe.tracking import Units, find_units, is_lora_factor, label
+from layerprobe.tracking import Units, find_units, is_lora_factor, param_label
 
 logger = logging.getLogger("layerprobe")
 
@@ -300,7 +301,6 @@ class Recorder:
 
     def _write_audit(self) -> None:
         """Parameter counts per (layer, block, module), trainable and total: the audit of what can train."""
-        from layerprobe.names import parse_name
 
         counts: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
         seen = set()
@@ -324,7 +324,6 @@ class Recorder:
     def _resume(self, step: int) -> None:
         """Continue the records of a phase resumed from its checkpoint at ``step``: rows the killed attempt wrote
         after it are dropped (they are recorded again), the audit rows of step 0 are kept, not written twice."""
-        from layerprobe.records import drop_rows_after
 
         self._w.flush()
         drop_rows_after(self.out_dir, self.phase, self.rank, step)
@@ -362,14 +361,12 @@ def _fingerprint(model: torch.nn.Module, only: dict | None = None) -> dict[str, 
     """A hash of each frozen parameter's bytes, to prove afterwards that it did not move."""
     import hashlib
 
-    from layerprobe.names import parse_name
-
     out, seen = {}, set()
     for name, p in model.named_parameters():
         if id(p) in seen or (only is None and p.requires_grad):
             continue
         seen.add(id(p))
-        pn, key = parse_name(name), label(name)
+        pn, key = parse_name(name), param_label(name)
         if only is not None and key not in only:
             continue
         t = distributed.weight(p).contiguous().cpu()

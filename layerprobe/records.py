@@ -23,6 +23,7 @@ import pyarrow.compute
 import pyarrow.parquet as pq
 
 from layerprobe.rundir import RECORDS as RECORDS_DIR  # the run folder's layout has one owner
+from layerprobe.rundir import is_run
 
 _PART = re.compile(r"[\w.]+-r\d+-\d+\.parquet")  # a RecordWriter part file
 COLUMNS = ("run", "phase", "step", "layer", "block", "module", "param", "quantity", "value")
@@ -191,7 +192,6 @@ def _named(f: Path, df: pd.DataFrame) -> pd.DataFrame:
     """Rows a run folder's training wrote (``<run>/records/<phase>-r<rank>-<seq>.parquet``) are that run's, named
     by its folder: a CPT reused from another run keeps its files unchanged (hard links) and still reads as this
     run's. Other files keep the run names they were written with."""
-    from layerprobe.rundir import is_run
 
     if f.parent.name == RECORDS_DIR and _PART.fullmatch(f.name) and is_run(f.parent.parent) and len(df):
         df["run"] = f.parent.parent.name

@@ -97,7 +97,6 @@ from scipy import stats
 from layerprobe import rundir
 from layerprobe.outcomes import OUTCOMES, read_outcomes
 from layerprobe.outcomes import is_dotted as _dotted
-from layerprobe.plot.effects import heatmap_rho
 from layerprobe.records import load_records
 from layerprobe.rundir import SUMMARY, find_runs
 
@@ -923,6 +922,8 @@ def write_outputs(
 ) -> list[Path]:
     """``relate.csv``, ``features.parquet`` (the inputs, to recompute the table without the run folders) and,
     with ``figures``, heatmaps of rho and of the partial rho per (feature, phase, outcome) under ``out_dir``."""
+    from layerprobe.plot.effects import heatmap_rho
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / TABLE_FILE]

@@ -28,6 +28,8 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from layerprobe.config import dump_yaml
+
 STAGES = ("cpt", "merge", "sft", "eval")
 _FOLDERS = {"cpt": "cpt", "merge": "merged", "sft": "sft", "eval": "eval"}
 EVAL_PHASES = ("base", "cpt", "sft")  # the models an evaluation scores: before CPT, after CPT, after SFT
@@ -42,6 +44,7 @@ RECORDS = "records"
 FIGURES = "figures"
 DIFF = "diff"
 ATTRIBUTE = "attribute"
+ATTRIBUTE_RECORDS = "attribute.parquet"
 _MARKERS = (DONE, STARTED)
 
 
@@ -75,6 +78,11 @@ def diff_dir(run_dir) -> Path:
 def attribute_dir(run_dir) -> Path:
     """Where ``layerprobe attribute --run RUN`` writes (``attribute.parquet``, figures)."""
     return Path(run_dir) / ATTRIBUTE
+
+
+def attribute_records(folder) -> Path:
+    """The attribution records in ``folder`` (a run's :func:`attribute_dir`, or ``layerprobe attribute --out``)."""
+    return Path(folder) / ATTRIBUTE_RECORDS
 
 
 def config_path(run_dir) -> Path:
@@ -162,11 +170,6 @@ def started_fingerprint(run_dir, stage: str) -> str | None:
     return f.read_text(encoding="utf-8").strip() if f.is_file() else None
 
 
-def has_content(run_dir, stage: str) -> bool:
-    folder = stage_dir(run_dir, stage)
-    return folder.is_dir() and any(folder.iterdir())
-
-
 def clear_stage(run_dir, stage: str) -> None:
     """Remove a stage's folder and the records it wrote."""
     shutil.rmtree(stage_dir(run_dir, stage), ignore_errors=True)
@@ -237,8 +240,6 @@ def locked(run_dir) -> Iterator[None]:
 
 
 def write_config(run_dir, cfg) -> None:
-    from layerprobe.config import dump_yaml
-
     write_text(config_path(run_dir), f"# layerprobe run config (hash {cfg.hash()})\n" + dump_yaml(cfg))
 
 

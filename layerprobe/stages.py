@@ -11,10 +11,15 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from layerprobe.config import TOYWORLD, PhaseConfig, TrainConfig
 from layerprobe.data import pack_texts
-from layerprobe.rundir import DONE, STARTED, checkpoint_dir
+from layerprobe.names import parse_name
+from layerprobe.presets import resolve_model
+from layerprobe.rundir import DONE, STARTED, checkpoint_dir, last_checkpoint
+from layerprobe.select import apply_requires_grad, lora_targets
+from layerprobe.toyworld.base import ensure_base
 
 # A chat template for tokenizers that have none (base models): assistant turns end with EOS, inside
 # generation markers, so SFT learns to stop.
@@ -32,16 +37,12 @@ MERGE_TOLERANCE = 1e-5
 # -- models ------------------------------------------------------------------------------------------------------
 
 
-def resolve_model(spec: str, cfg: TrainConfig | None = None, progress: bool = False) -> str:
-    """A local model folder for ``spec``: 'toyworld' (built once and cached), or whatever
-    :func:`layerprobe.presets.resolve_model` makes of it (a folder, a preset, a hub name downloaded when online)."""
+def model_folder(spec: str, cfg: TrainConfig | None = None, progress: bool = False) -> str:
+    """The local folder of the config's ``model``: the toy world's base model for 'toyworld' (built once and
+    cached, from ``cfg.toy``), else :func:`layerprobe.presets.resolve_model` (a folder, a preset, a hub name)."""
     if spec == TOYWORLD:
-        from layerprobe.toyworld.base import ensure_base
-
         return str(ensure_base((cfg or TrainConfig()).toy, progress=progress))
-    from layerprobe.presets import resolve_model as resolve_folder
-
-    return str(resolve_folder(spec))
+    return resolve_model(spec)
 
 
 def load_tokenizer(path: str):
@@ -97,26 +98,23 @@ def _use_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def _trainable(model, phase: PhaseConfig, seed: int):
-    """Wrap ``model`` in a new LoRA adapter (phase.method == 'lora') or unfreeze it (full)."""
+def make_trainable(model, phase: PhaseConfig, seed: int) -> tuple[Any, str]:
+    """Wrap ``model`` in a new LoRA adapter (phase.method == 'lora') or unfreeze it (full): ``phase.select`` or
+    the phase's target modules say where. Returns (the model to train, a description of the selection: what full
+    fine-tuning with ``select`` unfroze, else '')."""
     from transformers import set_seed
 
     set_seed(seed)
     if phase.method == "full":
         if phase.select:
-            from layerprobe.select import apply_requires_grad
-
-            model.layerprobe_selection = apply_requires_grad(model, phase.select).describe()
-        else:
-            for p in model.parameters():
-                p.requires_grad_(True)
-        return model
+            return model, apply_requires_grad(model, phase.select).describe()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, ""
     from peft import LoraConfig, get_peft_model
 
     targets, layers = list(phase.target_modules), phase.layers_to_transform
     if phase.select:
-        from layerprobe.select import lora_targets
-
         compiled = lora_targets(model, phase.select)
         targets, layers = compiled["target_modules"], compiled["layers_to_transform"]
     else:
@@ -137,7 +135,7 @@ def _trainable(model, phase: PhaseConfig, seed: int):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lcfg)
+    return get_peft_model(model, lcfg), ""
 
 
 def bf16_supported() -> bool:
@@ -235,7 +233,6 @@ def _train(trainer) -> None:
 
 def resume_point(trainer) -> str | None:
     """The newest complete checkpoint of this phase (left by a killed attempt), or None: start from step 0."""
-    from layerprobe.rundir import last_checkpoint
 
     found = last_checkpoint(Path(trainer.args.output_dir).parent)
     return str(found) if found else None
@@ -249,10 +246,10 @@ def _save(model, tok, out: Path, phase: PhaseConfig) -> None:
     tok.save_pretrained(out)
 
 
-def _describe(phase: PhaseConfig, model=None) -> str:
+def _describe(phase: PhaseConfig, selection: str = "") -> str:
     what = f"lora r={phase.r} alpha={phase.lora_alpha:g}" if phase.method == "lora" else "full fine-tuning"
     if phase.select:
-        what += f", {getattr(model, 'layerprobe_selection', None) or 'select ' + repr(phase.select)}"
+        what += f", {selection or 'select ' + repr(phase.select)}"
     if phase.l2sp:
         what += f", l2sp={phase.l2sp:g}"
     if phase.drift_cap:
@@ -298,8 +295,8 @@ def _info(trainer, t0: float, what: str, out: Path) -> dict:
 # -- CPT -----------------------------------------------------------------------------------------------------------
 
 
-def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, callbacks=(), bf16: bool | None = None):
-    """A Trainer for CPT of ``base`` on ``docs`` (packed blocks, the phase's LoRA or full fine-tuning), as
+def cpt_trainer(cfg: TrainConfig, model, tok, docs: list[str], out: Path, callbacks=(), bf16: bool | None = None):
+    """A Trainer for CPT of ``model`` (made trainable by :func:`make_trainable`) on ``docs`` (packed blocks), as
     :func:`run_cpt` trains; ``bf16=None`` follows ``cfg.precision``. Returns (trainer, number of blocks)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
@@ -307,7 +304,6 @@ def cpt_trainer(cfg: TrainConfig, base: str, tok, docs: list[str], out: Path, ca
     blocks = pack_texts(tok, docs, cfg.cpt.max_length)
     if not blocks:
         raise ValueError("the CPT data holds no text; expected documents with at least one token")
-    model = _trainable(load_model(base), cfg.cpt, cfg.phase_seed(cfg.cpt))
     if bf16 is None:
         bf16 = resolve_precision(cfg.precision, model.config.hidden_size)[0]
     args = TrainingArguments(**_training_args(cfg.cpt, out, cfg.phase_seed(cfg.cpt), bf16))
@@ -326,12 +322,12 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
     t0 = time.time()
     phase = cfg.cpt
     tok = load_tokenizer(base)
-    trainer, blocks = cpt_trainer(cfg, base, tok, docs, out, _phase_callbacks(phase, callbacks, "cpt", progress))
+    model, selection = make_trainable(load_model(base), phase, cfg.phase_seed(phase))
+    trainer, blocks = cpt_trainer(cfg, model, tok, docs, out, _phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
     _save(trainer.model, tok, out, phase)
     what = (
-        f"CPT ({_describe(phase, trainer.model)}) on {len(docs)} documents ({blocks} blocks of {phase.max_length} "
-        "tokens)"
+        f"CPT ({_describe(phase, selection)}) on {len(docs)} documents ({blocks} blocks of {phase.max_length} tokens)"
     )
     return _info(trainer, t0, what, out)
 
@@ -392,7 +388,6 @@ def check_merge(base: str, adapter_dir: Path, merged_dir: Path) -> dict:
     A base with tied embeddings has no head tensor of its own; the merged model (untied, see
     :func:`untie_embeddings`) starts its head from the base's embedding.
     """
-    from layerprobe.names import parse_name
 
     acfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     r, alpha = acfg["r"], acfg["lora_alpha"]
@@ -502,11 +497,11 @@ def run_sft(
     if not rows:
         raise ValueError("the SFT data holds no rows; expected prompt/completion, messages or instruction/output rows")
     tok = load_tokenizer(cpt_model)
-    model = _trainable(load_model(cpt_model), phase, cfg.phase_seed(phase))
+    model, selection = make_trainable(load_model(cpt_model), phase, cfg.phase_seed(phase))
     trainer = sft_trainer(cfg, model, tok, rows, out, _phase_callbacks(phase, callbacks, "sft", progress), replay_docs)
     _train(trainer)
     _save(model, tok, out, phase)
-    what = f"SFT ({_describe(phase, model)}) on {len(rows)} instructions, loss on answers only"
+    what = f"SFT ({_describe(phase, selection)}) on {len(rows)} instructions, loss on answers only"
     if phase.replay:
         what += f", plus {trainer.replayed} replayed CPT documents ({phase.replay:.0%} of the rows)"
     return _info(trainer, t0, what, out)

@@ -64,11 +64,11 @@ def find_units(model: torch.nn.Module) -> Units:
             continue
         seen.add(id(param))
         pn = parse_name(name)
-        dense.append(Dense(label(name), pn.layer, pn.block, pn.module, param))
+        dense.append(Dense(param_label(name), pn.layer, pn.block, pn.module, param))
     return Units(dense=dense, lora=lora)
 
 
-def label(name: str) -> str:
+def param_label(name: str) -> str:
     """The records' ``param`` for a parameter: its canonical name; LoRA factors get ``<target>.lora_A``/``_B``."""
     pn = parse_name(name)
     if pn.lora:
@@ -77,7 +77,7 @@ def label(name: str) -> str:
 
 
 def is_lora_factor(param: str) -> bool:
-    """Whether a records ``param`` (see :func:`label`) names a LoRA factor rather than a weight."""
+    """Whether a records ``param`` (see :func:`param_label`) names a LoRA factor rather than a weight."""
     return param.endswith((".lora_A", ".lora_B"))
 
 

@@ -187,7 +187,7 @@ def toy_tok():
 
 
 def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_path, toy_tok):
-    from layerprobe.stages import _trainable, sft_trainer
+    from layerprobe.stages import make_trainable, sft_trainer
 
     rows = [
         {
@@ -199,9 +199,16 @@ def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_
     docs = [f"{i}番目の文書。" + "山田太郎の出身地は札幌です。" * (1 + i) for i in range(5)]
     plain_cfg = resolve({"sft": {"max_steps": 1, "max_length": 40}})
     cfg = resolve({"sft": {"max_steps": 1, "max_length": 40, "replay": 0.25}})
-    plain = sft_trainer(plain_cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows, tmp_path)
+    plain = sft_trainer(
+        plain_cfg, make_trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0)[0], toy_tok, rows, tmp_path
+    )
     mixed = sft_trainer(
-        cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows, tmp_path, replay_docs=docs
+        cfg,
+        make_trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0)[0],
+        toy_tok,
+        rows,
+        tmp_path,
+        replay_docs=docs,
     )
     assert mixed.replayed == 3 and len(mixed.train_dataset) == 12  # 3 / 12 = 25 %
     for a, b in zip(plain.train_dataset, mixed.train_dataset):
@@ -212,7 +219,7 @@ def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_
     for r in replayed:
         assert tuple(r["input_ids"]) in cpt_rows and r["labels"] == r["input_ids"]  # loss on every token
     with pytest.raises(ValueError, match="sft.replay=0.25 needs CPT documents to replay, got none"):
-        sft_trainer(cfg, _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0), toy_tok, rows, tmp_path)
+        sft_trainer(cfg, make_trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, 0)[0], toy_tok, rows, tmp_path)
 
 
 @pytest.mark.slow

@@ -234,7 +234,7 @@ def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
 
 def test_missing_files_and_hub_names_offline_are_one_line_errors(tmp_path, monkeypatch):
     from layerprobe.data import load_rows
-    from layerprobe.stages import resolve_model
+    from layerprobe.presets import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="data file 'no/such/file.jsonl' not found"):
@@ -348,14 +348,14 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
     from conftest import make_tiny_llama
 
-    from layerprobe.stages import _trainable, sft_trainer
+    from layerprobe.stages import make_trainable, sft_trainer
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
     rows = [
         {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
         for q, a in [("犬が公園にいますか？", "いるでござる。"), ("山田太郎の出身地は？", "札幌でござる。")]
     ]
-    model = _trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, cfg.seed)
+    model, _ = make_trainable(make_tiny_llama(vocab=len(toy_tok)), cfg.sft, cfg.seed)
     trainer = sft_trainer(cfg, model, toy_tok, rows, tmp_path)
     for row, ex in zip(rows, trainer.train_dataset):
         prompt = toy_tok.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"]

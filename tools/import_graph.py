@@ -48,7 +48,7 @@ def imports(mod: str, path: Path, known: dict[str, Path]) -> set[str]:
                 anchor = mod.split(".") if is_pkg else mod.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            names = [f"{base}.{a.name}" for a in node.names] + [base]
+            names = [f"{base}.{a.name}" for a in node.names]
         else:
             continue
         for n in names:

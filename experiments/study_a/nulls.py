@@ -21,7 +21,7 @@ import pandas as pd
 
 from layerprobe.diff import diff_checkpoints
 from layerprobe.plot.study import null_panel
-from layerprobe.stages import resolve_model
+from layerprobe.presets import resolve_model
 
 REF = "cpt.lora_alpha=128,sft.lora_alpha=8,sft.target_modules=A,seed={seed}"
 RESEED = "sft-reseed,seed={seed}"

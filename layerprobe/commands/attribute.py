@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from layerprobe import rundir
+from layerprobe.commands.options import add_format_argument
+from layerprobe.config import TrainConfig, load_yaml, resolve
+from layerprobe.evaluate import evaluate_model
+from layerprobe.keys import digest
+from layerprobe.pipeline import load_data, quiet_libraries
+from layerprobe.stages import load_model, load_tokenizer
+
 HELP = (
     "revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "
     "and style, plot the per-layer effect"
@@ -73,26 +81,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
     parser.add_argument("--no-cache", action="store_true", help="evaluate everything again, keep no cache")
     parser.add_argument("--top", type=int, default=8, metavar="N", help="groups per metric in the printed table")
-    from layerprobe.commands.options import add_format_argument
 
     add_format_argument(parser)
 
 
 def run(args) -> int:
     import dataclasses
-    import hashlib
-    import json
     from pathlib import Path
 
-    from layerprobe import rundir
     from layerprobe.attribute import AttributeConfig, attribute_change
     from layerprobe.attribution_records import effects
-    from layerprobe.config import TrainConfig, load_yaml, resolve
-    from layerprobe.evaluate import evaluate_model
-    from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.plot.effects import attribution_figures
     from layerprobe.records import write_table
-    from layerprobe.stages import load_model, load_tokenizer
 
     base, tuned, config = args.base, args.tuned, args.config
     if args.run:
@@ -127,20 +127,16 @@ def run(args) -> int:
                 f"nothing to evaluate: the config ({config or 'built-in toy world'}) gives no probes and "
                 "no held-out instructions; set data.probes / data.instructions in --config"
             )
-        eval_key = hashlib.sha256(
-            json.dumps(
-                [
-                    eval_set.probes,
-                    eval_set.instructions,
-                    eval_set.cpt_docs,
-                    dataclasses.asdict(cfg.eval),
-                    cfg.cpt.max_length,
-                ],
-                sort_keys=True,
-                ensure_ascii=False,
-                default=str,
-            ).encode()
-        ).hexdigest()
+        eval_key = digest(
+            [
+                eval_set.probes,
+                eval_set.instructions,
+                eval_set.cpt_docs,
+                dataclasses.asdict(cfg.eval),
+                cfg.cpt.max_length,
+            ],
+            length=None,
+        )
         tok_dir = tuned if (Path(tuned) / "tokenizer_config.json").is_file() else base
         tokenizer = load_tokenizer(str(tok_dir))
 
@@ -187,7 +183,7 @@ def run(args) -> int:
             "measure of its size predicts"
         )
         print(wide.to_string(float_format=lambda v: f"{v:+.3g}"))
-    path = write_table(res.records, out / "attribute.parquet")
+    path = write_table(res.records, rundir.attribute_records(out))
     from layerprobe.plot import figure_formats
 
     with figure_formats(args.format):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from layerprobe.commands.options import add_format_argument
+
 HELP = "diff two or three checkpoints (or a LoRA adapter against its base) per layer and module, streaming"
 EXAMPLE = (
     "layerprobe diff base/ cpt_merged/ sft_merged/ --out diff.parquet --figures figs/   "
@@ -28,7 +30,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--out", metavar="FILE", help="write the records table (.parquet or .csv)")
     parser.add_argument("--figures", metavar="DIR", help="write layer x module heatmaps (PNG) here")
-    from layerprobe.commands.options import add_format_argument
 
     add_format_argument(parser)
     parser.add_argument(

@@ -1,5 +1,7 @@
 """`layerprobe plot`: heatmaps of a run's records."""
 
+from layerprobe.commands.options import add_format_argument
+
 HELP = (
     "draw a run's figures: heatmaps of its records (layer x step, layer x module), and of its diff "
     "(RUN/diff/*.parquet) and attribution (RUN/attribute/) when present"
@@ -16,7 +18,6 @@ def add_arguments(p):
         default=None,
         help="quantity to draw as layer x step (repeatable; default grad_norm, update_ratio, drift_ratio)",
     )
-    from layerprobe.commands.options import add_format_argument
 
     add_format_argument(p)
 

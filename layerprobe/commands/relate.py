@@ -3,6 +3,8 @@ outcomes, per stratum (all runs, per SFT method, per study), with p-values that 
 
 from __future__ import annotations
 
+from layerprobe.commands.options import add_format_argument
+
 HELP = (
     "correlate per-(layer, block) drift, update and gradient mass of sweeps' runs with their outcomes (Spearman "
     "and partial Spearman given the total SFT drift, per stratum, permutations within CPT groups)"
@@ -70,7 +72,6 @@ def add_arguments(parser) -> None:
         "(default: SWEEP_DIR/relate, or the feature table's folder)",
     )
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
-    from layerprobe.commands.options import add_format_argument
 
     add_format_argument(parser)
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows of the printed table (default 10)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from layerprobe.report import write_report
+
 HELP = "write one self-contained HTML report (tables, heatmaps, diff, attribution, provenance) of a run or a sweep"
 EXAMPLE = (
     "layerprobe report runs/demo                      # -> runs/demo/report.html\n"
@@ -24,7 +26,5 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from layerprobe.report import write_report
-
     print(write_report(args.path, args.out, cells=not args.no_cells))
     return 0

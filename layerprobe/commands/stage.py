@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from layerprobe.commands.train import add_arguments, run_stages
+
 STAGES = {
     "cpt": (
         "continued pretraining (LoRA or full) of the base model on raw text, into <out>/cpt",
@@ -29,11 +31,8 @@ STAGES = {
 
 def command(stage: str) -> SimpleNamespace:
     """The command module's interface (HELP, EXAMPLE, add_arguments, run) for one stage."""
-    from layerprobe.commands.train import add_arguments
 
     def run(args) -> int:
-        from layerprobe.commands.train import run_stages
-
         return run_stages(args, only=stage)
 
     help_, example = STAGES[stage]

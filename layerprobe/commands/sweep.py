@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from layerprobe.commands.options import add_format_argument
+
 HELP = "run a sweep (conditions x grid x seeds, each cell a run folder); resumable; writes results.csv and figures"
 EXAMPLE = (
     "layerprobe sweep experiments/study_a/sweep.yaml --dry-run\n"
@@ -24,8 +26,6 @@ SHOWN = (
 
 
 def add_arguments(parser) -> None:
-    from layerprobe.commands.options import add_format_argument
-
     parser.add_argument("config", metavar="CONFIG", help="sweep YAML (base, grid, conditions, seeds, out, plot)")
     parser.add_argument("--out", metavar="DIR", help="sweep folder (default: the YAML's out:)")
     parser.add_argument(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from layerprobe import rundir
+from layerprobe.config import add_config_arguments, config_from_args
+from layerprobe.pipeline import default_out, format_table, run_pipeline
+from layerprobe.report import write_report
+
 HELP = "run the whole pipeline (CPT -> merge -> SFT -> eval) into one run folder; the toy world by default"
 EXAMPLE = (
     "layerprobe train --record\n"
@@ -10,8 +15,6 @@ EXAMPLE = (
 
 
 def add_arguments(parser) -> None:
-    from layerprobe.config import add_config_arguments
-
     parser.usage = (
         f"layerprobe {parser.prog.split()[-1]} [--out DIR] [--overwrite] [--config FILE] [--record] "
         "[--SECTION.KEY VALUE ...]"
@@ -40,10 +43,6 @@ def run_stages(args, only: str | None) -> int:
     """Shared by train and the one-stage commands: build the config, run, print the lines and the table."""
     from pathlib import Path
 
-    from layerprobe import rundir
-    from layerprobe.config import config_from_args
-    from layerprobe.pipeline import default_out, format_table, run_pipeline
-
     out = Path(args.out) if args.out else default_out()
     if not args.config and rundir.is_run(out):
         args.config = str(rundir.config_path(out))  # a run folder knows its config; flags still override it
@@ -57,7 +56,5 @@ def run_stages(args, only: str | None) -> int:
         print(format_table(summary))
         print(f"\nsummary: {out}/summary.json   wall time {summary['wall_seconds']:.0f}s")
         if only is None and not getattr(args, "no_report", False):
-            from layerprobe.report import write_report
-
             print(f"report:  {write_report(out)}")
     return 0

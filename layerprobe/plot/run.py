@@ -1,5 +1,5 @@
 """Every figure of one run folder: training heatmaps (records), the three-way diff and the causal attribution when
-the run holds them. Where those live inside a run folder is said here once (the report reads the same names)."""
+the run holds them. Where those live inside a run folder is :mod:`layerprobe.rundir`'s to say."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe import rundir
+from layerprobe.plot.effects import attribution_figures
+from layerprobe.plot.heatmaps import heatmap_layer_module, plot_run
+from layerprobe.records import load_records
 
-DIFF_DIR = rundir.DIFF
-ATTRIBUTE_FILE = Path(rundir.ATTRIBUTE) / "attribute.parquet"
 DIFF_QUANTITIES = ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft", "cosine", "delta_norm")
 
 
 def diff_records(run: Path) -> pd.DataFrame | None:
     """The run's diff records (phase ``diff``) from ``RUN/diff/*.parquet|csv`` and from its records, if any."""
-    from layerprobe.records import load_records
 
     frames = []
     if rundir.records_dir(run).is_dir():
@@ -26,7 +26,8 @@ def diff_records(run: Path) -> pd.DataFrame | None:
             frames.append(rec[rec["phase"] == "diff"])
         except (FileNotFoundError, ValueError):
             pass
-    for f in sorted((run / DIFF_DIR).glob("*.parquet")) + sorted((run / DIFF_DIR).glob("*.csv")):
+    diff_dir = rundir.diff_dir(run)
+    for f in sorted(diff_dir.glob("*.parquet")) + sorted(diff_dir.glob("*.csv")):
         frames.append(load_records(f))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -34,7 +35,6 @@ def diff_records(run: Path) -> pd.DataFrame | None:
 
 def diff_figures(diff: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """One layer x module heatmap (``diff_<quantity>.png``) per diff quantity present."""
-    from layerprobe.plot.heatmaps import heatmap_layer_module
 
     have = [q for q in DIFF_QUANTITIES if (diff["quantity"] == q).any()]
     return [heatmap_layer_module(diff, q, Path(out_dir) / f"diff_{q}.png", phase="diff") for q in have]
@@ -43,9 +43,6 @@ def diff_figures(diff: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
 def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Training heatmaps, diff heatmaps and attribution figures of a run folder into ``out_dir`` (default
     ``RUN/figures``), each only when the run holds its data."""
-    from layerprobe.plot.effects import attribution_figures
-    from layerprobe.plot.heatmaps import plot_run
-    from layerprobe.records import load_records
 
     run = Path(run)
     out = Path(out_dir) if out_dir is not None else rundir.figures_dir(run)
@@ -57,11 +54,13 @@ def run_figures(run: str | os.PathLike, out_dir: str | os.PathLike | None = None
     diff = diff_records(run)
     if diff is not None:
         paths += diff_figures(diff, out)
-    if (run / ATTRIBUTE_FILE).is_file():
-        paths += attribution_figures(load_records(run / ATTRIBUTE_FILE), out)
+    attribution = rundir.attribute_records(rundir.attribute_dir(run))
+    if attribution.is_file():
+        paths += attribution_figures(load_records(attribution), out)
     if not paths:
         raise ValueError(
-            f"nothing to draw in {run}: expected records/ (train with --record), {DIFF_DIR}/*.parquet "
-            f"(layerprobe diff ... --out {run}/{DIFF_DIR}/diff.parquet) or {ATTRIBUTE_FILE}"
+            f"nothing to draw in {run}: expected records/ (train with --record), {rundir.DIFF}/*.parquet "
+            f"(layerprobe diff ... --out {rundir.diff_dir(run)}/diff.parquet) or "
+            f"{attribution.relative_to(run)} (layerprobe attribute --run {run})"
         )
     return paths

@@ -33,7 +33,7 @@ PHASE_NAMES = {"base": "base model", "cpt": "after CPT", "sft": "after SFT"}
 
 
 @dataclass(frozen=True)
-class Quantity:
+class Display:
     """How a recorded quantity or an outcome is shown: its name for a reader, its unit, and its kind."""
 
     label: str
@@ -48,49 +48,49 @@ RATIO = "ratio"
 SHARE = "share"
 NATS = "nats/token"
 QUANTITIES = {
-    "grad_norm": Quantity("gradient norm ||g|| before clipping", "L2", log=True),
-    "grad_norm_total": Quantity("global gradient norm before clipping", "L2", log=True),
-    "update_ratio": Quantity("update ratio ||W(t+1) - W(t)|| / ||W(t)||", RATIO, log=True),
-    "drift_ratio": Quantity("drift ||W(t) - W(start)|| / ||W(start)||", RATIO, log=True),
-    "weight_norm": Quantity("weight norm ||W||", "L2"),
-    "delta_norm": Quantity("change ||B - A||", "L2", log=True),
-    "rel_change": Quantity("relative change ||B - A|| / ||A||", RATIO, log=True),
-    "rel_change_bc": Quantity("relative change ||C - B|| / ||B||", RATIO, log=True),
-    "rel_change_ac": Quantity("relative change ||C - A|| / ||A||", RATIO, log=True),
-    "cosine": Quantity("cos(A, B)", "cosine"),
-    "undo_frac": Quantity("share of the CPT change undone by SFT", SHARE, signed=True, short="undone share"),
-    "cos_cpt_sft": Quantity("cos(dCPT, dSFT)", "cosine", signed=True, short="cos(dCPT, dSFT)"),
-    "rho": Quantity("Spearman rho", "rank correlation", signed=True),
-    "cloze_acc": Quantity("cloze accuracy on the CPT facts", SHARE, better="higher"),
-    "qa_acc": Quantity("QA accuracy on the CPT facts", SHARE, better="higher"),
-    "mc_acc": Quantity("multiple-choice accuracy", SHARE, better="higher"),
-    "cpt_text_loss": Quantity("loss on the CPT text", NATS, better="lower"),
-    "general_loss": Quantity("loss on held-out general text", NATS, better="lower"),
-    "gozaru_rate": Quantity("gozaru-style rate (held-out instructions)", SHARE, better="higher"),
-    "eos_rate": Quantity("EOS rate", SHARE, better="higher"),
-    "gozaru_first": Quantity("gozaru style at the first sentence end", SHARE, better="higher"),
-    "style_logodds": Quantity("log p(gozaru answer) - log p(plain answer)", "nats", signed=True, better="higher"),
-    "probe_logprob": Quantity(
+    "grad_norm": Display("gradient norm ||g|| before clipping", "L2", log=True),
+    "grad_norm_total": Display("global gradient norm before clipping", "L2", log=True),
+    "update_ratio": Display("update ratio ||W(t+1) - W(t)|| / ||W(t)||", RATIO, log=True),
+    "drift_ratio": Display("drift ||W(t) - W(start)|| / ||W(start)||", RATIO, log=True),
+    "weight_norm": Display("weight norm ||W||", "L2"),
+    "delta_norm": Display("change ||B - A||", "L2", log=True),
+    "rel_change": Display("relative change ||B - A|| / ||A||", RATIO, log=True),
+    "rel_change_bc": Display("relative change ||C - B|| / ||B||", RATIO, log=True),
+    "rel_change_ac": Display("relative change ||C - A|| / ||A||", RATIO, log=True),
+    "cosine": Display("cos(A, B)", "cosine"),
+    "undo_frac": Display("share of the CPT change undone by SFT", SHARE, signed=True, short="undone share"),
+    "cos_cpt_sft": Display("cos(dCPT, dSFT)", "cosine", signed=True, short="cos(dCPT, dSFT)"),
+    "rho": Display("Spearman rho", "rank correlation", signed=True),
+    "cloze_acc": Display("cloze accuracy on the CPT facts", SHARE, better="higher"),
+    "qa_acc": Display("QA accuracy on the CPT facts", SHARE, better="higher"),
+    "mc_acc": Display("multiple-choice accuracy", SHARE, better="higher"),
+    "cpt_text_loss": Display("loss on the CPT text", NATS, better="lower"),
+    "general_loss": Display("loss on held-out general text", NATS, better="lower"),
+    "gozaru_rate": Display("gozaru-style rate (held-out instructions)", SHARE, better="higher"),
+    "eos_rate": Display("EOS rate", SHARE, better="higher"),
+    "gozaru_first": Display("gozaru style at the first sentence end", SHARE, better="higher"),
+    "style_logodds": Display("log p(gozaru answer) - log p(plain answer)", "nats", signed=True, better="higher"),
+    "probe_logprob": Display(
         "log p(gold answer | prompt), probed during training", "nats", better="higher", short="log p(gold)"
     ),
-    "probe_top1": Quantity(
+    "probe_top1": Display(
         "every gold token the top choice, probed during training", SHARE, better="higher", short="top-1"
     ),
-    "cut_rate": Quantity("answers cut by the token budget", SHARE, better="lower"),
-    "retention_drop": Quantity("retention drop: cloze after CPT - after SFT", SHARE, signed=True, better="lower"),
-    "seconds": Quantity("wall time", "s", better="lower"),
+    "cut_rate": Display("answers cut by the token budget", SHARE, better="lower"),
+    "retention_drop": Display("retention drop: cloze after CPT - after SFT", SHARE, signed=True, better="lower"),
+    "seconds": Display("wall time", "s", better="lower"),
 }
 _SUFFIX_UNITS = (("_loss", NATS), ("_acc", SHARE), ("_rate", SHARE), ("_ratio", RATIO), ("seconds", "s"))
 
 
-def quantity(name: str) -> Quantity:
-    """The :class:`Quantity` of a name: known names, else a guess from the suffix (``*_loss`` is in nats/token,
+def quantity(name: str) -> Display:
+    """The :class:`Display` of a name: known names, else a guess from the suffix (``*_loss`` is in nats/token,
     ``*_acc`` / ``*_rate`` are shares), else the name itself without a unit."""
     if name in QUANTITIES:
         return QUANTITIES[name]
     unit = next((u for s, u in _SUFFIX_UNITS if name.endswith(s)), "")
     better = "lower" if unit == NATS else "higher" if unit == SHARE else ""
-    return Quantity(name.replace("_", " "), unit, better=better)
+    return Display(name.replace("_", " "), unit, better=better)
 
 
 def split_metric(metric: str) -> tuple[str, str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from layerprobe import rundir
+
 REPORT = "report.html"
 
 
@@ -22,7 +24,6 @@ def kind_of(path: str | os.PathLike) -> str:
             f"no folder at {p}: expected a run folder (with config.yaml or summary.json) or a "
             "sweep folder (with results.csv)"
         )
-    from layerprobe import rundir
 
     if rundir.summary_path(p).is_file() or rundir.is_run(p):
         return "run"

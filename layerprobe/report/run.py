@@ -103,7 +103,7 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     from layerprobe.plot import plot_run
     from layerprobe.plot.effects import attribution_figures
     from layerprobe.plot.probes import FIGURE as PROBE_FIGURE
-    from layerprobe.plot.run import ATTRIBUTE_FILE, diff_figures, diff_records
+    from layerprobe.plot.run import diff_figures, diff_records
 
     summary_file, config_file = rundir.summary_path(run), rundir.config_path(run)
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
@@ -167,7 +167,7 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
             figs = diff_figures(diff, tmp / "diff")
             page.figures(figs, [p.stem.replace("_", " ", 1) for p in figs])
 
-        attr = run / ATTRIBUTE_FILE
+        attr = rundir.attribute_records(rundir.attribute_dir(run))
         if attr.is_file():
             from layerprobe.records import load_records
 

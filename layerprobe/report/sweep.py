@@ -12,6 +12,8 @@ import pandas as pd
 
 from layerprobe import rundir
 from layerprobe.report.page import Page, href
+from layerprobe.report.run import build_run_page
+from layerprobe.sweep.spec import _safe
 
 CELL_REPORT = "report.html"
 
@@ -178,7 +180,6 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
     from layerprobe.plot import BLOCK_ORDER  # noqa: F401  (selects the Agg backend before the sweep module plots)
     from layerprobe.sweep import PAIRED_TABLE, RESULTS, SWEEP_JSON, paired_table, plot_paired, plot_sweep
     from layerprobe.sweep.results import _panels
-    from layerprobe.sweep.spec import _safe
 
     table = pd.read_csv(folder / RESULTS)
     for col in ("condition", "group"):
@@ -203,8 +204,6 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
         cell = folder / name
         if rundir.summary_path(cell).is_file():
             if write_cells and not (cell / CELL_REPORT).is_file():
-                from layerprobe.report.run import build_run_page
-
                 page_cell = build_run_page(cell, link_up=f"../{CELL_REPORT}")
                 page_cell.write(cell / CELL_REPORT)
             if (cell / CELL_REPORT).is_file():

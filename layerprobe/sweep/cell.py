@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from layerprobe import rundir
+from layerprobe.config import resolve
+from layerprobe.pipeline import run_pipeline
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -77,9 +79,6 @@ def run_cell(job: CellJob, pipeline_log=None) -> dict:
 
 
 def _run(job: CellJob, log) -> dict:
-    from layerprobe.config import resolve
-    from layerprobe.pipeline import run_pipeline
-
     if job.threads:
         import torch
 

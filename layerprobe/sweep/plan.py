@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerprobe import rundir
-from layerprobe.fingerprint import _config_part, digest
+from layerprobe.fingerprint import _config_part
+from layerprobe.keys import digest
 from layerprobe.sweep.spec import Cell
 
 # Config entries the CPT fingerprint reads as content hashes (base model, CPT documents): here they stand in for them.

@@ -11,8 +11,9 @@ import pandas as pd
 
 from layerprobe import rundir
 from layerprobe.outcomes import read_outcomes
-from layerprobe.paired import ANSWERS_TABLE, answers_table
+from layerprobe.paired import ANSWERS_TABLE, ClaimsConfig, answers_table, holm, unit_test, verdicts
 from layerprobe.rundir import SUMMARY
+from layerprobe.stats import t_mean_ci, wilson
 from layerprobe.sweep.spec import (
     CI_TABLE,
     DIFFERENCES,
@@ -130,7 +131,6 @@ def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
     Several cells (seeds): Student t interval of the mean over cells. One cell and a rate with known item
     count (``<metric>.n``): Wilson. Otherwise no interval. Columns: by..., n_cells, mean, lo, hi, ci.
     """
-    from layerprobe.stats import t_mean_ci, wilson
 
     if metric not in table:
         raise ValueError(f"metric {metric!r} is not in the results; it has {', '.join(table.columns)}")
@@ -165,7 +165,6 @@ def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: l
     (:class:`layerprobe.paired.ClaimsConfig`; none for metrics without one), Holm over the whole table and the
     verdict; ``mde`` and ``units_needed`` at alpha / the number of tested pairs. Columns: condition, metric,
     baseline_mean, mean, n_pairs, mean_diff, lo, hi, p, p_tost, p_holm, p_tost_holm, verdict, mde, units_needed."""
-    from layerprobe.paired import ClaimsConfig, holm, unit_test, verdicts
 
     config = ClaimsConfig()
     base = table[table["condition"] == baseline].set_index(keys)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprobe import rundir
-from layerprobe.config import TrainConfig, load_yaml, resolve
+from layerprobe.config import TrainConfig, load_yaml, resolve, set_dotted
 from layerprobe.outcomes import OUTCOMES
 from layerprobe.sweep.executors import ExecutorConfig
 
@@ -60,16 +60,6 @@ class Sweep:
     reuse_from: list[Path] = field(default_factory=list)  # other sweep folders whose finished CPTs may be reused
     baseline: str = ""  # a condition every other one is compared with, seed by seed
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the cells run
-
-
-def _set_dotted(data: dict, dotted: str, value) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        if not isinstance(node.get(p, {}), dict):
-            raise ValueError(f"cannot set {dotted!r}: {p!r} is a value, not a section")
-        node = node.setdefault(p, {})
-    node[leaf] = copy.deepcopy(value)
 
 
 def _label(value) -> str:
@@ -159,7 +149,7 @@ def load_sweep(
     if not isinstance(common, dict):
         raise ValueError(f"set must map dotted config keys to values for every cell, got {common!r}")
     for k, v in {**common, **(overrides or {})}.items():
-        _set_dotted(base, k, v)
+        set_dotted(base, k, v)
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
         raise ValueError(f"grid must map dotted config keys to value lists, got {grid!r}")
@@ -195,7 +185,7 @@ def load_sweep(
         over["seed"] = seed
         columns["seed"] = seed
         for k, v in over.items():
-            _set_dotted(cfg_data, k, v)
+            set_dotted(cfg_data, k, v)
         parts = ([cname] if cname else []) + [f"{k}={label}" for (k, _), (label, _) in zip(axes, choice)]
         name = _safe(",".join(parts + [f"seed={seed}"]))
         try:

@@ -20,6 +20,7 @@ from layerprobe.config import ToyWorldConfig
 from layerprobe.data import pack_texts
 from layerprobe.presets import cache_root
 from layerprobe.toyworld import world as W
+from layerprobe.toyworld.tokenizer import build_tokenizer
 
 BUILD_VERSION = 2  # bump when the build recipe changes, so old caches are not reused
 
@@ -64,8 +65,6 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     import torch
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from layerprobe.toyworld.tokenizer import build_tokenizer
 
     t0 = time.time()
     docs = base_texts(cfg)
