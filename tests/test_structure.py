@@ -4,6 +4,7 @@ the source, counting imports inside functions too)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +30,19 @@ def test_the_cycle_finder_finds_a_cycle():
     g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert ig.cycles(g) == [["a", "b", "c"]]
     assert ig.floors({"a": {"b"}, "b": set(), "c": {"a"}}) == 3
+
+
+def test_every_module_the_design_map_names_exists():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    design = text[text.index("## Design") : text.index("Tests build tiny models in-process")]
+    names = set(re.findall(r"`([\w./-]+(?:\.py|/))`", design))
+    assert len(names) > 30
+    package = ROOT / "layerprobe"
+    missing = []
+    for name in sorted(names):
+        if (ROOT / name).exists() or (package / name).exists():
+            continue
+        if name.endswith(".py") and "/" not in name and any(package.rglob(name)):  # a module inside a package
+            continue
+        missing.append(name)
+    assert missing == [], f"README's Design section names modules that do not exist: {missing}"
