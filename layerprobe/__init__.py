@@ -36,7 +36,7 @@ _EXPORTS = {
     "RelateConfig": "layerprobe.relate",
     "attribute_change": "layerprobe.attribute",
     "AttributeConfig": "layerprobe.attribute",
-    "WeightSwapper": "layerprobe.attribute",
+    "WeightSwapper": "layerprobe.swap",
     "resolve_model": "layerprobe.presets",
     "truncate_layers": "layerprobe.presets",
     "gozaru_rewrite": "layerprobe.realdata",

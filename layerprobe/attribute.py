@@ -31,11 +31,12 @@ three denominators, G's share of
 - ``delta_share``: the squared change ||W_t - W_b||^2 (summed over G / over every tensor; for LoRA
   ||s * B @ A||^2, from the factors, tensor by tensor).
 
-:func:`effects` divides each effect's share of the whole change by each (``share_per_weight``,
-``share_per_trained``, ``share_per_delta``): 1 means the group matters in proportion to its size, no more. Shares
-of the groups of a partition need not add up to 1: reverting two groups together is not the sum of reverting each.
-Over several seeds, :func:`over_seeds` gives each mean with its Student-t interval, and :func:`paired_difference`
-the per-seed difference of two groups (``attn - mlp``).
+:func:`layerprobe.attribution_records.effects` divides each effect's share of the whole change by each
+(``share_per_weight``, ``share_per_trained``, ``share_per_delta``): 1 means the group matters in proportion to its
+size, no more. Shares of the groups of a partition need not add up to 1: reverting two groups together is not the sum
+of reverting each. Over several seeds, :func:`layerprobe.attribution_records.over_seeds` gives each mean with its
+Student-t interval, and :func:`layerprobe.attribution_records.paired_difference` the per-seed difference of two groups
+(``attn - mlp``). The tensors are swapped by :class:`layerprobe.swap.WeightSwapper`.
 
 torch is imported only inside the functions that need it. The records' effects table
 (:func:`layerprobe.attribution_records.effects`) and its figures (:func:`layerprobe.plot.effects.attribution_figures`)
@@ -44,8 +45,7 @@ need no torch.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import math
 import os
 import time
@@ -54,19 +54,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from layerprobe.attribution_records import DENOMINATORS, MODES, PHASE
+from layerprobe.attribution_records import MODES, PHASE
+from layerprobe.config import TrainConfig
+from layerprobe.evaluate import evaluate_model
 from layerprobe.keys import digest
 from layerprobe.names import BLOCKS, parse_name
+from layerprobe.pipeline import load_data, quiet_libraries
 from layerprobe.records import COLUMNS
 from layerprobe.select import select_params
-from layerprobe.stats import t_mean_ci
+from layerprobe.stages import load_model, load_tokenizer
+from layerprobe.swap import EvalCache, WeightSwapper, file_stamp
 
 GROUPINGS = ("layers", "blocks", "cells")
-# the per-seed columns over_seeds() gives a mean and an interval ("effect" keeps the names lo / hi)
-SEED_VALUES = ("effect", "share", *DENOMINATORS.values())
 Evaluate = Callable[[object, object], dict]
 
 
@@ -156,196 +157,6 @@ def group_position(names: Iterable[str]) -> tuple[int, str]:
     return (layers.pop() if len(layers) == 1 else -1), (blocks.pop() if len(blocks) == 1 else "")
 
 
-# ------------------------------------------------------------------------------------------ weights
-
-
-class WeightSwapper:
-    """Sets any tensor of an in-memory model to its base or its tuned value, read lazily from the checkpoints.
-
-    ``model`` holds the tuned weights (``state="tuned"``) or the base weights (``state="base"``); ``base`` is a
-    full-weights source, ``tuned`` a full-weights source or a LoRA adapter source on ``base`` (both from
-    :func:`layerprobe.checkpoints.open_source`). Call :meth:`measure` once before :meth:`set`.
-    """
-
-    def __init__(self, model, base, tuned, state: str):
-        if base.kind != "weights":
-            raise ValueError(
-                f"the base must hold full weights (a model folder or .safetensors file), got the "
-                f"adapter {base.label}; pass the CPT model (merged/) as the base"
-            )
-        self.base, self.tuned = base, tuned
-        self.params: dict[str, Any] = {}  # name -> the model's torch Parameter
-        for name, p in model.named_parameters():  # tied tensors once, under their first name
-            self.params.setdefault(parse_name(name).canonical, p)
-        missing = [n for n in self.params if n not in base.names()]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} tensors of the model are not in the base {base.label} (first: "
-                f"{missing[:3]}); pass the checkpoint the model was built from"
-            )
-        if tuned.kind == "weights":
-            gone = [n for n in self.params if n not in tuned.names()]
-            if gone:
-                raise ValueError(
-                    f"{len(gone)} tensors of the model are not in the tuned {tuned.label} (first: "
-                    f"{gone[:3]}); base and tuned must be the same architecture"
-                )
-        else:
-            extra = sorted(n for n in tuned.names() if n not in self.params)
-            if extra:
-                raise ValueError(
-                    f"the adapter {tuned.label} updates {len(extra)} tensors the model does not hold as "
-                    f"separate parameters (first: {extra[:3]}; tied?); merge it and pass the merged model"
-                )
-        for name, p in self.params.items():
-            shape = tuple(base.shape(name))
-            if tuned.kind == "adapter" and name in tuned.names():
-                tuned.fit_shape(name, shape)
-            other = tuned.shape(name) if tuned.kind == "weights" or name in tuned.names() else shape
-            if tuple(p.shape) != shape or tuple(other) != shape:
-                raise ValueError(
-                    f"{name}: shape {list(p.shape)} in the model, {list(shape)} in the base, "
-                    f"{list(other)} in the tuned checkpoint; they must match"
-                )
-        self.state = dict.fromkeys(self.params, state)
-        self.unchanged: set[str] = set()
-
-    def names(self) -> list[str]:
-        return list(self.params)
-
-    def value(self, name: str, which: str):
-        """The flat base or tuned value of one tensor (a view into the mapped file where possible)."""
-        import torch
-
-        base = self.base.operand(name).flat
-        if which == "base":
-            return base
-        if self.tuned.kind == "weights":
-            return self.tuned.operand(name).flat
-        if name not in self.tuned.names():
-            return base
-        op = self.tuned.operand(name)
-        if op.kind == "value":  # modules_to_save: a full replacement
-            return op.flat
-        delta = torch.empty(base.numel(), dtype=torch.float32)
-        rows = self.base.shape(name)[0] if len(self.base.shape(name)) else 1
-        op.fill(0, rows, delta)
-        return base.float() + delta
-
-    def set(self, names: Iterable[str], which: str) -> int:
-        """Set ``names`` to their ``which`` ('base' or 'tuned') values; returns the number of tensors copied."""
-        import torch
-
-        n = 0
-        with torch.no_grad():
-            for name in names:
-                if self.state[name] != which and name not in self.unchanged:
-                    p = self.params[name]
-                    p.copy_(self.value(name, which).view(p.shape))
-                    n += 1
-                self.state[name] = which
-        return n
-
-    def measure(self) -> dict[str, tuple[float, float]]:
-        """(||W_t - W_b||^2, ||W_b||^2) of every tensor; tensors SFT left unchanged are never copied again."""
-        out = {n: self.change(n) for n in self.params}
-        self.unchanged = {n for n, (d2, _) in out.items() if d2 == 0}
-        return out
-
-    def change(self, name: str) -> tuple[float, float]:
-        """(||W_t - W_b||^2, ||W_b||^2) of one tensor, in float64, from the files; for a LoRA pair the change is
-        s * B @ A itself (not rounded into W_b), its squared norm from the factors: tr((B^T B)(A A^T)) * s^2."""
-        import torch
-
-        from layerprobe.checkpoints import LoraDelta
-
-        b = self.base.operand(name).flat
-        adapter = self.tuned.kind == "adapter"
-        op = self.tuned.operand(name) if adapter and name in self.tuned.names() else None
-        factors = op.factors() if isinstance(op, LoraDelta) else None
-        # the tuned value is read only where it is stored whole (full weights, modules_to_save)
-        t = self.value(name, "tuned") if not adapter or (op is not None and op.kind == "value") else None
-        d2 = w2 = 0.0
-        step = 1 << 22
-        for i in range(0, b.numel(), step):
-            bi = b[i : i + step].double()
-            if t is not None:
-                d2 += float(torch.sum((t[i : i + step].double() - bi) ** 2))
-            w2 += float(torch.sum(bi * bi))
-        if factors is not None:
-            left, right = (f.double() for f in factors)
-            d2 = float(torch.sum((left.T @ left) * (right @ right.T)))
-        elif op is not None and op.kind == "delta":  # a LoRA bias: the delta is stored whole
-            d2 = float(torch.sum(op.flat.double() ** 2))
-        return d2, w2
-
-    def trained(self, name: str) -> int:
-        """How many trained parameters stand behind one tensor's change. An adapter: r * (in + out) for a LoRA
-        pair (A is r x in, B is out x r; the sizes of the two factors as stored), every entry of a
-        ``modules_to_save`` tensor or of a LoRA bias, 0 for a tensor it leaves alone. Full weights: every entry of
-        a tensor SFT changed, 0 for one it left unchanged (call :meth:`measure` first)."""
-        if self.tuned.kind == "weights":
-            return 0 if name in self.unchanged else self.params[name].numel()
-        if name not in self.tuned.names():
-            return 0
-        if self.tuned.is_lora(name):
-            e = self.tuned.loras[name]
-            return math.prod(e.a.shape) + math.prod(e.b.shape)
-        return math.prod(self.tuned.shape(name))
-
-
-# ------------------------------------------------------------------------------------------ cache
-
-
-def fingerprint(path: str | os.PathLike) -> str:
-    """A hash of a checkpoint's files (relative names, sizes, mtimes): changes when any file is rewritten."""
-    path = Path(path)
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
-    )
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-class EvalCache:
-    """Evaluations in a JSON file: key -> {group, mode, metrics, seconds}; rewritten atomically on each put."""
-
-    def __init__(self, path: str | os.PathLike | None, context: dict):
-        self.path = Path(path) if path else None
-        self.context = json.dumps(context, sort_keys=True)
-        self.entries: dict[str, dict] = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"the cache {self.path} is not valid JSON ({e}); delete it to start afresh") from None
-
-    def key(self, group: str, mode: str) -> str:
-        return digest(f"{self.context}\0{group}\0{mode}", 24)
-
-    def get(self, group: str, mode: str) -> dict | None:
-        e = self.entries.get(self.key(group, mode))
-        return dict(e["metrics"]) if e else None
-
-    def put(self, group: str, mode: str, metrics: dict, seconds: float) -> None:
-        self.entries[self.key(group, mode)] = {
-            "group": group,
-            "mode": mode,
-            "metrics": metrics,
-            "seconds": round(seconds, 3),
-        }
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-
-
 # ------------------------------------------------------------------------------------------ library call
 
 
@@ -395,7 +206,7 @@ def attribute_change(
         changed = {g: [n for n in names if n in every] for g, names in groups.items()}
         # reverting all of the change gives the base model, applying all of it the tuned one: nothing to evaluate
         todo = {g: bool(c) and set(c) != every for g, c in changed.items()}
-        cache = EvalCache(cfg.cache, {"base": fingerprint(base), "tuned": fingerprint(tuned), "eval": eval_key})
+        cache = EvalCache(cfg.cache, {"base": file_stamp(base), "tuned": file_stamp(tuned), "eval": eval_key})
         runner = _Runner(model, tokenizer, evaluate, swap, cache, log)
         text, runner.planned = _plan(groups, changed, todo, cfg.modes, cache)
         log(text)
@@ -433,6 +244,52 @@ def attribute_change(
         runner.eval_seconds,
         {g: len(n) for g, n in groups.items()},
     )
+
+
+def attribute_with_config(
+    base: str | os.PathLike,
+    tuned: str | os.PathLike,
+    cfg: TrainConfig,
+    config: AttributeConfig | None = None,
+    source: str | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> AttributionResult:
+    """:func:`attribute_change` with the evaluation a training config describes: its probes, held-out instructions
+    and CPT documents (``cfg.data``, capped by ``cfg.eval``), scored as the pipeline's eval stage scores them, the
+    evaluations cached by what they read. ``source``: the config file, named in messages (None: the built-in toy
+    world)."""
+    with quiet_libraries():
+        data = load_data(cfg)
+        eval_set = data.eval_set.limited(cfg.eval)
+        if not eval_set.probes and not eval_set.instructions:
+            raise ValueError(
+                f"nothing to evaluate: the config ({source or 'built-in toy world'}) gives no probes and "
+                "no held-out instructions; set data.probes / data.instructions in --config"
+            )
+        eval_key = digest(
+            [
+                eval_set.probes,
+                eval_set.instructions,
+                eval_set.cpt_docs,
+                dataclasses.asdict(cfg.eval),
+                cfg.cpt.max_length,
+            ],
+            length=None,
+        )
+        tok_dir = tuned if (Path(tuned) / "tokenizer_config.json").is_file() else base
+        tokenizer = load_tokenizer(str(tok_dir))
+
+        def evaluate(model, tok):
+            metrics, _ = evaluate_model(model, tok, eval_set, cfg.eval, cfg.cpt.max_length)
+            return {k: v for k, v in metrics.items() if k != "n_probes"}
+
+        log(
+            f"evaluation: {len(eval_set.probes)} probes, {len(eval_set.instructions)} instructions, "
+            f"{len(eval_set.cpt_docs)} CPT documents for the loss (from {source or 'the built-in toy world'})"
+        )
+        return attribute_change(
+            base, tuned, evaluate, tokenizer, config, eval_key=eval_key, load_model=load_model, log=log
+        )
 
 
 def _resolve_groups(model, swap: WeightSwapper, specs: Sequence[str]) -> dict[str, list[str]]:
@@ -548,66 +405,3 @@ def _records(
     df.insert(0, "run", run)
     df["module"] = ""
     return df[list(COLUMNS)].astype({"step": "int64", "layer": "int64", "value": "float64"})
-
-
-# ------------------------------------------------------------------------------------------ reading the records
-
-
-def paired_difference(per_seed: pd.DataFrame, a: str = "attn", b: str = "mlp") -> pd.DataFrame:
-    """Per-seed rows of the group ``"a - b"``: for each seed (and cell, mode, metric) the effect, share, ratios and
-    denominators of group ``a`` minus those of group ``b``, paired by seed; ``sft_effect`` stays the seed's own.
-    ``per_seed``: :func:`effects` rows with a ``seed`` column (and optionally ``cell``)."""
-    keys = [c for c in ("cell", "seed", "mode", "metric") if c in per_seed.columns]
-    if "seed" not in keys:
-        raise ValueError(f"paired_difference needs a 'seed' column; got columns {list(per_seed.columns)}")
-    values = [c for c in ("effect", "share", *DENOMINATORS, *DENOMINATORS.values()) if c in per_seed.columns]
-    left = per_seed[per_seed["group"] == a].set_index(keys)
-    right = per_seed[per_seed["group"] == b].set_index(keys)
-    if left.empty or right.empty:
-        raise ValueError(
-            f"paired_difference needs rows of both groups {a!r} and {b!r}; got groups "
-            f"{sorted(per_seed['group'].unique())}"
-        )
-    both = left.index.intersection(right.index)
-    if len(both) != len(left) or len(both) != len(right):
-        raise ValueError(
-            f"groups {a!r} and {b!r} are not paired: {len(left)} and {len(right)} rows, {len(both)} "
-            f"with the same {', '.join(keys)}; attribute both groups in every seed"
-        )
-    out = left.loc[both, values] - right.loc[both, values]
-    out["sft_effect"] = left.loc[both, "sft_effect"]
-    out = out.reset_index().assign(group=f"{a} - {b}", layer=-1, block="")
-    return out[[c for c in per_seed.columns if c in out.columns]]
-
-
-def over_seeds(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Mean over seeds with a Student-t interval (:func:`layerprobe.stats.t_mean_ci`) per cell x group x mode x
-    metric of per-seed :func:`effects` rows (a ``seed`` column; rows of :func:`paired_difference` welcome).
-
-    Columns: ``n_seeds``; ``effect`` with ``lo`` / ``hi``; ``share`` and each ratio (``share_per_weight``, ...)
-    with ``<name>_lo`` / ``<name>_hi`` -- each ratio is computed per seed, then averaged; ``sft_effect`` and the
-    denominators (``weight_share``, ...) as means. One seed, or a value that is NaN or infinite in some seed: the
-    interval is NaN (and the mean too, in the second case); the per-seed rows show why."""
-
-    if "seed" not in per_seed.columns:
-        raise ValueError(f"over_seeds needs a 'seed' column (one row per seed); got columns {list(per_seed.columns)}")
-    keys = [c for c in ("cell", "group", "mode", "metric") if c in per_seed.columns]
-    twice = per_seed.duplicated([*keys, "seed"])
-    if twice.any():
-        raise ValueError(
-            f"over_seeds got {int(twice.sum())} rows twice for the same seed (first: "
-            f"{per_seed.loc[twice, [*keys, 'seed']].iloc[0].to_dict()}); pass each seed's rows once"
-        )
-    rows = []
-    for key, d in per_seed.groupby(keys, sort=False):
-        row = dict(zip(keys, key), n_seeds=len(d))
-        for col in [c for c in SEED_VALUES if c in d.columns]:
-            x = d[col].to_numpy(dtype=float)
-            finite = bool(np.isfinite(x).all())
-            lo, hi = t_mean_ci(x, level) if finite else (math.nan, math.nan)
-            names = ("lo", "hi") if col == "effect" else (f"{col}_lo", f"{col}_hi")
-            row.update({col: float(x.mean()) if finite else math.nan, names[0]: lo, names[1]: hi})
-        for col in [c for c in ("sft_effect", *DENOMINATORS) if c in d.columns]:
-            row[col] = float(d[col].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)

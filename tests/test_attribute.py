@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.attribute import AttributeConfig, WeightSwapper, attribute_change, expand_groups
+from layerprobe.attribute import AttributeConfig, attribute_change, expand_groups
 from layerprobe.attribution_records import effects
 from layerprobe.checkpoints import open_source
 from layerprobe.plot.effects import attribution_figures as plot_attribution
 from layerprobe.records import COLUMNS
+from layerprobe.swap import WeightSwapper
 
 LAYERS = 4
 PLANTED = 2
@@ -406,7 +407,7 @@ def t_interval(x) -> tuple[float, float]:
 
 
 def test_over_seeds_gives_t_intervals_and_the_paired_attn_minus_mlp_difference():
-    from layerprobe.attribute import over_seeds, paired_difference
+    from layerprobe.attribution_records import over_seeds, paired_difference
 
     reverted = {1: (0.80, 0.60), 2: (0.70, 0.52), 3: (0.86, 0.66), 4: (0.75, 0.58)}  # (attn, mlp) per seed
     per_seed = pd.concat(

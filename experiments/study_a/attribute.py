@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layerprobe.attribute import over_seeds, paired_difference
-from layerprobe.attribution_records import DENOMINATORS, effects
+from layerprobe.attribution_records import DENOMINATORS, effects, over_seeds, paired_difference
 from layerprobe.records import load_records
 
 KEYS = ["cpt.lora_alpha", "sft.lora_alpha", "sft.target_modules"]

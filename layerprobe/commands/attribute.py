@@ -5,10 +5,6 @@ from __future__ import annotations
 from layerprobe import rundir
 from layerprobe.commands.options import add_format_argument
 from layerprobe.config import TrainConfig, load_yaml, resolve
-from layerprobe.evaluate import evaluate_model
-from layerprobe.keys import digest
-from layerprobe.pipeline import load_data, quiet_libraries
-from layerprobe.stages import load_model, load_tokenizer
 
 HELP = (
     "revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "
@@ -86,10 +82,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
     from pathlib import Path
 
-    from layerprobe.attribute import AttributeConfig, attribute_change
+    from layerprobe.attribute import AttributeConfig, attribute_with_config
     from layerprobe.attribution_records import effects
     from layerprobe.plot.effects import attribution_figures
     from layerprobe.records import write_table
@@ -119,46 +114,7 @@ def run(args) -> int:
         run=Path(tuned).name if not args.run else Path(args.run).name,
         cache=None if args.no_cache else str(args.cache or out / "cache.json"),
     )
-    with quiet_libraries():
-        data = load_data(cfg)
-        eval_set = data.eval_set.limited(cfg.eval)
-        if not eval_set.probes and not eval_set.instructions:
-            raise ValueError(
-                f"nothing to evaluate: the config ({config or 'built-in toy world'}) gives no probes and "
-                "no held-out instructions; set data.probes / data.instructions in --config"
-            )
-        eval_key = digest(
-            [
-                eval_set.probes,
-                eval_set.instructions,
-                eval_set.cpt_docs,
-                dataclasses.asdict(cfg.eval),
-                cfg.cpt.max_length,
-            ],
-            length=None,
-        )
-        tok_dir = tuned if (Path(tuned) / "tokenizer_config.json").is_file() else base
-        tokenizer = load_tokenizer(str(tok_dir))
-
-        def evaluate(model, tok):
-            metrics, _ = evaluate_model(model, tok, eval_set, cfg.eval, cfg.cpt.max_length)
-            return {k: v for k, v in metrics.items() if k != "n_probes"}
-
-        print(
-            f"evaluation: {len(eval_set.probes)} probes, {len(eval_set.instructions)} instructions, "
-            f"{len(eval_set.cpt_docs)} CPT documents for the loss (from {config or 'the built-in toy world'})",
-            flush=True,
-        )
-        res = attribute_change(
-            base,
-            tuned,
-            evaluate,
-            tokenizer,
-            acfg,
-            eval_key=eval_key,
-            load_model=load_model,
-            log=lambda s: print(s, flush=True),
-        )
+    res = attribute_with_config(base, tuned, cfg, acfg, source=config, log=lambda s: print(s, flush=True))
     print(f"\ncost: {res.cost()}")
     e = effects(res.records)
     for metric in dict.fromkeys(e["metric"]):
