@@ -33,7 +33,7 @@ _EXPORTS = {
     "relate_features": "layerprobe.relate",
     "compare_family": "layerprobe.paired",
     "ClaimsConfig": "layerprobe.paired",
-    "RelateConfig": "layerprobe.relate",
+    "RelateConfig": "layerprobe.relate_config",
     "attribute_change": "layerprobe.attribute",
     "AttributeConfig": "layerprobe.attribute",
     "WeightSwapper": "layerprobe.swap",

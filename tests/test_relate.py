@@ -16,21 +16,17 @@ from scipy import stats
 
 from layerprobe import cli
 from layerprobe.records import COLUMNS, write_table
-from layerprobe.relate import (
-    FEATURE_COLUMNS,
-    RelateConfig,
+from layerprobe.relate import relate_features, relate_runs, write_outputs
+from layerprobe.relate_config import FEATURE_COLUMNS, RelateConfig
+from layerprobe.relate_features import read_features, run_features
+from layerprobe.relate_stats import (
     bh_qvalues,
     correlate,
     effective_n,
     exact_orderings,
     min_exact_p,
     random_orderings,
-    read_features,
-    relate_features,
-    relate_runs,
-    run_features,
     spearman_rows,
-    write_outputs,
 )
 
 LAYERS = 6

@@ -86,7 +86,8 @@ def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def _relate(folder: Path, page: Page) -> None:
-    from layerprobe.relate import MIN_RUNS, TABLE_FILE, relate_runs
+    from layerprobe.relate import relate_runs
+    from layerprobe.relate_config import MIN_RUNS, TABLE_FILE
 
     table_file = folder / "relate" / TABLE_FILE
     notes: list[str] = []
