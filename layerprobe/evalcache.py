@@ -18,24 +18,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Callable
 
 from layerprobe.config import EvalConfig
 from layerprobe.evaluate import EVAL_VERSION
-
 
 def eval_key(folders: list[str], data, cfg: EvalConfig, max_length: int) -> str:
     """The cache key of evaluating the model in ``folders`` (base folder, then adapter) on ``data`` with ``cfg``."""
     from layerprobe.rundir import content_hash
 
-    payload = {
-        "models": [content_hash(f) for f in folders],
-        "eval": dataclasses.asdict(cfg),
-        "max_length": max_length,
-        "data": dataclasses.asdict(data.limited(cfg)),
-        "code": EVAL_VERSION,
-    }
+    payload = {"models": [content_hash(f) for f in folders], "eval": dataclasses.asdict(cfg),
+               "max_length": max_length, "data": dataclasses.asdict(data.limited(cfg)), "code": EVAL_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
@@ -49,9 +43,8 @@ def enabled() -> bool:
     return os.environ.get("LAYERPROBE_EVAL_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def cached_evaluation(
-    folders: list[str], data, cfg: EvalConfig, max_length: int, run: Callable[[], tuple[dict, list[dict]]]
-) -> tuple[dict, list[dict], bool]:
+def cached_evaluation(folders: list[str], data, cfg: EvalConfig, max_length: int,
+                      run: Callable[[], tuple[dict, list[dict]]]) -> tuple[dict, list[dict], bool]:
     """``run()``'s (metrics, answer rows), from the cache when this model was evaluated so before.
 
     Returns (metrics, rows, hit). ``run`` is only called on a miss; its result is then stored.

@@ -38,19 +38,8 @@ from dataclasses import dataclass, field
 
 from layerprobe.config import EvalConfig, style_regex
 
-METRICS = (
-    "cloze_acc",
-    "qa_acc",
-    "cpt_text_loss",
-    "gozaru_rate",
-    "gozaru_first",
-    "eos_rate",
-    "cut_rate",
-    "n_probes",
-    "cloze_margin",
-    "cloze_floor",
-    "qa_floor",
-)
+METRICS = ("cloze_acc", "qa_acc", "cpt_text_loss", "gozaru_rate", "gozaru_first", "eos_rate", "cut_rate",
+           "n_probes", "cloze_margin", "cloze_floor", "qa_floor")
 # general forgetting (held-out text / a MC set), the likelihood style score and the held-out cloze, when the data
 # allow them
 OPTIONAL_METRICS = ("style_logodds", "general_loss", "mc_acc", "cloze_heldout_acc", "cloze_heldout_margin")
@@ -95,24 +84,20 @@ class EvalSet:
     general_docs: list[str] = field(default_factory=list)
     mc_rows: list[dict] = field(default_factory=list)
 
-    def limited(self, cfg: EvalConfig) -> EvalSet:
+    def limited(self, cfg: EvalConfig) -> "EvalSet":
         def cap(rows, n):
             return rows[:n] if n > 0 else rows
 
-        probes = [p for kind in PROBE_KINDS for p in cap([q for q in self.probes if q["kind"] == kind], cfg.max_probes)]
+        probes = [p for kind in PROBE_KINDS for p in cap([q for q in self.probes if q["kind"] == kind],
+                                                         cfg.max_probes)]
         general, chars = [], 0
         for doc in self.general_docs:  # the first general_chars characters, whole documents or a cut last one
             if cfg.general_chars and chars >= cfg.general_chars:
                 break
             general.append(doc[: cfg.general_chars - chars] if cfg.general_chars else doc)
             chars += len(general[-1])
-        return EvalSet(
-            probes,
-            cap(self.instructions, cfg.max_instructions),
-            cap(self.cpt_docs, cfg.loss_docs),
-            general,
-            cap(self.mc_rows, cfg.max_mc),
-        )
+        return EvalSet(probes, cap(self.instructions, cfg.max_instructions), cap(self.cpt_docs, cfg.loss_docs),
+                       general, cap(self.mc_rows, cfg.max_mc))
 
 
 def eos_ids(model, tok) -> set[int]:
@@ -135,18 +120,9 @@ def truncate_prompt(tok, text: str, budget: int) -> str:
     return text if len(ids) <= budget else tok.decode(ids[:budget])
 
 
-def generate(
-    model,
-    tok,
-    prompts: list[str],
-    max_new_tokens: int,
-    batch_size: int,
-    chat: bool,
-    progress=None,
-    stop_at_sentence: bool = False,
-    timing: dict | None = None,
-    by_length: bool = True,
-) -> list[tuple[str, bool]]:
+def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, chat: bool,
+             progress=None, stop_at_sentence: bool = False, timing: dict | None = None,
+             by_length: bool = True) -> list[tuple[str, bool]]:
     """Greedy answers to ``prompts`` (as chat turns when ``chat``): (text up to EOS, whether EOS came).
 
     Prompts run in batches of similar length (longest first), so little padding is computed; answers come back
@@ -170,24 +146,18 @@ def generate(
     t0, produced = time.perf_counter(), 0
     try:
         for i in range(0, len(order), batch_size):
-            chunk = order[i : i + batch_size]
+            chunk = order[i:i + batch_size]
             enc = tok.pad({"input_ids": [encoded[j] for j in chunk]}, return_tensors="pt")
             enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.no_grad():
-                gen = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    eos_token_id=sorted(stops),
-                    pad_token_id=pad,
-                    **extra,
-                )
-            for j, row in zip(chunk, gen[:, enc["input_ids"].shape[1] :].tolist()):
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                     eos_token_id=sorted(stops), pad_token_id=pad, **extra)
+            for j, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
                 cut = next((k for k, t in enumerate(row) if t in stops or t == pad), None)
                 answer = row if cut is None else row[:cut]
                 produced += len(answer) + (cut is not None)
-                out[j] = (tok.decode(answer, skip_special_tokens=True), cut is not None and row[cut] in stops)
+                out[j] = (tok.decode(answer, skip_special_tokens=True),
+                          cut is not None and row[cut] in stops)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
@@ -203,9 +173,8 @@ def continuation(prompt: str, answer: str) -> str:
     return f" {answer}" if prompt[-1:].isascii() and prompt[-1:].strip() and answer[:1].isascii() else answer
 
 
-def answer_scores(
-    model, tok, prompts: list[str], answers: list[str], chat: bool, batch_size: int
-) -> list[tuple[float, bool]]:
+def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool,
+                  batch_size: int) -> list[tuple[float, bool]]:
     """Teacher-forced (sum of log p(answer tokens | prompt), whether every answer token is the top choice).
 
     The answer's tokens are those the tokenizer gives ``prompt + answer`` beyond the prompt's own tokens (for a
@@ -226,7 +195,7 @@ def answer_scores(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[tuple[float, bool]] = []
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
+        chunk = rows[i:i + batch_size]
         width = max(len(f) for f, _ in chunk)
         ids = torch.tensor([f + [pad] * (width - len(f)) for f, _ in chunk], device=model.device)
         mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f, _ in chunk], device=model.device)
@@ -234,7 +203,7 @@ def answer_scores(
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         for b, (full, n) in enumerate(chunk):
             target = torch.tensor(full[n:], device=model.device)
-            pred = logp[b, n - 1 : len(full) - 1]
+            pred = logp[b, n - 1:len(full) - 1]
             out.append((float(pred.gather(1, target[:, None]).sum()), bool((pred.argmax(-1) == target).all())))
     return out
 
@@ -270,21 +239,10 @@ def answer_margins(model, tok, probes: list[dict], gold: list[float], batch_size
     for p in probes:
         if p.get("relation") is not None:
             answers.setdefault(p["relation"], {}).setdefault(normalize(p["answer"]), p["answer"])
-    pairs = [
-        (i, other)
-        for i, p in enumerate(probes)
-        if p.get("relation") is not None
-        for key, other in answers[p["relation"]].items()
-        if key != normalize(p["answer"])
-    ]
-    scores = answer_scores(
-        model,
-        tok,
-        [probes[i]["prompt"] for i, _ in pairs],
-        [continuation(probes[i]["prompt"], a) for i, a in pairs],
-        False,
-        batch_size,
-    )
+    pairs = [(i, other) for i, p in enumerate(probes) if p.get("relation") is not None
+             for key, other in answers[p["relation"]].items() if key != normalize(p["answer"])]
+    scores = answer_scores(model, tok, [probes[i]["prompt"] for i, _ in pairs],
+                           [continuation(probes[i]["prompt"], a) for i, a in pairs], False, batch_size)
     best = [-math.inf] * len(probes)
     for (i, _), (logprob, _) in zip(pairs, scores):
         best[i] = max(best[i], logprob)
@@ -301,16 +259,14 @@ def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> 
     side, tok.padding_side = tok.padding_side, "right"
     try:
         for i in range(0, len(docs), batch_size):
-            enc = tok(
-                docs[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length
-            )
+            enc = tok(docs[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                      max_length=max_length)
             ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
             total += float(loss)
             count += int((labels != -100).sum())
     finally:
@@ -318,15 +274,8 @@ def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> 
     return total / max(count, 1)
 
 
-def evaluate_model(
-    model,
-    tok,
-    data: EvalSet,
-    cfg: EvalConfig,
-    max_length: int = 512,
-    progress: bool = False,
-    timing: dict | None = None,
-) -> tuple[dict, list[dict]]:
+def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int = 512,
+                   progress: bool = False, timing: dict | None = None) -> tuple[dict, list[dict]]:
     """Metrics (:data:`METRICS`, and :data:`OPTIONAL_METRICS` the data allow) and one row per probe/answer.
 
     Held-out cloze probes are scored exactly like the clozes, in calls of their own (so the clozes' numbers do
@@ -342,9 +291,8 @@ def evaluate_model(
     style = style_regex(cfg.style_pattern)
     clozes = {kind: [p for p in data.probes if p["kind"] == kind] for kind in CLOZE_KINDS}
     qa = [p for p in data.probes if p["kind"] == "qa"]
-    instructions = [
-        {**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)} for p in data.instructions
-    ]
+    instructions = [{**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)}
+                    for p in data.instructions]
     generate_clozes = cfg.cloze_scoring == "generate"
     generated = len(qa) + len(instructions) + (sum(map(len, clozes.values())) if generate_clozes else 0)
     bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)
@@ -352,50 +300,16 @@ def evaluate_model(
     scores, cloze_out = {}, {}
     try:
         for kind, cloze in clozes.items():
-            scores[kind] = answer_scores(
-                model,
-                tok,
-                [p["prompt"] for p in cloze],
-                [continuation(p["prompt"], p["answer"]) for p in cloze],
-                False,
-                cfg.batch_size,
-            )
-            cloze_out[kind] = (
-                generate(
-                    model,
-                    tok,
-                    [p["prompt"] for p in cloze],
-                    cfg.max_new_tokens,
-                    cfg.batch_size,
-                    False,
-                    bar,
-                    stop_at_sentence=True,
-                    timing=timing,
-                )
-                if generate_clozes
-                else None
-            )
-        qa_out = generate(
-            model,
-            tok,
-            [p["prompt"] for p in qa],
-            cfg.max_new_tokens,
-            cfg.batch_size,
-            True,
-            bar,
-            stop_at_sentence=True,
-            timing=timing,
-        )
-        ins_out = generate(
-            model,
-            tok,
-            [p["prompt"] for p in instructions],
-            cfg.max_new_tokens,
-            cfg.batch_size,
-            True,
-            bar,
-            timing=timing,
-        )
+            scores[kind] = answer_scores(model, tok, [p["prompt"] for p in cloze],
+                                         [continuation(p["prompt"], p["answer"]) for p in cloze], False,
+                                         cfg.batch_size)
+            cloze_out[kind] = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens,
+                                       cfg.batch_size, False, bar, stop_at_sentence=True,
+                                       timing=timing) if generate_clozes else None
+        qa_out = generate(model, tok, [p["prompt"] for p in qa], cfg.max_new_tokens, cfg.batch_size, True, bar,
+                          stop_at_sentence=True, timing=timing)
+        ins_out = generate(model, tok, [p["prompt"] for p in instructions], cfg.max_new_tokens, cfg.batch_size,
+                           True, bar, timing=timing)
     finally:
         bar.close()
     for kind, cloze in clozes.items():
@@ -411,18 +325,9 @@ def evaluate_model(
     for p, (text, eos) in zip(qa, qa_out):
         rows.append({**p, "output": text, "eos": eos, "correct": contains_answer(first_sentence(text), p["answer"])})
     for p, q, (text, eos) in zip(data.instructions, instructions, ins_out):
-        rows.append(
-            {
-                "kind": "instruction",
-                "prompt": p["prompt"],
-                "answer": p.get("answer", ""),
-                "output": text,
-                "eos": eos,
-                "correct": bool(style.search(text)),
-                "first": style_at_first_end(text, style),
-                "prompt_cut": q["prompt"] != p["prompt"],
-            }
-        )
+        rows.append({"kind": "instruction", "prompt": p["prompt"], "answer": p.get("answer", ""), "output": text,
+                     "eos": eos, "correct": bool(style.search(text)), "first": style_at_first_end(text, style),
+                     "prompt_cut": q["prompt"] != p["prompt"]})
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else math.nan
@@ -443,10 +348,8 @@ def evaluate_model(
         "cloze_margin": mean(of("cloze", "margin")),
     }
     if clozes["cloze_heldout"]:
-        metrics.update(
-            cloze_heldout_acc=mean(of("cloze_heldout", "correct")),
-            cloze_heldout_margin=mean(of("cloze_heldout", "margin")),
-        )
+        metrics.update(cloze_heldout_acc=mean(of("cloze_heldout", "correct")),
+                       cloze_heldout_margin=mean(of("cloze_heldout", "margin")))
     metrics.update(cloze_floor=guessing_floor(clozes["cloze"]), qa_floor=guessing_floor(qa))
     paired = [(r, p) for r, p in zip(answered, instructions) if p.get("plain") and r["answer"]]
     if paired:

@@ -51,14 +51,11 @@ def test_one_changed_byte_of_a_weight_file_misses(model_dir):
     assert _evaluate([str(model_dir)])[2:] == (False, 1)
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"cfg": EvalConfig(max_new_tokens=25)},
-        {"cfg": EvalConfig(style_pattern="ゴザル")},
-        {"data": EvalSet([{"kind": "cloze", "prompt": "a", "answer": "x"}], [{"prompt": "c"}], ["d"])},
-    ],
-)
+@pytest.mark.parametrize("change", [
+    {"cfg": EvalConfig(max_new_tokens=25)},
+    {"cfg": EvalConfig(style_pattern="ゴザル")},
+    {"data": EvalSet([{"kind": "cloze", "prompt": "a", "answer": "x"}], [{"prompt": "c"}], ["d"])},
+])
 def test_one_changed_setting_or_probe_misses(model_dir, change):
     _evaluate([str(model_dir)])
     assert _evaluate([str(model_dir)], **change)[2:] == (False, 1)
