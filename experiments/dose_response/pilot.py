@@ -37,20 +37,11 @@ def main() -> None:
     mlp_share = d.loc["full FT: mlp", "drift_all"] / d.loc["full FT: mlp", "drift_mlp"]
     rows = []
     for arm, (pilot, lr) in PILOTS.items():
-        drift = d.loc[pilot, "drift_all"] if pilot else d.loc["LoRA SFT a8 A", "drift_mlp"] * mlp_share
+        drift = (d.loc[pilot, "drift_all"] if pilot else d.loc["LoRA SFT a8 A", "drift_mlp"] * mlp_share)
         for dose, target in zip(("low", "high"), TARGETS):
-            rows.append(
-                {
-                    "arm": arm,
-                    "pilot": pilot or "estimate: LoRA SFT a8 A drift_mlp x mlp share",
-                    "pilot_lr": lr,
-                    "pilot_drift": drift,
-                    "k": k,
-                    "dose": dose,
-                    "target_drift": target,
-                    "lr": lr * (target / drift) ** (1 / k),
-                }
-            )
+            rows.append({"arm": arm, "pilot": pilot or "estimate: LoRA SFT a8 A drift_mlp x mlp share",
+                         "pilot_lr": lr, "pilot_drift": drift, "k": k, "dose": dose, "target_drift": target,
+                         "lr": lr * (target / drift) ** (1 / k)})
     out = pd.DataFrame(rows)
     out.to_csv(HERE / "pilot.csv", index=False, float_format="%.4g")
     print(out.to_string(index=False, float_format="%.4g"))
