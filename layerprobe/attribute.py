@@ -15,8 +15,8 @@ to tuned); then the whole model is set to base once and each G is applied alone.
 A group whose tensors SFT left unchanged is not evaluated: its revert equals the tuned model and its apply
 equals the base model, exactly (and the reverse for a group holding every changed tensor). Groups holding the
 same changed tensors (tied embedding and head; ``attn`` when SFT trained only attention) are evaluated once.
-Evaluations are cached in a JSON file keyed by the group, the mode, the two checkpoints' file fingerprints
-(names, sizes, mtimes) and the caller's evaluation key, so a rerun is free.
+Evaluations are cached in a JSON file under the evaluation service's key (:func:`layerprobe.evalservice.cache_key`:
+the two checkpoints' content hashes, the group and the mode, and the caller's evaluation key), so a rerun is free.
 
 Output: records (:data:`layerprobe.records.COLUMNS`) with ``phase="attribute"``, ``step=-1``, ``param`` = the
 group's selector, ``layer``/``block`` = the group's single layer / block (-1 / "" when it spans several),
@@ -42,7 +42,6 @@ torch is imported only inside the functions that need it; :func:`plot_attributio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -269,24 +268,15 @@ class WeightSwapper:
 
 # ------------------------------------------------------------------------------------------ cache
 
-def fingerprint(path: str | os.PathLike) -> str:
-    """A hash of a checkpoint's files (relative names, sizes, mtimes): changes when any file is rewritten."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 class EvalCache:
-    """Evaluations in a JSON file: key -> {group, mode, metrics, seconds}; rewritten atomically on each put."""
+    """Evaluations in a JSON file: key -> {group, mode, metrics, seconds}; rewritten atomically on each put.
 
-    def __init__(self, path: str | os.PathLike | None, context: dict):
+    The key is the evaluation service's (:func:`layerprobe.evalservice.cache_key`): the variant's model (the two
+    checkpoints' content hashes and the group and mode swapped) and the evaluation's key."""
+
+    def __init__(self, path: str | os.PathLike | None, base: str, tuned: str, eval_key: str):
         self.path = Path(path) if path else None
-        self.context = json.dumps(context, sort_keys=True)
+        self.base, self.tuned, self.eval_key = base, tuned, eval_key
         self.entries: dict[str, dict] = {}
         if self.path is not None and self.path.is_file():
             try:
@@ -295,7 +285,9 @@ class EvalCache:
                 raise ValueError(f"the cache {self.path} is not valid JSON ({e}); delete it to start afresh") from None
 
     def key(self, group: str, mode: str) -> str:
-        return hashlib.sha256(f"{self.context}\0{group}\0{mode}".encode()).hexdigest()[:24]
+        from layerprobe.evalservice import cache_key
+
+        return cache_key({"base": self.base, "tuned": self.tuned, "variant": [group, mode]}, self.eval_key)
 
     def get(self, group: str, mode: str) -> dict | None:
         e = self.entries.get(self.key(group, mode))
@@ -333,6 +325,7 @@ def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate
     ``options`` are :class:`AttributeConfig` fields.
     """
     from layerprobe.checkpoints import open_source
+    from layerprobe.rundir import content_hash
 
     if config is not None and options:
         raise ValueError("pass either config= or keyword options, not both")
@@ -351,7 +344,7 @@ def attribute_change(base: str | os.PathLike, tuned: str | os.PathLike, evaluate
         changed = {g: [n for n in names if n in every] for g, names in groups.items()}
         # reverting all of the change gives the base model, applying all of it the tuned one: nothing to evaluate
         todo = {g: bool(c) and set(c) != every for g, c in changed.items()}
-        cache = EvalCache(cfg.cache, {"base": fingerprint(base), "tuned": fingerprint(tuned), "eval": eval_key})
+        cache = EvalCache(cfg.cache, content_hash(base), content_hash(tuned), eval_key)
         runner = _Runner(model, tokenizer, evaluate, swap, cache, log)
         text, runner.planned = _plan(groups, changed, todo, cfg.modes, cache)
         log(text)

@@ -33,6 +33,10 @@ def add_arguments(parser) -> None:
                         help="evaluate at most N probes of each kind (overrides eval.max_probes; fewer = cheaper)")
     parser.add_argument("--max-instructions", type=int, metavar="N",
                         help="evaluate at most N held-out instructions (overrides eval.max_instructions)")
+    parser.add_argument("--lm-eval-tasks", metavar="A,B",
+                        help="lm-evaluation-harness tasks to run on every variant too (tasks of the harness, of "
+                             "eval.lm_eval_include, layerprobe_mc); default none: the config's eval.lm_eval_tasks "
+                             "are not run here unless named")
     parser.add_argument("--out", metavar="DIR",
                         help="records, figures and cache go here (default: RUN_DIR/attribute, else ./attribute)")
     parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
@@ -44,15 +48,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
-    import hashlib
-    import json
     from pathlib import Path
 
     from layerprobe import rundir
     from layerprobe.attribute import AttributeConfig, attribute_change, effects, plot_attribution
     from layerprobe.config import TrainConfig, load_yaml, resolve
-    from layerprobe.evaluate import evaluate_model
+    from layerprobe.evalservice import Evaluation
     from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.records import write_table
     from layerprobe.stages import load_model, load_tokenizer
@@ -75,30 +76,34 @@ def run(args) -> int:
         cfg.eval.max_probes = args.max_probes
     if args.max_instructions is not None:
         cfg.eval.max_instructions = args.max_instructions
+    cfg.eval.lm_eval_tasks = [t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()]
     acfg = AttributeConfig(groups=tuple(g for g in args.groups.split(",") if g.strip()) + tuple(args.select),
                            modes=args.modes, run=Path(tuned).name if not args.run else Path(args.run).name,
                            cache=None if args.no_cache else str(args.cache or out / "cache.json"))
     with quiet_libraries():
         data = load_data(cfg)
-        eval_set = data.eval_set.limited(cfg.eval)
-        if not eval_set.probes and not eval_set.instructions:
-            raise ValueError(f"nothing to evaluate: the config ({config or 'built-in toy world'}) gives no probes and "
-                             "no held-out instructions; set data.probes / data.instructions in --config")
-        eval_key = hashlib.sha256(json.dumps(
-            [eval_set.probes, eval_set.instructions, eval_set.cpt_docs, dataclasses.asdict(cfg.eval),
-             cfg.cpt.max_length], sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+        evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
+        eval_set = evaluation.data
+        if not eval_set.probes and not eval_set.instructions and not cfg.eval.lm_eval_tasks:
+            raise ValueError(f"nothing to evaluate: the config ({config or 'built-in toy world'}) gives no probes, "
+                             "no held-out instructions and no eval.lm_eval_tasks; set data.probes / "
+                             "data.instructions in --config")
+        if cfg.eval.lm_eval_tasks:
+            from layerprobe.harness import check
+
+            check(cfg.eval, cfg.data.mc)
         tok_dir = tuned if (Path(tuned) / "tokenizer_config.json").is_file() else base
         tokenizer = load_tokenizer(str(tok_dir))
 
-        def evaluate(model, tok):
-            metrics, _ = evaluate_model(model, tok, eval_set, cfg.eval, cfg.cpt.max_length)
-            return {k: v for k, v in metrics.items() if k != "n_probes"}
+        def evaluate(model, tok):  # counts and standard errors are no effects
+            metrics, _ = evaluation.run(model, tok)
+            return {k: v for k, v in metrics.items() if k != "n_probes" and not k.endswith(("/n", "_stderr"))}
 
         print(f"evaluation: {len(eval_set.probes)} probes, {len(eval_set.instructions)} instructions, "
               f"{len(eval_set.cpt_docs)} CPT documents for the loss (from {config or 'the built-in toy world'})",
               flush=True)
-        res = attribute_change(base, tuned, evaluate, tokenizer, acfg, eval_key=eval_key, load_model=load_model,
-                        log=lambda s: print(s, flush=True))
+        res = attribute_change(base, tuned, evaluate, tokenizer, acfg, eval_key=evaluation.key(),
+                               load_model=load_model, log=lambda s: print(s, flush=True))
     print(f"\ncost: {res.cost()}")
     e = effects(res.records)
     for metric in dict.fromkeys(e["metric"]):
