@@ -129,7 +129,8 @@ class RelateConfig:
         "help": "record phases to take features from (cpt, sft); diff quantities are always phase 'diff'; "
                 "empty = all present"})
     outcomes: tuple[str, ...] = field(default=(), metadata={
-        "help": f"outcomes: {', '.join(OUTCOMES)} or PHASE.KEY of summary.json (sft.eos_rate); "
+        "help": f"outcomes: {', '.join(OUTCOMES)}, PHASE.KEY of summary.json (sft.eos_rate) or drop.KEY (cpt - sft: "
+                "drop.lm_eval/hellaswag/acc); "
                 "empty = every named outcome the summaries hold"})
     min_runs: int = field(default=MIN_RUNS, metadata={
         "help": "fewer runs than this: say plainly there are too few runs for a claim (5 is the least for which "

@@ -93,3 +93,21 @@ def test_results_flatten_to_one_name_per_task_metric_and_filter():
     assert math.isnan(got.pop("lm_eval/arc_easy/acc_norm_stderr"))
     assert got == {"lm_eval/arc_easy/acc": 0.5, "lm_eval/arc_easy/acc_stderr": 0.1,
                    "lm_eval/arc_easy/exact_match:strict": 0.25, "lm_eval/arc_easy/n": 20.0}
+
+
+def test_harness_scores_reach_sweep_results_and_relate_outcomes():
+    """A sweep's results row and relate's outcomes read the harness's metrics from summary.json: as PHASE.KEY and
+    as drop.KEY (cpt - sft), one drop per score (not its stderr or count)."""
+    from layerprobe.outcomes import harness_drops, read_outcomes
+    from layerprobe.sweep.results import flatten
+
+    summary = {"cpt": {"mc_acc": 0.5, "lm_eval/arc_easy/acc": 0.6, "lm_eval/arc_easy/acc_stderr": 0.1,
+                       "lm_eval/arc_easy/n": 20.0},
+               "sft": {"mc_acc": 0.4, "lm_eval/arc_easy/acc": 0.45, "lm_eval/arc_easy/acc_stderr": 0.1,
+                       "lm_eval/arc_easy/n": 20.0}}
+    assert harness_drops(summary) == ["drop.lm_eval/arc_easy/acc"]
+    got = read_outcomes(summary, ["drop.lm_eval/arc_easy/acc", "sft.lm_eval/arc_easy/acc", "drop.mc_acc"])
+    assert got == pytest.approx({"drop.lm_eval/arc_easy/acc": 0.15, "sft.lm_eval/arc_easy/acc": 0.45,
+                                 "drop.mc_acc": 0.1})
+    assert math.isnan(read_outcomes(summary, ["drop.lm_eval/hellaswag/acc"])["drop.lm_eval/hellaswag/acc"])
+    assert flatten(summary)["sft.lm_eval/arc_easy/acc"] == 0.45

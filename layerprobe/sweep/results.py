@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe import rundir
-from layerprobe.outcomes import read_outcomes
+from layerprobe.outcomes import harness_drops, read_outcomes
 from layerprobe.rundir import SUMMARY
 from layerprobe.paired import ANSWERS_TABLE, answers_table
 from layerprobe.sweep.spec import (CI_TABLE, DIFFERENCES, PAIRED_TABLE, PHASES, RATE_ITEMS, RESULTS,
@@ -61,7 +61,7 @@ def collect(sweep: Sweep) -> pd.DataFrame:
         row = {"cell": cell.name, **cell.columns, **flatten(summary), **item_counts(d),
                "reused_cpt_from": info.get("reused_cpt_from") or "",
                "cell_seconds": info.get("seconds", math.nan)}
-        row.update(read_outcomes(summary, DIFFERENCES))
+        row.update(read_outcomes(summary, DIFFERENCES + harness_drops(summary)))
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
