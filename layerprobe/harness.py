@@ -34,13 +34,17 @@ def is_harness_metric(name: str) -> bool:
     return name.startswith(PREFIX + "/")
 
 
+class MissingHarness(ImportError, ValueError):
+    """lm-evaluation-harness is not installed (a ValueError too: the CLI prints it on one line)."""
+
+
 def require():
-    """The ``lm_eval`` module, or a one-line ImportError saying how to install it."""
+    """The ``lm_eval`` module, or a one-line :class:`MissingHarness` saying how to install it."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"eval.lm_eval_tasks needs lm-evaluation-harness, which is not installed ({e}); install it "
+        raise MissingHarness(f"eval.lm_eval_tasks needs lm-evaluation-harness, which is not installed ({e}); install it "
                           f"with {INSTALL}, or leave eval.lm_eval_tasks empty") from None
     return lm_eval
 

@@ -324,6 +324,10 @@ def _run(cfg: TrainConfig, out_dir, overwrite: bool, progress: bool, log: Callab
         raise FileNotFoundError(f"{run_dir} is not a run folder with finished stages; run `layerprobe train --out "
                                 f"{run_dir}` or the stages before {only} first")
     data = load_data(cfg)
+    if cfg.eval.lm_eval_tasks:  # the harness installed, its tasks known: before a base model is built or downloaded
+        from layerprobe.harness import check
+
+        check(cfg.eval, cfg.data.mc)
     t0 = time.time()
     base = resolve_model(cfg.model, cfg, progress=progress)
     base_seconds = round(time.time() - t0, 1)

@@ -18,10 +18,6 @@ def check_run(cfg, base: str, data) -> None:
     if not data.sft_rows:
         raise ValueError(f"the SFT data ({cfg.data.sft}) holds no rows; expected prompt/completion, messages or "
                          "instruction/output rows (check data.sft, data.max_sft_rows and data.heldout)")
-    if cfg.eval.lm_eval_tasks:  # the harness installed, its task names known, their data there
-        from layerprobe.harness import check
-
-        check(cfg.eval, cfg.data.mc)
     check_phases(cfg, base)
 
 

@@ -449,6 +449,8 @@ def test_errors_are_one_line_and_leave_no_run_folder(tmp_path, capsys, monkeypat
         (["--data.sft", str(_write(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}]))],
          r"has fields \['answer', 'question'\]; expected messages"),
         (["--data.cpt", str(_write(tmp_path / "c.jsonl", [{"body": "x"}]))], r"has fields \['body'\]; expected a text"),
+        (["--eval.lm_eval_tasks", "nope_task"],  # before any training; without the harness: how to install it
+         "unknown lm-evaluation-harness task 'nope_task'|needs lm-evaluation-harness, which is not installed"),
     ]
     for i, (extra, match) in enumerate(cases):
         out = tmp_path / f"run{i}"
