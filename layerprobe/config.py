@@ -277,8 +277,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """The config as plain values. A phase that does not probe (``probe_every`` 0) leaves its probe settings
-        out, and an evaluation without harness tasks its ``lm_eval_*`` settings: they change nothing, and configs, hashes and stage fingerprints of runs made before they existed
-        stay what they were (``resolve`` fills them back in)."""
+        out, and an evaluation without harness tasks its ``lm_eval_*`` settings: they change nothing, and configs,
+        hashes and stage fingerprints of runs made before they existed stay what they were (``resolve`` fills them
+        back in)."""
         out = _typed_dict(self)
         for phase in ("cpt", "sft"):
             if not out[phase]["probe_every"]:

@@ -111,3 +111,17 @@ def test_harness_scores_reach_sweep_results_and_relate_outcomes():
                                  "drop.mc_acc": 0.1})
     assert math.isnan(read_outcomes(summary, ["drop.lm_eval/hellaswag/acc"])["drop.lm_eval/hellaswag/acc"])
     assert flatten(summary)["sft.lm_eval/arc_easy/acc"] == 0.45
+
+
+def test_runs_without_harness_tasks_keep_their_config_hash():
+    """The lm_eval_* settings are left out of to_dict (so out of hashes and stage fingerprints) until a task is
+    named: run folders made before they existed stay done."""
+    from layerprobe.config import TrainConfig, resolve
+
+    plain = TrainConfig()
+    assert not {"lm_eval_tasks", "lm_eval_include", "lm_eval_limit"} & set(plain.to_dict()["eval"])
+    assert resolve(plain.to_dict()).hash() == plain.hash()
+    with_tasks = resolve({"eval": {"lm_eval_tasks": "hellaswag,arc_easy", "lm_eval_limit": 10}})
+    assert with_tasks.eval.lm_eval_tasks == ["hellaswag", "arc_easy"]
+    assert with_tasks.to_dict()["eval"]["lm_eval_limit"] == 10 and with_tasks.hash() != plain.hash()
+    assert resolve(with_tasks.to_dict()).hash() == with_tasks.hash()
