@@ -44,8 +44,8 @@ def require():
         import lm_eval
         from lm_eval.tasks import TaskManager  # noqa: F401
     except ImportError as e:
-        raise MissingHarness(f"eval.lm_eval_tasks needs lm-evaluation-harness, which is not installed ({e}); install it "
-                          f"with {INSTALL}, or leave eval.lm_eval_tasks empty") from None
+        raise MissingHarness(f"eval.lm_eval_tasks needs lm-evaluation-harness, which is not installed ({e}); "
+                             f"install it with {INSTALL}, or leave eval.lm_eval_tasks empty") from None
     return lm_eval
 
 
