@@ -535,6 +535,19 @@ def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
         resolve({"precision": "fp16"})
 
 
+def _tiny_task(tmp_path: Path) -> Path:
+    """A folder holding one local lm-evaluation-harness task, tiny_local (6 two-choice rows in a JSON-lines file)."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    data = _write(tmp_path / "tiny.jsonl", [{"q": f"Q{i}", "choices": ["yes", "no"], "label": i % 2}
+                                            for i in range(6)])
+    (tasks / "tiny.yaml").write_text(
+        f"task: tiny_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: choices\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return tasks
+
+
 @pytest.mark.slow
 def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, monkeypatch, cache):
     """`layerprobe eval --eval.lm_eval_include DIR --eval.lm_eval_tasks TASK` on a finished run: the harness's metrics
@@ -549,14 +562,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
     shutil.copytree(run[0], out)
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    data = _write(tmp_path / "tiny.jsonl", [{"q": f"Q{i}", "choices": ["yes", "no"], "label": i % 2}
-                                            for i in range(6)])
-    (tasks / "tiny.yaml").write_text(
-        f"task: tiny_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: choices\n"
-        "doc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    tasks = _tiny_task(tmp_path)
     flags = ["--out", str(out), "--overwrite", "--eval.lm_eval_include", str(tasks), "--eval.lm_eval_tasks",
              "tiny_local", "--eval.lm_eval_limit", "4", "--eval.max_probes", "2", "--eval.max_instructions", "2"]
     assert cli.main(["eval", *flags]) == 0
@@ -575,3 +581,30 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     assert cli.main(["eval", *flags]) == 0
     assert "(base, cpt, sft from the evaluation cache)" in capsys.readouterr().out
     assert json.dumps(rundir.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)  # NaN equal as text
+
+
+@pytest.mark.slow
+def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, tmp_path, capsys, monkeypatch, cache):
+    """`layerprobe attribute --lm-eval-tasks T`: the harness's score of each variant is an attribution quantity; a
+    rerun reads every evaluation from the cache (keyed by the checkpoints' bytes, not their file times)."""
+    import yaml
+
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
+    from layerprobe.records import load_records
+
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
+    config = load_yaml(rundir.config_path(run[0]))
+    config["eval"]["lm_eval_include"] = str(_tiny_task(tmp_path))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    argv = ["attribute", "--run", str(run[0]), "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "a"),
+            "--groups", "layers", "--modes", "revert", "--max-probes", "2", "--max-instructions", "2",
+            "--lm-eval-tasks", "tiny_local"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    records = load_records(tmp_path / "a" / "attribute.parquet")
+    quantities = set(records["quantity"])
+    assert {"tuned:lm_eval/tiny_local/acc", "base:lm_eval/tiny_local/acc"} <= quantities
+    assert not any(q.endswith(("_stderr", "/n")) for q in quantities)
+    assert "0 from the cache" in first
+    assert cli.main(argv) == 0
+    assert " 0 evaluation(s) run" in capsys.readouterr().out
