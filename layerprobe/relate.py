@@ -96,7 +96,7 @@ import pandas as pd
 from scipy import stats
 
 from layerprobe import rundir
-from layerprobe.outcomes import OUTCOMES, read_outcomes
+from layerprobe.outcomes import OUTCOMES, harness_drops, read_outcomes
 from layerprobe.outcomes import is_dotted as _dotted
 from layerprobe.records import load_records
 from layerprobe.rundir import SUMMARY, find_runs
@@ -131,7 +131,7 @@ class RelateConfig:
     outcomes: tuple[str, ...] = field(default=(), metadata={
         "help": f"outcomes: {', '.join(OUTCOMES)}, PHASE.KEY of summary.json (sft.eos_rate) or drop.KEY (cpt - sft: "
                 "drop.lm_eval/hellaswag/acc); "
-                "empty = every named outcome the summaries hold"})
+                "empty = every named outcome the summaries hold, with drop.KEY of each harness score"})
     min_runs: int = field(default=MIN_RUNS, metadata={
         "help": "fewer runs than this: say plainly there are too few runs for a claim (5 is the least for which "
                 "an exact two-sided Spearman test can give p < 0.05)"})
@@ -317,8 +317,10 @@ def collect(paths: Sequence[str | os.PathLike], config: RelateConfig) -> tuple[p
         method, group = run_design(run, name)
         drift, source = total_drift(run, records, norms, group)
         f = mark_frozen(run_features(records), frozen_cells(records))
+        names = wanted_outcomes if config.outcomes else [*OUTCOMES, *harness_drops(summary)]  # harness: per run
+        wanted_outcomes += [n for n in names if n not in wanted_outcomes]
         f = f.assign(run=name, study=study, method=method, cpt_group=group, total_drift=drift,
-                     total_drift_from=source, **read_outcomes(summary, wanted_outcomes))
+                     total_drift_from=source, **read_outcomes(summary, names))
         frames.append(f)
     notes = [f"{len(no_records)} run(s) without records, left out: {', '.join(no_records[:5])}"] if no_records else []
     if not frames:
