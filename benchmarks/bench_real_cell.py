@@ -29,7 +29,7 @@ def main(argv=None) -> None:
 
     from layerprobe import rundir
     from layerprobe.config import load_yaml, resolve
-    from layerprobe.evalcache import cached_evaluation
+    from layerprobe.evalservice import Evaluation
     from layerprobe.pipeline import load_data, run_pipeline
 
     t_import = time.time() - t_start
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     stages = {s: rundir.read_done(out, s) or summary["stages"][s] for s in ("cpt", "merge", "sft", "eval")}
     ev = stages["eval"]
 
-    data = load_data(cfg)
+    evaluation = Evaluation.of(load_data(cfg).eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
     base = summary["base_model"]
     again = {}
     for phase in ("base", "cpt"):
@@ -55,9 +55,7 @@ def main(argv=None) -> None:
         def must_hit(phase=phase):
             raise RuntimeError(f"the {phase} evaluation was not in the cache")
 
-        cached_evaluation(
-            [model_dir] + ([adapter] if adapter else []), data.eval_set, cfg.eval, cfg.cpt.max_length, must_hit
-        )
+        evaluation.of_folders([model_dir] + ([adapter] if adapter else []), must_hit)
         again[phase] = round(time.time() - t, 2)
 
     def rate(tokens, seconds):

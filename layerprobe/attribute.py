@@ -15,8 +15,8 @@ to tuned); then the whole model is set to base once and each G is applied alone.
 A group whose tensors SFT left unchanged is not evaluated: its revert equals the tuned model and its apply
 equals the base model, exactly (and the reverse for a group holding every changed tensor). Groups holding the
 same changed tensors (tied embedding and head; ``attn`` when SFT trained only attention) are evaluated once.
-Evaluations are cached in a JSON file keyed by the group, the mode, the two checkpoints' file fingerprints
-(names, sizes, mtimes) and the caller's evaluation key, so a rerun is free.
+Evaluations are cached in a JSON file under the evaluation service's key (:func:`layerprobe.evalservice.cache_key`:
+the two checkpoints' content hashes, the group and the mode, and the caller's evaluation key), so a rerun is free.
 
 Output: records (:data:`layerprobe.records.COLUMNS`) with ``phase="attribute"``, ``step=-1``, ``param`` = the
 group's selector, ``layer``/``block`` = the group's single layer / block (-1 / "" when it spans several),
@@ -45,7 +45,6 @@ need no torch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -58,14 +57,15 @@ import pandas as pd
 
 from layerprobe.attribution_records import MODES, PHASE
 from layerprobe.config import TrainConfig
-from layerprobe.evaluate import evaluate_model
-from layerprobe.keys import digest
+from layerprobe.evalservice import Evaluation
+from layerprobe.harness import check as check_harness
 from layerprobe.names import BLOCKS, parse_name
 from layerprobe.pipeline import load_data, quiet_libraries
 from layerprobe.records import COLUMNS
+from layerprobe.rundir import content_hash
 from layerprobe.select import select_params
 from layerprobe.stages import load_model, load_tokenizer
-from layerprobe.swap import EvalCache, WeightSwapper, file_stamp
+from layerprobe.swap import EvalCache, WeightSwapper
 
 GROUPINGS = ("layers", "blocks", "cells")
 Evaluate = Callable[[object, object], dict]
@@ -206,7 +206,7 @@ def attribute_change(
         changed = {g: [n for n in names if n in every] for g, names in groups.items()}
         # reverting all of the change gives the base model, applying all of it the tuned one: nothing to evaluate
         todo = {g: bool(c) and set(c) != every for g, c in changed.items()}
-        cache = EvalCache(cfg.cache, {"base": file_stamp(base), "tuned": file_stamp(tuned), "eval": eval_key})
+        cache = EvalCache(cfg.cache, content_hash(base), content_hash(tuned), eval_key)
         runner = _Runner(model, tokenizer, evaluate, swap, cache, log)
         text, runner.planned = _plan(groups, changed, todo, cfg.modes, cache)
         log(text)
@@ -260,35 +260,29 @@ def attribute_with_config(
     world)."""
     with quiet_libraries():
         data = load_data(cfg)
-        eval_set = data.eval_set.limited(cfg.eval)
-        if not eval_set.probes and not eval_set.instructions:
+        evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
+        eval_set = evaluation.data
+        if not eval_set.probes and not eval_set.instructions and not cfg.eval.lm_eval_tasks:
             raise ValueError(
-                f"nothing to evaluate: the config ({source or 'built-in toy world'}) gives no probes and "
-                "no held-out instructions; set data.probes / data.instructions in --config"
+                f"nothing to evaluate: the config ({source or 'built-in toy world'}) gives no probes, "
+                "no held-out instructions and no eval.lm_eval_tasks; set data.probes / "
+                "data.instructions in --config"
             )
-        eval_key = digest(
-            [
-                eval_set.probes,
-                eval_set.instructions,
-                eval_set.cpt_docs,
-                dataclasses.asdict(cfg.eval),
-                cfg.cpt.max_length,
-            ],
-            length=None,
-        )
+        if cfg.eval.lm_eval_tasks:
+            check_harness(cfg.eval, cfg.data.mc)
         tok_dir = tuned if (Path(tuned) / "tokenizer_config.json").is_file() else base
         tokenizer = load_tokenizer(str(tok_dir))
 
-        def evaluate(model, tok):
-            metrics, _ = evaluate_model(model, tok, eval_set, cfg.eval, cfg.cpt.max_length)
-            return {k: v for k, v in metrics.items() if k != "n_probes"}
+        def evaluate(model, tok):  # counts and standard errors are no effects
+            metrics, _ = evaluation.run(model, tok)
+            return {k: v for k, v in metrics.items() if k != "n_probes" and not k.endswith(("/n", "_stderr"))}
 
         log(
             f"evaluation: {len(eval_set.probes)} probes, {len(eval_set.instructions)} instructions, "
             f"{len(eval_set.cpt_docs)} CPT documents for the loss (from {source or 'the built-in toy world'})"
         )
         return attribute_change(
-            base, tuned, evaluate, tokenizer, config, eval_key=eval_key, load_model=load_model, log=log
+            base, tuned, evaluate, tokenizer, config, eval_key=evaluation.key(), load_model=load_model, log=log
         )
 
 

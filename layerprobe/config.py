@@ -21,6 +21,7 @@ ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 TOYWORLD = "toyworld"
 PROBE_FIELDS = ("probe_every", "probe_max")  # PhaseConfig's probing settings (left out of to_dict when off)
+HARNESS_FIELDS = ("lm_eval_tasks", "lm_eval_include", "lm_eval_limit")  # EvalConfig's, likewise
 
 
 def _help(text: str, **kw):
@@ -299,6 +300,15 @@ class EvalConfig:
     base: bool = _help("also evaluate the base model (a row 'base' in the summary)", default=True)
     max_mc: int = _help("multiple-choice questions to score (0 = all)", default=200)
     general_chars: int = _help("characters of held-out general text to score (0 = all)", default=20000)
+    lm_eval_tasks: list[str] = _help(
+        "lm-evaluation-harness tasks to run on every evaluated model, comma-separated "
+        "(hellaswag,arc_easy from the hub when online; tasks of eval.lm_eval_include; "
+        "layerprobe_mc: the data.mc set); metrics as lm_eval/<task>/<metric>; needs "
+        "pip install 'layerprobe[lm-eval]'",
+        default_factory=list,
+    )
+    lm_eval_include: str = _help("a folder of lm-evaluation-harness task YAMLs (offline and private tasks)", default="")
+    lm_eval_limit: int = _help("score at most N documents of each harness task (0 = all)", default=0)
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -307,6 +317,8 @@ class EvalConfig:
             )
         if self.cloze_scoring not in ("generate", "likelihood"):
             raise ValueError(f"eval.cloze_scoring must be 'generate' or 'likelihood', got {self.cloze_scoring!r}")
+        if self.lm_eval_limit < 0:
+            raise ValueError(f"eval.lm_eval_limit must be >= 0 (0 = every document), got {self.lm_eval_limit}")
         style_regex(self.style_pattern)
 
 
@@ -400,13 +412,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """The config as plain values. A phase that does not probe (``probe_every`` 0) leaves its probe settings
-        out: they change nothing, and configs, hashes and stage fingerprints of runs made before they existed
-        stay what they were (``resolve`` fills them back in)."""
+        out, and an evaluation without harness tasks its ``lm_eval_*`` settings: they change nothing, and configs,
+        hashes and stage fingerprints of runs made before they existed stay what they were (``resolve`` fills them
+        back in)."""
         out = _typed_dict(self)
         for phase in ("cpt", "sft"):
             if not out[phase]["probe_every"]:
                 for key in PROBE_FIELDS:
                     out[phase].pop(key)
+        if not out["eval"]["lm_eval_tasks"]:  # likewise the harness settings when no harness task runs
+            for key in HARNESS_FIELDS:
+                out["eval"].pop(key)
         return out
 
     def phase_seed(self, phase: PhaseConfig) -> int:

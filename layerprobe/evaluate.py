@@ -85,6 +85,11 @@ class EvalSet:
     mc_rows: list[dict] = field(default_factory=list)
 
     def limited(self, cfg: EvalConfig) -> "EvalSet":
+        """The set trimmed by ``cfg``'s limits; a set already trimmed by the same limits is returned as it is."""
+        limits = (cfg.max_probes, cfg.max_instructions, cfg.loss_docs, cfg.general_chars, cfg.max_mc)
+        if getattr(self, "_limits", None) == limits:
+            return self
+
         def cap(rows, n):
             return rows[:n] if n > 0 else rows
 
@@ -96,8 +101,10 @@ class EvalSet:
                 break
             general.append(doc[: cfg.general_chars - chars] if cfg.general_chars else doc)
             chars += len(general[-1])
-        return EvalSet(probes, cap(self.instructions, cfg.max_instructions), cap(self.cpt_docs, cfg.loss_docs),
-                       general, cap(self.mc_rows, cfg.max_mc))
+        out = EvalSet(probes, cap(self.instructions, cfg.max_instructions), cap(self.cpt_docs, cfg.loss_docs),
+                      general, cap(self.mc_rows, cfg.max_mc))
+        out._limits = limits  # not a field: the set's digest stays that of its rows
+        return out
 
 
 def eos_ids(model, tok) -> set[int]:

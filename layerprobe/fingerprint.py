@@ -8,8 +8,8 @@ exactly the stages downstream of it:
     merge  nothing of its own: the CPT's fingerprint
     sft    the SFT rows' content (and the replayed CPT documents' with sft.replay) and the config without the cpt,
            eval, data, toy and model entries
-    eval   the evaluation set's content, eval.*, cpt.max_length (the loss's block size) and the rest of the
-           config without the phases, data, toy and model entries
+    eval   the evaluation set's content, eval.*, cpt.max_length (the loss's block size), what the harness tasks
+           read (with eval.lm_eval_tasks) and the rest of the config without the phases, data, toy and model entries
 
 A config entry added later counts for every stage unless it is named here: a stale result is worse than a rerun.
 Run-time settings that change no result (checkpoint.*) count for none. Never imports torch.
@@ -52,8 +52,18 @@ def stage_inputs(cfg, data, base_hash: str) -> dict[str, dict]:
             **_config_part(config, "eval"),
             "cpt.max_length": cfg.cpt.max_length,
             "eval_set": digest(data.eval_set),
+            **_harness_data(cfg),
         },
     }
+
+
+def _harness_data(cfg) -> dict:
+    """What the lm-evaluation-harness tasks read (task files, data.mc), when the evaluation runs any."""
+    if not cfg.eval.lm_eval_tasks:
+        return {}
+    from layerprobe.harness import data_digest
+
+    return {"lm_eval_data": digest(data_digest(cfg.eval, cfg.data.mc))}
 
 
 def chain(inputs: dict[str, dict]) -> dict[str, str]:
@@ -75,6 +85,6 @@ def changed_inputs(old: dict | None, new: dict) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += [f"{key}.{d}" for d in changed_inputs(a, b)]
         elif a != b:
-            hashed = key in ("base_model", "cpt_docs", "sft_rows", "replay_docs", "eval_set")
+            hashed = key in ("base_model", "cpt_docs", "sft_rows", "replay_docs", "eval_set", "lm_eval_data")
             out.append(f"{key}: content changed" if hashed and a and b else f"{key}: {a!r} -> {b!r}")
     return out

@@ -2,6 +2,9 @@
 
 Both run the model in eval mode without gradients, batch deterministically, and give the same numbers for
 any batch size or padding side (tests check this against a one-sequence-at-a-time reference).
+The lm-evaluation-harness task ``layerprobe_mc`` (:mod:`layerprobe.tasks`) scores the same rows with the same
+split and gives the same accuracy (tests/test_harness.py); this scorer stays because the harness is an optional
+extra and ``mc_acc`` must be measurable on the base install.
 """
 
 from __future__ import annotations

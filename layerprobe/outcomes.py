@@ -21,6 +21,17 @@ OUTCOMES: dict[str, tuple[str, Callable[[dict], float]]] = {
 }
 
 
+DROP = "drop"  # drop.KEY = cpt.KEY - sft.KEY of any metric: drop.mc_acc, drop.lm_eval/hellaswag/acc
+
+
+def harness_drops(summary: dict) -> list[str]:
+    """``drop.lm_eval/<task>/<metric>`` for each lm-evaluation-harness score the summary's CPT model has (not its
+    stderr or document count): general forgetting as the field reports it."""
+    from layerprobe.harness import is_harness_metric
+
+    return [f"{DROP}.{k}" for k in summary.get("cpt", {}) if is_harness_metric(k) and not k.endswith(("_stderr", "/n"))]
+
+
 def is_dotted(name: str) -> bool:
     """``PHASE.KEY`` of a summary (sft.eos_rate)."""
     phase, _, key = name.partition(".")
@@ -28,12 +39,16 @@ def is_dotted(name: str) -> bool:
 
 
 def read_outcomes(summary: dict, names: Sequence[str]) -> dict[str, float]:
-    """The named outcomes (or ``PHASE.KEY`` values) of one summary; NaN where a metric is missing or null."""
+    """The named outcomes (or ``PHASE.KEY`` values, or ``drop.KEY``) of one summary; NaN where a metric is missing
+    or null."""
     out = {}
     for name in names:
         try:
             if name in OUTCOMES:
                 out[name] = float(OUTCOMES[name][1](summary))
+            elif name.startswith(DROP + "."):
+                key = name[len(DROP) + 1 :]
+                out[name] = float(summary["cpt"][key]) - float(summary["sft"][key])
             else:
                 phase, key = name.split(".", 1)
                 out[name] = float(summary[phase][key])

@@ -22,9 +22,10 @@ from typing import Any
 from layerprobe import data as D
 from layerprobe import rundir, stages
 from layerprobe.config import TOYWORLD, TrainConfig, resolve
-from layerprobe.evalcache import cached_evaluation
-from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet, evaluate_model
+from layerprobe.evalservice import Evaluation
+from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet
 from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
+from layerprobe.harness import check as check_harness
 from layerprobe.preflight import check_run
 from layerprobe.realdata import gozaru_rewrite, load_jcommonsenseqa
 from layerprobe.rundir import EVAL_PHASES, STAGES, phase_model
@@ -211,36 +212,31 @@ def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
     results = {}
     phases = [p for p in EVAL_PHASES if p != "base" or cfg.eval.base]
     seconds, hits, timing = {}, [], {}
+    evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
     for phase in phases:
         t_phase = time.time()
         model_dir, adapter = phase_model(run_dir, phase, base)
+        phase_timing: dict = {}
 
-        def run(model_dir=model_dir, adapter=adapter, phase=phase):
-            model = load_model(model_dir, adapter)
-            timing[phase] = {}
-            return evaluate_model(
-                model,
-                load_tokenizer(adapter or model_dir),
-                data.eval_set,
-                cfg.eval,
-                cfg.cpt.max_length,
-                progress,
-                timing[phase],
-            )
+        def load(model_dir=model_dir, adapter=adapter):
+            return load_model(model_dir, adapter), load_tokenizer(adapter or model_dir)
 
-        metrics, rows, hit = cached_evaluation(
-            [model_dir] + ([adapter] if adapter else []), data.eval_set, cfg.eval, cfg.cpt.max_length, run
+        metrics, rows, hit = evaluation.of_folders(
+            [model_dir] + ([adapter] if adapter else []), load, progress, phase_timing
         )
+        if not hit:
+            timing[phase] = phase_timing
         seconds[phase] = round(time.time() - t_phase, 1)
         hits += [phase] if hit else []
         results[phase] = metrics
         rundir.write_answers(run_dir, phase, rows)
     rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
-    n = data.eval_set.limited(cfg.eval)
+    n = evaluation.data
     cached = f" ({', '.join(hits)} from the evaluation cache)" if hits else ""
+    tasks = f" and {len(cfg.eval.lm_eval_tasks)} lm-eval task(s)" if cfg.eval.lm_eval_tasks else ""
     return {
         "what": f"evaluated the {', '.join(phases)} models on {len(n.probes)} probes and {len(n.instructions)} "
-        f"held-out instructions{cached}",
+        f"held-out instructions{tasks}{cached}",
         "out": str(out),
         "seconds": round(time.time() - t0, 1),
         "phase_seconds": seconds,
@@ -373,6 +369,8 @@ def _run(
             f"{run_dir}` or the stages before {only} first"
         )
     data = load_data(cfg)
+    if cfg.eval.lm_eval_tasks:  # the harness installed, its tasks known: before a base model is built or downloaded
+        check_harness(cfg.eval, cfg.data.mc)
     t0 = time.time()
     base = model_folder(cfg.model, cfg, progress=progress)
     base_seconds = round(time.time() - t0, 1)
@@ -573,6 +571,7 @@ def format_table(summary: dict) -> str:
         return f"{v:.0f}" if metric == "n_probes" else f"{v:.3f}"
 
     shown = METRICS + tuple(m for m in OPTIONAL_METRICS if any(m in summary[p] for p in phases))
+    shown += tuple(dict.fromkeys(m for p in phases for m in summary[p] if m.startswith("lm_eval/")))  # harness tasks
     width = max(14, *(len(m) + 1 for m in shown))
     lines = [" " * width + "".join(f"{label.get(p, p):>14}" for p in phases)]
     lines += [f"{m:<{width}}" + "".join(f"{cell(summary[p].get(m), m):>14}" for p in phases) for m in shown]

@@ -373,6 +373,21 @@ def load_soseki(path: str | os.PathLike, files: list[str] | tuple[str, ...] | No
 # --------------------------------------------------------------------------------------------- JCommonsenseQA
 
 
+def jcommonsenseqa_file(path: str | os.PathLike, split: str = "valid") -> Path:
+    """The JSON-lines file of ``path``: the file itself, or the one ``*<split>*.json(l)`` in the folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob(f"*{split}*.json")) + sorted(path.glob(f"*{split}*.jsonl"))
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"expected one *{split}*.json file in {path}, found {[f.name for f in found]}; pass the file itself"
+            )
+        return found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"no JCommonsenseQA file or folder at {path}")
+    return path
+
+
 def load_jcommonsenseqa(
     path: str | os.PathLike, n: int | None = None, split: str = "valid", seed: int | None = None
 ) -> list[dict]:
@@ -381,16 +396,7 @@ def load_jcommonsenseqa(
     ``path``: a JSON-lines file, or the folder holding ``*<split>*.json``. ``n``: the first ``n`` rows
     (``seed``: ``n`` drawn at random instead).
     """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        found = sorted(path.glob(f"*{split}*.json")) + sorted(path.glob(f"*{split}*.jsonl"))
-        if len(found) != 1:
-            raise FileNotFoundError(
-                f"expected one *{split}*.json file in {path}, found {[f.name for f in found]}; pass the file itself"
-            )
-        path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"no JCommonsenseQA file or folder at {path}")
+    path = jcommonsenseqa_file(path, split)
     rows = json_lines(path)
     for i, r in enumerate(rows):
         k = sum(1 for key in r if re.fullmatch(r"choice\d+", key))

@@ -77,8 +77,9 @@ class RelateConfig:
     outcomes: tuple[str, ...] = field(
         default=(),
         metadata={
-            "help": f"outcomes: {', '.join(OUTCOMES)} or PHASE.KEY of summary.json (sft.eos_rate); "
-            "empty = every named outcome the summaries hold"
+            "help": f"outcomes: {', '.join(OUTCOMES)}, PHASE.KEY of summary.json (sft.eos_rate) or drop.KEY "
+            "(cpt - sft: drop.lm_eval/hellaswag/acc); "
+            "empty = every named outcome the summaries hold, with drop.KEY of each harness score"
         },
     )
     min_runs: int = field(

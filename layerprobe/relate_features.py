@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from layerprobe import rundir
-from layerprobe.outcomes import OUTCOMES, read_outcomes
+from layerprobe.outcomes import OUTCOMES, harness_drops, read_outcomes
 from layerprobe.records import load_records
 from layerprobe.relate_config import (
     _CELL,
@@ -170,6 +170,8 @@ def collect(paths: Sequence[str | os.PathLike], config: RelateConfig) -> tuple[p
         method, group = run_design(run, name)
         drift, source = total_drift(run, records, norms, group)
         f = mark_frozen(run_features(records), frozen_cells(records))
+        names = wanted_outcomes if config.outcomes else [*OUTCOMES, *harness_drops(summary)]  # harness: per run
+        wanted_outcomes += [n for n in names if n not in wanted_outcomes]
         f = f.assign(
             run=name,
             study=study,
@@ -177,7 +179,7 @@ def collect(paths: Sequence[str | os.PathLike], config: RelateConfig) -> tuple[p
             cpt_group=group,
             total_drift=drift,
             total_drift_from=source,
-            **read_outcomes(summary, wanted_outcomes),
+            **read_outcomes(summary, names),
         )
         frames.append(f)
     notes = [f"{len(no_records)} run(s) without records, left out: {', '.join(no_records[:5])}"] if no_records else []

@@ -1,13 +1,13 @@
 """The two pieces of attribution that touch a model: :class:`WeightSwapper` sets a group of its tensors to their
 base (CPT) or tuned (SFT) values, read lazily from the checkpoints, and :class:`EvalCache` keeps each evaluation
-of a (group, mode) in a JSON file keyed by the checkpoints' :func:`file_stamp` and the caller's evaluation key.
+of a (group, mode) in a JSON file under the evaluation service's key (:func:`layerprobe.evalservice.cache_key`: the
+checkpoints' content hashes, the group and mode swapped, and the caller's evaluation key).
 
 torch is imported only inside the methods that need it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from layerprobe.keys import digest
+from layerprobe.evalservice import cache_key
 from layerprobe.names import parse_name
 
 
@@ -154,27 +154,15 @@ class WeightSwapper:
         return math.prod(self.tuned.shape(name))
 
 
-def file_stamp(path: str | os.PathLike) -> str:
-    """A hash of a checkpoint's files (relative names, sizes, mtimes): changes when any file is rewritten."""
-    path = Path(path)
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json", ".bin")))
-    )
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 class EvalCache:
-    """Evaluations in a JSON file: key -> {group, mode, metrics, seconds}; rewritten atomically on each put."""
+    """Evaluations in a JSON file: key -> {group, mode, metrics, seconds}; rewritten atomically on each put.
 
-    def __init__(self, path: str | os.PathLike | None, context: dict):
+    The key is the evaluation service's (:func:`layerprobe.evalservice.cache_key`): the variant's model (the two
+    checkpoints' content hashes and the group and mode swapped) and the evaluation's key."""
+
+    def __init__(self, path: str | os.PathLike | None, base: str, tuned: str, eval_key: str):
         self.path = Path(path) if path else None
-        self.context = json.dumps(context, sort_keys=True)
+        self.base, self.tuned, self.eval_key = base, tuned, eval_key
         self.entries: dict[str, dict] = {}
         if self.path is not None and self.path.is_file():
             try:
@@ -183,7 +171,7 @@ class EvalCache:
                 raise ValueError(f"the cache {self.path} is not valid JSON ({e}); delete it to start afresh") from None
 
     def key(self, group: str, mode: str) -> str:
-        return digest(f"{self.context}\0{group}\0{mode}", 24)
+        return cache_key({"base": self.base, "tuned": self.tuned, "variant": [group, mode]}, self.eval_key)
 
     def get(self, group: str, mode: str) -> dict | None:
         e = self.entries.get(self.key(group, mode))

@@ -4,6 +4,7 @@ model built by plain state-dict surgery."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -570,3 +571,31 @@ def get_peft_model_merged(run):
 
     base = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32)
     return PeftModel.from_pretrained(base, run / "sft").merge_and_unload()
+
+
+def test_the_cache_key_reads_bytes_not_file_times(planted, tmp_path):
+    """Attribution caches through the evaluation service's key: a copy of the checkpoints with new file times hits,
+    one changed weight misses."""
+    import shutil
+
+    root, base, tuned = planted
+    for name in ("base", "tuned"):
+        shutil.copytree(root / name, tmp_path / name)
+    cache, evaluate = str(tmp_path / "cache.json"), make_eval(logits(tuned))
+    first = attribute_change(
+        tmp_path / "base", tmp_path / "tuned", evaluate, groups=("layers:2",), modes=("revert",), cache=cache
+    )
+    for f in (tmp_path / "tuned").iterdir():
+        os.utime(f, (1, 1))
+    again = attribute_change(
+        tmp_path / "base", tmp_path / "tuned", evaluate, groups=("layers:2",), modes=("revert",), cache=cache
+    )
+    assert first.n_evaluated == 2 and again.n_evaluated == 0 and again.n_cached == 2
+    changed = make_tiny_llama(layers=LAYERS, seed=1)
+    with torch.no_grad():
+        changed.model.layers[PLANTED].mlp.down_proj.weight.add_(0.25)
+    changed.save_pretrained(tmp_path / "tuned")
+    other = attribute_change(
+        tmp_path / "base", tmp_path / "tuned", evaluate, groups=("layers:2",), modes=("revert",), cache=cache
+    )
+    assert other.n_cached == 0 and other.n_evaluated == 2

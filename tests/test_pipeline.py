@@ -545,6 +545,10 @@ def test_errors_are_one_line_and_leave_no_run_folder(tmp_path, capsys, monkeypat
             r"has fields \['answer', 'question'\]; expected messages",
         ),
         (["--data.cpt", str(_write(tmp_path / "c.jsonl", [{"body": "x"}]))], r"has fields \['body'\]; expected a text"),
+        (
+            ["--eval.lm_eval_tasks", "nope_task"],  # before any training; without the harness: how to install it
+            "unknown lm-evaluation-harness task 'nope_task'|needs lm-evaluation-harness, which is not installed",
+        ),
     ]
     for i, (extra, match) in enumerate(cases):
         out = tmp_path / f"run{i}"
@@ -644,3 +648,108 @@ def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
     assert stages.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
     with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
         resolve({"precision": "fp16"})
+
+
+def _tiny_task(tmp_path: Path) -> Path:
+    """A folder holding one local lm-evaluation-harness task, tiny_local (6 two-choice rows in a JSON-lines file)."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    data = _write(tmp_path / "tiny.jsonl", [{"q": f"Q{i}", "choices": ["yes", "no"], "label": i % 2} for i in range(6)])
+    (tasks / "tiny.yaml").write_text(
+        f"task: tiny_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: choices\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return tasks
+
+
+@pytest.mark.slow
+def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, monkeypatch, cache):
+    """`layerprobe eval --eval.lm_eval_include DIR --eval.lm_eval_tasks TASK` on a finished run: the harness's metrics
+    for base, CPT and SFT in eval/metrics.csv, summary.json, the printed table and the report; a second evaluation
+    is served by the evaluation cache."""
+    import shutil
+
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
+    from layerprobe.report import write_report
+
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    tasks = _tiny_task(tmp_path)
+    flags = [
+        "--out",
+        str(out),
+        "--overwrite",
+        "--eval.lm_eval_include",
+        str(tasks),
+        "--eval.lm_eval_tasks",
+        "tiny_local",
+        "--eval.lm_eval_limit",
+        "4",
+        "--eval.max_probes",
+        "2",
+        "--eval.max_instructions",
+        "2",
+    ]
+    assert cli.main(["eval", *flags]) == 0
+    stdout = capsys.readouterr().out
+    metrics = rundir.read_metrics(out)
+    for phase in ("base", "cpt", "sft"):
+        assert metrics[phase]["lm_eval/tiny_local/n"] == 4 and 0 <= metrics[phase]["lm_eval/tiny_local/acc"] <= 1
+        assert "lm_eval/tiny_local/acc_stderr" in metrics[phase]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sft"]["lm_eval/tiny_local/acc"] == metrics["sft"]["lm_eval/tiny_local/acc"]
+    assert "lm_eval/tiny_local/acc" in stdout and "1 lm-eval task(s)" in stdout
+    assert "lm_eval/tiny_local/acc" in write_report(out).read_text(encoding="utf-8")
+    # the same evaluation again (another folder, the same bytes): every model from the evaluation cache
+    shutil.rmtree(out / "eval")
+    (out / "summary.json").unlink()
+    assert cli.main(["eval", *flags]) == 0
+    assert "(base, cpt, sft from the evaluation cache)" in capsys.readouterr().out
+    # NaN equal as text
+    assert json.dumps(rundir.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, tmp_path, capsys, monkeypatch, cache):
+    """`layerprobe attribute --lm-eval-tasks T`: the harness's score of each variant is an attribution quantity; a
+    rerun reads every evaluation from the cache (keyed by the checkpoints' bytes, not their file times)."""
+    import yaml
+
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
+    from layerprobe.records import load_records
+
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
+    config = load_yaml(rundir.config_path(run[0]))
+    config["eval"]["lm_eval_include"] = str(_tiny_task(tmp_path))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    argv = [
+        "attribute",
+        "--run",
+        str(run[0]),
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--out",
+        str(tmp_path / "a"),
+        "--groups",
+        "layers",
+        "--modes",
+        "revert",
+        "--max-probes",
+        "2",
+        "--max-instructions",
+        "2",
+        "--lm-eval-tasks",
+        "tiny_local",
+    ]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    records = load_records(tmp_path / "a" / "attribute.parquet")
+    quantities = set(records["quantity"])
+    assert {"tuned:lm_eval/tiny_local/acc", "base:lm_eval/tiny_local/acc"} <= quantities
+    assert not any(q.endswith(("_stderr", "/n")) for q in quantities)
+    assert "0 from the cache" in first
+    assert cli.main(argv) == 0
+    assert " 0 evaluation(s) run" in capsys.readouterr().out

@@ -691,3 +691,21 @@ def test_config_checks():
         RelateConfig(permutations=10)
     f = run_features(pd.DataFrame(columns=list(COLUMNS)))
     assert f.empty and list(f.columns) == ["feature", "phase", "layer", "block", "value"]
+
+
+def test_harness_drops_are_outcomes_by_default(tmp_path):
+    """A summary with lm-evaluation-harness scores adds drop.lm_eval/<task>/<metric> (cpt - sft) to the outcomes."""
+    rng = np.random.default_rng(1)
+    drops = {}
+    for i in range(6):
+        run = tmp_path / f"r{i}"
+        write_run(run, rng)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["cpt"].update({"lm_eval/arc_easy/acc": 0.6, "lm_eval/arc_easy/acc_stderr": 0.05})
+        summary["sft"].update({"lm_eval/arc_easy/acc": 0.6 - i / 100, "lm_eval/arc_easy/acc_stderr": 0.05})
+        (run / "summary.json").write_text(json.dumps(summary))
+        drops[f"r{i}"] = i / 100
+    res = relate_runs(tmp_path)
+    assert "drop.lm_eval/arc_easy/acc" in res.outcomes.columns
+    assert not any(c.endswith("_stderr") for c in res.outcomes.columns)
+    assert res.outcomes["drop.lm_eval/arc_easy/acc"].to_dict() == pytest.approx(drops)

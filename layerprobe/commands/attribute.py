@@ -72,6 +72,13 @@ def add_arguments(parser) -> None:
         help="evaluate at most N held-out instructions (overrides eval.max_instructions)",
     )
     parser.add_argument(
+        "--lm-eval-tasks",
+        metavar="A,B",
+        help="lm-evaluation-harness tasks to run on every variant too (tasks of the harness, of "
+        "eval.lm_eval_include, layerprobe_mc); default none: the config's eval.lm_eval_tasks "
+        "are not run here unless named",
+    )
+    parser.add_argument(
         "--out", metavar="DIR", help="records, figures and cache go here (default: RUN_DIR/attribute, else ./attribute)"
     )
     parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
@@ -108,6 +115,7 @@ def run(args) -> int:
         cfg.eval.max_probes = args.max_probes
     if args.max_instructions is not None:
         cfg.eval.max_instructions = args.max_instructions
+    cfg.eval.lm_eval_tasks = [t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()]
     acfg = AttributeConfig(
         groups=tuple(g for g in args.groups.split(",") if g.strip()) + tuple(args.select),
         modes=args.modes,

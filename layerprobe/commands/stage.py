@@ -23,8 +23,11 @@ STAGES = {
         "layerprobe sft --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml",
     ),
     "eval": (
-        "evaluate the base, CPT and SFT models of a run (cloze, QA, CPT-text loss, style, EOS) and write summary.json",
-        "layerprobe eval --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml",
+        "evaluate the base, CPT and SFT models of a run (cloze, QA, CPT-text loss, style, EOS; lm-evaluation-"
+        "harness tasks with --eval.lm_eval_tasks) and write summary.json",
+        "layerprobe eval --out runs/demo   # after the stages before it; reuses runs/demo/config.yaml\n"
+        "  layerprobe eval --out runs/demo --overwrite --eval.lm_eval_include my_tasks/ --eval.lm_eval_tasks "
+        "my_task --eval.lm_eval_limit 200",
     ),
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe import rundir
-from layerprobe.outcomes import read_outcomes
+from layerprobe.outcomes import harness_drops, read_outcomes
 from layerprobe.paired import ANSWERS_TABLE, ClaimsConfig, answers_table, holm, unit_test, verdicts
 from layerprobe.rundir import SUMMARY
 from layerprobe.stats import t_mean_ci, wilson
@@ -76,7 +76,7 @@ def collect(sweep: Sweep) -> pd.DataFrame:
             "reused_cpt_from": info.get("reused_cpt_from") or "",
             "cell_seconds": info.get("seconds", math.nan),
         }
-        row.update(read_outcomes(summary, DIFFERENCES))
+        row.update(read_outcomes(summary, DIFFERENCES + harness_drops(summary)))
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
