@@ -12,7 +12,8 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "attribute", "sweep", "report")
+COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "predict", "attribute", "sweep",
+            "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
