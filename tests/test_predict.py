@@ -109,5 +109,7 @@ def test_validate_and_cli_errors(sweep, tmp_path, capsys):
     assert set(summary["target"]) == {"final.probe.probe_logprob.cloze_heldout",
                                       "final.probe.style_logodds.instruction"}
     assert "model - carried" in set(summary["method"])
+    within = pd.read_csv(out / "within.csv")
+    assert set(within["block"]) == {"attn", "mlp"} and within["n_runs"].max() == 12
     assert cli_main(["predict", str(sweep), "--window", "1.5"]) == 2
     assert "--window must be a share of the steps in (0, 1), got 1.5" in capsys.readouterr().err

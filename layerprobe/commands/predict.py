@@ -1,5 +1,6 @@
 """``layerprobe predict SWEEP_DIR [SWEEP_DIR ...]``: predict each run's final forgetting and style from the first
-part of its SFT (records and probe rows), validated leaving one group out, against two baselines."""
+part of its SFT (records and probe rows), validated leaving one group out, against two baselines; and which block's
+movement tracks the probes' fall within runs (``layerprobe.within``)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def add_arguments(parser) -> None:
                         help=f"share of SFT's steps the prediction may see (default {WINDOW})")
     parser.add_argument("--ridge", type=float, default=RIDGE, help=f"ridge penalty on standardised features "
                                                                    f"(default {RIDGE})")
-    parser.add_argument("--out", metavar="DIR", help="where predict.csv and predict_summary.csv go "
-                                                     "(default: SWEEP_DIR/predict)")
+    parser.add_argument("--out", metavar="DIR", help="where features.csv, predict.csv, predict_summary.csv and "
+                                                     "within.csv go (default: SWEEP_DIR/predict)")
 
 
 def run(args) -> int:
@@ -34,6 +35,8 @@ def run(args) -> int:
     import pandas as pd
 
     from layerprobe.predict import feature_table, validate
+    from layerprobe.records import load_records
+    from layerprobe.within import within_runs
 
     if not 0 < args.window < 1:
         raise ValueError(f"--window must be a share of the steps in (0, 1), got {args.window}")
@@ -54,5 +57,9 @@ def run(args) -> int:
     summary = pd.concat(summaries, ignore_index=True)
     summary.to_csv(out / "predict_summary.csv", index=False, float_format="%.4g")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"wrote {out}/features.csv, predict.csv, predict_summary.csv ({len(table)} runs)")
+    units = {r["run"]: f"world {r['world']}, seed {r['seed']}" for _, r in table.iterrows()}
+    runs = {p.parent.name: p.parent for s in args.sweeps for p in Path(s).glob("*/summary.json")}
+    within = within_runs({name: load_records(runs[name]) for name in units}, units)
+    within.to_csv(out / "within.csv", index=False, float_format="%.4g")
+    print(f"wrote {out}/features.csv, predict.csv, predict_summary.csv, within.csv ({len(table)} runs)")
     return 0
