@@ -111,5 +111,7 @@ def test_validate_and_cli_errors(sweep, tmp_path, capsys):
     assert "model - carried" in set(summary["method"])
     within = pd.read_csv(out / "within.csv")
     assert set(within["block"]) == {"attn", "mlp"} and within["n_runs"].max() == 12
+    tradeoff = pd.read_csv(out / "tradeoff.csv").set_index("run")
+    assert tradeoff.loc["a-0.2", "step"] == 50  # style grows linearly: 90 % of the gain only at the end
     assert cli_main(["predict", str(sweep), "--window", "1.5"]) == 2
     assert "--window must be a share of the steps in (0, 1), got 1.5" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``layerprobe predict SWEEP_DIR [SWEEP_DIR ...]``: predict each run's final forgetting and style from the first
 part of its SFT (records and probe rows), validated leaving one group out, against two baselines; and which block's
-movement tracks the probes' fall within runs (``layerprobe.within``)."""
+movement tracks the probes' fall within runs (``layerprobe.within``), and each run's earliest probe step with 90 %
+of its style gain with what stopping there keeps (``layerprobe.tradeoff``)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def add_arguments(parser) -> None:
                         help=f"share of SFT's steps the prediction may see (default {WINDOW})")
     parser.add_argument("--ridge", type=float, default=RIDGE, help=f"ridge penalty on standardised features "
                                                                    f"(default {RIDGE})")
-    parser.add_argument("--out", metavar="DIR", help="where features.csv, predict.csv, predict_summary.csv and "
-                                                     "within.csv go (default: SWEEP_DIR/predict)")
+    parser.add_argument("--out", metavar="DIR", help="where features.csv, predict.csv, predict_summary.csv, "
+                                                     "within.csv and tradeoff.csv go (default: SWEEP_DIR/predict)")
 
 
 def run(args) -> int:
@@ -36,6 +37,7 @@ def run(args) -> int:
 
     from layerprobe.predict import feature_table, validate
     from layerprobe.records import load_records
+    from layerprobe.tradeoff import best_step
     from layerprobe.within import within_runs
 
     if not 0 < args.window < 1:
@@ -59,7 +61,10 @@ def run(args) -> int:
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     units = {r["run"]: f"world {r['world']}, seed {r['seed']}" for _, r in table.iterrows()}
     runs = {p.parent.name: p.parent for s in args.sweeps for p in Path(s).glob("*/summary.json")}
-    within = within_runs({name: load_records(runs[name]) for name in units}, units)
-    within.to_csv(out / "within.csv", index=False, float_format="%.4g")
-    print(f"wrote {out}/features.csv, predict.csv, predict_summary.csv, within.csv ({len(table)} runs)")
+    records = {name: load_records(runs[name]) for name in units}
+    within_runs(records, units).to_csv(out / "within.csv", index=False, float_format="%.4g")
+    pd.DataFrame([{"run": name, **best_step(rec)} for name, rec in records.items()]).to_csv(
+        out / "tradeoff.csv", index=False, float_format="%.4g")
+    print(f"wrote {out}/features.csv, predict.csv, predict_summary.csv, within.csv, tradeoff.csv "
+          f"({len(table)} runs)")
     return 0
