@@ -60,7 +60,7 @@ def run_table(sweep_dir: Path, results: pd.DataFrame, outcomes: list[str]) -> pd
         drift = drift_over_steps(run, "sft", norms[block]).iloc[-1]
         row = {"cell": r["cell"], "arm": r["group"], "dose": r["condition"].rsplit("-", 1)[1],
                "world": r["toy.seed"], "seed": r["seed"], "unit": block,
-               "learning_rate": load_sweep_lr(run), "drift": drift["all"], "drift_attn": drift["attn"],
+               "learning_rate": _sft_lr(run), "drift": drift["all"], "drift_attn": drift["attn"],
                "drift_mlp": drift["mlp"]}
         for m in outcomes:
             row[f"cpt.{m}"], row[f"sft.{m}"] = r.get(f"cpt.{m}"), r.get(f"sft.{m}")
@@ -69,7 +69,7 @@ def run_table(sweep_dir: Path, results: pd.DataFrame, outcomes: list[str]) -> pd
     return pd.DataFrame(rows)
 
 
-def load_sweep_lr(run: Path) -> float:
+def _sft_lr(run: Path) -> float:
     return float(yaml.safe_load((run / "config.yaml").read_text())["sft"]["learning_rate"])
 
 
@@ -122,6 +122,8 @@ def matched_table(runs: pd.DataFrame, curves: pd.DataFrame, claims: dict) -> pd.
 
 
 def fit_table(runs: pd.DataFrame, claims: dict) -> pd.DataFrame:
+    if runs["unit"].nunique() < 3:  # a random intercept per block needs blocks to vary over
+        return pd.DataFrame([{"outcome": "", "term": f"not fitted: {runs['unit'].nunique()} block(s), needs 3"}])
     rows = []
     for m in claims["primary"] + claims["secondary"]:
         col = f"d.{m}"
@@ -207,7 +209,7 @@ def main() -> None:
     print(runs.groupby(["arm", "dose"])[["learning_rate", "drift"]].agg(["mean", "min", "max"]).to_string())
     print(matched[matched["family"] == "primary"][["outcome", "a", "b", "diff", "lo", "hi", "p_holm",
                                                    "verdict", "units_needed"]].to_string())
-    print(fit[fit["term"].str.startswith("wald")][["outcome", "term", "chi2", "df", "p"]].to_string())
+    print(fit[fit["term"].str.startswith(("wald", "not"))].to_string())
 
 
 if __name__ == "__main__":
