@@ -101,9 +101,10 @@ def matched_table(runs: pd.DataFrame, curves: pd.DataFrame, claims: dict) -> pd.
             if f"d.{m}" not in runs or runs[f"d.{m}"].isna().all():
                 continue
             values = at_drift(runs, f"d.{m}", ref)
-            fam.append(contrasts(values, margins.get(m, np.nan), claims["alpha"], claims["power"],
-                                 arms=[a for a in ARMS if a in set(values["arm"])])
-                       .assign(outcome=m, read="across", n_extrapolated=int(values["extrapolated"].sum())))
+            pairs = contrasts(values, margins.get(m, np.nan), claims["alpha"], claims["power"],
+                              arms=[a for a in ARMS if a in set(values["arm"])])
+            if len(pairs):
+                fam.append(pairs.assign(outcome=m, read="across", n_extrapolated=int(values["extrapolated"].sum())))
         if fam:
             table = pd.concat(fam, ignore_index=True)
             table["p_holm"], table["p_tost_holm"] = holm(table["p"]), holm(table["p_tost"])
@@ -114,10 +115,12 @@ def matched_table(runs: pd.DataFrame, curves: pd.DataFrame, claims: dict) -> pd.
         col = f"d.{name}"
         if col in curves:
             values = curve_at_drift(curves, col, ref)
-            if not values.empty:
-                within.append(contrasts(values, np.nan, claims["alpha"], claims["power"],
-                                        arms=[a for a in ARMS if a in set(values["arm"])])
-                              .assign(outcome=name, read="within", family=f"within {name}"))
+            pairs = contrasts(values, np.nan, claims["alpha"], claims["power"],
+                              arms=[a for a in ARMS if a in set(values["arm"])]) if len(values) else values
+            if len(pairs):
+                within.append(pairs.assign(outcome=name, read="within", family=f"within {name}"))
+    if not parts + within:
+        return pd.DataFrame([{"family": "", "verdict": "no pair of arms measured yet"}])
     return pd.concat(parts + within, ignore_index=True)
 
 
@@ -207,8 +210,8 @@ def main() -> None:
                   args.out / "outcomes_vs_drift.png")
     plot_curves(curves, "cloze_heldout_logprob", ref, args.out / "curves_cloze_heldout.png")
     print(runs.groupby(["arm", "dose"])[["learning_rate", "drift"]].agg(["mean", "min", "max"]).to_string())
-    print(matched[matched["family"] == "primary"][["outcome", "a", "b", "diff", "lo", "hi", "p_holm",
-                                                   "verdict", "units_needed"]].to_string())
+    print(matched[matched["family"] == "primary"].reindex(columns=["outcome", "a", "b", "diff", "lo", "hi", "p_holm",
+                                                                   "verdict", "units_needed"]).to_string())
     print(fit[fit["term"].str.startswith(("wald", "not"))].to_string())
 
 

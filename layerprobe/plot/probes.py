@@ -183,7 +183,7 @@ def sweep_probe_figure(curves: pd.DataFrame, out_png: str | os.PathLike, facet: 
     quantities = [q for q in ("probe_logprob", "style_logodds") if (curves["quantity"] == q).any()]
     cols = min(per_row, len(facets))
     rows = math.ceil(len(facets) / cols)
-    fig, axes = plt.subplots(rows * len(quantities), cols, figsize=(3.0 * cols, 2.1 * rows * len(quantities) + 0.8),
+    fig, axes = plt.subplots(rows * len(quantities), cols, figsize=(max(6.0, 3.0 * cols), 2.1 * rows * len(quantities) + 0.8),
                              sharex=True, sharey="row", squeeze=False)
     palette = sns.color_palette("colorblind")
     colours = {kind: palette[i] for kind, i in zip(KINDS, (0, 1, 2, 4))}
@@ -201,7 +201,7 @@ def sweep_probe_figure(curves: pd.DataFrame, out_png: str | os.PathLike, facet: 
         ax.set_visible(False)
     handles = [plt.Line2D([], [], color=colours[k], label=KINDS[k]) for k in KINDS
                if k in set(curves["module"])]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    axes[0][0].legend(handles=handles, fontsize=6, frameon=False)
     for ax in axes[-1]:
         ax.set_xlabel("optimizer step", fontsize=8)
     return save_figure(fig, out_png, caption="probes during training: the gold answers' mean log-probability per "
