@@ -19,7 +19,7 @@ import sys
 
 from layerprobe.commands.stage import STAGES, command
 
-COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "attribute", "sweep", "report")
+COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "predict", "attribute", "sweep", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

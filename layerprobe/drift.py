@@ -11,7 +11,6 @@ LoRA and a full fine-tuning come out in the same units::
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -43,10 +42,11 @@ def module_norms(model_dir: str | os.PathLike) -> pd.Series:
     return norms
 
 
-def phase_drift(
+def drift_over_steps(
     run_dir: str | os.PathLike, phase: str, norms: pd.Series, blocks: tuple[str, ...] = ("attn", "mlp")
-) -> dict[str, float]:
-    """Relative drift of the whole model (``all``) and of each block kind at the phase's last recorded step."""
+) -> pd.DataFrame:
+    """Relative drift of the whole model (``all``) and of each block kind at every recorded step of the phase: one
+    row per step (column ``step``), as :func:`phase_drift` computes it for the last."""
     r = load_records(run_dir, quantities=["drift_ratio"])
     d = r[(r["phase"] == phase) & (r["param"] == "") & (r["module"] != "")]
     if d.empty:
@@ -54,16 +54,31 @@ def phase_drift(
             f"{run_dir} has no drift records for phase {phase!r}; record it with "
             "`layerprobe train --record` (drift_every not 'never')"
         )
-    d = d[d["step"] == d["step"].max()].set_index(["layer", "block", "module"])["value"]
-    unknown = d.index.difference(norms.index)
+    d = d.set_index(["layer", "block", "module"])
+    unknown = d.index.unique().difference(norms.index)
     if len(unknown):
         raise ValueError(
             f"drift recorded for {list(unknown)[:3]} that the start checkpoint does not hold; "
             "pass the norms of the model this phase started from"
         )
-    moved = (d * norms.reindex(d.index)).pow(2)
-    out = {"all": math.sqrt(moved.sum() / norms.pow(2).sum())}
+    moved = (d["value"] * norms.reindex(d.index)).pow(2).groupby(d["step"].to_numpy())
+    rows = {"all": moved.sum() / norms.pow(2).sum()}
     for block in blocks:
-        group = norms.index[norms.index.get_level_values("block") == block]
-        out[block] = math.sqrt(moved.reindex(group).fillna(0.0).sum() / norms[group].pow(2).sum())
-    return out
+        in_block = d.index.get_level_values("block") == block
+        group = norms[norms.index.get_level_values("block") == block]
+        part = (d["value"][in_block] * norms.reindex(d.index[in_block])).pow(2)
+        rows[block] = (
+            part.groupby(d["step"].to_numpy()[in_block]).sum().reindex(rows["all"].index).fillna(0.0)
+            / group.pow(2).sum()
+        )
+    out = pd.DataFrame(rows).pow(0.5)
+    out.index.name = "step"
+    return out.reset_index()
+
+
+def phase_drift(
+    run_dir: str | os.PathLike, phase: str, norms: pd.Series, blocks: tuple[str, ...] = ("attn", "mlp")
+) -> dict[str, float]:
+    """Relative drift of the whole model (``all``) and of each block kind at the phase's last recorded step."""
+    last = drift_over_steps(run_dir, phase, norms, blocks).iloc[-1]
+    return {k: float(last[k]) for k in ("all", *blocks)}

@@ -8,22 +8,26 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.drift import module_norms, phase_drift
+from layerprobe.drift import drift_over_steps, module_norms, phase_drift
 from layerprobe.names import parse_name
 from layerprobe.recorder import Recorder
 
 
-def _train(model, out, steps=3):
+def _train(model, out, steps=3, snapshots=None):
+    """Train ``steps`` SGD steps under a recorder (drift every 2 steps); ``snapshots`` (a dict) gets the effective
+    weights after each step."""
     rec = Recorder(model, out, phase="sft", drift_every=2)  # the last step (3) is not due: close() records it
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     torch.manual_seed(1)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         ids = torch.randint(0, 64, (2, 12))
         model(input_ids=ids, labels=ids).loss.backward()
         rec.before_step()
         opt.step()
         rec.after_step()
         opt.zero_grad()
+        if snapshots is not None:
+            snapshots[step] = _effective(model)
     rec.close()
 
 
@@ -71,6 +75,21 @@ def test_phase_drift_matches_the_weights(tmp_path, kind):
     assert got["attn"] == pytest.approx(_reference(start, end, "attn"), rel=1e-5, abs=1e-12)
     assert got["mlp"] == pytest.approx(_reference(start, end, "mlp"), rel=1e-5)
     assert got["all"] > 0 and (got["attn"] == 0) == (kind == "full-mlp")
+
+
+def test_drift_over_steps_matches_the_weights_at_every_recorded_step(tmp_path):
+    base = make_tiny_llama(tie=True)
+    base.save_pretrained(tmp_path / "start")
+    start, snaps = _effective(base), {}
+    _train(base, tmp_path / "run", steps=5, snapshots=snaps)
+    got = drift_over_steps(tmp_path / "run", "sft", module_norms(tmp_path / "start")).set_index("step")
+    assert list(got.index) == [2, 4, 5]  # every 2 steps, and the last one at close()
+    for step in got.index:
+        assert got.loc[step, "all"] == pytest.approx(_reference(start, snaps[step]), rel=1e-5)
+        assert got.loc[step, "attn"] == pytest.approx(_reference(start, snaps[step], "attn"), rel=1e-5)
+        assert got.loc[step, "mlp"] == pytest.approx(_reference(start, snaps[step], "mlp"), rel=1e-5)
+    last = phase_drift(tmp_path / "run", "sft", module_norms(tmp_path / "start"))
+    assert last["all"] == got["all"].iloc[-1]
 
 
 def test_module_norms_and_missing_inputs(tmp_path):

@@ -259,3 +259,25 @@ def test_a_cell_another_process_holds_is_skipped_not_failed(tmp_path, sequential
     assert table.attrs["failed"] == [] and table.attrs["busy"] == [CELLS[0]]
     assert f"{CELLS[0]}: skipped, " in lines[0] and f"in use by process {os.getpid()}" in lines[0]
     assert CELLS[0] not in json.loads((sw.out / "sweep.json").read_text())["cells"]
+
+
+def test_one_worker_chooses_its_threads_once_not_again_under_its_own_load(monkeypatch):
+    """Before each cell the load average includes this process's own work on the cells before: re-choosing then
+    would drop to one thread for the rest of the sweep."""
+    import torch
+
+    from layerprobe.sweep import executors
+    from layerprobe.sweep.cell import CellJob
+
+    seen, loads = [], iter([(0.0, 0.0, 0.0), (1.9, 1.9, 1.9), (1.9, 1.9, 1.9)])
+    monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(executors, "run_cell", lambda job, log=None: seen.append(job.threads) or {})
+    before = torch.get_num_threads()
+    try:
+        ex = executors.InlineExecutor()
+        for name in ("a", "b", "c"):
+            ex.submit([CellJob(name=name, config={}, run_dir=name)])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [before] * 3

@@ -5,7 +5,10 @@ and seeds alike: (11,1) (12,2) (13,3) first (every world and every seed once), t
 (11,3) (12,1) (13,2). Resumable: finished cells are skipped. Arguments after the script go to the sweep
 (``--workers 1``, ``--only 'lora-*'``).
 
-    python experiments/dose_response/run.py
+    OMP_NUM_THREADS=1 python experiments/dose_response/run.py     # as run: every cell on one thread
+
+Run it from its own worktree at a fixed commit (``git worktree add ../dr <commit>``), so that work on the package
+cannot change a running experiment.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 
 from layerprobe.plot.style import BLOCK_ORDER, MISSING, PHASE_TITLES, colour_scale, label, save_figure, suptitle, theme
+from layerprobe.records import load_records
 
 PROBE_BLOCK = "probe"  # the block of every probe row (layerprobe.probes.BLOCK)
 FIGURE = "probes_over_steps"  # the figure's name after its phase: <phase>_probes_over_steps.png
@@ -181,3 +182,64 @@ def probe_figure(
         "what the probes scored, over training steps",
     )
     return save_figure(fig, out_png, caption=caption)
+
+
+SWEEP_CURVES = "probe_curves.csv"  # a sweep's probe means per cell and step (written by collect, read by redraw)
+SWEEP_FIGURE = "probes_over_steps.png"
+
+
+def sweep_probe_curves(run_dirs: dict[str, Path], phase: str = "sft") -> pd.DataFrame:
+    """The probe means of each run (``{cell: folder}``) that has probe rows in ``phase``: cell, step, quantity,
+    module (the kind), value."""
+    frames = []
+    for cell, folder in run_dirs.items():
+        if not (Path(folder) / "records").is_dir():
+            continue
+        means = probe_means(load_records(folder, quantities=[q for q, _, _ in CURVES]), phase)
+        if len(means):
+            frames.append(means[["step", "quantity", "module", "value"]].assign(cell=cell))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def sweep_probe_figure(
+    curves: pd.DataFrame, out_png: str | os.PathLike, facet: str = "condition", thin: str = "seed", per_row: int = 4
+) -> Path:
+    """One panel per ``facet`` value (a condition), the probes' mean log-probability per kind as coloured lines
+    and the style log-odds below, one thin line per ``thin`` value (a seed) on the shared step axis."""
+    theme()
+    facets = list(dict.fromkeys(curves[facet]))
+    quantities = [q for q in ("probe_logprob", "style_logodds") if (curves["quantity"] == q).any()]
+    cols = min(per_row, len(facets))
+    rows = math.ceil(len(facets) / cols)
+    fig, axes = plt.subplots(
+        rows * len(quantities),
+        cols,
+        figsize=(max(6.0, 3.0 * cols), 2.1 * rows * len(quantities) + 0.8),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+    )
+    palette = sns.color_palette("colorblind")
+    colours = {kind: palette[i] for kind, i in zip(KINDS, (0, 1, 2, 4))}
+    for i, name in enumerate(facets):
+        for j, quantity in enumerate(quantities):
+            ax = axes[(i // cols) * len(quantities) + j][i % cols]
+            d = curves[(curves[facet] == name) & (curves["quantity"] == quantity)]
+            for (kind, _), line in d.groupby(["module", thin]):
+                line = line.sort_values("step")
+                ax.plot(line["step"], line["value"], linewidth=0.9, alpha=0.75, color=colours.get(kind))
+            ax.set_title(str(name) if j == 0 else "", loc="left", fontsize=8)
+            if i % cols == 0:
+                ax.set_ylabel("mean log p" if quantity == "probe_logprob" else "style log-odds", fontsize=8)
+    for ax in axes.flat[len(facets) * len(quantities) :]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=colours[k], label=KINDS[k]) for k in KINDS if k in set(curves["module"])]
+    axes[0][0].legend(handles=handles, fontsize=6, frameon=False)
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step", fontsize=8)
+    return save_figure(
+        fig,
+        out_png,
+        caption="probes during training: the gold answers' mean log-probability per "
+        f"kind and the style log-odds; one thin line per {thin}",
+    )

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +198,26 @@ def _poll(done: Callable[[Any], bool], handles: list, timeout: float, every: flo
 
 
 class InlineExecutor(Executor):
-    """One cell after another in this process (local with one worker)."""
+    """One cell after another in this process (local with one worker). The thread count is the pipeline's choice
+    (:func:`layerprobe.pipeline.choose_threads`) made once, before the first cell: chosen again before each cell,
+    the load average would count this process's own work on the cells before it as another process's and drop to
+    one thread for good."""
 
     fresh = False
 
     def __init__(self, pipeline_log=None):
         self.pipeline_log = pipeline_log
+        self.threads: int | None = None
 
     def submit(self, jobs):
-        return [(job, run_cell(job, self.pipeline_log)) for job in jobs]
+        if self.threads is None:
+            import torch
+
+            from layerprobe.pipeline import choose_threads
+
+            choose_threads()
+            self.threads = torch.get_num_threads()
+        return [(job, run_cell(replace(job, threads=job.threads or self.threads), self.pipeline_log)) for job in jobs]
 
     def wait(self, handles, timeout):
         return list(handles)

@@ -81,10 +81,15 @@ def collect(sweep: Sweep) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if not table.empty:
         table.to_csv(sweep.out / RESULTS, index=False)
+        from layerprobe.plot.probes import SWEEP_CURVES, sweep_probe_curves  # plots load matplotlib: not at import
+
         answers = answers_table(sweep.out, list(table["cell"]))
+        curves = sweep_probe_curves({c: sweep.out / c for c in table["cell"]})
         for folder in dict.fromkeys([sweep.out, sweep.figures]):
             folder.mkdir(parents=True, exist_ok=True)
             answers.to_parquet(folder / ANSWERS_TABLE, index=False)
+            if len(curves):
+                curves.to_csv(folder / SWEEP_CURVES, index=False, float_format="%.6g")
         write_figures(sweep, table, [sweep.out, sweep.figures])
     return table
 
@@ -96,6 +101,12 @@ def write_figures(sweep: Sweep, table: pd.DataFrame, folders: list[Path]) -> Non
         return
     folders = list(dict.fromkeys([*folders, sweep.figures]))
     cis = plot_sweep(table, sweep.plot, sweep.axes, sweep.figures)
+    from layerprobe.plot.probes import SWEEP_CURVES, SWEEP_FIGURE, sweep_probe_figure
+
+    if (sweep.figures / SWEEP_CURVES).is_file():  # cells trained with probes: their curves, faceted by condition
+        curves = pd.read_csv(sweep.figures / SWEEP_CURVES).merge(table[["cell", "seed", *sweep.axes]], on="cell")
+        curves["condition"] = curves[sweep.axes].astype(str).agg(", ".join, axis=1) if sweep.axes else "all"
+        sweep_probe_figure(curves, sweep.figures / SWEEP_FIGURE)
     for folder in folders:
         cis.to_csv(folder / CI_TABLE, index=False)
     table.to_csv(sweep.figures / RESULTS, index=False)
