@@ -45,8 +45,8 @@ METRICS = ("cloze_acc", "qa_acc", "cpt_text_loss", "gozaru_rate", "gozaru_first"
 OPTIONAL_METRICS = ("style_logodds", "general_loss", "mc_acc", "cloze_heldout_acc", "cloze_heldout_margin")
 PROBE_KINDS = ("cloze", "cloze_heldout", "qa")  # eval.max_probes caps each kind
 CLOZE_KINDS = ("cloze", "cloze_heldout")  # scored alike: by eval.cloze_scoring, with a likelihood margin
-# The version of what evaluate_model computes: part of the evaluation cache's key (layerprobe.evalcache), so a
-# cached evaluation from older code, which lacks newer metrics, is never served. Raise it when the metrics change.
+# The version of what evaluate_model computes. The evaluation cache's key (layerprobe.evalservice) holds a digest of
+# this module's source, so any change here, this number included, is a miss; kept as the metrics' version.
 EVAL_VERSION = 2
 _SENTENCE_END = re.compile(r"[。．！？!?\n]|\.(?!\d)")  # a period, but not the one inside 3.5
 STOP_STRINGS = ["。", ".", "！", "？", "!", "?", "\n"]

@@ -568,7 +568,7 @@ def format_table(summary: dict) -> str:
     def cell(v, metric: str) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "n/a"
-        return f"{v:.0f}" if metric == "n_probes" else f"{v:.3f}"
+        return f"{v:.0f}" if metric == "n_probes" or metric.endswith("/n") else f"{v:.3f}"  # counts as counts
 
     shown = METRICS + tuple(m for m in OPTIONAL_METRICS if any(m in summary[p] for p in phases))
     shown += tuple(dict.fromkeys(m for p in phases for m in summary[p] if m.startswith("lm_eval/")))  # harness tasks
