@@ -17,6 +17,7 @@ Run-time settings that change no result (checkpoint.*) count for none. Never imp
 
 from __future__ import annotations
 
+from layerprobe.harness import data_digest
 from layerprobe.keys import digest
 
 # Config entries that change no stage's result: how often to checkpoint is not an input.
@@ -61,8 +62,6 @@ def _harness_data(cfg) -> dict:
     """What the lm-evaluation-harness tasks read (task files, data.mc), when the evaluation runs any."""
     if not cfg.eval.lm_eval_tasks:
         return {}
-    from layerprobe.harness import data_digest
-
     return {"lm_eval_data": digest(data_digest(cfg.eval, cfg.data.mc))}
 
 

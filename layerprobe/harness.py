@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
+
+from layerprobe.realdata import jcommonsenseqa_file
 
 PREFIX = "lm_eval"
 TASKS_DIR = Path(__file__).with_name("tasks")  # the task YAMLs layerprobe ships
@@ -179,16 +182,12 @@ def data_digest(cfg, mc_path: str | None = None) -> dict:
     if cfg.lm_eval_include and Path(cfg.lm_eval_include).expanduser().is_dir():
         out["include"] = _files_digest(Path(cfg.lm_eval_include).expanduser())
     if mc_path and any(t in MC_TASKS for t in cfg.lm_eval_tasks):
-        from layerprobe.realdata import jcommonsenseqa_file
-
         out["mc"] = _files_digest(jcommonsenseqa_file(mc_path))
     return out
 
 
 def _files_digest(path: Path) -> str:
     """A hash of a file, or of a folder's files (relative names and bytes; no hidden files, no __pycache__)."""
-    import hashlib
-
     files = (
         [path]
         if path.is_file()

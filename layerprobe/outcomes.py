@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from layerprobe.harness import is_harness_metric
+
 # name -> (definition as text, function of a summary {model: {metric: value}})
 OUTCOMES: dict[str, tuple[str, Callable[[dict], float]]] = {
     "retention_drop": ("cpt.cloze_acc - sft.cloze_acc", lambda s: s["cpt"]["cloze_acc"] - s["sft"]["cloze_acc"]),
@@ -27,8 +29,6 @@ DROP = "drop"  # drop.KEY = cpt.KEY - sft.KEY of any metric: drop.mc_acc, drop.l
 def harness_drops(summary: dict) -> list[str]:
     """``drop.lm_eval/<task>/<metric>`` for each lm-evaluation-harness score the summary's CPT model has (not its
     stderr or document count): general forgetting as the field reports it."""
-    from layerprobe.harness import is_harness_metric
-
     return [f"{DROP}.{k}" for k in summary.get("cpt", {}) if is_harness_metric(k) and not k.endswith(("_stderr", "/n"))]
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 
+from layerprobe.realdata import jcommonsenseqa_file
+
 
 def load(mc_path: str | None = None, mc_split: str = "valid", **_) -> dict:
     """{"test": the rows}, each with its choices gathered into ``choices`` (choice0..choiceN in order)."""
-    import datasets
-
-    from layerprobe.realdata import jcommonsenseqa_file
+    import datasets  # a heavy third-party import, only when the harness loads the task
 
     if not mc_path:
         raise ValueError(
