@@ -103,7 +103,7 @@ def _data(tok, n=12):
     return rows
 
 
-def _train(model, tok, tmp_path, callbacks, steps=7):
+def _train(model, tok, tmp_path, callbacks, steps=7, bf16=False):
     args = TrainingArguments(
         output_dir=str(tmp_path / "hf"),
         per_device_train_batch_size=2,
@@ -116,6 +116,7 @@ def _train(model, tok, tmp_path, callbacks, steps=7):
         seed=0,
         disable_tqdm=True,
         max_grad_norm=1.0,
+        bf16=bf16,
     )
     trainer = Trainer(model=model, args=args, train_dataset=_data(tok), callbacks=callbacks)
     trainer.train()
@@ -172,7 +173,10 @@ def test_probe_leaves_modes_gradients_and_random_state_alone(tmp_path, model_tok
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_last_probe_point_equals_the_final_evaluation(tmp_path, model_tok):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_last_probe_point_equals_the_final_evaluation(tmp_path, model_tok, bf16):
+    """Also under bf16 mixed precision: accelerate runs the model's forward under autocast, the evaluation does not;
+    the probes score as the evaluation does."""
     _, tok = model_tok
     model = _dropout_model(tok)
     run = tmp_path / "run"
@@ -182,7 +186,11 @@ def test_last_probe_point_equals_the_final_evaluation(tmp_path, model_tok):
         tmp_path,
         [ProbeCallback(run, PROBES, INSTRUCTIONS, tokenizer=tok, phase="sft", every=4, max_per_kind=0, batch_size=4)],
         steps=6,
+        bf16=bf16,
     )
+    assert ("_original_forward" in model.__dict__) == bf16  # the wrapped forward this test is about
+    if bf16:  # the pipeline evaluates the saved weights, loaded afresh: no autocast
+        model.forward = model._original_forward
     cfg = EvalConfig(cloze_scoring="likelihood", batch_size=4, max_new_tokens=4)
     _, answers = evaluate_model(model, tok, EvalSet(PROBES, INSTRUCTIONS, TEXTS[:2]), cfg)
     df = load_records(run)

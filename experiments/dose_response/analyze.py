@@ -21,6 +21,7 @@ whole-model / attention / MLP drift, every outcome after CPT and after SFT and t
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -90,6 +91,29 @@ def curve_table(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
                 wide[f"d.{name}"] = wide[col] - wide.loc[wide["step"] == 0, col].iloc[0]
         out.append(wide)
     return pd.concat(out, ignore_index=True)
+
+
+def probe_agreement(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the last SFT probe point against the full evaluation of the same model on the same probes (the
+    probed subset): largest log-probability difference and the share of top-1 verdicts that agree."""
+    rows = []
+    for cell in runs["cell"]:
+        run = sweep_dir / cell
+        rec = load_records(run, quantities=["probe_logprob", "probe_top1", "style_logodds"])
+        last = rec[(rec["phase"] == "sft") & (rec["block"] == "probe") & (rec["param"] != "")]
+        last = last[last["step"] == last["step"].max()].set_index(["module", "param", "quantity"])["value"]
+        answers = [json.loads(line) for line in (run / "eval" / "sft-answers.jsonl").read_text().splitlines()]
+        diffs, agree = [], []
+        for a in answers:
+            key = (a.get("kind"), a.get("prompt"))
+            if a.get("kind") in ("cloze", "cloze_heldout") and (*key, "probe_logprob") in last.index:
+                diffs.append(abs(last[(*key, "probe_logprob")] - a["logprob"]))
+                agree.append(last[(*key, "probe_top1")] == float(a["greedy"]))
+            if "style_logodds" in a and ("instruction", a["prompt"], "style_logodds") in last.index:
+                diffs.append(abs(last[("instruction", a["prompt"], "style_logodds")] - a["style_logodds"]))
+        rows.append({"cell": cell, "n_compared": len(diffs), "max_abs_diff": max(diffs, default=np.nan),
+                     "top1_agree": float(np.mean(agree)) if agree else np.nan})
+    return pd.DataFrame(rows)
 
 
 def matched_table(runs: pd.DataFrame, curves: pd.DataFrame, claims: dict) -> pd.DataFrame:
@@ -199,6 +223,7 @@ def main() -> None:
         runs = run_table(args.sweep, results, metrics)
         runs.to_csv(args.out / "runs.csv", index=False, float_format="%.6g")
         curve_table(args.sweep, runs).to_parquet(args.out / "curves.parquet", index=False)
+        probe_agreement(args.sweep, runs).to_csv(args.out / "probe_vs_eval.csv", index=False, float_format="%.3g")
     runs = pd.read_csv(args.out / "runs.csv")
     curves = pd.read_parquet(args.out / "curves.parquet")
     matched = matched_table(runs, curves, claims)

@@ -7,7 +7,11 @@ drift ~ lr^k (k = 0.88) used for every arm. LoRA on the MLP alone has no pilot r
 MLP drift of LoRA on all linear modules times the MLP's share of the whole model's norm (sqrt of squared norms,
 read from full fine-tuning of the MLP: drift_all / drift_mlp).
 
-    python experiments/dose_response/pilot.py      # -> experiments/dose_response/pilot.csv
+It also writes power.csv: how small a difference in CPT-text loss rise the design can detect, from the spread of
+study B's paired seed differences (each restricted condition minus all weights, same CPT per seed), at 3 and 9
+blocks and the primary family's Holm level (alpha / 30: 2 outcomes x 15 pairs of arms), power 0.8.
+
+    python experiments/dose_response/pilot.py      # -> experiments/dose_response/pilot.csv, power.csv
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from layerprobe.paired import detectable
+
 HERE = Path(__file__).parent
 DRIFT = Path("figures/study_b/smollm2-135m/drift.csv")
+RESULTS = Path("figures/study_b/smollm2-135m/results.csv")
 TARGETS = (0.003, 0.012)  # whole-model drift ||W_sft - W_cpt|| / ||W_cpt||, low and high dose
 # arm -> (pilot arm in drift.csv, its learning rate)
 PILOTS = {
@@ -45,6 +52,19 @@ def main() -> None:
     out = pd.DataFrame(rows)
     out.to_csv(HERE / "pilot.csv", index=False, float_format="%.4g")
     print(out.to_string(index=False, float_format="%.4g"))
+    power().to_csv(HERE / "power.csv", index=False, float_format="%.4g")
+
+
+def power(family: int = 30, alpha: float = 0.05) -> pd.DataFrame:
+    res = pd.read_csv(RESULTS).pivot_table(index="seed", columns="condition", values="loss_rise")
+    rows = []
+    for cond in [c for c in res.columns if c != "all"]:
+        diffs = res[cond] - res["all"]
+        sd = float(diffs.std(ddof=1))
+        rows.append({"contrast": f"{cond} - all", "outcome": "loss_rise", "n_seeds": len(diffs),
+                     "mean_diff": float(diffs.mean()), "sd_diff": sd,
+                     **{f"mde_{n}_blocks": detectable(n, alpha / family) * sd for n in (3, 9)}})
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
