@@ -6,8 +6,9 @@ window of the first ``window`` share of SFT's steps (20 %: steps up to 10 of 50)
 - ``probe.<quantity>.<kind>``: each probe kind's mean change since step 0 (``probe_logprob`` of cloze, held-out
   cloze and QA answers; ``style_logodds`` of the held-out instructions);
 - ``drift.<block>``, ``update.<block>``, ``grad.<block>``: the recorder's drift ratio at the window's last recorded
-  step, and update ratio and gradient norm averaged over the window, each the mean over the block's modules
-  (attention, MLP), in log10 (they span decades across learning rates and methods).
+  step, and update ratio and gradient norm averaged over the window, each the mean over the block's trained
+  modules (attention, MLP), and 0 for a block that did not train (the recorder writes no rows for frozen weights:
+  LoRA on the attention alone has no MLP rows).
 
 :func:`final_targets` gives what is predicted: the same probe means' change at the last probe step (after the last
 optimizer step), and every outcome of ``layerprobe.outcomes`` / ``PHASE.KEY`` of summary.json the caller names.
@@ -25,7 +26,6 @@ a t interval over the held-out groups (a group's runs share what was left out, s
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,8 +88,9 @@ def early_features(records: pd.DataFrame, step: int, phase: str = "sft") -> dict
             continue
         if quantity == "drift_ratio":
             q = q[q["step"] == q["step"].max()]
-        for block, g in q.groupby("block"):
-            out[f"{short}.{block}"] = math.log10(max(float(g["value"].mean()), 1e-12))
+        for block in BLOCKS:
+            values = q[q["block"] == block]["value"]
+            out[f"{short}.{block}"] = float(values.mean()) if len(values) else 0.0
     return out
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -59,10 +58,12 @@ def test_early_features_and_targets_by_hand(sweep):
     probes = records[(records["block"] == "probe") & (records["param"] == "")]
     held = probes[probes["module"] == "cloze_heldout"].set_index("step")["value"]
     assert got["probe.probe_logprob.cloze_heldout"] == pytest.approx(held[10] - held[0], rel=1e-12)
-    assert got["drift.attn"] == pytest.approx(math.log10(0.5 * 10 / 50), rel=1e-12)  # drift at step 10
-    assert got["drift.mlp"] == pytest.approx(math.log10(0.5 * 10 / 50 * 1.5), rel=1e-12)
-    assert got["update.attn"] == pytest.approx(math.log10(0.05), rel=1e-12)
-    assert got["grad.mlp"] == pytest.approx(math.log10(1.5), rel=1e-12)
+    assert got["drift.attn"] == pytest.approx(0.5 * 10 / 50, rel=1e-12)  # drift at step 10
+    assert got["drift.mlp"] == pytest.approx(0.5 * 10 / 50 * 1.5, rel=1e-12)
+    assert got["update.attn"] == pytest.approx(0.05, rel=1e-12)
+    assert got["grad.mlp"] == pytest.approx(1.5, rel=1e-12)
+    frozen = early_features(records[records["block"] != "mlp"], step)  # an MLP that did not train: no rows
+    assert frozen["drift.mlp"] == 0.0 and frozen["update.mlp"] == 0.0 and frozen["grad.mlp"] == 0.0
     final = final_targets(records)
     assert final["final.probe.probe_logprob.cloze_heldout"] == pytest.approx(held[50] - held[0], rel=1e-12)
     assert final["final.probe.style_logodds.instruction"] == pytest.approx(0.5 * 50 * 0.5, rel=1e-12)

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import yaml
@@ -165,6 +166,13 @@ def fit_table(runs: pd.DataFrame, claims: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _log_percent_axis(ax) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks([0.1, 0.2, 0.5, 1, 2])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def plot_outcomes(runs: pd.DataFrame, metrics: list[str], ref: float, out: Path) -> None:
     theme()
     colours = dict(zip(ARMS, plt.get_cmap("tab10").colors))
@@ -177,7 +185,7 @@ def plot_outcomes(runs: pd.DataFrame, metrics: list[str], ref: float, out: Path)
             for _, r in g.iterrows():
                 ax.plot(r["drift"] * 100, r[f"d.{m}"], markers[r["world"]], color=colours[arm], ms=4)
         ax.axvline(ref * 100, color="grey", ls=":", lw=1)
-        ax.set_xscale("log")
+        _log_percent_axis(ax)
         ax.set_xlabel("whole-model SFT drift (%)")
         ax.set_title(f"{m}: SFT - CPT", fontsize=9)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="-", label=a) for a, c in colours.items()]
@@ -198,7 +206,7 @@ def plot_curves(curves: pd.DataFrame, outcome: str, ref: float, out: Path) -> No
             ax.plot(g["drift"] * 100, g[f"d.{outcome}"], "-", lw=0.8, alpha=0.7,
                     color="tab:blue" if g["dose"].iloc[0] == "low" else "tab:red")
         ax.axvline(ref * 100, color="grey", ls=":", lw=1)
-        ax.set_xscale("log")
+        _log_percent_axis(ax)
         ax.set_title(arm, fontsize=9)
         ax.set_xlabel("drift at the probe step (%)")
     axes[0][0].set_ylabel(f"{outcome}: change from step 0")
