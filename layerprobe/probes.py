@@ -184,7 +184,7 @@ class ProbeCallback(TrainerCallback):
         saved = _random_state()
         # accelerate wraps a mixed-precision model's forward in autocast and keeps the original: score with the
         # original, in the weights' own precision, as the evaluation does (under bf16 autocast a summed
-        # log-probability or log-odds moved by up to 2.2 nats on SmolLM2: figures/dose_response/.../probe_vs_eval.csv)
+        # log-probability or log-odds moved by up to 3.8 nats on SmolLM2: figures/dose_response/.../probe_vs_eval.csv)
         wrapped = model.__dict__.get("forward") if "_original_forward" in model.__dict__ else None
         model.eval()
         try:
