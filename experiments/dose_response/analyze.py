@@ -77,13 +77,15 @@ def _sft_lr(run: Path) -> float:
 
 def curve_table(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """curves.parquet: per run and SFT probe step, the probe means and the whole-model drift at that step."""
-    out = []
+    out, norms = [], {}
     for _, r in runs.iterrows():
         run = sweep_dir / r["cell"]
         means = probe_means(load_records(run, quantities=["probe_logprob", "probe_top1", "style_logodds"]), "sft")
         wide = means.assign(col=means["quantity"] + "." + means["module"]).pivot_table(
             index="step", columns="col", values="value")
-        drift = drift_over_steps(run, "sft", module_norms(run / "merged")).set_index("step")["all"]
+        if r["unit"] not in norms:  # one CPT per block: read its weights once
+            norms[r["unit"]] = module_norms(run / "merged")
+        drift = drift_over_steps(run, "sft", norms[r["unit"]]).set_index("step")["all"]
         wide["drift"] = drift.reindex(wide.index)
         wide.loc[wide.index == 0, "drift"] = 0.0
         wide = wide.reset_index().assign(run=r["cell"], unit=r["unit"], arm=r["arm"], dose=r["dose"])
