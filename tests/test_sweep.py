@@ -171,6 +171,12 @@ def test_seed_in_a_condition_is_the_cells_training_seed():
         ({"seeds": ["x"]}, "integers"),
         ({"grids": {}}, "unknown sweep key 'grids'"),
         (
+            {"grid": {"sft.r": [4]}, "labels": {"cpt.r": {"4": "four"}}},
+            "labels.cpt.r: not a grid key; the grid keys are sft.r",
+        ),
+        ({"grid": {"sft.r": [4]}, "labels": {"sft.r": {"8": "eight"}}}, r"labels.sft.r: '8' is not one of its values"),
+        ({"grid": {"sft.r": [4]}, "labels": ["sft.r"]}, "labels must map a grid key"),
+        (
             {"conditions": [{"name": "a"}, {"name": "b"}], "baseline": "c"},
             "baseline 'c' is not a condition; the conditions are a, b",
         ),
@@ -179,6 +185,21 @@ def test_seed_in_a_condition_is_the_cells_training_seed():
 def test_bad_sweeps_are_refused(spec, match):
     with pytest.raises(ValueError, match=match):
         load_sweep(spec)
+
+
+def test_labels_name_axis_values_in_figures_and_intervals_but_not_in_cells(tmp_path):
+    from layerprobe.sweep import plot_sweep
+
+    grid = {"sft.target_modules": {"A": ["q_proj", "v_proj"], "B": ["q_proj"]}}
+    sw = load_sweep({"grid": grid, "seeds": [1, 2], "labels": {"sft.target_modules": {"A": "all linear"}}})
+    assert [c.name for c in sw.cells][:2] == ["sft.target_modules=A,seed=1", "sft.target_modules=A,seed=2"]
+    assert sw.labels == {"sft.target_modules": {"A": "all linear"}}
+    table = pd.DataFrame(
+        {"cell": list("wxyz"), "sft.target_modules": ["A", "A", "B", "B"], "seed": [1, 2, 1, 2], "m": [1.0, 3, 5, 9]}
+    )
+    ci = plot_sweep(table, ["m"], sw.axes, tmp_path, sw.labels).set_index("sft.target_modules")
+    assert ci.loc["all linear", "mean"] == 2.0 and ci.loc["B", "mean"] == 7.0  # B has no label: kept as it is
+    assert list(table["sft.target_modules"]) == ["A", "A", "B", "B"]  # the caller's table is untouched
 
 
 def test_flatten_keeps_numbers_only():

@@ -100,11 +100,12 @@ def write_figures(sweep: Sweep, table: pd.DataFrame, folders: list[Path]) -> Non
     if not sweep.plot:
         return
     folders = list(dict.fromkeys([*folders, sweep.figures]))
-    cis = plot_sweep(table, sweep.plot, sweep.axes, sweep.figures)
+    cis = plot_sweep(table, sweep.plot, sweep.axes, sweep.figures, sweep.labels)
     from layerprobe.plot.probes import SWEEP_CURVES, SWEEP_FIGURE, sweep_probe_figure
 
     if (sweep.figures / SWEEP_CURVES).is_file():  # cells trained with probes: their curves, faceted by condition
-        curves = pd.read_csv(sweep.figures / SWEEP_CURVES).merge(table[["cell", "seed", *sweep.axes]], on="cell")
+        shown = relabel(table, sweep.labels)
+        curves = pd.read_csv(sweep.figures / SWEEP_CURVES).merge(shown[["cell", "seed", *sweep.axes]], on="cell")
         curves["condition"] = curves[sweep.axes].astype(str).agg(", ".join, axis=1) if sweep.axes else "all"
         sweep_probe_figure(curves, sweep.figures / SWEEP_FIGURE)
     for folder in folders:
@@ -238,9 +239,27 @@ def _panels(plot: list) -> list[list[str]]:
     return out
 
 
-def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | os.PathLike) -> pd.DataFrame:
+def relabel(table: pd.DataFrame, labels: dict[str, dict[str, str]] | None) -> pd.DataFrame:
+    """The table with each labelled axis's values replaced by the names shown (the sweep YAML's ``labels:``)."""
+    if not labels:
+        return table
+    table = table.copy()
+    for key, names in labels.items():
+        if key in table:
+            table[key] = table[key].astype(str).replace(names)
+    return table
+
+
+def plot_sweep(
+    table: pd.DataFrame,
+    plot: list,
+    axes: list[str],
+    out_dir: str | os.PathLike,
+    labels: dict[str, dict[str, str]] | None = None,
+) -> pd.DataFrame:
     """One figure per panel: the mean of each metric per condition with its 95 % interval (see :func:`summarize`),
-    the design's factors as facets (drawn by :func:`layerprobe.plot.study.sweep_panel`).
+    the design's factors as facets (drawn by :func:`layerprobe.plot.study.sweep_panel`), axis values named by
+    ``labels``.
 
     Returns the table of means and intervals of every plotted metric (what ci.csv holds).
     """
@@ -248,6 +267,7 @@ def plot_sweep(table: pd.DataFrame, plot: list, axes: list[str], out_dir: str | 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    table = relabel(table, labels)
     panels = _panels(plot)
     missing = sorted({m for p in panels for m in p if m not in table})
     if missing:  # metrics depend on the data (mc_acc needs data.mc): a panel without its metrics is left out

@@ -60,6 +60,7 @@ class Sweep:
     reuse_from: list[Path] = field(default_factory=list)  # other sweep folders whose finished CPTs may be reused
     baseline: str = ""  # a condition every other one is compared with, seed by seed
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the cells run
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # axis -> {grid label: name shown in figures}
 
 
 def _label(value) -> str:
@@ -133,6 +134,7 @@ def load_sweep(
         "reuse_from",
         "baseline",
         "executor",
+        "labels",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -215,6 +217,7 @@ def load_sweep(
             f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}"
         )
     executor = ExecutorConfig.from_yaml(data.get("executor"))
+    labels = _labels(data.get("labels"), dict(axes))
     return Sweep(
         cells,
         out_dir,
@@ -226,7 +229,30 @@ def load_sweep(
         [Path(r) for r in reuse_from],
         baseline,
         executor,
+        labels,
     )
+
+
+def _labels(raw, axes: dict[str, list[tuple[str, Any]]]) -> dict[str, dict[str, str]]:
+    """``labels:`` names a grid axis's values for figures and interval tables (``A: all linear``), leaving the
+    cells' folder names and results.csv as they are, so finished runs stay found."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError(
+            f"labels must map a grid key to {{value: name shown}}, e.g. sft.target_modules: {{A: all linear}}; "
+            f"got {raw!r}"
+        )
+    out = {}
+    for key, names in raw.items():
+        if key not in axes:
+            raise ValueError(f"labels.{key}: not a grid key; the grid keys are {', '.join(axes) or 'none'}")
+        known = [label for label, _ in axes[key]]
+        unknown = [str(k) for k in names if str(k) not in known]
+        if unknown:
+            raise ValueError(f"labels.{key}: {unknown[0]!r} is not one of its values {known}")
+        out[key] = {str(k): str(v) for k, v in names.items()}
+    return out
 
 
 def select_cells(sweep: Sweep, only: str | None) -> list[Cell]:
