@@ -6,7 +6,9 @@
 With ``--sweep`` it first writes, into figures/dose_response/smollm2-135m/, the sweep's results.csv and
 answers.parquet (finished cells only), runs.csv (one row per SFT run: arm, dose, world, seed, block, learning rate,
 whole-model / attention / MLP drift, every outcome after CPT and after SFT and their change) and curves.parquet
-(every run's probe means at every probe step beside its drift then). From those two tables, always:
+(every run's probe means at every probe step beside its drift then), and relate/ (``layerprobe relate`` over the SFT
+records: relate.csv with method strata and the drift-controlled partial rho, features.parquet, notes.txt). From
+runs.csv and curves.parquet, always:
 
 - matched.csv: every pair of arms at the reference drift (claims.yaml), per outcome, with the block (world x seed)
   as the unit: per-block values from the line through the arm's two doses (``across``) and from the runs' own probe
@@ -39,6 +41,7 @@ from layerprobe.paired import holm, verdicts  # noqa: E402
 from layerprobe.plot.probes import probe_means  # noqa: E402
 from layerprobe.plot.style import save_figure, theme  # noqa: E402
 from layerprobe.records import load_records  # noqa: E402
+from layerprobe.relate import relate_runs, write_outputs  # noqa: E402
 from layerprobe.sweep import load_sweep  # noqa: E402
 from layerprobe.sweep.results import collect  # noqa: E402
 
@@ -234,6 +237,10 @@ def main() -> None:
         runs.to_csv(args.out / "runs.csv", index=False, float_format="%.6g")
         curve_table(args.sweep, runs).to_parquet(args.out / "curves.parquet", index=False)
         probe_agreement(args.sweep, runs).to_csv(args.out / "probe_vs_eval.csv", index=False, float_format="%.3g")
+        # per-(layer, block) SFT features beside the outcomes, by method stratum, permuted within CPT groups
+        related = relate_runs(args.sweep, phases=("sft",))
+        write_outputs(related, args.out / "relate", figures=False)
+        (args.out / "relate" / "notes.txt").write_text("\n".join(related.notes) + "\n")
     runs = pd.read_csv(args.out / "runs.csv")
     curves = pd.read_parquet(args.out / "curves.parquet")
     matched = matched_table(runs, curves, claims)
