@@ -33,25 +33,29 @@ import pandas as pd
 import yaml
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from layerprobe.drift import drift_over_steps, module_norms  # noqa: E402
-from layerprobe.matched import at_drift, contrasts, curve_at_drift, mixed_fit  # noqa: E402
-from layerprobe.paired import holm, verdicts  # noqa: E402
-from layerprobe.plot.probes import probe_means  # noqa: E402
-from layerprobe.plot.style import save_figure, theme  # noqa: E402
-from layerprobe.records import load_records  # noqa: E402
-from layerprobe.relate import relate_runs, write_outputs  # noqa: E402
-from layerprobe.sweep import load_sweep  # noqa: E402
-from layerprobe.sweep.results import collect  # noqa: E402
+from layerprobe.drift import drift_over_steps, module_norms
+from layerprobe.matched import at_drift, contrasts, curve_at_drift, mixed_fit
+from layerprobe.paired import holm, verdicts
+from layerprobe.plot.probes import probe_means
+from layerprobe.plot.style import save_figure, theme
+from layerprobe.records import load_records
+from layerprobe.relate import relate_runs, write_outputs
+from layerprobe.sweep import load_sweep
+from layerprobe.sweep.results import collect
 
 HERE = Path(__file__).parent
 FIGURES = Path("figures/dose_response/smollm2-135m")
 ARMS = ["lora-all", "lora-attn", "lora-mlp", "full-all", "full-first10", "full-last10"]
 REFERENCE_ARM = "full-all"
 # within-run outcomes: probe means over the SFT steps (records), change from step 0
-CURVE_OUTCOMES = {"probe_logprob.cloze_heldout": "cloze_heldout_logprob", "probe_logprob.cloze": "cloze_logprob",
-                  "probe_logprob.qa": "qa_logprob", "style_logodds.instruction": "style_logodds"}
+CURVE_OUTCOMES = {
+    "probe_logprob.cloze_heldout": "cloze_heldout_logprob",
+    "probe_logprob.cloze": "cloze_logprob",
+    "probe_logprob.qa": "qa_logprob",
+    "style_logodds.instruction": "style_logodds",
+}
 
 
 def run_table(sweep_dir: Path, results: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
@@ -63,10 +67,18 @@ def run_table(sweep_dir: Path, results: pd.DataFrame, outcomes: list[str]) -> pd
         if block not in norms:
             norms[block] = module_norms(run / "merged")
         drift = drift_over_steps(run, "sft", norms[block]).iloc[-1]
-        row = {"cell": r["cell"], "arm": r["group"], "dose": r["condition"].rsplit("-", 1)[1],
-               "world": r["toy.seed"], "seed": r["seed"], "unit": block,
-               "learning_rate": _sft_lr(run), "drift": drift["all"], "drift_attn": drift["attn"],
-               "drift_mlp": drift["mlp"]}
+        row = {
+            "cell": r["cell"],
+            "arm": r["group"],
+            "dose": r["condition"].rsplit("-", 1)[1],
+            "world": r["toy.seed"],
+            "seed": r["seed"],
+            "unit": block,
+            "learning_rate": _sft_lr(run),
+            "drift": drift["all"],
+            "drift_attn": drift["attn"],
+            "drift_mlp": drift["mlp"],
+        }
         for m in outcomes:
             row[f"cpt.{m}"], row[f"sft.{m}"] = r.get(f"cpt.{m}"), r.get(f"sft.{m}")
             row[f"d.{m}"] = r.get(f"sft.{m}") - r.get(f"cpt.{m}")
@@ -85,7 +97,8 @@ def curve_table(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
         run = sweep_dir / r["cell"]
         means = probe_means(load_records(run, quantities=["probe_logprob", "probe_top1", "style_logodds"]), "sft")
         wide = means.assign(col=means["quantity"] + "." + means["module"]).pivot_table(
-            index="step", columns="col", values="value")
+            index="step", columns="col", values="value"
+        )
         if r["unit"] not in norms:  # one CPT per block: read its weights once
             norms[r["unit"]] = module_norms(run / "merged")
         drift = drift_over_steps(run, "sft", norms[r["unit"]]).set_index("step")["all"]
@@ -117,8 +130,14 @@ def probe_agreement(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
                 agree.append(last[(*key, "probe_top1")] == float(a["greedy"]))
             if "style_logodds" in a and ("instruction", a["prompt"], "style_logodds") in last.index:
                 diffs.append(abs(last[("instruction", a["prompt"], "style_logodds")] - a["style_logodds"]))
-        rows.append({"cell": cell, "n_compared": len(diffs), "max_abs_diff": max(diffs, default=np.nan),
-                     "top1_agree": float(np.mean(agree)) if agree else np.nan})
+        rows.append(
+            {
+                "cell": cell,
+                "n_compared": len(diffs),
+                "max_abs_diff": max(diffs, default=np.nan),
+                "top1_agree": float(np.mean(agree)) if agree else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -131,8 +150,13 @@ def matched_table(runs: pd.DataFrame, curves: pd.DataFrame, claims: dict) -> pd.
             if f"d.{m}" not in runs or runs[f"d.{m}"].isna().all():
                 continue
             values = at_drift(runs, f"d.{m}", ref)
-            pairs = contrasts(values, margins.get(m, np.nan), claims["alpha"], claims["power"],
-                              arms=[a for a in ARMS if a in set(values["arm"])])
+            pairs = contrasts(
+                values,
+                margins.get(m, np.nan),
+                claims["alpha"],
+                claims["power"],
+                arms=[a for a in ARMS if a in set(values["arm"])],
+            )
             if len(pairs):
                 fam.append(pairs.assign(outcome=m, read="across", n_extrapolated=int(values["extrapolated"].sum())))
         if fam:
@@ -145,8 +169,13 @@ def matched_table(runs: pd.DataFrame, curves: pd.DataFrame, claims: dict) -> pd.
         col = f"d.{name}"
         if col in curves:
             values = curve_at_drift(curves, col, ref)
-            pairs = contrasts(values, np.nan, claims["alpha"], claims["power"],
-                              arms=[a for a in ARMS if a in set(values["arm"])]) if len(values) else values
+            pairs = (
+                contrasts(
+                    values, np.nan, claims["alpha"], claims["power"], arms=[a for a in ARMS if a in set(values["arm"])]
+                )
+                if len(values)
+                else values
+            )
             if len(pairs):
                 within.append(pairs.assign(outcome=name, read="within", family=f"within {name}"))
     if not parts + within:
@@ -163,8 +192,14 @@ def fit_table(runs: pd.DataFrame, claims: dict) -> pd.DataFrame:
         if col not in runs or runs[col].isna().all() or runs[col].std() == 0:
             continue
         fit = mixed_fit(runs, col, claims["reference_drift"], REFERENCE_ARM)
-        head = {"outcome": m, "n_runs": fit["n_runs"], "n_units": fit["n_units"], "converged": fit["converged"],
-                "unit_var": fit["unit_var"], "resid_var": fit["resid_var"]}
+        head = {
+            "outcome": m,
+            "n_runs": fit["n_runs"],
+            "n_units": fit["n_units"],
+            "converged": fit["converged"],
+            "unit_var": fit["unit_var"],
+            "resid_var": fit["resid_var"],
+        }
         for test in ("interaction", "arms_at_reference"):
             rows.append({**head, "term": f"wald: {test}", **{k: fit[test][k] for k in ("chi2", "df", "p")}})
         rows += [{**head, **p} for p in fit["params"].to_dict("records")]
@@ -184,7 +219,7 @@ def plot_outcomes(runs: pd.DataFrame, metrics: list[str], ref: float, out: Path)
     markers = dict(zip(sorted(runs["world"].unique()), "osD^v"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        for (arm, unit), g in runs.groupby(["arm", "unit"]):
+        for (arm, _unit), g in runs.groupby(["arm", "unit"]):
             g = g.sort_values("drift")
             ax.plot(g["drift"] * 100, g[f"d.{m}"], "-", color=colours[arm], alpha=0.35, lw=1)
             for _, r in g.iterrows():
@@ -196,8 +231,12 @@ def plot_outcomes(runs: pd.DataFrame, metrics: list[str], ref: float, out: Path)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="-", label=a) for a, c in colours.items()]
     handles += [plt.Line2D([], [], color="k", marker=mk, ls="", label=f"world {w}") for w, mk in markers.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    save_figure(fig, out, caption="each run a point (marker: world), lines join a block's two doses of an arm; "
-                                  "dotted: the reference drift")
+    save_figure(
+        fig,
+        out,
+        caption="each run a point (marker: world), lines join a block's two doses of an arm; "
+        "dotted: the reference drift",
+    )
     plt.close(fig)
 
 
@@ -206,17 +245,27 @@ def plot_curves(curves: pd.DataFrame, outcome: str, ref: float, out: Path) -> No
     arms = [a for a in ARMS if a in set(curves["arm"])]
     fig, axes = plt.subplots(1, len(arms), figsize=(3.1 * len(arms), 3.2), sharey=True, squeeze=False)
     for ax, arm in zip(axes[0], arms):
-        for run, g in curves[(curves["arm"] == arm) & (curves["drift"] > 0)].groupby("run"):
+        for _run, g in curves[(curves["arm"] == arm) & (curves["drift"] > 0)].groupby("run"):
             g = g.sort_values("step")
-            ax.plot(g["drift"] * 100, g[f"d.{outcome}"], "-", lw=0.8, alpha=0.7,
-                    color="tab:blue" if g["dose"].iloc[0] == "low" else "tab:red")
+            ax.plot(
+                g["drift"] * 100,
+                g[f"d.{outcome}"],
+                "-",
+                lw=0.8,
+                alpha=0.7,
+                color="tab:blue" if g["dose"].iloc[0] == "low" else "tab:red",
+            )
         ax.axvline(ref * 100, color="grey", ls=":", lw=1)
         _log_percent_axis(ax)
         ax.set_title(arm, fontsize=9)
         ax.set_xlabel("drift at the probe step (%)")
     axes[0][0].set_ylabel(f"{outcome}: change from step 0")
-    save_figure(fig, out, caption="within-run curves, one line per run (blue: low dose, red: high dose), probes "
-                                  "every 10 SFT steps; dotted: the reference drift")
+    save_figure(
+        fig,
+        out,
+        caption="within-run curves, one line per run (blue: low dose, red: high dose), probes "
+        "every 10 SFT steps; dotted: the reference drift",
+    )
     plt.close(fig)
 
 
@@ -248,12 +297,19 @@ def main() -> None:
     fit = fit_table(runs, claims)
     fit.to_csv(args.out / "fit.csv", index=False, float_format="%.4g")
     ref = claims["reference_drift"]
-    plot_outcomes(runs, ["cpt_text_loss", "cloze_heldout_margin", "qa_acc", "style_logodds"], ref,
-                  args.out / "outcomes_vs_drift.png")
+    plot_outcomes(
+        runs,
+        ["cpt_text_loss", "cloze_heldout_margin", "qa_acc", "style_logodds"],
+        ref,
+        args.out / "outcomes_vs_drift.png",
+    )
     plot_curves(curves, "cloze_heldout_logprob", ref, args.out / "curves_cloze_heldout.png")
     print(runs.groupby(["arm", "dose"])[["learning_rate", "drift"]].agg(["mean", "min", "max"]).to_string())
-    print(matched[matched["family"] == "primary"].reindex(columns=["outcome", "a", "b", "diff", "lo", "hi", "p_holm",
-                                                                   "verdict", "units_needed"]).to_string())
+    print(
+        matched[matched["family"] == "primary"]
+        .reindex(columns=["outcome", "a", "b", "diff", "lo", "hi", "p_holm", "verdict", "units_needed"])
+        .to_string()
+    )
     print(fit[fit["term"].str.startswith(("wald", "not"))].to_string())
 
 

@@ -44,11 +44,20 @@ def main() -> None:
     mlp_share = d.loc["full FT: mlp", "drift_all"] / d.loc["full FT: mlp", "drift_mlp"]
     rows = []
     for arm, (pilot, lr) in PILOTS.items():
-        drift = (d.loc[pilot, "drift_all"] if pilot else d.loc["LoRA SFT a8 A", "drift_mlp"] * mlp_share)
+        drift = d.loc[pilot, "drift_all"] if pilot else d.loc["LoRA SFT a8 A", "drift_mlp"] * mlp_share
         for dose, target in zip(("low", "high"), TARGETS):
-            rows.append({"arm": arm, "pilot": pilot or "estimate: LoRA SFT a8 A drift_mlp x mlp share",
-                         "pilot_lr": lr, "pilot_drift": drift, "k": k, "dose": dose, "target_drift": target,
-                         "lr": lr * (target / drift) ** (1 / k)})
+            rows.append(
+                {
+                    "arm": arm,
+                    "pilot": pilot or "estimate: LoRA SFT a8 A drift_mlp x mlp share",
+                    "pilot_lr": lr,
+                    "pilot_drift": drift,
+                    "k": k,
+                    "dose": dose,
+                    "target_drift": target,
+                    "lr": lr * (target / drift) ** (1 / k),
+                }
+            )
     out = pd.DataFrame(rows)
     out.to_csv(HERE / "pilot.csv", index=False, float_format="%.4g")
     print(out.to_string(index=False, float_format="%.4g"))
@@ -61,9 +70,16 @@ def power(family: int = 30, alpha: float = 0.05) -> pd.DataFrame:
     for cond in [c for c in res.columns if c != "all"]:
         diffs = res[cond] - res["all"]
         sd = float(diffs.std(ddof=1))
-        rows.append({"contrast": f"{cond} - all", "outcome": "loss_rise", "n_seeds": len(diffs),
-                     "mean_diff": float(diffs.mean()), "sd_diff": sd,
-                     **{f"mde_{n}_blocks": detectable(n, alpha / family) * sd for n in (3, 9)}})
+        rows.append(
+            {
+                "contrast": f"{cond} - all",
+                "outcome": "loss_rise",
+                "n_seeds": len(diffs),
+                "mean_diff": float(diffs.mean()),
+                "sd_diff": sd,
+                **{f"mde_{n}_blocks": detectable(n, alpha / family) * sd for n in (3, 9)},
+            }
+        )
     return pd.DataFrame(rows)
 
 
