@@ -113,6 +113,12 @@ def _conditions(raw) -> list[tuple[str, str, dict]]:
     return out
 
 
+_KEYS = {
+    *("base", "set", "grid", "conditions", "seeds", "labels"),
+    *("out", "figures", "plot", "reuse_from", "baseline", "executor"),
+}
+
+
 def load_sweep(
     spec: str | os.PathLike | dict,
     out: str | os.PathLike | None = None,
@@ -122,23 +128,48 @@ def load_sweep(
     """Read a sweep YAML (or mapping) into its cells; ``overrides`` (dotted) apply to every cell's base config."""
     where = Path(spec).parent if not isinstance(spec, dict) else Path(".")
     data = dict(spec) if isinstance(spec, dict) else load_yaml(Path(spec))
-    known = {
-        "base",
-        "set",
-        "grid",
-        "conditions",
-        "seeds",
-        "out",
-        "figures",
-        "plot",
-        "reuse_from",
-        "baseline",
-        "executor",
-        "labels",
-    }
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise ValueError(f"unknown sweep key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown sweep key {unknown[0]!r}; valid keys: {', '.join(sorted(_KEYS))}")
+    base = _base(data, where, overrides or {})
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ValueError(f"grid must map dotted config keys to value lists, got {grid!r}")
+    if "seed" in grid:
+        raise ValueError("set seeds with the 'seeds:' list, not in grid")
+    axes = [(k, _axis(k, v)) for k, v in grid.items()]
+    conditions = _conditions(data.get("conditions"))
+    cells = _cells(base, conditions, axes, _seeds(data.get("seeds"), base))
+    out_dir = Path(out or data.get("out") or "runs/sweep")
+    plot = data.get("plot") or []
+    if not isinstance(plot, list):
+        raise ValueError(f"plot must be a list of metrics (or lists of metrics shown side by side), got {plot!r}")
+    reuse_from = data.get("reuse_from") or []
+    if not isinstance(reuse_from, list) or not all(isinstance(r, str) for r in reuse_from):
+        raise ValueError(f"reuse_from must be a list of sweep folders, got {reuse_from!r}")
+    baseline = data.get("baseline") or ""
+    if baseline and baseline not in [c[0] for c in conditions]:
+        raise ValueError(
+            f"baseline {baseline!r} is not a condition; the conditions are "
+            f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}"
+        )
+    return Sweep(
+        cells,
+        out_dir,
+        Path(figures or data.get("figures") or out_dir / "figures"),
+        plot,
+        (["group"] if conditions[0][0] else []) + [k for k, _ in axes],
+        "" if isinstance(spec, dict) else str(spec),
+        dict(overrides or {}),
+        [Path(r) for r in reuse_from],
+        baseline,
+        ExecutorConfig.from_yaml(data.get("executor")),
+        _labels(data.get("labels"), dict(axes)),
+    )
+
+
+def _base(data: dict, where: Path, overrides: dict[str, Any]) -> dict:
+    """The config every cell starts from: ``base`` (a YAML path or a mapping) with ``set`` and the overrides."""
     base = data.get("base", {})
     if isinstance(base, (str, os.PathLike)):
         path = Path(base)
@@ -150,25 +181,27 @@ def load_sweep(
     common = data.get("set") or {}
     if not isinstance(common, dict):
         raise ValueError(f"set must map dotted config keys to values for every cell, got {common!r}")
-    for k, v in {**common, **(overrides or {})}.items():
+    for k, v in {**common, **overrides}.items():
         set_dotted(base, k, v)
-    grid = data.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ValueError(f"grid must map dotted config keys to value lists, got {grid!r}")
-    axes = [(k, _axis(k, v)) for k, v in grid.items()]
-    conditions = _conditions(data.get("conditions"))
-    seeds = data.get("seeds")
+    return base
+
+
+def _seeds(seeds, base: dict) -> list[int]:
     if seeds is None:
-        seeds = [resolve(base).seed]
+        return [resolve(base).seed]
     if (
         not isinstance(seeds, list)
         or not seeds
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
-    if "seed" in grid:
-        raise ValueError("set seeds with the 'seeds:' list, not in grid")
+    return seeds
 
+
+def _cells(
+    base: dict, conditions: list[tuple[str, str, dict]], axes: list[tuple[str, list]], seeds: list[int]
+) -> list[Cell]:
+    """One cell per condition x grid point x seed, each with its folder name, table columns and resolved config."""
     cells: list[Cell] = []
     for (cname, group, cover), choice, seed in itertools.product(
         conditions, itertools.product(*[pairs for _, pairs in axes]), seeds
@@ -201,36 +234,7 @@ def load_sweep(
             f"two cells share a folder name ({sorted({n for n in names if names.count(n) > 1})[0]}); "
             "give conditions distinct names"
         )
-    out_dir = Path(out or data.get("out") or "runs/sweep")
-    fig_dir = Path(figures or data.get("figures") or out_dir / "figures")
-    axis_cols = (["group"] if conditions[0][0] else []) + [k for k, _ in axes]
-    plot = data.get("plot") or []
-    if not isinstance(plot, list):
-        raise ValueError(f"plot must be a list of metrics (or lists of metrics shown side by side), got {plot!r}")
-    reuse_from = data.get("reuse_from") or []
-    if not isinstance(reuse_from, list) or not all(isinstance(r, str) for r in reuse_from):
-        raise ValueError(f"reuse_from must be a list of sweep folders, got {reuse_from!r}")
-    baseline = data.get("baseline") or ""
-    if baseline and baseline not in [c[0] for c in conditions]:
-        raise ValueError(
-            f"baseline {baseline!r} is not a condition; the conditions are "
-            f"{', '.join(c[0] for c in conditions if c[0]) or 'none (add conditions:)'}"
-        )
-    executor = ExecutorConfig.from_yaml(data.get("executor"))
-    labels = _labels(data.get("labels"), dict(axes))
-    return Sweep(
-        cells,
-        out_dir,
-        fig_dir,
-        plot,
-        axis_cols,
-        "" if isinstance(spec, dict) else str(spec),
-        dict(overrides or {}),
-        [Path(r) for r in reuse_from],
-        baseline,
-        executor,
-        labels,
-    )
+    return cells
 
 
 def _labels(raw, axes: dict[str, list[tuple[str, Any]]]) -> dict[str, dict[str, str]]:
