@@ -12,44 +12,25 @@ and hands out one tensor at a time as an *operand*, which fills row chunks of th
 
 from __future__ import annotations
 
-import json
 import math
-import mmap
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from layerprobe.names import parse_name
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def _pickle_refused(path: Path) -> ValueError:
-    return ValueError(
-        f"{path} is a pickle checkpoint: unpickling can run arbitrary code, so it is refused by default; "
-        "convert it to safetensors, or pass --allow-pickle (allow_pickle=True) to load it with "
-        "torch.load(weights_only=True)"
-    )
-
+from layerprobe.tensorfiles import (
+    PICKLE_SUFFIXES,
+    ShardCache,
+    TensorRef,
+    pickle_refs,
+    pickle_refused,
+    read_json,
+    read_safetensors_header,
+    rowlen,
+)
 
 # ---------------------------------------------------------------------------------------------------- operands
 
@@ -90,142 +71,6 @@ class LoraDelta:
         return self.b_scaled, self.a
 
 
-# ---------------------------------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """Where one tensor lives: its file, raw name, dtype, shape and byte range (absolute, for safetensors)."""
-
-    file: Path
-    key: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int = 0
-    end: int = 0
-
-
-def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
-    """Parse and check a safetensors header; a truncated or corrupt file raises ValueError naming it."""
-
-    def bad(why: str) -> ValueError:
-        return ValueError(
-            f"{path} is not a valid safetensors file ({why}); it is truncated or corrupt: re-download or re-save it"
-        )
-
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise bad(f"{size} bytes, shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or 8 + n > size:
-                raise bad(f"header length {n} does not fit in a file of {size} bytes")
-            raw = f.read(n)
-    except OSError as e:
-        raise OSError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
-    base, refs = 8 + n, {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {key!r} has an unreadable entry {info!r}") from None
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if end - begin != nbytes or begin < 0:
-            raise bad(
-                f"tensor {key!r} spans bytes {begin}..{end}, expected {nbytes} bytes for {info['dtype']} {list(shape)}"
-            )
-        if base + end > size:
-            raise bad(f"tensor {key!r} ends at byte {base + end} but the file has {size} bytes")
-        refs[key] = TensorRef(path, key, dtype, shape, base + begin, base + end)
-    return refs
-
-
-class _Shard:
-    """One open shard: a private read-only mapping of a safetensors file, or a pickle state dict (mmap'd)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        if path.suffix == ".safetensors":
-            with open(path, "rb") as f:
-                # ACCESS_COPY: a private mapping torch can wrap without a copy; pages are never written.
-                self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self.state = None
-        else:
-            self.buf, self.state = None, _torch_load(path)  # type: ignore[assignment]
-
-    def flat(self, ref: TensorRef) -> torch.Tensor:
-        if self.state is not None:
-            return self.state[ref.key].reshape(-1)
-        count = math.prod(ref.shape)
-        if count == 0:
-            return torch.empty(0, dtype=ref.dtype)
-        return torch.frombuffer(self.buf, dtype=ref.dtype, count=count, offset=ref.start)
-
-
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {type(e).__name__}: {e}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a flat state dict of tensors; save it with model.state_dict()")
-    return state
-
-
-def _pickle_refs(path: Path) -> dict[str, TensorRef]:
-    state = _torch_load(path)
-    return {k: TensorRef(path, k, v.dtype, tuple(v.shape)) for k, v in state.items()}
-
-
-class _ShardCache:
-    """Keeps at most one shard of a source open; opening another drops the previous mapping."""
-
-    def __init__(self):
-        self.current: _Shard | None = None
-
-    def flat(self, ref: TensorRef) -> torch.Tensor:
-        if self.current is None or self.current.path != ref.file:
-            self.current = None  # the old mapping goes once the last tensor view of it is freed
-            self.current = _Shard(ref.file)
-        return self.current.flat(ref)
-
-    def close(self) -> None:
-        self.current = None
-
-
-def _rowlen(shape: tuple[int, ...]) -> int:
-    return math.prod(shape[1:]) if len(shape) > 1 else 1
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or re-save it") from None
-
-
-# ---------------------------------------------------------------------------------------------------- sources
-
-
 class WeightSource:
     """Full weights: a safetensors file, a checkpoint folder (single file or sharded), or opt-in pickle."""
 
@@ -255,7 +100,7 @@ class WeightSource:
             )
         self.aliases: dict[str, str] = {}
         self._order = {f: i for i, f in enumerate(files)}
-        self._cache = _ShardCache()
+        self._cache = ShardCache()
 
     @property
     def label(self) -> str:
@@ -283,7 +128,7 @@ class WeightSource:
 
     def operand(self, name: str) -> Flat:
         ref = self.ref(name)
-        return Flat(self._cache.flat(ref), _rowlen(ref.shape))
+        return Flat(self._cache.flat(ref), rowlen(ref.shape))
 
     def close(self) -> None:
         self._cache.close()
@@ -353,7 +198,7 @@ class AdapterSource:
             )
         for e in self.loras.values():
             e.transpose = e.embedding or bool(config.get("fan_in_fan_out"))
-        self._cache = _ShardCache()
+        self._cache = ShardCache()
 
     @property
     def label(self) -> str:
@@ -397,7 +242,7 @@ class AdapterSource:
     def operand(self, name: str) -> Flat | LoraDelta:
         if name in self.values:
             ref = self.values[name]
-            return Flat(self._cache.flat(ref), _rowlen(ref.shape), kind="value")
+            return Flat(self._cache.flat(ref), rowlen(ref.shape), kind="value")
         if name in self.biases:
             ref, module = self.biases[name]
             rank = self.loras[module + ".weight"].factors[0].shape[0]
@@ -428,23 +273,23 @@ def open_source(path: str | os.PathLike, allow_pickle: bool = False) -> WeightSo
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             if not allow_pickle:
-                raise _pickle_refused(path)
-            return WeightSource(path, [path], _pickle_refs(path), _config_beside(path))
+                raise pickle_refused(path)
+            return WeightSource(path, [path], pickle_refs(path), _config_beside(path))
         if path.suffix != ".safetensors":
             raise ValueError(f"expected a .safetensors file or a checkpoint folder, got {path}")
         return WeightSource(path, [path], read_safetensors_header(path), _config_beside(path))
     if (path / "adapter_config.json").exists():
-        config = _read_json(path / "adapter_config.json")
+        config = read_json(path / "adapter_config.json")
         file = path / "adapter_model.safetensors"
         if file.exists():
             return AdapterSource(path, file, read_safetensors_header(file), config)
         legacy = path / "adapter_model.bin"
         if legacy.exists():
             if not allow_pickle:
-                raise _pickle_refused(legacy)
-            return AdapterSource(path, legacy, _pickle_refs(legacy), config)
+                raise pickle_refused(legacy)
+            return AdapterSource(path, legacy, pickle_refs(legacy), config)
         raise FileNotFoundError(f"{path} has adapter_config.json but no adapter_model.safetensors")
-    config = _read_json(path / "config.json") if (path / "config.json").exists() else {}
+    config = read_json(path / "config.json") if (path / "config.json").exists() else {}
     indexes = sorted(path.glob("*.safetensors.index.json"))
     singles = sorted(path.glob("*.safetensors"))
     if len(singles) > 1 and path / "model.safetensors" in singles:
@@ -456,11 +301,11 @@ def open_source(path: str | os.PathLike, allow_pickle: bool = False) -> WeightSo
     pickles = sorted(path.glob("*.bin.index.json")) or sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not indexes and not singles and pickles:
         if not allow_pickle:
-            raise _pickle_refused(pickles[0])
+            raise pickle_refused(pickles[0])
         if pickles[0].name.endswith(".index.json"):
-            return _sharded(path, pickles[0], config, _pickle_refs)
+            return _sharded(path, pickles[0], config, pickle_refs)
         if len(pickles) == 1:
-            return WeightSource(path, pickles, _pickle_refs(pickles[0]), config)
+            return WeightSource(path, pickles, pickle_refs(pickles[0]), config)
     found = [p.name for p in sorted(path.iterdir())][:10]
     raise ValueError(
         f"cannot tell which weights to read in {path}: expected one model.safetensors, one "
@@ -469,7 +314,7 @@ def open_source(path: str | os.PathLike, allow_pickle: bool = False) -> WeightSo
 
 
 def _sharded(path: Path, index: Path, config: dict, read) -> WeightSource:
-    weight_map = _read_json(index).get("weight_map")
+    weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index} has no 'weight_map' of tensor name -> shard file; re-save the checkpoint")
     files = list(dict.fromkeys(path / f for f in weight_map.values()))
@@ -490,4 +335,4 @@ def _sharded(path: Path, index: Path, config: dict, read) -> WeightSource:
 
 def _config_beside(file: Path) -> dict:
     cfg = file.parent / "config.json"
-    return _read_json(cfg) if cfg.exists() else {}
+    return read_json(cfg) if cfg.exists() else {}

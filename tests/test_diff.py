@@ -229,15 +229,15 @@ def test_randomized_spectrum(low_rank, monkeypatch):
 
 
 def test_each_shard_is_opened_once(tmp_path, monkeypatch):
-    from layerprobe import checkpoints
+    from layerprobe import tensorfiles
 
     w = toy_weights(0)
     save(w, tmp_path / "A", shards=3)
     save(perturb(w, 1, 0.05), tmp_path / "B", shards=3)
     opened = []
-    real = checkpoints._Shard.__init__
+    real = tensorfiles.Shard.__init__
     monkeypatch.setattr(
-        checkpoints._Shard, "__init__", lambda self, path: (opened.append(path.name), real(self, path))[1]
+        tensorfiles.Shard, "__init__", lambda self, path: (opened.append(path.name), real(self, path))[1]
     )
     diff_checkpoints(tmp_path / "A", tmp_path / "B", **FAST)
     assert sorted(opened) == sorted(f"model-{i:05d}-of-00003.safetensors" for i in (1, 2, 3) for _ in "AB")
