@@ -63,8 +63,6 @@ def ensure_base(cfg: ToyWorldConfig, progress: bool = False) -> Path:
 
 def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     import torch
-    from tqdm.auto import tqdm
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     t0 = time.time()
     docs = base_texts(cfg)
@@ -77,6 +75,29 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     blocks = torch.tensor(pack_texts(tok, docs, cfg.block_size))
     if blocks.shape[1] != cfg.block_size:
         raise ValueError(f"the base corpus has fewer tokens than one block of {cfg.block_size}; raise its size")
+    model = _initial_model(cfg, tok)
+    losses = _pretrain(model, blocks, cfg, progress)
+    model.eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    last = losses[-10:]
+    info = {
+        "config": cfg.base_key(),
+        "version": BUILD_VERSION,
+        "tokens_per_epoch": int(blocks.numel()),
+        "params": sum(p.numel() for p in model.parameters()),
+        "final_loss": sum(last) / len(last),
+        "loss_curve": losses[:: max(1, len(losses) // 50)],
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "build.json").write_text(json.dumps(info, indent=2))
+
+
+def _initial_model(cfg: ToyWorldConfig, tok):
+    """A small Llama with random weights drawn from ``cfg.seed``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)
     mcfg = LlamaConfig(
@@ -92,7 +113,14 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    model = LlamaForCausalLM(mcfg)
+    return LlamaForCausalLM(mcfg)
+
+
+def _pretrain(model, blocks, cfg: ToyWorldConfig, progress: bool) -> list[float]:
+    """Next-token pretraining on shuffled blocks (AdamW, warm-up then cosine to 10 %); returns the step losses."""
+    import torch
+    from tqdm.auto import tqdm
+
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=0.01, betas=(0.9, 0.95))
     warm = max(1, cfg.base_steps // 10)
 
@@ -123,18 +151,4 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    model.eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    last = losses[-10:]
-    info = {
-        "config": cfg.base_key(),
-        "version": BUILD_VERSION,
-        "tokens_per_epoch": int(blocks.numel()),
-        "params": sum(p.numel() for p in model.parameters()),
-        "final_loss": sum(last) / len(last),
-        "loss_curve": losses[:: max(1, len(losses) // 50)],
-        "seconds": round(time.time() - t0, 1),
-    }
-    (out / "build.json").write_text(json.dumps(info, indent=2))
+    return losses
