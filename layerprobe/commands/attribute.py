@@ -18,6 +18,19 @@ EXAMPLE = (
 
 
 def add_arguments(parser) -> None:
+    _model_arguments(parser)
+    _evaluation_arguments(parser)
+    parser.add_argument(
+        "--out", metavar="DIR", help="records, figures and cache go here (default: RUN_DIR/attribute, else ./attribute)"
+    )
+    parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
+    parser.add_argument("--no-cache", action="store_true", help="evaluate everything again, keep no cache")
+    parser.add_argument("--top", type=int, default=8, metavar="N", help="groups per metric in the printed table")
+    add_format_argument(parser)
+
+
+def _model_arguments(parser) -> None:
+    """The two models and the groups of weights swapped between them."""
     parser.add_argument(
         "--run",
         metavar="RUN_DIR",
@@ -27,12 +40,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base", metavar="CPT_MODEL", help="the CPT model folder (merged safetensors)")
     parser.add_argument(
         "--tuned", metavar="SFT_MODEL", help="the SFT model folder, or an SFT LoRA adapter folder trained on --base"
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="YAML config whose data and eval sections define the evaluation (default: the run's "
-        "config.yaml with --run, else the built-in toy world)",
     )
     parser.add_argument(
         "--groups",
@@ -53,6 +60,15 @@ def add_arguments(parser) -> None:
         default="revert,apply",
         metavar="A,B",
         help="revert (CPT weights on the group) and/or apply (SFT change on the group only)",
+    )
+
+
+def _evaluation_arguments(parser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config whose data and eval sections define the evaluation (default: the run's "
+        "config.yaml with --run, else the built-in toy world)",
     )
     parser.add_argument(
         "--probes",
@@ -78,23 +94,11 @@ def add_arguments(parser) -> None:
         "eval.lm_eval_include, layerprobe_mc); default none: the config's eval.lm_eval_tasks "
         "are not run here unless named",
     )
-    parser.add_argument(
-        "--out", metavar="DIR", help="records, figures and cache go here (default: RUN_DIR/attribute, else ./attribute)"
-    )
-    parser.add_argument("--cache", metavar="FILE", help="evaluation cache (default: OUT/cache.json)")
-    parser.add_argument("--no-cache", action="store_true", help="evaluate everything again, keep no cache")
-    parser.add_argument("--top", type=int, default=8, metavar="N", help="groups per metric in the printed table")
-
-    add_format_argument(parser)
 
 
-def run(args) -> int:
+def _inputs(args):
+    """(base, tuned, config path, output folder, evaluation config) from --run or --base/--tuned."""
     from pathlib import Path
-
-    from layerprobe.attribute import AttributeConfig, attribute_with_config
-    from layerprobe.attribution_records import effects
-    from layerprobe.plot.effects import attribution_figures
-    from layerprobe.records import write_table
 
     base, tuned, config = args.base, args.tuned, args.config
     if args.run:
@@ -116,15 +120,13 @@ def run(args) -> int:
     if args.max_instructions is not None:
         cfg.eval.max_instructions = args.max_instructions
     cfg.eval.lm_eval_tasks = [t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()]
-    acfg = AttributeConfig(
-        groups=tuple(g for g in args.groups.split(",") if g.strip()) + tuple(args.select),
-        modes=args.modes,
-        run=Path(tuned).name if not args.run else Path(args.run).name,
-        cache=None if args.no_cache else str(args.cache or out / "cache.json"),
-    )
-    res = attribute_with_config(base, tuned, cfg, acfg, source=config, log=lambda s: print(s, flush=True))
-    print(f"\ncost: {res.cost()}")
-    e = effects(res.records)
+    return base, tuned, config, out, cfg
+
+
+def _print_effects(records, top: int) -> None:
+    from layerprobe.attribution_records import effects
+
+    e = effects(records)
     for metric in dict.fromkeys(e["metric"]):
         m = e[e["metric"] == metric]
         full = m["sft_effect"].iloc[0]
@@ -138,7 +140,7 @@ def run(args) -> int:
         for col in ("weight_share", "trained_share", "delta_share"):
             if col in m:
                 wide[col.replace("_", " ")] = m.groupby("group")[col].first()
-        wide = wide.reindex(wide[wide.columns[0]].abs().sort_values(ascending=False).index).head(args.top)
+        wide = wide.reindex(wide[wide.columns[0]].abs().sort_values(ascending=False).index).head(top)
         print(
             f"\n{metric}: tuned - base = {full:+.4g}; revert effect = value - tuned, apply effect = value - base, "
             "share = effect / whole change (1 = this group alone accounts for all of it); the group's share of "
@@ -147,9 +149,27 @@ def run(args) -> int:
             "measure of its size predicts"
         )
         print(wide.to_string(float_format=lambda v: f"{v:+.3g}"))
-    path = write_table(res.records, rundir.attribute_records(out))
-    from layerprobe.plot import figure_formats
 
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from layerprobe.attribute import AttributeConfig, attribute_with_config
+    from layerprobe.plot import figure_formats
+    from layerprobe.plot.effects import attribution_figures
+    from layerprobe.records import write_table
+
+    base, tuned, config, out, cfg = _inputs(args)
+    acfg = AttributeConfig(
+        groups=tuple(g for g in args.groups.split(",") if g.strip()) + tuple(args.select),
+        modes=args.modes,
+        run=Path(tuned).name if not args.run else Path(args.run).name,
+        cache=None if args.no_cache else str(args.cache or out / "cache.json"),
+    )
+    res = attribute_with_config(base, tuned, cfg, acfg, source=config, log=lambda s: print(s, flush=True))
+    print(f"\ncost: {res.cost()}")
+    _print_effects(res.records, args.top)
+    path = write_table(res.records, rundir.attribute_records(out))
     with figure_formats(args.format):
         figures = attribution_figures(res.records, out / "figures")
     print(f"\nwrote {path} and {len(figures)} figures in {out / 'figures'}")
