@@ -21,6 +21,7 @@ ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 TOYWORLD = "toyworld"
 PROBE_FIELDS = ("probe_every", "probe_max")  # PhaseConfig's probing settings (left out of to_dict when off)
+KEEP_BEST = ("retention_style",)  # the rules sft.keep_best knows (layerprobe.tradeoff.best_step)
 HARNESS_FIELDS = ("lm_eval_tasks", "lm_eval_include", "lm_eval_limit")  # EvalConfig's, likewise
 
 
@@ -96,6 +97,18 @@ class PhaseConfig:
         "differ in float rounding, as batches are narrower)",
         default=32,
     )
+    keep_best: str = _help(
+        "SFT only: 'retention_style' keeps the trained state at every probe step (LoRA: the adapter's "
+        "weights; full fine-tuning with sft.select: only the trainable weights) in "
+        "RUN/sft/kept/step-NNNNNN.safetensors, chooses after SFT the earliest probe step whose style "
+        "log-odds reached 90% of the run's final gain (layerprobe.tradeoff.best_step), saves that model "
+        "as RUN/sft/kept/best/ (with choice.json) and evaluates it in full as the model 'sft_best'. "
+        "Needs probe_every > 0 and held-out instructions with a plain twin. Every kept state stays on "
+        "disk afterwards (one adapter's size each; only retraining SFT makes them again): delete "
+        "RUN/sft/kept/step-* yourself once the choice is made. Example: --sft.probe_every 5 "
+        "--sft.keep_best retention_style; '' = off",
+        default="",
+    )
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):
@@ -127,6 +140,8 @@ class PhaseConfig:
                 f"probe_every and probe_max must be >= 0 (probe_every 0 = off, probe_max 0 = all), got "
                 f"probe_every={self.probe_every}, probe_max={self.probe_max}"
             )
+        if self.keep_best not in ("", *KEEP_BEST):
+            raise ValueError(f"keep_best must be '' (off) or one of {', '.join(KEEP_BEST)}, got {self.keep_best!r}")
 
 
 @dataclass
@@ -409,17 +424,32 @@ class TrainConfig:
             raise ValueError(
                 f"cpt.replay must be 0 (replay mixes CPT text into SFT), got {self.cpt.replay}; set sft.replay instead"
             )
+        if self.cpt.keep_best:
+            raise ValueError(f"cpt.keep_best must be '' (it chooses an SFT step), got {self.cpt.keep_best!r}")
+        if self.sft.keep_best and not self.sft.probe_every:
+            raise ValueError(
+                f"sft.keep_best {self.sft.keep_best} chooses among the SFT probe steps, but sft.probe_every is 0; "
+                "give sft.probe_every N (e.g. 5)"
+            )
+        if self.sft.keep_best and self.sft.method == "full" and not self.sft.select:
+            raise ValueError(
+                f"sft.keep_best {self.sft.keep_best} keeps the trainable weights at every probe step: with full "
+                "fine-tuning of every weight that is a whole model each time; give sft.select (e.g. 'last:10%') "
+                "or use sft.method lora"
+            )
 
     def to_dict(self) -> dict:
         """The config as plain values. A phase that does not probe (``probe_every`` 0) leaves its probe settings
-        out, and an evaluation without harness tasks its ``lm_eval_*`` settings: they change nothing, and configs,
-        hashes and stage fingerprints of runs made before they existed stay what they were (``resolve`` fills them
-        back in)."""
+        out, one that keeps no best step its ``keep_best``, and an evaluation without harness tasks its
+        ``lm_eval_*`` settings: they change nothing, and configs, hashes and stage fingerprints of runs made before
+        they existed stay what they were (``resolve`` fills them back in)."""
         out = _typed_dict(self)
         for phase in ("cpt", "sft"):
             if not out[phase]["probe_every"]:
                 for key in PROBE_FIELDS:
                     out[phase].pop(key)
+            if not out[phase]["keep_best"]:
+                out[phase].pop("keep_best")
         if not out["eval"]["lm_eval_tasks"]:  # likewise the harness settings when no harness task runs
             for key in HARNESS_FIELDS:
                 out["eval"].pop(key)

@@ -182,6 +182,11 @@ def _callbacks(
     if pc.probe_every:
         from layerprobe.probes import ProbeCallback
 
+        keep = None
+        if pc.keep_best:  # the trained state at each probe step, to choose from after the phase
+            from layerprobe.keepbest import KeepStates
+
+            keep = KeepStates(run_dir)
         shown = (eval_set or EvalSet([], [], [])).limited(cfg.eval)  # what the evaluation scores
         out.append(
             ProbeCallback(
@@ -195,6 +200,7 @@ def _callbacks(
                 max_per_kind=pc.probe_max,
                 batch_size=cfg.eval.batch_size,
                 max_prompt_tokens=cfg.eval.max_prompt_tokens,
+                after_probe=keep,
             )
         )
     # an anchored phase measures from the weights it starts with: resumed, it would anchor to the checkpoint
@@ -210,7 +216,7 @@ def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, 
     out = rundir.stage_dir(run_dir, "eval")
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    phases = [p for p in EVAL_PHASES if p != "base" or cfg.eval.base]
+    phases = [p for p in EVAL_PHASES if (p != "base" or cfg.eval.base) and (p != "sft_best" or cfg.sft.keep_best)]
     seconds, hits, timing = {}, [], {}
     evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
     for phase in phases:
@@ -390,6 +396,12 @@ def _run(
                 "cpt.probe_every / sft.probe_every need probes to score, got no cloze or QA probes and no "
                 "held-out instructions with a plain twin; give data.probes, or set probe_every to 0"
             )
+        if cfg.sft.keep_best and not probe_subset([], shown.instructions, cfg.sft.probe_max)[1]:
+            raise ValueError(
+                f"sft.keep_best {cfg.sft.keep_best} chooses by the style log-odds, but no held-out instruction has "
+                "a plain twin to score it against; give data.instructions with a 'plain' field (or "
+                "data.sft_rewrite gozaru), or set sft.keep_best ''"
+            )
     inputs = stage_inputs(cfg, data, rundir.content_hash(base))
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
@@ -414,6 +426,7 @@ def _run(
             "base_model": base,
             "resumed": resumed,
             **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
+            **({"keep_best": infos["sft"]["keep_best"]} if "keep_best" in infos["sft"] else {}),
             "stages": {
                 s: {
                     k: v
@@ -427,6 +440,7 @@ def _run(
                         "seconds",
                         "record_seconds",
                         "probe_seconds",
+                        "keep_seconds",
                         "trainable_params",
                         "trainable_share",
                         "reused_from",
@@ -536,7 +550,20 @@ def _run_stages(
             if getattr(cfg, stage).probe_every:  # the probes' own time, likewise
                 from layerprobe.probes import ProbeCallback
 
-                info["probe_seconds"] = round(next(c for c in callbacks if isinstance(c, ProbeCallback)).seconds, 2)
+                probe = next(c for c in callbacks if isinstance(c, ProbeCallback))
+                info["probe_seconds"] = round(probe.seconds, 2)
+                keeper = probe.after_probe
+                if keeper is not None:  # sft.keep_best: keeping the states, then choosing and saving one
+                    from layerprobe.keepbest import KeepStates, keep_best
+
+                    assert isinstance(keeper, KeepStates)
+                    t_keep = time.time()
+                    info["keep_best"] = keep_best(cfg, run_dir, start)
+                    info["keep_seconds"] = round(keeper.seconds + time.time() - t_keep, 2)
+                    log(
+                        f"keep_best  step {info['keep_best']['step']} of {info['keep_best']['last_step']} "
+                        f"({info['keep_best']['style_share']:.0%} of the style gain) -> {info['keep_best']['out']}"
+                    )
         elif stage == "merge":
             info = stages.run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
         else:
@@ -563,7 +590,7 @@ def _figures(run_dir: Path, cfg: TrainConfig, log) -> list[str]:
 def format_table(summary: dict) -> str:
     """The before/after table: one row per metric, one column per evaluated model."""
     phases = [p for p in EVAL_PHASES if p in summary]
-    label = {"cpt": "cpt (before)", "sft": "sft (after)"}
+    label = {"cpt": "cpt (before)", "sft": "sft (after)", "sft_best": "sft (kept)"}
 
     def cell(v, metric: str) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):

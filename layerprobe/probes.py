@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -132,6 +132,9 @@ class ProbeCallback(TrainerCallback):
         max_prompt_tokens: instructions are cut to this many tokens (the evaluation's ``eval.max_prompt_tokens``).
         at_start: also probe before the first step (step 0); a phase resumed from a checkpoint does not.
         flush_every_s: write a Parquet part at least this often.
+        after_probe: called as ``after_probe(model, step)`` on rank 0 after each probe step of training (the
+            pipeline keeps the trained state there with ``sft.keep_best``: :class:`layerprobe.keepbest.KeepStates`);
+            its time is its own, not the probes'.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class ProbeCallback(TrainerCallback):
         max_prompt_tokens: int = 512,
         at_start: bool = True,
         flush_every_s: float = 30.0,
+        after_probe: Callable[[object, int], None] | None = None,
     ):
         self.out_dir = Path(out_dir)
         self.run = run or self.out_dir.resolve().name
@@ -162,7 +166,7 @@ class ProbeCallback(TrainerCallback):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
-        self.at_start, self.flush_every_s = at_start, flush_every_s
+        self.at_start, self.flush_every_s, self.after_probe = at_start, flush_every_s, after_probe
         parse_schedule(every, max_steps=1_000_000)  # a wrong schedule fails here, not at the first step
         self.schedule: Schedule | None = None
         self.writer: RecordWriter | None = None
@@ -204,6 +208,8 @@ class ProbeCallback(TrainerCallback):
             self.writer.maybe_flush()
         self.steps.append(step)
         self._seconds += time.perf_counter() - t
+        if self.writer is not None and self.after_probe is not None:
+            self.after_probe(model, step)
         return rows
 
     def _tok(self, processing_class):

@@ -10,6 +10,9 @@ Every other module reaches a run folder's files through here; no other module sp
       sft/             SFT adapter (or full model)           outputs are complete; trainer/ holds the rotating
       eval/            metrics.csv (the one metrics table)   checkpoints of a training stage until it is done
                        and <model>-answers.jsonl
+      sft/kept/        with sft.keep_best: step-NNNNNN.safetensors, the trainable weights at each probe step,
+                       and best/ (the chosen step's adapter or model, choice.json), evaluated as 'sft_best';
+                       kept, like the stage, until the SFT stage is cleared
       records/         Parquet records of both phases
       figures/         heatmaps drawn from the records
       summary.json     derived from eval/metrics.csv and the DONE markers; written last
@@ -32,13 +35,17 @@ from layerprobe.config import dump_yaml
 
 STAGES = ("cpt", "merge", "sft", "eval")
 _FOLDERS = {"cpt": "cpt", "merge": "merged", "sft": "sft", "eval": "eval"}
-EVAL_PHASES = ("base", "cpt", "sft")  # the models an evaluation scores: before CPT, after CPT, after SFT
+# the models an evaluation scores: before CPT, after CPT, after SFT, and (with sft.keep_best) at the chosen SFT step
+EVAL_PHASES = ("base", "cpt", "sft", "sft_best")
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
 DONE = "DONE"
 STARTED = "STARTED"
 LOCK = ".lock"
 CHECKPOINTS = "trainer"
+KEPT = "kept"
+BEST = "best"
+CHOICE = "choice.json"
 METRICS = "metrics.csv"
 RECORDS = "records"
 FIGURES = "figures"
@@ -60,6 +67,27 @@ def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
 def checkpoint_dir(stage_folder: str | os.PathLike) -> Path:
     """Where a training stage's Trainer keeps its rotating checkpoints (removed once the stage is done)."""
     return Path(stage_folder) / CHECKPOINTS
+
+
+def kept_dir(run_dir) -> Path:
+    """Where ``sft.keep_best`` keeps the trainable weights of each SFT probe step (:func:`kept_state`)."""
+    return stage_dir(run_dir, "sft") / KEPT
+
+
+def kept_state(run_dir, step: int) -> Path:
+    return kept_dir(run_dir) / f"step-{step:06d}.safetensors"
+
+
+def kept_steps(run_dir) -> list[int]:
+    """The SFT steps whose state :func:`kept_dir` holds, in order."""
+    folder = kept_dir(run_dir)
+    found = folder.glob("step-*.safetensors") if folder.is_dir() else []
+    return sorted(int(f.name[5:-12]) for f in found if f.name[5:-12].isdigit())
+
+
+def best_dir(run_dir) -> Path:
+    """The model of the step ``sft.keep_best`` chose (an adapter folder, or a whole model for full fine-tuning)."""
+    return kept_dir(run_dir) / BEST
 
 
 def records_dir(run_dir) -> Path:
@@ -103,13 +131,16 @@ def is_run(path: str | os.PathLike) -> bool:
 
 
 def phase_model(run_dir, phase: str, base: str) -> tuple[str, str | None]:
-    """(model folder, adapter folder or None) of the model after ``phase`` ('base', 'cpt' or 'sft')."""
+    """(model folder, adapter folder or None) of the model after ``phase`` ('base', 'cpt', 'sft' or 'sft_best':
+    at the SFT step ``sft.keep_best`` chose)."""
+    if phase not in EVAL_PHASES:
+        raise ValueError(f"unknown model {phase!r}; expected one of {', '.join(EVAL_PHASES)}")
     if phase == "base":
         return base, None
     merged = stage_dir(run_dir, "merge")
     if phase == "cpt":
         return str(merged), None
-    sft = stage_dir(run_dir, "sft")
+    sft = best_dir(run_dir) if phase == "sft_best" else stage_dir(run_dir, "sft")
     if (sft / "adapter_config.json").is_file():
         return str(merged), str(sft)
     return str(sft), None
@@ -377,9 +408,9 @@ _HASHES: dict[tuple, str] = {}
 
 
 def content_hash(path: str | os.PathLike) -> str:
-    """A hash of a model folder's contents (weights, configs, tokenizer: every file, by relative name and bytes),
-    or of one file. Equal contents give equal hashes wherever the folder lies; memoised per process by the
-    files' sizes and modification times."""
+    """A hash of a model folder's contents (weights, configs, tokenizer: every file, by relative name and bytes;
+    not the checkpoints and kept states inside a stage folder), or of one file. Equal contents give equal hashes
+    wherever the folder lies; memoised per process by the files' sizes and modification times."""
     path = Path(path)
     files = (
         [path]
@@ -390,7 +421,7 @@ def content_hash(path: str | os.PathLike) -> str:
             if p.is_file()
             and not p.name.startswith(".")
             and p.name not in _MARKERS
-            and CHECKPOINTS not in p.relative_to(path).parts
+            and not {CHECKPOINTS, KEPT} & set(p.relative_to(path).parts)
         )
     )
     key = (str(path.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))

@@ -238,7 +238,8 @@ def resume_point(trainer) -> str | None:
     return str(found) if found else None
 
 
-def _save(model, tok, out: Path, phase: PhaseConfig) -> None:
+def save_model(model, tok, out: Path, phase: PhaseConfig) -> None:
+    """Save a trained phase's model as the stage does: the adapter (LoRA) or the whole model, and the tokenizer."""
     if phase.method == "lora":  # the adapter only: the base's embeddings are unchanged, so not copied in
         model.save_pretrained(out, save_embedding_layers=False)
     else:
@@ -325,7 +326,7 @@ def run_cpt(cfg: TrainConfig, base: str, docs: list[str], out: Path, callbacks=(
     model, selection = make_trainable(load_model(base), phase, cfg.phase_seed(phase))
     trainer, blocks = cpt_trainer(cfg, model, tok, docs, out, _phase_callbacks(phase, callbacks, "cpt", progress))
     _train(trainer)
-    _save(trainer.model, tok, out, phase)
+    save_model(trainer.model, tok, out, phase)
     what = (
         f"CPT ({_describe(phase, selection)}) on {len(docs)} documents ({blocks} blocks of {phase.max_length} tokens)"
     )
@@ -500,7 +501,7 @@ def run_sft(
     model, selection = make_trainable(load_model(cpt_model), phase, cfg.phase_seed(phase))
     trainer = sft_trainer(cfg, model, tok, rows, out, _phase_callbacks(phase, callbacks, "sft", progress), replay_docs)
     _train(trainer)
-    _save(model, tok, out, phase)
+    save_model(model, tok, out, phase)
     what = f"SFT ({_describe(phase, selection)}) on {len(rows)} instructions, loss on answers only"
     if phase.replay:
         what += f", plus {trainer.replayed} replayed CPT documents ({phase.replay:.0%} of the rows)"

@@ -14,8 +14,8 @@ from layerprobe import rundir
 from layerprobe.report.page import Page
 
 SUMMARY = rundir.SUMMARY
-PHASES = ("base", "cpt", "sft")
-PHASE_TITLES = {"base": "base", "cpt": "after CPT", "sft": "after SFT"}
+PHASES = rundir.EVAL_PHASES
+PHASE_TITLES = {"base": "base", "cpt": "after CPT", "sft": "after SFT", "sft_best": "at the kept SFT step"}
 
 
 def summary_table(summary: dict) -> pd.DataFrame:
@@ -117,6 +117,17 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     if summary:
         page.table(summary_table(summary), text_columns=("metric",))
         page.text("Accuracies and rates are shares of the probes / answers; losses are in nats per token.", "muted")
+        kept = summary.get("keep_best")
+        if isinstance(kept, dict):  # sft.keep_best: which step, and what stopping there bought
+            page.text(
+                f"The kept SFT step (sft.keep_best {kept.get('rule', '')}): step {kept.get('step')} of "
+                f"{kept.get('last_step')}, {kept.get('style_share', float('nan')):.0%} of the style gain; its "
+                f"model is evaluated in full as '{PHASE_TITLES['sft_best']}'. On the probes, stopping there keeps "
+                + ", ".join(f"{k.split('.', 1)[1]} {v:+.3f}" for k, v in kept.items() if k.startswith("kept."))
+                + " nats of log-probability against the end, and gives up "
+                f"{kept.get('style_lost', float('nan')):.3f} nats of style log-odds.",
+                "muted",
+            )
     else:
         page.note(f"No {SUMMARY} yet: the run has not finished its evaluation stage.")
 
