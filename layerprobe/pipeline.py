@@ -20,25 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from layerprobe import data as D
-from layerprobe import rundir, stages
+from layerprobe import rundir
 from layerprobe.config import TOYWORLD, TrainConfig, resolve
-from layerprobe.evalservice import Evaluation
 from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet
 from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
 from layerprobe.harness import check as check_harness
 from layerprobe.preflight import check_run
 from layerprobe.realdata import gozaru_rewrite, load_jcommonsenseqa
-from layerprobe.rundir import EVAL_PHASES, STAGES, phase_model
-from layerprobe.stages import hidden_size, load_model, load_tokenizer, model_folder, resolve_precision
+from layerprobe.rundir import EVAL_PHASES, STAGES
+from layerprobe.stage_table import STAGE_TABLE, PipelineData, RunContext
+from layerprobe.stages import hidden_size, model_folder, resolve_precision
 from layerprobe.toyworld import toy_data
-
-
-@dataclass
-class PipelineData:
-    cpt_docs: list[str]
-    sft_rows: list[dict]
-    eval_set: EvalSet
-    description: str
 
 
 def default_out() -> Path:
@@ -153,102 +145,6 @@ def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inpu
     if not changes and first_stale is not None:
         changes = changed_inputs(*first_stale)
     return Plan(state, changes)
-
-
-def _callbacks(
-    cfg: TrainConfig, run_dir: Path, phase: str, eval_set: EvalSet | None = None, model_dir: str | None = None
-) -> list:
-    """The recorder (with record on, first), the probes (with the phase's probe_every: the evaluation's probes
-    ``eval_set`` scored with the tokenizer of ``model_dir``, the phase's input model) and the mid-phase checkpoints
-    of a training phase."""
-    from layerprobe.checkpointing import SaveEvery
-
-    out: list = []  # trainer callbacks
-    pc = getattr(cfg, phase)
-    if cfg.record:
-        from layerprobe.recorder import RecorderCallback
-
-        r = cfg.recorder
-        out.append(
-            RecorderCallback(
-                run_dir,
-                run=run_dir.name,
-                phase=phase,
-                grad_every=r.grad_every,
-                update_every=r.update_every,
-                drift_every=r.drift_every,
-            )
-        )
-    if pc.probe_every:
-        from layerprobe.probes import ProbeCallback
-
-        keep = None
-        if pc.keep_best:  # the trained state at each probe step, to choose from after the phase
-            from layerprobe.keepbest import KeepStates
-
-            keep = KeepStates(run_dir)
-        shown = (eval_set or EvalSet([], [], [])).limited(cfg.eval)  # what the evaluation scores
-        out.append(
-            ProbeCallback(
-                run_dir,
-                shown.probes,
-                shown.instructions,
-                run=run_dir.name,
-                phase=phase,
-                tokenizer=load_tokenizer(model_dir) if model_dir else None,
-                every=pc.probe_every,
-                max_per_kind=pc.probe_max,
-                batch_size=cfg.eval.batch_size,
-                max_prompt_tokens=cfg.eval.max_prompt_tokens,
-                after_probe=keep,
-            )
-        )
-    # an anchored phase measures from the weights it starts with: resumed, it would anchor to the checkpoint
-    minutes = 0.0 if pc.l2sp or pc.drift_cap else cfg.checkpoint.minutes
-    return out + [SaveEvery(minutes, cfg.checkpoint.keep, flush=out)]
-
-
-# -- the pipeline --------------------------------------------------------------------------------------------------
-
-
-def _eval_stage(cfg: TrainConfig, run_dir: Path, base: str, data: PipelineData, progress: bool) -> dict:
-    t0 = time.time()
-    out = rundir.stage_dir(run_dir, "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    phases = [p for p in EVAL_PHASES if (p != "base" or cfg.eval.base) and (p != "sft_best" or cfg.sft.keep_best)]
-    seconds, hits, timing = {}, [], {}
-    evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
-    for phase in phases:
-        t_phase = time.time()
-        model_dir, adapter = phase_model(run_dir, phase, base)
-        phase_timing: dict = {}
-
-        def load(model_dir=model_dir, adapter=adapter):
-            return load_model(model_dir, adapter), load_tokenizer(adapter or model_dir)
-
-        metrics, rows, hit = evaluation.of_folders(
-            [model_dir] + ([adapter] if adapter else []), load, progress, phase_timing
-        )
-        if not hit:
-            timing[phase] = phase_timing
-        seconds[phase] = round(time.time() - t_phase, 1)
-        hits += [phase] if hit else []
-        results[phase] = metrics
-        rundir.write_answers(run_dir, phase, rows)
-    rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
-    n = evaluation.data
-    cached = f" ({', '.join(hits)} from the evaluation cache)" if hits else ""
-    tasks = f" and {len(cfg.eval.lm_eval_tasks)} lm-eval task(s)" if cfg.eval.lm_eval_tasks else ""
-    return {
-        "what": f"evaluated the {', '.join(phases)} models on {len(n.probes)} probes and {len(n.instructions)} "
-        f"held-out instructions{tasks}{cached}",
-        "out": str(out),
-        "seconds": round(time.time() - t0, 1),
-        "phase_seconds": seconds,
-        "cached": hits,
-        "generation": timing,
-    }
 
 
 @contextlib.contextmanager
@@ -387,6 +283,29 @@ def _run(
     else:
         log(f"base       {cfg.model} -> {base}")
     check_run(cfg, base, data)  # both phases' selectors and targets, and the data, before any stage runs
+    _check_probes(cfg, data)
+    inputs = stage_inputs(cfg, data, rundir.content_hash(base))
+    fingerprints = chain(inputs)
+    log(f"data       {data.description}")
+    log(f"precision  {resolve_precision(cfg.precision, hidden_size(base))[1]}")
+    if threads_note:
+        log(f"threads    {threads_note}")
+
+    with rundir.locked(run_dir):
+        ctx = RunContext(cfg, run_dir, base, data, progress, log)
+        infos, ran, resumed = _run_stages(ctx, fingerprints, inputs, overwrite, only, list(reuse_from))
+        if "eval" not in infos:
+            return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
+        if not ran and rundir.summary_path(run_dir).is_file():  # a finished run: nothing to redo or rewrite
+            return rundir.read_summary(run_dir) or {}
+        figures = _figures(run_dir, cfg, log)
+        summary = _summary(ctx, infos, resumed, figures, base_seconds, round(time.time() - t_start, 1))
+        rundir.write_summary(run_dir, summary)
+        return summary
+
+
+def _check_probes(cfg: TrainConfig, data: PipelineData) -> None:
+    """Probes during training need something to score, and keep_best needs style twins: refused before any work."""
     if cfg.cpt.probe_every or cfg.sft.probe_every:
         from layerprobe.probes import probe_subset
 
@@ -402,76 +321,46 @@ def _run(
                 "a plain twin to score it against; give data.instructions with a 'plain' field (or "
                 "data.sft_rewrite gozaru), or set sft.keep_best ''"
             )
-    inputs = stage_inputs(cfg, data, rundir.content_hash(base))
-    fingerprints = chain(inputs)
-    log(f"data       {data.description}")
-    log(f"precision  {resolve_precision(cfg.precision, hidden_size(base))[1]}")
-    if threads_note:
-        log(f"threads    {threads_note}")
 
-    with rundir.locked(run_dir):
-        infos, ran, resumed = _run_stages(
-            cfg, run_dir, base, data, fingerprints, inputs, overwrite, only, list(reuse_from), progress, log
-        )
-        if "eval" not in infos:
-            return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
-        if not ran and rundir.summary_path(run_dir).is_file():  # a finished run: nothing to redo or rewrite
-            return rundir.read_summary(run_dir) or {}
-        figures = _figures(run_dir, cfg, log)
-        metrics = rundir.read_metrics(run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
-        summary = {
-            "run": run_dir.name,
-            "config_hash": cfg.hash(),
-            "model": cfg.model,
-            "base_model": base,
-            "resumed": resumed,
-            **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
-            **({"keep_best": infos["sft"]["keep_best"]} if "keep_best" in infos["sft"] else {}),
-            "stages": {
-                s: {
-                    k: v
-                    for k, v in infos[s].items()
-                    if k
-                    in (
-                        "what",
-                        "out",
-                        "steps",
-                        "final_loss",
-                        "seconds",
-                        "record_seconds",
-                        "probe_seconds",
-                        "keep_seconds",
-                        "trainable_params",
-                        "trainable_share",
-                        "reused_from",
-                    )
-                }
-                for s in STAGES
-            },
-            "base_seconds": base_seconds,
-            "wall_seconds": round(time.time() - t_start, 1),
-            "figures": figures,
-            "machine": machine_info(),
-        }
-        rundir.write_summary(run_dir, summary)
-        return summary
+
+# what summary.json keeps of each stage's info (the rest stays in the stage's DONE marker)
+_STAGE_KEYS = (
+    *("what", "out", "steps", "final_loss", "seconds", "record_seconds", "probe_seconds", "keep_seconds"),
+    *("trainable_params", "trainable_share", "reused_from"),
+)
+
+
+def _summary(
+    ctx: RunContext, infos: dict[str, dict], resumed: bool, figures: list[str], base_seconds: float, wall_seconds: float
+) -> dict:
+    """summary.json: the evaluation's numbers per phase, each stage's info and what the numbers depend on."""
+    metrics = rundir.read_metrics(ctx.run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
+    return {
+        "run": ctx.run_dir.name,
+        "config_hash": ctx.cfg.hash(),
+        "model": ctx.cfg.model,
+        "base_model": ctx.base,
+        "resumed": resumed,
+        **{p: metrics[p] for p in EVAL_PHASES if p in metrics},
+        **({"keep_best": infos["sft"]["keep_best"]} if "keep_best" in infos["sft"] else {}),
+        "stages": {s: {k: v for k, v in infos[s].items() if k in _STAGE_KEYS} for s in STAGES},
+        "base_seconds": base_seconds,
+        "wall_seconds": wall_seconds,
+        "figures": figures,
+        "machine": machine_info(),
+    }
 
 
 def _run_stages(
-    cfg: TrainConfig,
-    run_dir: Path,
-    base: str,
-    data: PipelineData,
+    ctx: RunContext,
     fingerprints: dict[str, str],
     inputs: dict[str, dict],
     overwrite: bool,
     only: str | None,
     reuse_from: list,
-    progress: bool,
-    log: Callable[[str], None],
 ) -> tuple[dict[str, dict], bool, bool]:
     """Run the stages the plan asks for; returns (stage infos, whether any ran, whether the folder had any)."""
-
+    cfg, run_dir = ctx.cfg, ctx.run_dir
     plan = plan_run(run_dir, cfg, fingerprints, inputs)
     if only is not None:
         for s in STAGES[: STAGES.index(only)]:
@@ -490,7 +379,7 @@ def _run_stages(
                 f"again{'; kept: ' + ', '.join(kept) if kept else ''}; pass --overwrite to replace "
                 f"{'that stage' if len(stale) == 1 else 'those stages'}, or choose another --out"
             )
-        log(
+        ctx.log(
             f"overwrite  {', '.join(stale)} {'runs' if len(stale) == 1 else 'run'} again ({plan.changes_text()}); "
             f"kept: {', '.join(kept) or 'nothing'}"
         )
@@ -509,21 +398,17 @@ def _run_stages(
 
     infos: dict[str, dict] = {}
     ran = False
-    for i, stage in enumerate(STAGES, 1):
-        head = f"[{i}/{len(STAGES)}] {stage:<6}"
-        state = plan.state[stage]
-        if only is not None and stage != only:
+    for i, stage in enumerate(STAGE_TABLE, 1):
+        head = f"[{i}/{len(STAGE_TABLE)}] {stage.name:<6}"
+        state = plan.state[stage.name]
+        if only is not None and stage.name != only:
             if state == "done":
-                infos[stage] = rundir.read_done(run_dir, stage) or {}
+                infos[stage.name] = rundir.read_done(run_dir, stage.name) or {}
             continue
         if state == "done":
-            info = rundir.read_done(run_dir, stage) or {}
-            if info.get("fingerprint") != fingerprints[stage]:  # an older layerprobe's marker, same config
-                info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}
-                rundir.mark_done(run_dir, stage, info)
-            infos[stage] = info
+            infos[stage.name] = info = _kept(run_dir, stage.name, fingerprints, inputs)
             how = f"reused from {info['reused_from']}" if info.get("reused_from") else "skipped"
-            log(f"{head} already done, {how} -> {info['out']}")
+            ctx.log(f"{head} already done, {how} -> {info['out']}")
             continue
         ran = True
         rundir.summary_path(run_dir).unlink(missing_ok=True)
@@ -532,47 +417,27 @@ def _run_stages(
                 rundir.clear_stage(run_dir, later)
                 plan.state[later] = "run"
         if state == "resume":
-            point = rundir.last_checkpoint(rundir.stage_dir(run_dir, stage))
-            log(f"{head} resuming from {point.name if point else '?'} (an interrupted attempt with the same inputs)")
+            point = rundir.last_checkpoint(rundir.stage_dir(run_dir, stage.name))
+            ctx.log(
+                f"{head} resuming from {point.name if point else '?'} (an interrupted attempt with the same inputs)"
+            )
         else:
-            rundir.clear_stage(run_dir, stage)
-        out = rundir.mark_started(run_dir, stage, fingerprints[stage])
-        if stage in ("cpt", "sft"):
-            start = base if stage == "cpt" else str(rundir.stage_dir(run_dir, "merge"))
-            callbacks = _callbacks(cfg, run_dir, stage, data.eval_set, start)
-            # stages.run_* are looked up at each call (not imported by name), so that a caller can replace one
-            if stage == "cpt":
-                info = stages.run_cpt(cfg, base, data.cpt_docs, out, callbacks, progress)
-            else:
-                info = stages.run_sft(cfg, start, data.sft_rows, out, callbacks, progress, replay_docs=data.cpt_docs)
-            if cfg.record:  # the recorder (first of the callbacks): its own time in this phase, its cost run by run
-                info["record_seconds"] = round(callbacks[0].seconds, 2)
-            if getattr(cfg, stage).probe_every:  # the probes' own time, likewise
-                from layerprobe.probes import ProbeCallback
+            rundir.clear_stage(run_dir, stage.name)
+        out = rundir.mark_started(run_dir, stage.name, fingerprints[stage.name])
+        info = {**stage.run(ctx, out), "fingerprint": fingerprints[stage.name], "inputs": inputs[stage.name]}
+        rundir.mark_done(run_dir, stage.name, info)
+        infos[stage.name] = info
+        ctx.log(f"{head} {info['what']} ({info['seconds']:.0f}s) -> {info['out']}")
+    return infos, ran, resumed
 
-                probe = next(c for c in callbacks if isinstance(c, ProbeCallback))
-                info["probe_seconds"] = round(probe.seconds, 2)
-                keeper = probe.after_probe
-                if keeper is not None:  # sft.keep_best: keeping the states, then choosing and saving one
-                    from layerprobe.keepbest import KeepStates, keep_best
 
-                    assert isinstance(keeper, KeepStates)
-                    t_keep = time.time()
-                    info["keep_best"] = keep_best(cfg, run_dir, start)
-                    info["keep_seconds"] = round(keeper.seconds + time.time() - t_keep, 2)
-                    log(
-                        f"keep_best  step {info['keep_best']['step']} of {info['keep_best']['last_step']} "
-                        f"({info['keep_best']['style_share']:.0%} of the style gain) -> {info['keep_best']['out']}"
-                    )
-        elif stage == "merge":
-            info = stages.run_merge(base, rundir.stage_dir(run_dir, "cpt"), out)
-        else:
-            info = _eval_stage(cfg, run_dir, base, data, progress)
+def _kept(run_dir: Path, stage: str, fingerprints: dict[str, str], inputs: dict[str, dict]) -> dict:
+    """A stage done before with the same inputs; an older layerprobe's marker gets this one's fingerprint."""
+    info = rundir.read_done(run_dir, stage) or {}
+    if info.get("fingerprint") != fingerprints[stage]:
         info = {**info, "fingerprint": fingerprints[stage], "inputs": inputs[stage]}
         rundir.mark_done(run_dir, stage, info)
-        infos[stage] = info
-        log(f"{head} {info['what']} ({info['seconds']:.0f}s) -> {info['out']}")
-    return infos, ran, resumed
+    return info
 
 
 def _figures(run_dir: Path, cfg: TrainConfig, log) -> list[str]:

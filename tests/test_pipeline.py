@@ -751,3 +751,9 @@ def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, t
     assert "0 from the cache" in first
     assert cli.main(argv) == 0
     assert " 0 evaluation(s) run" in capsys.readouterr().out
+
+
+def test_the_stage_table_is_the_run_folders_stages_in_order():
+    from layerprobe.stage_table import STAGE_TABLE
+
+    assert tuple(s.name for s in STAGE_TABLE) == rundir.STAGES
