@@ -177,6 +177,9 @@ def _callbacks(
                 grad_every=r.grad_every,
                 update_every=r.update_every,
                 drift_every=r.drift_every,
+                reference_store=r.reference_store,
+                device_budget_gb=r.device_budget_gb,
+                host_budget_gb=r.host_budget_gb,
             )
         )
     if pc.probe_every:
@@ -321,27 +324,73 @@ def machine_info() -> dict:
     }
 
 
-def choose_threads() -> str | None:
-    """Use only the cores other processes leave free, unless OMP_NUM_THREADS says otherwise.
+def busy_cores(
+    seconds: float = 0.3, stat: str = "/proc/stat", own: str = "/proc/self/stat", sleep=time.sleep
+) -> float | None:
+    """How many cores other processes keep busy now: the busy share of all cores' time between two reads of
+    ``/proc/stat`` ``seconds`` apart, times the cores, less this process's own time (``/proc/self/stat``, so its
+    own lingering OpenMP threads do not count). None where there is no ``/proc/stat`` (not Linux)."""
+    first = _cpu_ticks(stat, own)
+    if first is None:
+        return None
+    sleep(seconds)
+    second = _cpu_ticks(stat, own)
+    if second is None:
+        return None
+    (busy0, total0, mine0, cores), (busy1, total1, mine1, _) = first, second
+    if total1 <= total0:
+        return 0.0
+    return max(0.0, (busy1 - busy0 - (mine1 - mine0)) / (total1 - total0) * cores)
 
-    On a small shared machine two torch processes that each take every core make OpenMP's barriers wait out
-    whole scheduler slices: measured here, a toy CPT step went from 0.17 s to 7-8 s (45x) while another
-    training job held the same 2 cores. Returns a note for the log when it lowered the count.
+
+def _cpu_ticks(stat: str, own: str) -> tuple[int, int, int, int] | None:
+    """(busy ticks, all ticks, this process's ticks, cores) from /proc/stat's ``cpu`` line (user nice system idle
+    iowait irq softirq steal; guest time is inside user) and /proc/self/stat (utime, stime)."""
+    try:
+        lines = Path(stat).read_text().splitlines()
+        mine_fields = Path(own).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in lines[0].split()[1:9]]
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy, sum(ticks), int(mine_fields[11]) + int(mine_fields[12]), cores or 1
+
+
+def choose_threads(threads: int = 0, busy: Callable[[], float | None] | None = None) -> tuple[int, str]:
+    """Set torch's thread count and return it with the reason. In order: ``threads`` (the config's), the cores a
+    sweep executor assigned this cell (``LAYERPROBE_ASSIGNED_THREADS``), ``OMP_NUM_THREADS``, else the cores that
+    other processes do not keep busy now (``busy``: :func:`busy_cores`, a core counts as busy from half on).
+
+    On a small shared machine a torch process that takes a core another process keeps busy makes OpenMP's
+    barriers wait out whole scheduler slices: measured here, a toy CPT step went from 0.17 s to 7-8 s (45x) while
+    another training job held the same 2 cores (``benchmarks/results/wait_policy.json`` for one busy core of two).
+    The 1-minute load average, used before, lags: a run started right after another command got half the cores
+    for its whole life.
     """
     import torch
 
-    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
-        return None
     cores = os.cpu_count() or 1
-    busy = os.getloadavg()[0]
-    threads = max(1, min(torch.get_num_threads(), cores - int(busy)))  # only whole busy cores count
-    if threads >= torch.get_num_threads():
-        return None
+    if threads:
+        reason = f"config: threads {threads}"
+    elif os.environ.get("LAYERPROBE_ASSIGNED_THREADS"):
+        threads = int(os.environ["LAYERPROBE_ASSIGNED_THREADS"])
+        reason = f"the sweep executor assigned {threads} core(s) to this cell"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        threads = torch.get_num_threads()
+        reason = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    else:
+        now = (busy or busy_cores)()
+        if now is None:
+            return torch.get_num_threads(), "torch's default (no /proc/stat to see which cores are busy)"
+        taken = math.floor(now + 0.5)
+        threads = max(1, min(torch.get_num_threads(), cores - taken))
+        reason = (
+            f"{threads} of {cores} cores: {now:.1f} busy with other processes now (/proc/stat over 0.3 s); "
+            "set threads to choose"
+        )
     torch.set_num_threads(threads)
-    return (
-        f"{threads} of {cores} cores (load average {busy:.1f}: other processes are using the rest; "
-        "set OMP_NUM_THREADS to choose)"
-    )
+    return threads, reason
 
 
 def _run(
@@ -356,7 +405,7 @@ def _run(
     if only is not None and only not in STAGES:
         raise ValueError(f"unknown stage {only!r}; expected one of {', '.join(STAGES)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads_note = choose_threads()
+    threads, threads_reason = choose_threads(cfg.threads)
     t_start = time.time()
     run_dir = Path(out_dir) if out_dir else default_out()
     if not rundir.is_empty_or_run(run_dir):
@@ -394,8 +443,7 @@ def _run(
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
     log(f"precision  {resolve_precision(cfg.precision, hidden_size(base))[1]}")
-    if threads_note:
-        log(f"threads    {threads_note}")
+    log(f"threads    {threads} ({threads_reason})")
 
     with rundir.locked(run_dir):
         infos, ran, resumed = _run_stages(
@@ -426,6 +474,7 @@ def _run(
                         "final_loss",
                         "seconds",
                         "record_seconds",
+                        "reference_store",
                         "probe_seconds",
                         "trainable_params",
                         "trainable_share",
@@ -437,7 +486,7 @@ def _run(
             "base_seconds": base_seconds,
             "wall_seconds": round(time.time() - t_start, 1),
             "figures": figures,
-            "machine": machine_info(),
+            "machine": {**machine_info(), "threads_reason": threads_reason},
         }
         rundir.write_summary(run_dir, summary)
         return summary
@@ -533,6 +582,7 @@ def _run_stages(
                 info = stages.run_sft(cfg, start, data.sft_rows, out, callbacks, progress, replay_docs=data.cpt_docs)
             if cfg.record:  # the recorder (first of the callbacks): its own time in this phase, its cost run by run
                 info["record_seconds"] = round(callbacks[0].seconds, 2)
+                info["reference_store"] = callbacks[0].reference_store
             if getattr(cfg, stage).probe_every:  # the probes' own time, likewise
                 from layerprobe.probes import ProbeCallback
 

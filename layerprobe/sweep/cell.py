@@ -21,7 +21,8 @@ from layerprobe import rundir
 from layerprobe.config import resolve
 from layerprobe.pipeline import run_pipeline
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# set to a cell's thread count before torch loads; the last tells the pipeline the count is the executor's assignment
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LAYERPROBE_ASSIGNED_THREADS")
 
 
 @dataclass
