@@ -317,6 +317,7 @@ def machine_info() -> dict:
         pass
     return {
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: spin, then sleep)"),
         "cores": os.cpu_count(),
         "cpu": cpu,
         "torch": torch.__version__,

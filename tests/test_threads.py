@@ -101,3 +101,29 @@ def test_no_proc_stat_keeps_torchs_default(four_threads):
 def test_the_pipeline_measures_with_the_module_function(four_threads, monkeypatch):
     monkeypatch.setattr(pipeline, "busy_cores", lambda: 2.0)
     assert choose_threads(0)[0] == 2
+
+
+def test_passive_waiting_unless_the_user_chose_and_recorded(monkeypatch):
+    from layerprobe.config import wait_passively
+    from layerprobe.pipeline import machine_info
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert machine_info()["omp_wait_policy"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_cli_sets_passive_waiting_before_torch_loads():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, contextlib, io; os.environ.pop('OMP_WAIT_POLICY', None); from layerprobe import cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): cli.main(['--help'])\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["PASSIVE", "False"]
