@@ -18,6 +18,7 @@ import os
 import sys
 
 from layerprobe.commands.stage import STAGES, command
+from layerprobe.config import wait_passively
 
 COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "predict", "attribute", "sweep", "report")
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    wait_passively()  # before torch loads (the commands load it inside run)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

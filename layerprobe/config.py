@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -23,6 +24,8 @@ TOYWORLD = "toyworld"
 PROBE_FIELDS = ("probe_every", "probe_max")  # PhaseConfig's probing settings (left out of to_dict when off)
 KEEP_BEST = ("retention_style",)  # the rules sft.keep_best knows (layerprobe.tradeoff.best_step)
 HARNESS_FIELDS = ("lm_eval_tasks", "lm_eval_include", "lm_eval_limit")  # EvalConfig's, likewise
+STORES = ("auto", "device", "host", "disk")  # recorder.reference_store (layerprobe.snapshot)
+STORE_FIELDS = ("reference_store", "device_budget_gb", "host_budget_gb")  # RecordConfig's: they change no number
 
 
 def _help(text: str, **kw):
@@ -344,6 +347,28 @@ class RecordConfig:
     grad_every: int = _help("record gradient norms every N optimizer steps", default=1)
     update_every: int = _help("record update ratios every N steps", default=5)
     drift_every: int = _help("record drift from the phase's start every N steps", default=5)
+    reference_store: str = _help(
+        "where the drift and update references live: 'device' (GPU memory), 'host' (pinned host memory, "
+        "asynchronous copies), 'disk' (4 MB pieces through a file) or 'auto' (LoRA factors on the device; else "
+        "device, host, disk, the first whose budget the references fit); same numbers in each",
+        default="auto",
+    )
+    device_budget_gb: float = _help(
+        "GPU memory 'auto' may give the references (update + drift copies); 0 = a tenth of the GPU's memory",
+        default=0.0,
+    )
+    host_budget_gb: float = _help(
+        "host memory 'auto' may give the references; 0 = a quarter of the memory available at the phase's start",
+        default=0.0,
+    )
+
+    def __post_init__(self):
+        check_store(self.reference_store)
+        if self.device_budget_gb < 0 or self.host_budget_gb < 0:
+            raise ValueError(
+                f"recorder.device_budget_gb and recorder.host_budget_gb must be >= 0 (0 = the default share), "
+                f"got {self.device_budget_gb} and {self.host_budget_gb}"
+            )
 
 
 @dataclass
@@ -383,6 +408,11 @@ class TrainConfig:
         "fp32), 'bf16' or 'fp32'; weights, optimizer state and the recorder stay fp32",
         default="auto",
     )
+    threads: int = _help(
+        "torch threads (results under bf16 depend on it); 0 = a sweep worker's assigned cores or OMP_NUM_THREADS, "
+        "else the cores not busy now (/proc/stat sampled for 0.3 s)",
+        default=0,
+    )
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig, metadata={"help": "the built-in toy world"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data sources"})
     cpt: PhaseConfig = field(
@@ -418,6 +448,8 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads must be an integer >= 0 (0 = chosen from the free cores), got {self.threads!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.cpt.replay:
@@ -453,6 +485,12 @@ class TrainConfig:
         if not out["eval"]["lm_eval_tasks"]:  # likewise the harness settings when no harness task runs
             for key in HARNESS_FIELDS:
                 out["eval"].pop(key)
+        defaults = RecordConfig()
+        for key in STORE_FIELDS:  # and the reference store's settings at their defaults
+            if out["recorder"][key] == getattr(defaults, key):
+                out["recorder"].pop(key)
+        if not out["threads"]:
+            out.pop("threads")
         return out
 
     def phase_seed(self, phase: PhaseConfig) -> int:
@@ -462,6 +500,24 @@ class TrainConfig:
     def hash(self) -> str:
         """A short hash of the whole config: a run folder belongs to exactly one config."""
         return digest(self.to_dict(), 12, ensure_ascii=True)
+
+
+def wait_passively() -> None:
+    """Let OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``), unless the variable is set
+    already. Read once, when torch loads: the CLI and every sweep cell's process call it before that. Measured on
+    2 cores with another process keeping them busy, a toy CPT step with 2 spinning threads took 14-27 s against
+    0.6-0.8 s on 1 thread, and 0.5-1.0 s with 2 passive threads (``benchmarks/results/wait_policy.json``): a core
+    that becomes busy during a run no longer makes it 20x slower. The wait policy changes no number."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def check_store(store: str) -> None:
+    """A one-line error for a reference store that is not one of :data:`STORES`."""
+    if store not in STORES:
+        raise ValueError(
+            f"recorder.reference_store must be one of {', '.join(STORES)}, got {store!r}; "
+            "e.g. --recorder.reference_store auto"
+        )
 
 
 def _typed_dict(obj) -> dict:

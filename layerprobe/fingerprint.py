@@ -12,11 +12,13 @@ exactly the stages downstream of it:
            read (with eval.lm_eval_tasks) and the rest of the config without the phases, data, toy and model entries
 
 A config entry added later counts for every stage unless it is named here: a stale result is worse than a rerun.
-Run-time settings that change no result (checkpoint.*) count for none. Never imports torch.
+Run-time settings that change no result (checkpoint.*, where the recorder keeps its references) count for none.
+Never imports torch.
 """
 
 from __future__ import annotations
 
+from layerprobe.config import STORE_FIELDS
 from layerprobe.harness import data_digest
 from layerprobe.keys import digest
 
@@ -36,7 +38,10 @@ def _config_part(config: dict, stage: str) -> dict:
     excluded = _EXCLUDED[stage]
     if excluded is None:
         return {}
-    return {k: v for k, v in config.items() if k not in excluded and k not in NOT_INPUTS}
+    out = {k: v for k, v in config.items() if k not in excluded and k not in NOT_INPUTS}
+    if "recorder" in out:  # where the references are kept changes no number
+        out["recorder"] = {k: v for k, v in out["recorder"].items() if k not in STORE_FIELDS}
+    return out
 
 
 def stage_inputs(cfg, data, base_hash: str) -> dict[str, dict]:

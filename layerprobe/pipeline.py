@@ -216,6 +216,7 @@ def machine_info() -> dict:
         pass
     return {
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: spin, then sleep)"),
         "cores": os.cpu_count(),
         "cpu": cpu,
         "torch": torch.__version__,
@@ -223,27 +224,73 @@ def machine_info() -> dict:
     }
 
 
-def choose_threads() -> str | None:
-    """Use only the cores other processes leave free, unless OMP_NUM_THREADS says otherwise.
+def busy_cores(
+    seconds: float = 0.3, stat: str = "/proc/stat", own: str = "/proc/self/stat", sleep=time.sleep
+) -> float | None:
+    """How many cores other processes keep busy now: the busy share of all cores' time between two reads of
+    ``/proc/stat`` ``seconds`` apart, times the cores, less this process's own time (``/proc/self/stat``, so its
+    own lingering OpenMP threads do not count). None where there is no ``/proc/stat`` (not Linux)."""
+    first = _cpu_ticks(stat, own)
+    if first is None:
+        return None
+    sleep(seconds)
+    second = _cpu_ticks(stat, own)
+    if second is None:
+        return None
+    (busy0, total0, mine0, cores), (busy1, total1, mine1, _) = first, second
+    if total1 <= total0:
+        return 0.0
+    return max(0.0, (busy1 - busy0 - (mine1 - mine0)) / (total1 - total0) * cores)
 
-    On a small shared machine two torch processes that each take every core make OpenMP's barriers wait out
-    whole scheduler slices: measured here, a toy CPT step went from 0.17 s to 7-8 s (45x) while another
-    training job held the same 2 cores. Returns a note for the log when it lowered the count.
+
+def _cpu_ticks(stat: str, own: str) -> tuple[int, int, int, int] | None:
+    """(busy ticks, all ticks, this process's ticks, cores) from /proc/stat's ``cpu`` line (user nice system idle
+    iowait irq softirq steal; guest time is inside user) and /proc/self/stat (utime, stime)."""
+    try:
+        lines = Path(stat).read_text().splitlines()
+        mine_fields = Path(own).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in lines[0].split()[1:9]]
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy, sum(ticks), int(mine_fields[11]) + int(mine_fields[12]), cores or 1
+
+
+def choose_threads(threads: int = 0, busy: Callable[[], float | None] | None = None) -> tuple[int, str]:
+    """Set torch's thread count and return it with the reason. In order: ``threads`` (the config's), the cores a
+    sweep executor assigned this cell (``LAYERPROBE_ASSIGNED_THREADS``), ``OMP_NUM_THREADS``, else the cores that
+    other processes do not keep busy now (``busy``: :func:`busy_cores`, a core counts as busy from half on).
+
+    On a small shared machine a torch process that takes a core another process keeps busy makes OpenMP's
+    barriers wait out whole scheduler slices: measured here, a toy CPT step went from 0.17 s to 7-8 s (45x) while
+    another training job held the same 2 cores (``benchmarks/results/wait_policy.json`` for one busy core of two).
+    The 1-minute load average, used before, lags: a run started right after another command got half the cores
+    for its whole life.
     """
     import torch
 
-    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
-        return None
     cores = os.cpu_count() or 1
-    busy = os.getloadavg()[0]
-    threads = max(1, min(torch.get_num_threads(), cores - int(busy)))  # only whole busy cores count
-    if threads >= torch.get_num_threads():
-        return None
+    if threads:
+        reason = f"config: threads {threads}"
+    elif os.environ.get("LAYERPROBE_ASSIGNED_THREADS"):
+        threads = int(os.environ["LAYERPROBE_ASSIGNED_THREADS"])
+        reason = f"the sweep executor assigned {threads} core(s) to this cell"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        threads = torch.get_num_threads()
+        reason = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    else:
+        now = (busy or busy_cores)()
+        if now is None:
+            return torch.get_num_threads(), "torch's default (no /proc/stat to see which cores are busy)"
+        taken = math.floor(now + 0.5)
+        threads = max(1, min(torch.get_num_threads(), cores - taken))
+        reason = (
+            f"{threads} of {cores} cores: {now:.1f} busy with other processes now (/proc/stat over 0.3 s); "
+            "set threads to choose"
+        )
     torch.set_num_threads(threads)
-    return (
-        f"{threads} of {cores} cores (load average {busy:.1f}: other processes are using the rest; "
-        "set OMP_NUM_THREADS to choose)"
-    )
+    return threads, reason
 
 
 def _run(
@@ -258,7 +305,7 @@ def _run(
     if only is not None and only not in STAGES:
         raise ValueError(f"unknown stage {only!r}; expected one of {', '.join(STAGES)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads_note = choose_threads()
+    threads, threads_reason = choose_threads(cfg.threads)
     t_start = time.time()
     run_dir = Path(out_dir) if out_dir else default_out()
     if not rundir.is_empty_or_run(run_dir):
@@ -288,11 +335,10 @@ def _run(
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
     log(f"precision  {resolve_precision(cfg.precision, hidden_size(base))[1]}")
-    if threads_note:
-        log(f"threads    {threads_note}")
+    log(f"threads    {threads} ({threads_reason})")
 
     with rundir.locked(run_dir):
-        ctx = RunContext(cfg, run_dir, base, data, progress, log)
+        ctx = RunContext(cfg, run_dir, base, data, progress, log, threads_reason)
         infos, ran, resumed = _run_stages(ctx, fingerprints, inputs, overwrite, only, list(reuse_from))
         if "eval" not in infos:
             return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
@@ -325,8 +371,8 @@ def _check_probes(cfg: TrainConfig, data: PipelineData) -> None:
 
 # what summary.json keeps of each stage's info (the rest stays in the stage's DONE marker)
 _STAGE_KEYS = (
-    *("what", "out", "steps", "final_loss", "seconds", "record_seconds", "probe_seconds", "keep_seconds"),
-    *("trainable_params", "trainable_share", "reused_from"),
+    *("what", "out", "steps", "final_loss", "seconds", "record_seconds", "reference_store", "probe_seconds"),
+    *("keep_seconds", "trainable_params", "trainable_share", "reused_from"),
 )
 
 
@@ -347,7 +393,7 @@ def _summary(
         "base_seconds": base_seconds,
         "wall_seconds": wall_seconds,
         "figures": figures,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "threads_reason": ctx.threads_reason},
     }
 
 

@@ -17,7 +17,7 @@ import torch
 
 from layerprobe import distributed, lora_norms
 from layerprobe.schedules import Schedule
-from layerprobe.snapshot import DiskSnapshot
+from layerprobe.snapshot import DiskSnapshot, MemorySnapshot
 from layerprobe.tracking import LoraPair, Units
 
 Row = tuple[str, int, str, str, float, "float | None"]
@@ -108,14 +108,16 @@ class WeightNorm(Quantity):
 
 
 class _Change(Quantity):
-    """||W_t - R|| / ||R|| against reference weights R kept on disk (this rank's shard only), read back in 4 MB
-    pieces: no second copy of the weights in memory. LoRA pairs: the effective weights from the stored factors."""
+    """||W_t - R|| / ||R|| against reference weights R (this rank's shard only) held by a store of
+    :mod:`layerprobe.snapshot` (disk: read back in 4 MB pieces, no second copy in memory; device or host memory),
+    compared in the same 4 MB pieces whichever store holds R. LoRA pairs: the effective weights from the stored
+    factors."""
 
     fixed_reference = False  # R stays the same all phase: its LoRA norms are computed once (the costly part)
 
-    def __init__(self, schedule: Schedule, path: str | os.PathLike):
+    def __init__(self, schedule: Schedule, store: str | os.PathLike | DiskSnapshot | MemorySnapshot):
         super().__init__(schedule)
-        self.store = DiskSnapshot(path)
+        self.store = store if isinstance(store, (DiskSnapshot, MemorySnapshot)) else DiskSnapshot(store)
         self._lora_ref_norms: list[float] | None = None  # set by the first finish on rank 0
         self._ref_sent = False
 
@@ -124,13 +126,23 @@ class _Change(Quantity):
         self._lora_ref_norms, self._ref_sent = None, False
 
     def partial(self, units: Units, step: int) -> Partial:
-        sums = []  # per dense unit: ||W - R||^2, ||R||^2
+        norms, counts = [], []  # per piece ||W - R||, ||R|| (on the weights' device: one copy to the host at the end)
         for d in units.dense:
+            pieces = [
+                torch.stack([torch.linalg.vector_norm(live - ref), torch.linalg.vector_norm(ref)])
+                for live, ref in self.store.pairs(d.name, distributed.weight(d.param))
+            ]
+            norms += pieces
+            counts.append(len(pieces))
+        values = torch.stack(norms).cpu().tolist() if norms else []
+        sums, i = [], 0  # per dense unit: ||W - R||^2, ||R||^2, summed over its pieces in order
+        for d, n in zip(units.dense, counts):
             diff_sq = ref_sq = 0.0
-            for live, ref in self.store.pairs(d.name, distributed.weight(d.param)):
-                diff_sq += float(torch.linalg.vector_norm(live - ref)) ** 2
-                ref_sq += float(torch.linalg.vector_norm(ref)) ** 2
+            for diff, ref in values[i : i + n]:
+                diff_sq += diff**2
+                ref_sq += ref**2
             sums.append((diff_sq * d.share, ref_sq * d.share))
+            i += n
         tensors = [torch.tensor(sums, dtype=torch.float64).reshape(-1, 2)]
         # every rank decides alike whether the reference's LoRA norm pieces are sent (the reduce needs equal sizes)
         with_ref = not (self.fixed_reference and self._ref_sent)
@@ -178,8 +190,8 @@ class UpdateRatio(_Change):
 
     name = "update_ratio"
 
-    def __init__(self, schedule: Schedule, path: str | os.PathLike):
-        super().__init__(schedule, path)
+    def __init__(self, schedule: Schedule, store: str | os.PathLike | DiskSnapshot | MemorySnapshot):
+        super().__init__(schedule, store)
         self.snapshot_step: int | None = None
 
     def snapshot(self, units: Units, step: int) -> None:

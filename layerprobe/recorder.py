@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from layerprobe import distributed, rundir
+from layerprobe import distributed, rundir, snapshot
 from layerprobe.names import parse_name
 from layerprobe.quantities import QUANTITIES, DriftRatio, GradNorm, Partial, Row, UpdateRatio, WeightNorm
 from layerprobe.records import RecordWriter, drop_rows_after, write_meta
@@ -68,6 +68,12 @@ class Recorder:
         flush_every_s: write a Parquet part at least this often, so a killed job loses little.
         meta: extra run metadata written to ``records/meta-<phase>.json``.
         resume_step: the phase resumes after this step (a checkpoint's): see :meth:`_resume`.
+        reference_store: where the drift and update references live: ``"device"``, ``"host"``, ``"disk"`` or
+            ``"auto"`` (by size and device, :func:`layerprobe.snapshot.choose_store`); the choice and its reason are
+            in ``reference_store`` and the records' meta. The numbers are the same in every store. A memory store
+            also writes the drift reference to disk once, at the phase's start, for a resume.
+        device_budget_gb / host_budget_gb: what ``auto`` may use (0: a tenth of the GPU's memory; a quarter of
+            the host memory available at the start).
     """
 
     def __init__(
@@ -87,6 +93,9 @@ class Recorder:
         flush_every_s: float = 30.0,
         meta: dict | None = None,
         resume_step: int = 0,
+        reference_store: str = "auto",
+        device_budget_gb: float = 0.0,
+        host_budget_gb: float = 0.0,
     ):
         wanted = tuple(quantities) if quantities is not None else QUANTITIES
         unknown = [q for q in wanted if q not in QUANTITIES]
@@ -104,10 +113,8 @@ class Recorder:
             "weight_norm": weight_every,
         }
         s = {q: parse_schedule(sched[q], max_steps) if q in wanted else parse_schedule("never") for q in QUANTITIES}
+        snapshot.check_store(reference_store)
         self.grad = GradNorm(s["grad_norm"])
-        records = rundir.records_dir(self.out_dir)
-        self.update = UpdateRatio(s["update_ratio"], records / f".update-{phase}-r{self.rank}.bin")
-        self.drift = DriftRatio(s["drift_ratio"], records / f".reference-{phase}-r{self.rank}.bin")
         self.weight = WeightNorm(s["weight_norm"])
         self.units: Units = find_units(model)
         if not self.units.dense:
@@ -115,6 +122,12 @@ class Recorder:
                 "the model has no trainable parameters (requires_grad=True): nothing to record; "
                 "unfreeze parameters or add an adapter before creating the recorder"
             )
+        held = [q for q in ("update_ratio", "drift_ratio") if q in wanted and sched[q] != "never"]
+        self.reference_store = _choose_store(self.units, reference_store, len(held), device_budget_gb, host_budget_gb)
+        where, records = self.reference_store["store"], rundir.records_dir(self.out_dir)
+        update = snapshot.make_store(where, records / f".update-{phase}-r{self.rank}.bin")
+        drift = snapshot.make_store(where, records / f".reference-{phase}-r{self.rank}.bin", persist=True)
+        self.update, self.drift = UpdateRatio(s["update_ratio"], update), DriftRatio(s["drift_ratio"], drift)
         params = [d.param for d in self.units.dense] + [p.base for p in self.units.lora]
         # sharded (FSDP2, ZeRO-3): every rank computes its part and the parts are summed in one all_reduce;
         # gradients read through DeepSpeed's collective accessor (ZeRO-1/2): every rank reads, rank 0 computes the
@@ -149,6 +162,7 @@ class Recorder:
                     "grad_norm_clip": meta.pop("grad_norm_clip", "pre"),
                     "parameters": distributed.kind(params),
                     "sharded_over": _group_size(self.group),
+                    "reference_store": self.reference_store,
                     "meta": meta,
                     "schedules": {q: getattr(s[q], "__name__", str(s[q])) for q in s},
                 },
@@ -347,6 +361,21 @@ class Recorder:
             )
 
 
+def _choose_store(units: Units, store: str, held: int, device_gb: float, host_gb: float) -> dict:
+    """The reference store for ``held`` copies (update, drift) of this rank's trainable tensors, with its reason
+    and size (:func:`layerprobe.snapshot.choose_store`)."""
+    tensors = [distributed.weight(d.param) for d in units.dense]
+    nbytes = held * sum(t.numel() * t.element_size() for t in tensors)
+    device = tensors[0].device
+    lora_only = bool(units.lora) and all(is_lora_factor(d.name) for d in units.dense)
+    if store == "auto":
+        device_budget, host_budget = snapshot.budgets(device, device_gb, host_gb)
+    else:
+        device_budget = host_budget = 0.0
+    where, reason = snapshot.choose_store(store, nbytes, device.type, lora_only, device_budget, host_budget)
+    return {"store": where, "asked": store, "reason": reason, "bytes": nbytes, "device": str(device)}
+
+
 def _group_size(group) -> int | None:
     return None if group is None else torch.distributed.get_world_size(group)
 
@@ -390,7 +419,8 @@ class RecorderCallback(TrainerCallback):
     Args:
         out_dir: run folder; records go to ``<out_dir>/records/``.
         **kwargs: passed to :class:`Recorder` (``run``, ``phase``, ``grad_every``, ``update_every``,
-            ``drift_every``, ``weight_every``, ``quantities``, ``per_param``, ``flush_every_s``, ``meta``).
+            ``drift_every``, ``weight_every``, ``quantities``, ``per_param``, ``flush_every_s``, ``meta``,
+            ``reference_store``, ``device_budget_gb``, ``host_budget_gb``).
     """
 
     def __init__(self, out_dir: str | os.PathLike, **kwargs):
@@ -407,6 +437,9 @@ class RecorderCallback(TrainerCallback):
             "per_param",
             "flush_every_s",
             "meta",
+            "reference_store",
+            "device_budget_gb",
+            "host_budget_gb",
         }
         if probe_unknown:
             raise TypeError(f"RecorderCallback got unknown keyword(s) {sorted(probe_unknown)}")
@@ -422,6 +455,12 @@ class RecorderCallback(TrainerCallback):
         """Wall time this callback spent recording so far (its cost to the run): around the optimizer steps, and
         starting (audit, frozen-weight hashes, the drift reference) and closing the recorder."""
         return self._t_record
+
+    @property
+    def reference_store(self) -> dict:
+        """The recorder's reference store: ``store``, ``asked``, ``reason``, ``bytes``, ``device`` ({} before
+        training began)."""
+        return dict(self.recorder.reference_store) if self.recorder is not None else {}
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         t = time.perf_counter()

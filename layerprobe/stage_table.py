@@ -50,6 +50,7 @@ class RunContext:
     data: PipelineData
     progress: bool = False
     log: Callable[[str], None] = print
+    threads_reason: str = ""  # why torch uses the threads it does (pipeline.choose_threads), for summary.json
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class PhaseCallbacks:
                 grad_every=r.grad_every,
                 update_every=r.update_every,
                 drift_every=r.drift_every,
+                reference_store=r.reference_store,
+                device_budget_gb=r.device_budget_gb,
+                host_budget_gb=r.host_budget_gb,
             )
         if pc.probe_every:
             from layerprobe.probes import ProbeCallback
@@ -144,6 +148,7 @@ def _train(ctx: RunContext, out: Path, phase: str) -> dict:
         )
     if callbacks.recorder is not None:  # its own time in this phase: its cost, run by run
         info["record_seconds"] = round(callbacks.recorder.seconds, 2)
+        info["reference_store"] = callbacks.recorder.reference_store
     if callbacks.probes is not None:
         info["probe_seconds"] = round(callbacks.probes.seconds, 2)
     if callbacks.keeper is not None:  # sft.keep_best: the states are kept; choose one and save it

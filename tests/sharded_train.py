@@ -128,7 +128,7 @@ else:
             fully_shard(layer)
         fully_shard(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    rec = Recorder(model, out, phase="cpt", **SCHED)
+    rec = Recorder(model, out, phase="cpt", reference_store="disk", **SCHED)  # its files show what each rank keeps
     per_rank = ids.chunk(world)[rank]
     counts = []
     for step in range(1, 4):

@@ -261,17 +261,19 @@ def test_a_cell_another_process_holds_is_skipped_not_failed(tmp_path, sequential
     assert CELLS[0] not in json.loads((sw.out / "sweep.json").read_text())["cells"]
 
 
-def test_one_worker_chooses_its_threads_once_not_again_under_its_own_load(monkeypatch):
-    """Before each cell the load average includes this process's own work on the cells before: re-choosing then
-    would drop to one thread for the rest of the sweep."""
+def test_one_worker_chooses_its_threads_once_for_the_whole_sweep(monkeypatch):
+    """One sweep's cells run with one thread count (under bf16 it moves the numbers): chosen before the first cell
+    from the cores busy then, not again before each cell."""
     import torch
 
+    from layerprobe import pipeline
     from layerprobe.sweep import executors
     from layerprobe.sweep.cell import CellJob
 
-    seen, loads = [], iter([(0.0, 0.0, 0.0), (1.9, 1.9, 1.9), (1.9, 1.9, 1.9)])
-    monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen, busy = [], iter([0.0, 1.9, 1.9])
+    monkeypatch.setattr(pipeline, "busy_cores", lambda: next(busy))
+    for var in ("OMP_NUM_THREADS", "LAYERPROBE_ASSIGNED_THREADS"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(executors, "run_cell", lambda job, log=None: seen.append(job.threads) or {})
     before = torch.get_num_threads()
     try:

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from layerprobe import rundir
-from layerprobe.config import resolve
+from layerprobe.config import resolve, wait_passively
 from layerprobe.pipeline import run_pipeline
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# set to a cell's thread count before torch loads; the last tells the pipeline the count is the executor's assignment
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LAYERPROBE_ASSIGNED_THREADS")
 
 
 @dataclass
@@ -56,6 +57,7 @@ def run_cell(job: CellJob, pipeline_log=None) -> dict:
     """Run one cell's pipeline; returns its record: ``status`` ('finished', 'failed' or 'busy': another process
     holds the folder), and for a finished cell ``ran``, ``seconds``, ``reused_cpt_from``, ``saved_seconds``, and
     ``what`` (the log line's text)."""
+    wait_passively()  # a fresh process: before torch loads
     if job.threads:
         _set_threads(job.threads)
     if job.cwd and Path(job.cwd).is_dir():

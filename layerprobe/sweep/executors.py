@@ -199,9 +199,8 @@ def _poll(done: Callable[[Any], bool], handles: list, timeout: float, every: flo
 
 class InlineExecutor(Executor):
     """One cell after another in this process (local with one worker). The thread count is the pipeline's choice
-    (:func:`layerprobe.pipeline.choose_threads`) made once, before the first cell: chosen again before each cell,
-    the load average would count this process's own work on the cells before it as another process's and drop to
-    one thread for good."""
+    (:func:`layerprobe.pipeline.choose_threads`) made once, before the first cell, and kept for the sweep: one
+    sweep's cells run alike (the thread count moves numbers under bf16)."""
 
     fresh = False
 
