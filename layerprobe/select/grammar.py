@@ -21,9 +21,6 @@ _EXPECTED = (
 )
 
 
-# ---------------------------------------------------------------------------------------------- parsing
-
-
 def parse_selector(spec: str | Selector) -> Selector:
     """Parse a selector string (see the module docstring); ``str()`` of the result parses back to it."""
     if isinstance(spec, Selector):
