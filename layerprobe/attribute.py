@@ -56,6 +56,7 @@ from typing import Any
 import pandas as pd
 
 from layerprobe.attribution_records import MODES, PHASE
+from layerprobe.attribution_runner import Evaluate, GroupRunner, describe_plan
 from layerprobe.config import TrainConfig
 from layerprobe.evalservice import Evaluation
 from layerprobe.harness import check as check_harness
@@ -68,7 +69,6 @@ from layerprobe.stages import load_model, load_tokenizer
 from layerprobe.swap import EvalCache, WeightSwapper
 
 GROUPINGS = ("layers", "blocks", "cells")
-Evaluate = Callable[[object, object], dict]
 
 
 @dataclass
@@ -207,27 +207,10 @@ def attribute_change(
         # reverting all of the change gives the base model, applying all of it the tuned one: nothing to evaluate
         todo = {g: bool(c) and set(c) != every for g, c in changed.items()}
         cache = EvalCache(cfg.cache, content_hash(base), content_hash(tuned), eval_key)
-        runner = _Runner(model, tokenizer, evaluate, swap, cache, log)
-        text, runner.planned = _plan(groups, changed, todo, cfg.modes, cache)
+        runner = GroupRunner(model, tokenizer, evaluate, swap, cache, log)
+        text, runner.planned = describe_plan(groups, changed, todo, cfg.modes, cache)
         log(text)
-        baselines = {"tuned": runner.run("", "tuned", [], "tuned", None)}
-        results: dict[tuple[str, str], dict] = {}
-        if "revert" in cfg.modes:
-            for g in groups:
-                if todo[g]:
-                    results[(g, "revert")] = runner.run(g, "revert", changed[g], "base", "tuned")
-        swap.set(swap.names(), "base")
-        baselines["base"] = runner.run("", "base", [], "base", None)
-        if "apply" in cfg.modes:
-            for g in groups:
-                if todo[g]:
-                    results[(g, "apply")] = runner.run(g, "apply", changed[g], "tuned", "base")
-        swap.set(swap.names(), "tuned")
-        for g in groups:
-            for mode in cfg.modes:
-                if (g, mode) not in results:
-                    results[(g, mode)] = dict(baselines["tuned" if (mode == "revert") == (not changed[g]) else "base"])
-                    runner.known += 1
+        baselines, results = _evaluate_groups(runner, swap, changed, todo, cfg.modes)
     finally:
         base_src.close()
         tuned_src.close()
@@ -286,6 +269,32 @@ def attribute_with_config(
         )
 
 
+def _evaluate_groups(
+    runner: GroupRunner, swap: WeightSwapper, changed: dict[str, list[str]], todo: dict[str, bool], modes: Sequence[str]
+) -> tuple[dict[str, dict], dict[tuple[str, str], dict]]:
+    """The two baselines and every (group, mode)'s metrics: reverts first (from the tuned model), then applies
+    (from the base model), then the results known without evaluating; leaves the model tuned."""
+    baselines = {"tuned": runner.run("", "tuned", [], "tuned", None)}
+    results: dict[tuple[str, str], dict] = {}
+    if "revert" in modes:
+        for g in changed:
+            if todo[g]:
+                results[(g, "revert")] = runner.run(g, "revert", changed[g], "base", "tuned")
+    swap.set(swap.names(), "base")
+    baselines["base"] = runner.run("", "base", [], "base", None)
+    if "apply" in modes:
+        for g in changed:
+            if todo[g]:
+                results[(g, "apply")] = runner.run(g, "apply", changed[g], "tuned", "base")
+    swap.set(swap.names(), "tuned")
+    for g in changed:
+        for mode in modes:
+            if (g, mode) not in results:
+                results[(g, mode)] = dict(baselines["tuned" if (mode == "revert") == (not changed[g]) else "base"])
+                runner.known += 1
+    return baselines, results
+
+
 def _resolve_groups(model, swap: WeightSwapper, specs: Sequence[str]) -> dict[str, list[str]]:
     """selector -> canonical tensor names of the swapper (tied names folded), in the swapper's order."""
 
@@ -298,69 +307,6 @@ def _resolve_groups(model, swap: WeightSwapper, specs: Sequence[str]) -> dict[st
         names = {by_param[id(raw[n])] for n in sel.names}
         groups[sel.spec] = [n for n in swap.names() if n in names]
     return groups
-
-
-class _Runner:
-    """Runs one evaluation with a group swapped and swaps back; reads the cache first, and evaluates a tensor set
-    shared by several groups (tied embedding and head, a selector equal to a layer) once."""
-
-    def __init__(self, model, tokenizer, evaluate: Evaluate, swap: WeightSwapper, cache: EvalCache, log):
-        self.model, self.tokenizer, self.evaluate, self.swap, self.cache, self.log = (
-            model,
-            tokenizer,
-            evaluate,
-            swap,
-            cache,
-            log,
-        )
-        self.evaluated = self.cached = self.reused = self.known = 0
-        self.eval_seconds = 0.0
-        self.planned = 0
-        self._done: dict[tuple[str, frozenset], dict] = {}
-
-    def run(self, group: str, mode: str, names: list[str], which: str, restore: str | None) -> dict:
-        """Evaluate with ``names`` set to ``which`` (then set back to ``restore``, unless None)."""
-        same = self._done.get((mode, frozenset(names))) if names else None
-        if same is not None:
-            self.reused += 1
-            self.cache.put(group, mode, same, 0.0)
-            return dict(same)
-        hit = self.cache.get(group, mode)
-        if hit is not None:
-            self.cached += 1
-            self._done[(mode, frozenset(names))] = hit
-            return hit
-        self.swap.set(names, which)
-        t0 = time.time()
-        metrics = {k: float(v) for k, v in self.evaluate(self.model, self.tokenizer).items()}
-        dt = time.time() - t0
-        if restore is not None:
-            self.swap.set(names, restore)
-        self.evaluated += 1
-        self.eval_seconds += dt
-        self.cache.put(group, mode, metrics, dt)
-        self._done[(mode, frozenset(names))] = metrics
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        left = max(self.planned - self.evaluated, 0) * self.eval_seconds / self.evaluated
-        self.log(f"{mode:>6} {group or '(whole model)':<24} {shown}  ({dt:.1f}s; at most ~{left:.0f}s left)")
-        return metrics
-
-
-def _plan(groups: dict, changed: dict, todo: dict, modes: Sequence[str], cache: EvalCache) -> tuple[str, int]:
-    """What will be evaluated, in words, and how many evaluations at most."""
-    runs = [(g, m) for g in groups for m in modes if todo[g]] + [("", "tuned"), ("", "base")]
-    cached = sum(cache.get(g, m) is not None for g, m in runs)
-    text = (
-        f"{len(groups)} groups x {len(modes)} mode(s): at most {len(runs)} evaluations (2 baselines included), "
-        f"{cached} cached"
-    )
-    same = [g for g in groups if not changed[g]]
-    whole = [g for g in groups if changed[g] and not todo[g]]
-    if same:
-        text += f"; unchanged by SFT (revert = tuned, apply = base): {', '.join(same)}"
-    if whole:
-        text += f"; holding all of the SFT change (revert = base, apply = tuned): {', '.join(whole)}"
-    return text, len(runs) - cached
 
 
 def _records(

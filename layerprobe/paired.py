@@ -18,7 +18,7 @@ writes into ``summary.json`` and the sweep's ``results.csv``):
 - ``verdict``: ``differs`` when the Holm-adjusted p < alpha, else ``equivalent`` when the Holm-adjusted p_tost <
   alpha (the whole interval lies inside ±m), else ``inconclusive``. Only ``equivalent`` may be read as "alike";
 - ``mde``: the smallest |difference| this design detects with power 0.8 (two-sided paired t, n units, the observed
-  sd; :func:`t_power`), and ``units_needed``: how many units the same test needs for power 0.8 at the
+  sd; :func:`layerprobe.stats.t_power`), and ``units_needed``: how many units the same test needs for power 0.8 at the
   observed difference and sd. Both at alpha / m for a family of m claims (Bonferroni, the most Holm asks of one
   claim), so with that many units a claim has power 0.8 to survive its family whatever the others do.
 
@@ -32,34 +32,19 @@ units, never the verdict, because it counts items as if they were independent re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from layerprobe import rundir
-from layerprobe.stats import paired_t
+from layerprobe.answers import ITEM_METRICS, has_answers, item_values
+from layerprobe.stats import detectable, mcnemar_p, paired_t, sign_p, units_needed
 
-# metric -> (the answers' kind, the per-item field, 0/1 or continuous)
-ITEM_METRICS = {
-    "cloze_acc": ("cloze", "correct", True),
-    "cloze_heldout_acc": ("cloze_heldout", "correct", True),
-    "cloze_margin": ("cloze", "margin", False),
-    "cloze_heldout_margin": ("cloze_heldout", "margin", False),
-    "qa_acc": ("qa", "correct", True),
-    "gozaru_rate": ("instruction", "correct", True),
-    "gozaru_first": ("instruction", "first", True),
-    "eos_rate": ("instruction", "eos", True),
-    "style_logodds": ("instruction", "style_logodds", False),
-}
-ANSWERS_TABLE = "answers.parquet"  # a sweep's per-item answers of every cell, beside its results.csv
 # the columns that name a unit of replication in a sweep's results, outermost first
 UNIT_COLUMNS = ("toy.seed", "seed")
 VERDICTS = ("differs", "equivalent", "inconclusive")
@@ -124,80 +109,6 @@ class Arm:
     results: dict = field(default_factory=dict)  # unit -> {column: value}
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-@lru_cache(maxsize=4)
-def _read_answers_table(path: str, mtime_ns: int) -> pd.DataFrame:
-    """A sweep's answers table, read once per family of claims (every claim's every run asks for its rows)."""
-    return pd.read_parquet(path)
-
-
-def _answers(run_dir: Path, phase: str) -> list[dict]:
-    """A run's per-item answers at ``phase``: its ``eval/<phase>-answers.jsonl``, or, where the run folder is gone,
-    its rows of the sweep's :data:`ANSWERS_TABLE` beside it (``figures/...`` of a committed study)."""
-    path = rundir.answers_path(run_dir, phase)
-    if path.is_file():
-        return _jsonl(path)
-    table = run_dir.parent / ANSWERS_TABLE
-    if table.is_file():
-        rows = _read_answers_table(str(table), table.stat().st_mtime_ns)
-        rows = rows[(rows["cell"] == run_dir.name) & (rows["phase"] == phase)]
-        if len(rows):
-            return [
-                {k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-                for r in rows.to_dict("records")
-            ]
-    raise FileNotFoundError(
-        f"no per-item answers at {path} (nor in {table}); evaluate the run first (layerprobe eval --out RUN)"
-    )
-
-
-def has_answers(run_dir: str | os.PathLike, phase: str) -> bool:
-    try:
-        return bool(_answers(Path(run_dir), phase))
-    except FileNotFoundError:
-        return False
-
-
-def item_values(run_dir: str | os.PathLike, phase: str, metric: str) -> pd.Series:
-    """One run's per-item values of ``metric`` at ``phase``, indexed by the item's prompt."""
-    if metric not in ITEM_METRICS:
-        raise ValueError(f"metric must be one of {', '.join(ITEM_METRICS)}, got {metric!r}")
-    kind, key, _ = ITEM_METRICS[metric]
-    rows = _answers(Path(run_dir), phase)
-    values = {r["prompt"]: float(r[key]) for r in rows if r.get("kind") == kind and r.get(key) is not None}
-    return pd.Series(values, name=metric, dtype=float).dropna()
-
-
-ANSWER_FIELDS = (
-    "kind",
-    "relation",
-    "prompt",
-    "answer",
-    "output",
-    "correct",
-    "first",
-    "eos",
-    "logprob",
-    "margin",
-    "style_logodds",
-)
-
-
-def answers_table(sweep_dir: Path, cells: list[str]) -> pd.DataFrame:
-    """One row per (cell, phase, item) of the cells' ``eval/<phase>-answers.jsonl``: the per-item inputs of every
-    claim (a few MB for a study), so a claim can be re-derived item by item without the run folders."""
-    rows = []
-    for cell in cells:
-        for phase in rundir.EVAL_PHASES:
-            f = rundir.answers_path(sweep_dir / cell, phase)
-            if f.is_file():
-                rows += [{"cell": cell, "phase": phase, **{k: r.get(k) for k in ANSWER_FIELDS}} for r in _jsonl(f)]
-    return pd.DataFrame(rows, columns=["cell", "phase", *ANSWER_FIELDS])
-
-
 def unit_means(arm: Arm, metric: str) -> pd.Series:
     """The arm's value of ``metric`` per unit: the results table's ``<phase>.<metric>`` where the arm came from a
     sweep, else the mean of the run's per-item answers."""
@@ -243,67 +154,6 @@ def paired_items(a: Arm, b: Arm, metric: str) -> tuple[np.ndarray, np.ndarray, l
     return (np.array([v.loc[items].to_numpy() for v in va]), np.array([v.loc[items].to_numpy() for v in vb]), units)
 
 
-def mcnemar_p(xa: np.ndarray, xb: np.ndarray) -> tuple[float, int, int]:
-    """Exact two-sided McNemar test on 0/1 pairs: (p, #a right & b wrong, #a wrong & b right)."""
-    a_only = int(((xa == 1) & (xb == 0)).sum())
-    b_only = int(((xa == 0) & (xb == 1)).sum())
-    if a_only + b_only == 0:
-        return 1.0, 0, 0
-    return float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue), a_only, b_only
-
-
-def _sign_p(d: np.ndarray, alternative: str = "two-sided") -> float:
-    """Exact sign test of the differences against 0 (zeros dropped)."""
-    pos, neg = int((d > 0).sum()), int((d < 0).sum())
-    if pos + neg == 0:
-        return 1.0
-    return float(stats.binomtest(pos, pos + neg, 0.5, alternative=alternative).pvalue)
-
-
-def t_power(effect: float, n: int, alpha: float = 0.05) -> float:
-    """Power of the two-sided one-sample (paired) t-test with ``n`` units at standardised ``effect``: statsmodels'
-    ``TTestPower().power``, and where that is NaN (scipy's noncentral t fails for large effects, few units and the
-    small alphas of Holm's levels in a large family) the same P(|T| > t_crit) integrated over the chi-square of the
-    variance estimate."""
-    import warnings
-
-    from scipy import integrate
-    from statsmodels.stats.power import TTestPower
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = float(TTestPower().power(effect_size=effect, nobs=n, alpha=alpha))
-    if math.isfinite(value):
-        return value
-    df, nc = n - 1, effect * math.sqrt(n)
-    crit = stats.t.ppf(1 - alpha / 2, df)
-
-    def reject(v):
-        scale = crit * math.sqrt(v / df)
-        return (stats.norm.sf(scale - nc) + stats.norm.cdf(-scale - nc)) * stats.chi2.pdf(v, df)
-
-    return float(min(1.0, integrate.quad(reject, 0, math.inf, limit=200)[0]))
-
-
-def units_needed(effect: float, alpha: float = 0.05, power: float = 0.8, cap: int = 100_000) -> float:
-    """The fewest units (at least 2) with which the two-sided paired t-test reaches ``power`` at standardised
-    ``effect`` (mean / sd of the per-unit differences); inf beyond ``cap`` or for no effect."""
-    if not effect > 0:
-        return math.inf
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    n = max(2, math.ceil((z / effect) ** 2))  # the normal approximation; the t test needs a few more
-    while n <= cap and t_power(effect, n, alpha) < power:
-        n += 1
-    return float(n) if n <= cap else math.inf
-
-
-def detectable(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The standardised effect the two-sided paired t-test with ``n`` units detects with ``power``."""
-    from scipy.optimize import brentq
-
-    return float(brentq(lambda e: t_power(e, n, alpha) - power, 1e-6, 1e4, xtol=1e-10))
-
-
 def unit_test(diffs: Sequence[float], margin: float = math.nan, alpha: float = 0.05, power: float = 0.8) -> dict:
     """The unit-level test of one claim from its per-unit differences (see the module docstring): n_units, diff,
     sd, lo, hi, p, test, margin, p_tost, mde, units_needed."""
@@ -334,11 +184,11 @@ def unit_test(diffs: Sequence[float], margin: float = math.nan, alpha: float = 0
     if d.size < 2:
         return {**out, "p": math.nan, "test": "none: fewer than 2 units"}
     if not spread:  # the exact sign test instead, and its one-sided forms for TOST
-        out.update(p=_sign_p(d), test="sign test (no spread between units)")
+        out.update(p=sign_p(d), test="sign test (no spread between units)")
         if d[0] != 0:  # units for an exact sign test with every unit agreeing to reach alpha
             out["units_needed"] = float(math.ceil(math.log2(2 / alpha) + 1e-12))
         if margin == margin:
-            out["p_tost"] = max(_sign_p(d - margin, "less"), _sign_p(d + margin, "greater"))
+            out["p_tost"] = max(sign_p(d - margin, "less"), sign_p(d + margin, "greater"))
         return out
     out.update(p=t["p"], test="paired t")
     if margin == margin:

@@ -170,6 +170,15 @@ def validate(
     features = list(features or [c for c in table if c.split(".")[0] in ("probe", *RECORDED.values())])
     data = table.dropna(subset=[target, *features]).reset_index(drop=True)
     carried = target.removeprefix("final.") if target.startswith("final.") else None
+    preds = _held_out_predictions(data, target, groups, features, ridge, carried)
+    return preds, _error_summary(preds, target, groups)
+
+
+def _held_out_predictions(
+    data: pd.DataFrame, target: str, groups: str, features: list[str], ridge: float, carried: str | None
+) -> pd.DataFrame:
+    """Per run: the truth, the ridge model fitted on the other groups, and the baselines (their mean, the value
+    carried over from before SFT)."""
     rows = []
     for g in sorted(data[groups].unique(), key=str):
         test, train = data[data[groups] == g], data[data[groups] != g]
@@ -187,7 +196,11 @@ def validate(
                 }
             )
         )
-    preds = pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _error_summary(preds: pd.DataFrame, target: str, groups: str) -> pd.DataFrame:
+    """Each method's MAE, and per baseline the model's MAE minus the baseline's (mean over groups, t interval)."""
     summary = []
     err = {m: (preds[m] - preds["truth"]).abs() for m in ("model", *BASELINES)}
     for m, e in err.items():
@@ -220,4 +233,4 @@ def validate(
                 "n_groups": len(per_group),
             }
         )
-    return preds, pd.DataFrame(summary)
+    return pd.DataFrame(summary)

@@ -150,12 +150,22 @@ def relate_features(
     features = _tidy(features[[*FEATURE_COLUMNS, *outcome_names]])
     per_run = features.groupby("run", sort=True).first()
     design, outcomes = per_run[list(DESIGN_COLUMNS)], per_run[outcome_names]
-    notes = list(notes)
     if outcomes.shape[1] == 0:
         raise ValueError(
             f"none of the {len(per_run)} summaries holds the outcomes {list(cfg.outcomes or OUTCOMES)}; "
             f"expected {SUMMARY} with 'cpt' and 'sft' entries (cloze_acc, qa_acc, gozaru_rate, ...)"
         )
+    notes = [*notes, *_input_notes(outcomes, design)]
+    table = correlate(features, outcomes, design, cfg)
+    notes = _sample_notes(table, design, cfg) + notes + _stratum_notes(table, cfg)
+    return RelateResult(
+        table=table, features=features, outcomes=outcomes, design=design, n_runs=len(per_run), notes=notes
+    )
+
+
+def _input_notes(outcomes: pd.DataFrame, design: pd.DataFrame) -> list[str]:
+    """Outcomes missing in some runs or constant over them, and where each run's total SFT drift came from."""
+    notes = []
     for o in outcomes.columns:
         col = outcomes[o].dropna()
         missing = outcomes.index[outcomes[o].isna()].tolist()
@@ -168,22 +178,30 @@ def relate_features(
         "total SFT drift (the partial correlation's control): "
         + ", ".join(f"{v} run(s) from {k}" for k, v in sources.items())
     )
-    table = correlate(features, outcomes, design, cfg)
+    return notes
+
+
+def _sample_notes(table: pd.DataFrame, design: pd.DataFrame, cfg: RelateConfig) -> list[str]:
+    """A warning first when the runs, or their CPT groups, are too few for a claim."""
     alls = table[table["stratum"] == "all"]
     n = int(alls["n_runs"].max()) if len(alls) else 0
     groups = design["cpt_group"].nunique()
     if n < cfg.min_runs:
-        notes.insert(
-            0,
+        return [
             f"too few runs for a claim: {n} run(s) (fewer than {cfg.min_runs}); with n runs the smallest "
-            f"p-value an exact two-sided Spearman test can give is 2/n! = {min_exact_p(max(n, 1)):.3g}",
-        )
-    elif groups < cfg.min_runs:
-        notes.insert(
-            0,
+            f"p-value an exact two-sided Spearman test can give is 2/n! = {min_exact_p(max(n, 1)):.3g}"
+        ]
+    if groups < cfg.min_runs:
+        return [
             f"only {groups} CPT group(s) among {len(design)} runs: a relation between CPTs rests on "
-            f"{groups} independent units",
-        )
+            f"{groups} independent units"
+        ]
+    return []
+
+
+def _stratum_notes(table: pd.DataFrame, cfg: RelateConfig) -> list[str]:
+    """Per stratum: how many tests pass q < alpha, and how many beyond the total SFT drift."""
+    notes = []
     for stratum, t in table.groupby("stratum", sort=False):
         tested, hits = int(t["p"].notna().sum()), int((t["q"] < cfg.alpha).sum())
         partial = int((t["partial_q"] < cfg.alpha).sum())
@@ -193,9 +211,7 @@ def relate_features(
             if hits or partial
             else f"{stratum}: no cell passes q < {cfg.alpha} (Benjamini-Hochberg over {tested} tests): no claim"
         )
-    return RelateResult(
-        table=table, features=features, outcomes=outcomes, design=design, n_runs=len(per_run), notes=notes
-    )
+    return notes
 
 
 # ------------------------------------------------------------------------------------------ outputs

@@ -312,23 +312,9 @@ def correlate(
         parts = []
         for outcome in outcomes.columns:
             y_all = outcomes[outcome].reindex(members).to_numpy(dtype=np.float64)
-            ok = np.isfinite(x_all) & np.isfinite(y_all)[None, :]
-            patterns, which = np.unique(ok, axis=0, return_inverse=True)
-            which = which.ravel()
-            part = wide.index.to_frame(index=False)
-            res = {c: np.full(len(wide), np.nan) for c in ("rho", "p", "partial_rho", "partial_p", "n_eff", "n_groups")}
-            res["p_method"] = np.full(len(wide), "none", dtype=object)
-            for k, mask in enumerate(patterns):
-                idx = np.flatnonzero(which == k)
-                got = _tests(x_all[np.ix_(idx, mask)], y_all[mask], codes[mask], z[mask], cfg, refine_to)
-                for c in res:
-                    res[c][idx] = got[c]
+            part = _outcome_tests(wide.index, x_all, fr, y_all, codes, z, cfg, refine_to)
             part.insert(0, "stratum", stratum)
             part["outcome"] = outcome
-            for c, v in res.items():
-                part[c] = v
-            part["n_runs"] = ok.sum(axis=1)
-            part["n_frozen"] = (fr & np.isfinite(y_all)[None, :]).sum(axis=1)
             parts.append(part)
         if parts:
             t = pd.concat(parts, ignore_index=True)
@@ -340,6 +326,36 @@ def correlate(
     return table[list(TABLE_COLUMNS)].astype(
         {"layer": "int64", "n_runs": "int64", "n_frozen": "int64", "n_groups": "int64"}
     )
+
+
+def _outcome_tests(
+    cells: pd.Index,
+    x_all: np.ndarray,
+    frozen: np.ndarray,
+    y_all: np.ndarray,
+    codes: np.ndarray,
+    z: np.ndarray,
+    cfg: RelateConfig,
+    refine_to: int,
+) -> pd.DataFrame:
+    """Every feature cell (a row of ``x_all``, runs in columns; NaN where missing or frozen) against one outcome
+    ``y_all``: the cells sharing a pattern of usable runs are tested together."""
+    ok = np.isfinite(x_all) & np.isfinite(y_all)[None, :]
+    patterns, which = np.unique(ok, axis=0, return_inverse=True)
+    which = which.ravel()
+    part = cells.to_frame(index=False)
+    res = {c: np.full(len(cells), np.nan) for c in ("rho", "p", "partial_rho", "partial_p", "n_eff", "n_groups")}
+    res["p_method"] = np.full(len(cells), "none", dtype=object)
+    for k, mask in enumerate(patterns):
+        idx = np.flatnonzero(which == k)
+        got = _tests(x_all[np.ix_(idx, mask)], y_all[mask], codes[mask], z[mask], cfg, refine_to)
+        for c in res:
+            res[c][idx] = got[c]
+    for c, v in res.items():
+        part[c] = v
+    part["n_runs"] = ok.sum(axis=1)
+    part["n_frozen"] = (frozen & np.isfinite(y_all)[None, :]).sum(axis=1)
+    return part
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from layerprobe import cli
 from layerprobe.checkpoints import open_source
-from layerprobe.diff import diff_checkpoints, spectrum
+from layerprobe.diff import diff_checkpoints
+from layerprobe.diff_quantities import spectrum
 from layerprobe.names import parse_name
 from layerprobe.records import load_records
 

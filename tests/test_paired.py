@@ -14,14 +14,12 @@ from layerprobe.paired import (
     compare,
     compare_family,
     holm,
-    mcnemar_p,
     sweep_arm,
     sweep_results,
-    t_power,
     unit_test,
-    units_needed,
     write_claims,
 )
+from layerprobe.stats import mcnemar_p, t_power, units_needed
 
 
 def _run(folder, qa, logodds, phase="sft"):
@@ -134,7 +132,7 @@ def test_compare_reads_unit_means_and_describes_items_with_mcnemar(tmp_path):
     # the same from the sweep's answers table alone, once the run folders are gone
     import shutil
 
-    from layerprobe.paired import ANSWERS_TABLE, answers_table
+    from layerprobe.answers import ANSWERS_TABLE, answers_table
 
     answers_table(tmp_path, [f"{x}{s}" for x in "ab" for s in (1, 2, 3)]).to_parquet(tmp_path / ANSWERS_TABLE)
     for s in (1, 2, 3):

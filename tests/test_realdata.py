@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from layerprobe.gozaru import gozaru_rewrite_trace
 from layerprobe.realdata import (
     clean_aozora,
     default_data_dir,
     gozaru_rewrite,
-    gozaru_rewrite_trace,
     load_dolly_gozaru,
     load_jcommonsenseqa,
     load_news_text,

@@ -98,34 +98,70 @@ def probe_figure(
     heights = [max(1.3, 0.16 * len(g)) for _, g in panels] + [1.35] * len(curves)
     fig = plt.figure(figsize=(7.8, sum(heights) + 1.4))
     gs = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[40, 1])
+    axes = _step_axes(fig, gs, len(heights))
+    if panels:
+        assert heat is not None  # panels come from a heat quantity
+        _heat_rows(fig, gs, axes, panels, heat, scale_values)
+
+    handles = _probe_curves(axes[len(panels) :], means, curves)
+
+    steps = means["step"]
+    lo, hi = float(steps.min()) - 0.5, float(steps.max()) + 0.5
+    for _, grid in panels:
+        e = _edges(grid.columns.to_numpy())
+        lo, hi = min(lo, e[0]), max(hi, e[-1])
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    axes[-1].set_xlim(lo, hi)
+    axes[-1].set_xlabel("optimizer step")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), title="probes")
+    caption = _caption(df, phase, heat, bool(panels), steps.max())
+    phase_name = PHASE_TITLES.get(phase, phase)
+    suptitle(
+        fig,
+        title
+        or f"{phase_name}: {'where the weights moved and ' if panels else ''}"
+        "what the probes scored, over training steps",
+    )
+    return save_figure(fig, out_png, caption=caption)
+
+
+def _step_axes(fig, gs, n: int) -> list:
+    """``n`` axes stacked in the grid's first column, sharing the first one's step axis."""
     axes, first = [], None
-    for i in range(len(heights)):
+    for i in range(n):
         ax = fig.add_subplot(gs[i, 0], sharex=first)
         first = first or ax
         axes.append(ax)
+    return axes
 
-    if panels:
-        assert heat is not None  # panels come from a heat quantity
-        values = pd.concat([g.stack() for _, g in panels]) if scale_values is None else scale_values
-        scale = {k: v for k, v in colour_scale(heat, values).items() if k != "center"}
-        for ax, (name, grid) in zip(axes, panels):
-            steps = grid.columns.to_numpy()
-            mesh = ax.pcolormesh(
-                _edges(steps), np.arange(len(grid) + 1) - 0.5, np.ma.masked_invalid(grid.to_numpy(dtype=float)), **scale
-            )
-            ax.set_facecolor(MISSING)
-            ax.grid(False)
-            every = max(1, math.ceil(len(grid) / 6))
-            ax.set_yticks(range(0, len(grid), every), [str(v) for v in grid.index[::every]])
-            ax.set_ylabel("layer" if name != "outside layers" else "")
-            ax.set_title(f"{label(heat, unit=False)}: {name}", loc="left")
-        cax = fig.add_subplot(gs[: len(panels), 1])
-        fig.colorbar(mesh, cax=cax, label=label(heat, short=True))
 
+def _heat_rows(fig, gs, axes: list, panels: list[tuple[str, pd.DataFrame]], heat: str, scale_values) -> None:
+    """The layer x step heatmaps of ``heat``, one per panel, on one colour scale with its bar beside them."""
+    values = pd.concat([g.stack() for _, g in panels]) if scale_values is None else scale_values
+    scale = {k: v for k, v in colour_scale(heat, values).items() if k != "center"}
+    for ax, (name, grid) in zip(axes, panels):
+        steps = grid.columns.to_numpy()
+        mesh = ax.pcolormesh(
+            _edges(steps), np.arange(len(grid) + 1) - 0.5, np.ma.masked_invalid(grid.to_numpy(dtype=float)), **scale
+        )
+        ax.set_facecolor(MISSING)
+        ax.grid(False)
+        every = max(1, math.ceil(len(grid) / 6))
+        ax.set_yticks(range(0, len(grid), every), [str(v) for v in grid.index[::every]])
+        ax.set_ylabel("layer" if name != "outside layers" else "")
+        ax.set_title(f"{label(heat, unit=False)}: {name}", loc="left")
+    cax = fig.add_subplot(gs[: len(panels), 1])
+    fig.colorbar(mesh, cax=cax, label=label(heat, short=True))
+
+
+def _probe_curves(axes: list, means: pd.DataFrame, curves: list[tuple[str, str, str]]) -> dict:
+    """The probes' means per kind over the steps, one axis per curve; returns the legend's handles by label."""
     palette = sns.color_palette("colorblind")
     colours = {kind: palette[i] for kind, i in zip(KINDS, (0, 1, 2, 4))}  # 3 (vermilion) is too near 1 (orange)
     handles: dict = {}
-    for ax, (quantity, what, short) in zip(axes[len(panels) :], curves):
+    for ax, (quantity, what, short) in zip(axes, curves):
         d = means[means["quantity"] == quantity]
         for kind in [k for k in KINDS if k in set(d["module"])] + sorted(set(d["module"]) - set(KINDS)):
             line = d[d["module"] == kind].groupby("step")["value"].mean()
@@ -145,21 +181,14 @@ def probe_figure(
             ax.axhline(0.0, color="#888888", linewidth=0.8)
         ax.set_title(what, loc="left")
         ax.set_ylabel(short)
+    return handles
 
-    steps = means["step"]
-    lo, hi = float(steps.min()) - 0.5, float(steps.max()) + 0.5
-    for _, grid in panels:
-        e = _edges(grid.columns.to_numpy())
-        lo, hi = min(lo, e[0]), max(hi, e[-1])
-    for ax in axes[:-1]:
-        ax.tick_params(labelbottom=False)
-    axes[-1].set_xlim(lo, hi)
-    axes[-1].set_xlabel("optimizer step")
-    if handles:
-        fig.legend(list(handles.values()), list(handles), title="probes")
-    n = probe_means(df[df["step"] == steps.max()], phase)
+
+def _caption(df: pd.DataFrame, phase: str, heat: str | None, panels: bool, last_step) -> str:
+    """What the figure shows, with the number of probes of each kind (at the last step)."""
+    n = probe_means(df[df["step"] == last_step], phase)
     counts = (
-        df[(df["block"] == PROBE_BLOCK) & (df["phase"] == phase) & (df["param"] != "") & (df["step"] == steps.max())]
+        df[(df["block"] == PROBE_BLOCK) & (df["phase"] == phase) & (df["param"] != "") & (df["step"] == last_step)]
         .groupby("module")["param"]
         .nunique()
     )
@@ -174,14 +203,7 @@ def probe_figure(
         f"kind over a fixed subset ({sizes}). Top-1: every gold answer token is the model's top choice (QA: "
         "after the chat prompt, a likelihood verdict, not the evaluation's generated-answer QA accuracy)."
     )
-    phase_name = PHASE_TITLES.get(phase, phase)
-    suptitle(
-        fig,
-        title
-        or f"{phase_name}: {'where the weights moved and ' if panels else ''}"
-        "what the probes scored, over training steps",
-    )
-    return save_figure(fig, out_png, caption=caption)
+    return caption
 
 
 SWEEP_CURVES = "probe_curves.csv"  # a sweep's probe means per cell and step (written by collect, read by redraw)

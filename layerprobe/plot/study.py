@@ -120,18 +120,7 @@ def sweep_panel(stats: pd.DataFrame, axes: list[str], out_png: str | os.PathLike
     g.set_titles(template="")
     keys = [split_metric(m)[1] for m in metrics]
     common = len(set(keys)) == 1
-    for r, axes_row in enumerate(g.axes):
-        metric, ext = (row_order[r] if row else row_order[0]).split("|", 1)
-        for c, ax in enumerate(axes_row):
-            if col and r == 0:
-                ax.set_title(f"{col} = {g.col_names[c]}")
-            ax.set_xlabel(x or "" if r == len(g.axes) - 1 else "")
-            ylabel = _short_label(metric) if c == 0 else ""
-            if ext and c == 0:
-                ylabel = f"{' / '.join(extra)} = {ext}\n{ylabel}"
-            ax.set_ylabel(ylabel, fontsize=8)
-            if upright:
-                ax.tick_params(axis="x", rotation=90)
+    _label_facets(g, row_order, col, x, extra, upright)  # without a row facet, row_order is one row
     if quantity(keys[0]).unit == "share":  # rates and accuracies on their whole scale
         lo = min(0.0, float(stats[["mean", "lo"]].min().min()))
         hi = max(1.0, float(stats[["mean", "hi"]].max().max()))
@@ -145,13 +134,32 @@ def sweep_panel(stats: pd.DataFrame, axes: list[str], out_png: str | os.PathLike
     if lines:  # a wrapped title takes room from the axes: give it back
         w, h = g.figure.get_size_inches()
         g.figure.set_size_inches(w, h + 0.3 * lines)
+    return save_figure(g.figure, out_png, dpi=130, caption=_panel_caption(stats))
+
+
+def _label_facets(g, rows: list[str], col: str | None, x: str | None, extra: list[str], upright: bool) -> None:
+    """Titles, x labels and y labels of a facet grid; ``rows[r]`` = ``metric|extra factors' values`` of row r."""
+    for r, axes_row in enumerate(g.axes):
+        metric, ext = rows[r].split("|", 1)
+        for c, ax in enumerate(axes_row):
+            if col and r == 0:
+                ax.set_title(f"{col} = {g.col_names[c]}")
+            ax.set_xlabel(x or "" if r == len(g.axes) - 1 else "")
+            ylabel = _short_label(metric) if c == 0 else ""
+            if ext and c == 0:
+                ylabel = f"{' / '.join(extra)} = {ext}\n{ylabel}"
+            ax.set_ylabel(ylabel, fontsize=8)
+            if upright:
+                ax.tick_params(axis="x", rotation=90)
+
+
+def _panel_caption(stats: pd.DataFrame) -> str:
+    """Points and intervals in words, with the number of cells behind each point."""
     n = stats["n_cells"].astype(int)
     cells = "one cell each" if n.max() == 1 else f"{n.min()}{'' if n.min() == n.max() else f'-{n.max()}'} cells each"
     if set(stats["ci"]) == {"none"}:
-        caption = f"Points: value per condition ({cells}). No interval: one cell, and not a rate with a known n."
-    else:
-        caption = f"Points: mean per condition ({cells}); lines: 95 % interval, {_interval_words(stats['ci'])}."
-    return save_figure(g.figure, out_png, dpi=130, caption=caption)
+        return f"Points: value per condition ({cells}). No interval: one cell, and not a rate with a known n."
+    return f"Points: mean per condition ({cells}); lines: 95 % interval, {_interval_words(stats['ci'])}."
 
 
 def paired_panel(paired: pd.DataFrame, out_png: str | os.PathLike, baseline: str = "the baseline") -> Path | None:

@@ -99,12 +99,6 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     """The page of one run folder (see the module docstring)."""
     import yaml
 
-    from layerprobe.attribution_records import DENOMINATORS, effects
-    from layerprobe.plot import plot_run
-    from layerprobe.plot.effects import attribution_figures
-    from layerprobe.plot.probes import FIGURE as PROBE_FIGURE
-    from layerprobe.plot.run import diff_figures, diff_records
-
     summary_file, config_file = rundir.summary_path(run), rundir.config_path(run)
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
@@ -137,71 +131,9 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
     )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        page.heading("Where the weights moved during training", anchor="heatmaps")
-        if training is not None and len(training):
-            paths = plot_run(run, tmp / "records")
-            by_kind: dict[str, list[Path]] = {}
-            for p in paths:
-                by_kind.setdefault(p.stem.split("_", 1)[1], []).append(p)
-            probed = by_kind.pop(PROBE_FIGURE, [])
-            if by_kind:
-                page.text(
-                    "Per quantity, CPT and SFT side by side on one colour scale; grey cells have no value "
-                    "(frozen or not recorded).",
-                    "muted",
-                )
-            for kind, group in by_kind.items():
-                page.heading(kind.replace("_", " "), level=3)
-                page.figures(group, [p.stem.replace("_", " ") for p in group])
-            if probed:
-                page.heading("When the probes moved during training", anchor="probes")
-                page.text(
-                    "Per phase, on one step axis: the per-layer drift (or update ratio) on top, and the probes "
-                    "scored by likelihood every few steps below it (log-probability of the gold answer, the "
-                    "share whose every gold token is the top choice, the style log-odds). The last point is "
-                    "the trained model, which the evaluation above scores with the same scorer.",
-                    "muted",
-                )
-                page.figures(probed, [p.stem.replace("_", " ") for p in probed])
-        else:
-            page.note(
-                "No training records in this run (train with --record to get per-layer heatmaps, "
-                "--sft.probe_every N to probe the facts and style during SFT)."
-            )
-
-        diff = diff_records(run)
-        if diff is not None:
-            page.heading("Three-way diff: base, CPT, SFT", anchor="diff")
-            whole = diff[(diff["block"] == "") & (diff["param"] == "")]
-            if len(whole):
-                page.table(whole[["quantity", "value"]].reset_index(drop=True), digits=4, text_columns=("quantity",))
-            figs = diff_figures(diff, tmp / "diff")
-            page.figures(figs, [p.stem.replace("_", " ", 1) for p in figs])
-
-        attr = rundir.attribute_records(rundir.attribute_dir(run))
-        if attr.is_file():
-            from layerprobe.records import load_records
-
-            page.heading("Causal attribution: which layers carry the SFT change", anchor="attribution")
-            rec = load_records(attr)
-            e = effects(rec)
-            whole = e.groupby("metric", sort=False)["sft_effect"].first().reset_index()
-            whole.columns = ["metric", "SFT model - CPT model"]
-            page.table(whole, digits=4, text_columns=("metric",))
-            sizes = [c for c in DENOMINATORS if c in e.columns]
-            spans = e[e["layer"] < 0].groupby("group", sort=False)[sizes].first().reset_index()
-            if sizes and len(spans):
-                page.text(
-                    "Size of each group spanning several layers, three ways: its share of the weights SFT "
-                    "changed (weight), of the parameters SFT trained (trained: r * (in + out) per LoRA matrix) "
-                    "and of ||W_SFT - W_CPT||^2 (delta). A group's share of an effect divided by one of them: "
-                    "1 = as much as that size predicts.",
-                    "muted",
-                )
-                page.table(spans, digits=3, text_columns=("group",))
-            figs = attribution_figures(rec, tmp / "attribute")
-            page.figures(figs, [p.stem.replace("_", " ") for p in figs])
-
+        _training(page, run, training, tmp / "records")
+        _diff(page, run, tmp / "diff")
+        _attribution(page, run, tmp / "attribute")
         stages = stage_table(summary)
         page.heading("How it was made", anchor="provenance")
         if len(stages):
@@ -213,3 +145,85 @@ def build_run_page(run: Path, link_up: str = "") -> Page:
             page.heading(config_file.name, level=3)
             page.pre(config_file.read_text(encoding="utf-8"))
     return page
+
+
+def _training(page: Page, run: Path, training: pd.DataFrame | None, out: Path) -> None:
+    """The records' heatmaps per quantity, and the probes over training steps, drawn into ``out``."""
+    from layerprobe.plot import plot_run
+    from layerprobe.plot.probes import FIGURE as PROBE_FIGURE
+
+    page.heading("Where the weights moved during training", anchor="heatmaps")
+    if training is not None and len(training):
+        paths = plot_run(run, out)
+        by_kind: dict[str, list[Path]] = {}
+        for p in paths:
+            by_kind.setdefault(p.stem.split("_", 1)[1], []).append(p)
+        probed = by_kind.pop(PROBE_FIGURE, [])
+        if by_kind:
+            page.text(
+                "Per quantity, CPT and SFT side by side on one colour scale; grey cells have no value "
+                "(frozen or not recorded).",
+                "muted",
+            )
+        for kind, group in by_kind.items():
+            page.heading(kind.replace("_", " "), level=3)
+            page.figures(group, [p.stem.replace("_", " ") for p in group])
+        if probed:
+            page.heading("When the probes moved during training", anchor="probes")
+            page.text(
+                "Per phase, on one step axis: the per-layer drift (or update ratio) on top, and the probes "
+                "scored by likelihood every few steps below it (log-probability of the gold answer, the "
+                "share whose every gold token is the top choice, the style log-odds). The last point is "
+                "the trained model, which the evaluation above scores with the same scorer.",
+                "muted",
+            )
+            page.figures(probed, [p.stem.replace("_", " ") for p in probed])
+    else:
+        page.note(
+            "No training records in this run (train with --record to get per-layer heatmaps, "
+            "--sft.probe_every N to probe the facts and style during SFT)."
+        )
+
+
+def _diff(page: Page, run: Path, out: Path) -> None:
+    """The run's three-way diff (base, CPT, SFT): the whole model's numbers and the figures, drawn into ``out``."""
+    from layerprobe.plot.run import diff_figures, diff_records
+
+    diff = diff_records(run)
+    if diff is not None:
+        page.heading("Three-way diff: base, CPT, SFT", anchor="diff")
+        whole = diff[(diff["block"] == "") & (diff["param"] == "")]
+        if len(whole):
+            page.table(whole[["quantity", "value"]].reset_index(drop=True), digits=4, text_columns=("quantity",))
+        figs = diff_figures(diff, out)
+        page.figures(figs, [p.stem.replace("_", " ", 1) for p in figs])
+
+
+def _attribution(page: Page, run: Path, out: Path) -> None:
+    """The run's causal attribution: the whole SFT effect, the groups' sizes and the figures, drawn into ``out``."""
+    from layerprobe.attribution_records import DENOMINATORS, effects
+    from layerprobe.plot.effects import attribution_figures
+
+    attr = rundir.attribute_records(rundir.attribute_dir(run))
+    if attr.is_file():
+        from layerprobe.records import load_records
+
+        page.heading("Causal attribution: which layers carry the SFT change", anchor="attribution")
+        rec = load_records(attr)
+        e = effects(rec)
+        whole = e.groupby("metric", sort=False)["sft_effect"].first().reset_index()
+        whole.columns = ["metric", "SFT model - CPT model"]
+        page.table(whole, digits=4, text_columns=("metric",))
+        sizes = [c for c in DENOMINATORS if c in e.columns]
+        spans = e[e["layer"] < 0].groupby("group", sort=False)[sizes].first().reset_index()
+        if sizes and len(spans):
+            page.text(
+                "Size of each group spanning several layers, three ways: its share of the weights SFT "
+                "changed (weight), of the parameters SFT trained (trained: r * (in + out) per LoRA matrix) "
+                "and of ||W_SFT - W_CPT||^2 (delta). A group's share of an effect divided by one of them: "
+                "1 = as much as that size predicts.",
+                "muted",
+            )
+            page.table(spans, digits=3, text_columns=("group",))
+        figs = attribution_figures(rec, out)
+        page.figures(figs, [p.stem.replace("_", " ") for p in figs])

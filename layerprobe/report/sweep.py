@@ -87,22 +87,11 @@ def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 def _relate(folder: Path, page: Page) -> None:
     from layerprobe.relate import relate_runs
-    from layerprobe.relate_config import MIN_RUNS, TABLE_FILE
+    from layerprobe.relate_config import TABLE_FILE
 
     table_file = folder / "relate" / TABLE_FILE
-    notes: list[str] = []
     if table_file.is_file():
-        table = pd.read_csv(table_file)
-        if "stratum" not in table:  # a table of an older relate: all runs pooled
-            table.insert(0, "stratum", "all")
-            notes.append(
-                "this relate.csv pools all runs (written before strata, partial rho and permutations "
-                "within CPT groups); rerun `layerprobe relate` for them."
-            )
-        alls = table[table["stratum"] == "all"]
-        n = int(alls["n_runs"].max()) if len(alls) else 0
-        if n < MIN_RUNS:
-            notes.append(f"too few runs for a claim: {n} run(s) (fewer than {MIN_RUNS}).")
+        table, notes = _read_relate_table(table_file)
         source = f"from {table_file}"
     else:
         try:
@@ -122,6 +111,30 @@ def _relate(folder: Path, page: Page) -> None:
     strata = _strata_summary(table)
     if len(strata) > 1 or "partial_q" in table:
         page.table(strata, digits=3, text_columns=("stratum",))
+    _strongest(page, table, strata)
+
+
+def _read_relate_table(table_file: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A relate.csv written before (an older one gets the stratum ``all``) and what to say about it."""
+    from layerprobe.relate_config import MIN_RUNS
+
+    notes: list[str] = []
+    table = pd.read_csv(table_file)
+    if "stratum" not in table:  # a table of an older relate: all runs pooled
+        table.insert(0, "stratum", "all")
+        notes.append(
+            "this relate.csv pools all runs (written before strata, partial rho and permutations "
+            "within CPT groups); rerun `layerprobe relate` for them."
+        )
+    alls = table[table["stratum"] == "all"]
+    n = int(alls["n_runs"].max()) if len(alls) else 0
+    if n < MIN_RUNS:
+        notes.append(f"too few runs for a claim: {n} run(s) (fewer than {MIN_RUNS}).")
+    return table, notes
+
+
+def _strongest(page: Page, table: pd.DataFrame, strata: pd.DataFrame) -> None:
+    """The 5 strongest correlations by |rho| in each stratum, the strata in ``strata``'s order."""
     t = table.dropna(subset=["rho"])
     if len(t):
         top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).groupby("stratum", sort=False).head(5)
@@ -175,11 +188,92 @@ def _strata_summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cell_links(folder: Path, table: pd.DataFrame, write_cells: bool) -> dict[str, str]:
+    """cell -> the link to its report; with ``write_cells``, a finished cell without a report gets one."""
+    links = {}
+    for name in table["cell"]:
+        cell = folder / name
+        if rundir.summary_path(cell).is_file():
+            if write_cells and not (cell / CELL_REPORT).is_file():
+                page_cell = build_run_page(cell, link_up=f"../{CELL_REPORT}")
+                page_cell.write(cell / CELL_REPORT)
+            if (cell / CELL_REPORT).is_file():
+                links[name] = href(f"{name}/{CELL_REPORT}")
+    return links
+
+
+def _paired(page: Page, table: pd.DataFrame, ci: pd.DataFrame, axes: list[str], baseline: str, png: Path) -> None:
+    """Each condition minus the baseline on the same seed and grid values: the table and its figure."""
+    from layerprobe.sweep import paired_table, plot_paired
+
+    keys = ["seed"] + [a for a in axes if a != "group"]
+    metrics = list(ci["metric"].unique()) if len(ci) else []
+    paired = paired_table(table, metrics, baseline, keys)
+    page.heading(f"Paired comparisons with the baseline ({baseline})", anchor="paired")
+    if len(paired):
+        page.text(
+            "condition - baseline with the seed as the unit: mean_diff over seeds with a 95 % t "
+            "interval [lo, hi], the paired t-test's p, Holm's correction over the table (p_holm) and "
+            "the verdict: differs, equivalent within the metric's margin (TOST), or inconclusive; "
+            "units_needed = seeds for power 0.8 at the observed difference.",
+            "muted",
+        )
+        page.table(paired, digits=3, text_columns=("condition", "metric", "verdict"))
+        plot_paired(paired, png, baseline)
+        if png.is_file():
+            page.figures([png], ["paired differences from the baseline"])
+
+
+def _claims(page: Page, folder: Path) -> None:
+    """A study's claims.csv (:func:`layerprobe.paired.write_claims`): the tested claims and their forest plot."""
+    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False, na_values=[""])
+    tested = claims[claims["missing"].fillna("") == ""]
+    page.heading("Claims, with the seed as the unit", anchor="claims")
+    counts = tested["verdict"].value_counts()
+    page.text(
+        f"{len(tested)} of {len(claims)} claims tested: "
+        + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("differs", "equivalent", "inconclusive"))
+        + ". Paired t-test on "
+        "the per-seed differences, Holm within each family, TOST against the margin; units_needed = seeds for "
+        "power 0.8 at the observed difference (layerprobe.paired).",
+        "muted",
+    )
+    page.table(
+        tested[
+            [
+                c
+                for c in ("claim", "metric", "diff", "lo", "hi", "seed_diffs", "p_holm", "verdict", "units_needed")
+                if c in tested
+            ]
+        ],
+        text_columns=("claim", "metric", "seed_diffs", "verdict"),
+    )
+    if (folder / "claims.png").is_file():
+        page.figures([folder / "claims.png"], ["claims"])
+
+
+def _results(page: Page, table: pd.DataFrame, axes: list[str], links: dict[str, str]) -> None:
+    """One row per cell: its factors, seed and numeric outcomes, linked to the cell's report."""
+    page.heading("Results, one row per cell", anchor="results")
+    shown = ["cell", *axes, "seed"] + [
+        c
+        for c in table.columns
+        if (c.startswith(("cpt.", "sft.")) or c in ("retention_drop", "cell_seconds"))
+        and not c.endswith(".n")
+        and not c.endswith("n_probes")
+        and pd.api.types.is_numeric_dtype(table[c])
+        and table[c].notna().any()
+    ]
+    page.table(table[[c for c in dict.fromkeys(shown) if c in table]], links=links, text_columns=("cell", *axes))
+    if not links:
+        page.text("No cell folders beside this results table: no per-cell reports to link.", "muted")
+
+
 def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
     """The page of a sweep folder (or a figure folder holding results.csv); with ``write_cells``, each finished
     cell without a report gets one, and the page links to it."""
     from layerprobe.plot import BLOCK_ORDER  # noqa: F401  (selects the Agg backend before the sweep module plots)
-    from layerprobe.sweep import PAIRED_TABLE, RESULTS, SWEEP_JSON, paired_table, plot_paired, plot_sweep
+    from layerprobe.sweep import PAIRED_TABLE, RESULTS, SWEEP_JSON, plot_sweep
     from layerprobe.sweep.results import _panels
 
     table = pd.read_csv(folder / RESULTS)
@@ -200,30 +294,8 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
         "muted",
     )
 
-    links = {}
-    for name in table["cell"]:
-        cell = folder / name
-        if rundir.summary_path(cell).is_file():
-            if write_cells and not (cell / CELL_REPORT).is_file():
-                page_cell = build_run_page(cell, link_up=f"../{CELL_REPORT}")
-                page_cell.write(cell / CELL_REPORT)
-            if (cell / CELL_REPORT).is_file():
-                links[name] = href(f"{name}/{CELL_REPORT}")
-
-    page.heading("Results, one row per cell", anchor="results")
-    shown = ["cell", *axes, "seed"] + [
-        c
-        for c in table.columns
-        if (c.startswith(("cpt.", "sft.")) or c in ("retention_drop", "cell_seconds"))
-        and not c.endswith(".n")
-        and not c.endswith("n_probes")
-        and pd.api.types.is_numeric_dtype(table[c])
-        and table[c].notna().any()
-    ]
-    page.table(table[[c for c in dict.fromkeys(shown) if c in table]], links=links, text_columns=("cell", *axes))
-    if not links:
-        page.text("No cell folders beside this results table: no per-cell reports to link.", "muted")
-
+    links = _cell_links(folder, table, write_cells)
+    _results(page, table, axes, links)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         ci = plot_sweep(table, plot, axes, tmp)
@@ -233,22 +305,7 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
             page.text(f"mean [95 % interval]; method: {methods}.", "muted")
             page.table(wide, text_columns=tuple(wide.columns))
         if baseline and "condition" in table:
-            keys = ["seed"] + [a for a in axes if a != "group"]
-            metrics = list(ci["metric"].unique()) if len(ci) else []
-            paired = paired_table(table, metrics, baseline, keys)
-            page.heading(f"Paired comparisons with the baseline ({baseline})", anchor="paired")
-            if len(paired):
-                page.text(
-                    "condition - baseline with the seed as the unit: mean_diff over seeds with a 95 % t "
-                    "interval [lo, hi], the paired t-test's p, Holm's correction over the table (p_holm) and "
-                    "the verdict: differs, equivalent within the metric's margin (TOST), or inconclusive; "
-                    "units_needed = seeds for power 0.8 at the observed difference.",
-                    "muted",
-                )
-                page.table(paired, digits=3, text_columns=("condition", "metric", "verdict"))
-                plot_paired(paired, tmp / "paired.png", baseline)
-                if (tmp / "paired.png").is_file():
-                    page.figures([tmp / "paired.png"], ["paired differences from the baseline"])
+            _paired(page, table, ci, axes, baseline, tmp / "paired.png")
         elif (folder / PAIRED_TABLE).is_file():
             page.heading("Paired comparisons", anchor="paired")
             page.table(pd.read_csv(folder / PAIRED_TABLE), text_columns=("condition", "metric"))
@@ -257,30 +314,7 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
         figs = [tmp / n for n in dict.fromkeys(names) if (tmp / n).is_file()]
         page.figures(figs, [p.stem for p in figs])
     if (folder / "claims.csv").is_file():  # a study's claims (layerprobe.paired.write_claims), when it has them
-        claims = pd.read_csv(folder / "claims.csv", keep_default_na=False, na_values=[""])
-        tested = claims[claims["missing"].fillna("") == ""]
-        page.heading("Claims, with the seed as the unit", anchor="claims")
-        counts = tested["verdict"].value_counts()
-        page.text(
-            f"{len(tested)} of {len(claims)} claims tested: "
-            + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("differs", "equivalent", "inconclusive"))
-            + ". Paired t-test on "
-            "the per-seed differences, Holm within each family, TOST against the margin; units_needed = seeds for "
-            "power 0.8 at the observed difference (layerprobe.paired).",
-            "muted",
-        )
-        page.table(
-            tested[
-                [
-                    c
-                    for c in ("claim", "metric", "diff", "lo", "hi", "seed_diffs", "p_holm", "verdict", "units_needed")
-                    if c in tested
-                ]
-            ],
-            text_columns=("claim", "metric", "seed_diffs", "verdict"),
-        )
-        if (folder / "claims.png").is_file():
-            page.figures([folder / "claims.png"], ["claims"])
+        _claims(page, folder)
     page.heading("Relate: layer features vs outcomes", anchor="relate")
     _relate(folder, page)
     return page

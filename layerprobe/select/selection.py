@@ -25,9 +25,9 @@ from layerprobe.select.grammar import (
     Or,
     Regex,
     Selector,
-    _ranges,
     parse_selector,
 )
+from layerprobe.select.nodes import _ranges
 
 
 @dataclass(frozen=True)

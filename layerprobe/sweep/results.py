@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from layerprobe import rundir
+from layerprobe.answers import ANSWERS_TABLE, answers_table
 from layerprobe.outcomes import harness_drops, read_outcomes
-from layerprobe.paired import ANSWERS_TABLE, ClaimsConfig, answers_table, holm, unit_test, verdicts
+from layerprobe.paired import ClaimsConfig, holm, unit_test, verdicts
 from layerprobe.rundir import SUMMARY
 from layerprobe.stats import t_mean_ci, wilson
 from layerprobe.sweep.spec import (
