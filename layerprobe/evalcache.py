@@ -3,7 +3,7 @@ names stay importable for older scripts."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from layerprobe.config import EvalConfig
 from layerprobe.evalservice import Evaluation, cache_dir, cache_key, cached, enabled, model_id  # noqa: F401
@@ -14,7 +14,8 @@ def eval_key(folders: list[str], data, cfg: EvalConfig, max_length: int) -> str:
     return cache_key(model_id(folders), Evaluation.of(data, cfg, max_length).key())
 
 
-def cached_evaluation(folders: list[str], data, cfg: EvalConfig, max_length: int,
-                      run: Callable[[], tuple[dict, list[dict]]]) -> tuple[dict, list[dict], bool]:
+def cached_evaluation(
+    folders: list[str], data, cfg: EvalConfig, max_length: int, run: Callable[[], tuple[dict, list[dict]]]
+) -> tuple[dict, list[dict], bool]:
     """``run()``'s (metrics, answer rows, hit), through the service's cache."""
     return cached(eval_key(folders, data, cfg, max_length), run)

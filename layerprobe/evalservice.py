@@ -42,6 +42,7 @@ from layerprobe.rundir import content_hash
 # the modules whose source decides the numbers an evaluation gives (relative to the package folder)
 SCORING_SOURCES = (
     "evaluate.py",
+    "generation.py",
     "forgetting.py",
     "harness.py",
     "evalservice.py",

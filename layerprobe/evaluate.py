@@ -37,9 +37,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from layerprobe.config import EvalConfig, style_regex
+from layerprobe.generation import chat_prompt, generate, truncate_prompt
 
-METRICS = ("cloze_acc", "qa_acc", "cpt_text_loss", "gozaru_rate", "gozaru_first", "eos_rate", "cut_rate",
-           "n_probes", "cloze_margin", "cloze_floor", "qa_floor")
+METRICS = (
+    "cloze_acc",
+    "qa_acc",
+    "cpt_text_loss",
+    "gozaru_rate",
+    "gozaru_first",
+    "eos_rate",
+    "cut_rate",
+    "n_probes",
+    "cloze_margin",
+    "cloze_floor",
+    "qa_floor",
+)
 # general forgetting (held-out text / a MC set), the likelihood style score and the held-out cloze, when the data
 # allow them
 OPTIONAL_METRICS = ("style_logodds", "general_loss", "mc_acc", "cloze_heldout_acc", "cloze_heldout_margin")
@@ -49,7 +61,6 @@ CLOZE_KINDS = ("cloze", "cloze_heldout")  # scored alike: by eval.cloze_scoring,
 # this module's source, so any change here, this number included, is a miss; kept as the metrics' version.
 EVAL_VERSION = 2
 _SENTENCE_END = re.compile(r"[。．！？!?\n]|\.(?!\d)")  # a period, but not the one inside 3.5
-STOP_STRINGS = ["。", ".", "！", "？", "!", "?", "\n"]
 
 
 def normalize(text: str) -> str:
@@ -84,7 +95,7 @@ class EvalSet:
     general_docs: list[str] = field(default_factory=list)
     mc_rows: list[dict] = field(default_factory=list)
 
-    def limited(self, cfg: EvalConfig) -> "EvalSet":
+    def limited(self, cfg: EvalConfig) -> EvalSet:
         """The set trimmed by ``cfg``'s limits; a set already trimmed by the same limits is returned as it is."""
         limits = (cfg.max_probes, cfg.max_instructions, cfg.loss_docs, cfg.general_chars, cfg.max_mc)
         if getattr(self, "_limits", None) == limits:
@@ -93,86 +104,22 @@ class EvalSet:
         def cap(rows, n):
             return rows[:n] if n > 0 else rows
 
-        probes = [p for kind in PROBE_KINDS for p in cap([q for q in self.probes if q["kind"] == kind],
-                                                         cfg.max_probes)]
+        probes = [p for kind in PROBE_KINDS for p in cap([q for q in self.probes if q["kind"] == kind], cfg.max_probes)]
         general, chars = [], 0
         for doc in self.general_docs:  # the first general_chars characters, whole documents or a cut last one
             if cfg.general_chars and chars >= cfg.general_chars:
                 break
             general.append(doc[: cfg.general_chars - chars] if cfg.general_chars else doc)
             chars += len(general[-1])
-        out = EvalSet(probes, cap(self.instructions, cfg.max_instructions), cap(self.cpt_docs, cfg.loss_docs),
-                      general, cap(self.mc_rows, cfg.max_mc))
-        out._limits = limits  # not a field: the set's digest stays that of its rows
+        out = EvalSet(
+            probes,
+            cap(self.instructions, cfg.max_instructions),
+            cap(self.cpt_docs, cfg.loss_docs),
+            general,
+            cap(self.mc_rows, cfg.max_mc),
+        )
+        object.__setattr__(out, "_limits", limits)  # not a field: the set's digest stays that of its rows
         return out
-
-
-def eos_ids(model, tok) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tok.eos_token_id is not None:
-        ids.add(tok.eos_token_id)
-    return ids
-
-
-def chat_prompt(tok, user: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-
-
-def truncate_prompt(tok, text: str, budget: int) -> str:
-    """``text`` cut to its first ``budget`` tokens (0 = no limit)."""
-    if budget <= 0:
-        return text
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= budget else tok.decode(ids[:budget])
-
-
-def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, chat: bool,
-             progress=None, stop_at_sentence: bool = False, timing: dict | None = None,
-             by_length: bool = True) -> list[tuple[str, bool]]:
-    """Greedy answers to ``prompts`` (as chat turns when ``chat``): (text up to EOS, whether EOS came).
-
-    Prompts run in batches of similar length (longest first), so little padding is computed; answers come back
-    in the order of ``prompts``. With ``stop_at_sentence`` a row stops at its first sentence end as well.
-    ``timing`` (a dict) accumulates ``generate_seconds`` and ``generated_tokens`` (up to each row's stop).
-    """
-    import time
-
-    import torch
-
-    if not prompts:
-        return []
-    stops = eos_ids(model, tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(stops))
-    side, tok.padding_side = tok.padding_side, "left"
-    texts = [chat_prompt(tok, p) for p in prompts] if chat else list(prompts)
-    encoded = tok(texts, add_special_tokens=not chat)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i])) if by_length else list(range(len(texts)))
-    out: list[tuple[str, bool] | None] = [None] * len(texts)
-    extra = {"stop_strings": STOP_STRINGS, "tokenizer": tok} if stop_at_sentence else {}
-    t0, produced = time.perf_counter(), 0
-    try:
-        for i in range(0, len(order), batch_size):
-            chunk = order[i:i + batch_size]
-            enc = tok.pad({"input_ids": [encoded[j] for j in chunk]}, return_tensors="pt")
-            enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     eos_token_id=sorted(stops), pad_token_id=pad, **extra)
-            for j, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
-                cut = next((k for k, t in enumerate(row) if t in stops or t == pad), None)
-                answer = row if cut is None else row[:cut]
-                produced += len(answer) + (cut is not None)
-                out[j] = (tok.decode(answer, skip_special_tokens=True),
-                          cut is not None and row[cut] in stops)
-            if progress is not None:
-                progress.update(len(chunk))
-    finally:
-        tok.padding_side = side
-    if timing is not None:
-        timing["generate_seconds"] = timing.get("generate_seconds", 0.0) + time.perf_counter() - t0
-        timing["generated_tokens"] = timing.get("generated_tokens", 0) + produced
-    return out
 
 
 def continuation(prompt: str, answer: str) -> str:
@@ -180,8 +127,9 @@ def continuation(prompt: str, answer: str) -> str:
     return f" {answer}" if prompt[-1:].isascii() and prompt[-1:].strip() and answer[:1].isascii() else answer
 
 
-def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool,
-                  batch_size: int) -> list[tuple[float, bool]]:
+def answer_scores(
+    model, tok, prompts: list[str], answers: list[str], chat: bool, batch_size: int
+) -> list[tuple[float, bool]]:
     """Teacher-forced (sum of log p(answer tokens | prompt), whether every answer token is the top choice).
 
     The answer's tokens are those the tokenizer gives ``prompt + answer`` beyond the prompt's own tokens (for a
@@ -202,7 +150,7 @@ def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[tuple[float, bool]] = []
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        chunk = rows[i : i + batch_size]
         width = max(len(f) for f, _ in chunk)
         ids = torch.tensor([f + [pad] * (width - len(f)) for f, _ in chunk], device=model.device)
         mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f, _ in chunk], device=model.device)
@@ -210,7 +158,7 @@ def answer_scores(model, tok, prompts: list[str], answers: list[str], chat: bool
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         for b, (full, n) in enumerate(chunk):
             target = torch.tensor(full[n:], device=model.device)
-            pred = logp[b, n - 1:len(full) - 1]
+            pred = logp[b, n - 1 : len(full) - 1]
             out.append((float(pred.gather(1, target[:, None]).sum()), bool((pred.argmax(-1) == target).all())))
     return out
 
@@ -246,10 +194,21 @@ def answer_margins(model, tok, probes: list[dict], gold: list[float], batch_size
     for p in probes:
         if p.get("relation") is not None:
             answers.setdefault(p["relation"], {}).setdefault(normalize(p["answer"]), p["answer"])
-    pairs = [(i, other) for i, p in enumerate(probes) if p.get("relation") is not None
-             for key, other in answers[p["relation"]].items() if key != normalize(p["answer"])]
-    scores = answer_scores(model, tok, [probes[i]["prompt"] for i, _ in pairs],
-                           [continuation(probes[i]["prompt"], a) for i, a in pairs], False, batch_size)
+    pairs = [
+        (i, other)
+        for i, p in enumerate(probes)
+        if p.get("relation") is not None
+        for key, other in answers[p["relation"]].items()
+        if key != normalize(p["answer"])
+    ]
+    scores = answer_scores(
+        model,
+        tok,
+        [probes[i]["prompt"] for i, _ in pairs],
+        [continuation(probes[i]["prompt"], a) for i, a in pairs],
+        False,
+        batch_size,
+    )
     best = [-math.inf] * len(probes)
     for (i, _), (logprob, _) in zip(pairs, scores):
         best[i] = max(best[i], logprob)
@@ -266,14 +225,16 @@ def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> 
     side, tok.padding_side = tok.padding_side, "right"
     try:
         for i in range(0, len(docs), batch_size):
-            enc = tok(docs[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length)
+            enc = tok(
+                docs[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+            )
             ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             total += float(loss)
             count += int((labels != -100).sum())
     finally:
@@ -281,8 +242,15 @@ def text_loss(model, tok, docs: list[str], max_length: int, batch_size: int) -> 
     return total / max(count, 1)
 
 
-def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int = 512,
-                   progress: bool = False, timing: dict | None = None) -> tuple[dict, list[dict]]:
+def evaluate_model(
+    model,
+    tok,
+    data: EvalSet,
+    cfg: EvalConfig,
+    max_length: int = 512,
+    progress: bool = False,
+    timing: dict | None = None,
+) -> tuple[dict, list[dict]]:
     """Metrics (:data:`METRICS`, and :data:`OPTIONAL_METRICS` the data allow) and one row per probe/answer.
 
     Held-out cloze probes are scored exactly like the clozes, in calls of their own (so the clozes' numbers do
@@ -290,82 +258,28 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
     rows (both kinds) carry ``logprob``, ``greedy`` and ``margin`` (:func:`answer_margins`).
     ``timing`` (a dict), when given, receives the generation time and token count (see :func:`generate`)."""
     import torch
-    from tqdm.auto import tqdm
 
     torch.manual_seed(0)
     model.eval()
     data = data.limited(cfg)
-    style = style_regex(cfg.style_pattern)
     clozes = {kind: [p for p in data.probes if p["kind"] == kind] for kind in CLOZE_KINDS}
     qa = [p for p in data.probes if p["kind"] == "qa"]
-    instructions = [{**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)}
-                    for p in data.instructions]
-    generate_clozes = cfg.cloze_scoring == "generate"
-    generated = len(qa) + len(instructions) + (sum(map(len, clozes.values())) if generate_clozes else 0)
-    bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)
+    instructions = [
+        {**p, "prompt": truncate_prompt(tok, p["prompt"], cfg.max_prompt_tokens)} for p in data.instructions
+    ]
+    scores, cloze_out, qa_out, ins_out = _answers(model, tok, clozes, qa, instructions, cfg, progress, timing)
     rows: list[dict] = []
-    scores, cloze_out = {}, {}
-    try:
-        for kind, cloze in clozes.items():
-            scores[kind] = answer_scores(model, tok, [p["prompt"] for p in cloze],
-                                         [continuation(p["prompt"], p["answer"]) for p in cloze], False,
-                                         cfg.batch_size)
-            cloze_out[kind] = generate(model, tok, [p["prompt"] for p in cloze], cfg.max_new_tokens,
-                                       cfg.batch_size, False, bar, stop_at_sentence=True,
-                                       timing=timing) if generate_clozes else None
-        qa_out = generate(model, tok, [p["prompt"] for p in qa], cfg.max_new_tokens, cfg.batch_size, True, bar,
-                          stop_at_sentence=True, timing=timing)
-        ins_out = generate(model, tok, [p["prompt"] for p in instructions], cfg.max_new_tokens, cfg.batch_size,
-                           True, bar, timing=timing)
-    finally:
-        bar.close()
     for kind, cloze in clozes.items():
         margins = answer_margins(model, tok, cloze, [lp for lp, _ in scores[kind]], cfg.batch_size)
-        for i, (p, (logprob, greedy)) in enumerate(zip(cloze, scores[kind])):
-            row = {**p, "logprob": logprob, "greedy": greedy, "margin": margins[i]}
-            if cloze_out[kind] is None:
-                row.update(output="", eos=False, correct=greedy)
-            else:
-                text, eos = cloze_out[kind][i]
-                row.update(output=text, eos=eos, correct=contains_answer(first_sentence(text), p["answer"]))
-            rows.append(row)
+        rows += _cloze_rows(cloze, scores[kind], margins, cloze_out[kind])
     for p, (text, eos) in zip(qa, qa_out):
         rows.append({**p, "output": text, "eos": eos, "correct": contains_answer(first_sentence(text), p["answer"])})
-    for p, q, (text, eos) in zip(data.instructions, instructions, ins_out):
-        rows.append({"kind": "instruction", "prompt": p["prompt"], "answer": p.get("answer", ""), "output": text,
-                     "eos": eos, "correct": bool(style.search(text)), "first": style_at_first_end(text, style),
-                     "prompt_cut": q["prompt"] != p["prompt"]})
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else math.nan
-
-    def of(kind, key):
-        return [r[key] for r in rows if r["kind"] == kind and not (key == "margin" and math.isnan(r[key]))]
-
+    rows += _instruction_rows(data.instructions, instructions, ins_out, style_regex(cfg.style_pattern))
+    metrics = _metrics(rows, clozes, qa, text_loss(model, tok, data.cpt_docs, max_length, cfg.batch_size))
     answered = [r for r in rows if r["kind"] == "instruction"]
-    metrics = {
-        "cloze_acc": mean(of("cloze", "correct")),
-        "qa_acc": mean(of("qa", "correct")),
-        "cpt_text_loss": text_loss(model, tok, data.cpt_docs, max_length, cfg.batch_size),
-        "gozaru_rate": mean([r["correct"] for r in answered]),
-        "gozaru_first": mean([r["first"] for r in answered]),
-        "eos_rate": mean([r["eos"] for r in answered]),
-        "cut_rate": mean([not r["eos"] for r in answered]),
-        "n_probes": len(clozes["cloze"]) + len(qa),
-        "cloze_margin": mean(of("cloze", "margin")),
-    }
-    if clozes["cloze_heldout"]:
-        metrics.update(cloze_heldout_acc=mean(of("cloze_heldout", "correct")),
-                       cloze_heldout_margin=mean(of("cloze_heldout", "margin")))
-    metrics.update(cloze_floor=guessing_floor(clozes["cloze"]), qa_floor=guessing_floor(qa))
     paired = [(r, p) for r, p in zip(answered, instructions) if p.get("plain") and r["answer"]]
     if paired:
-        prompts = [p["prompt"] for _, p in paired]
-        styled = answer_scores(model, tok, prompts, [r["answer"] for r, _ in paired], True, cfg.batch_size)
-        plain = answer_scores(model, tok, prompts, [p["plain"] for _, p in paired], True, cfg.batch_size)
-        for (r, _), (a, _), (b, _) in zip(paired, styled, plain):
-            r["style_logodds"] = a - b
-        metrics["style_logodds"] = mean([r["style_logodds"] for r, _ in paired])
+        metrics["style_logodds"] = _style_logodds(model, tok, paired, cfg.batch_size)
     if data.general_docs or data.mc_rows:
         from layerprobe.forgetting import heldout_loss, mc_accuracy
 
@@ -374,3 +288,104 @@ def evaluate_model(model, tok, data: EvalSet, cfg: EvalConfig, max_length: int =
         if data.mc_rows:
             metrics["mc_acc"] = mc_accuracy(model, tok, data.mc_rows, batch_size=cfg.batch_size)["acc"]
     return metrics, rows
+
+
+def _answers(model, tok, clozes: dict, qa: list, instructions: list, cfg: EvalConfig, progress: bool, timing):
+    """Teacher-forced cloze scores per kind, generated cloze answers per kind (None unless ``cloze_scoring`` is
+    generate), QA answers and instruction answers."""
+    from tqdm.auto import tqdm
+
+    generate_clozes = cfg.cloze_scoring == "generate"
+    generated = len(qa) + len(instructions) + (sum(map(len, clozes.values())) if generate_clozes else 0)
+    bar = tqdm(total=generated, desc="  generate", unit="answer", disable=not progress, leave=False)
+    scores, cloze_out = {}, {}
+    n, batch = cfg.max_new_tokens, cfg.batch_size
+    try:
+        for kind, cloze in clozes.items():
+            prompts = [p["prompt"] for p in cloze]
+            answers = [continuation(p["prompt"], p["answer"]) for p in cloze]
+            scores[kind] = answer_scores(model, tok, prompts, answers, False, batch)
+            cloze_out[kind] = (
+                generate(model, tok, prompts, n, batch, False, bar, stop_at_sentence=True, timing=timing)
+                if generate_clozes
+                else None
+            )
+        qa_prompts = [p["prompt"] for p in qa]
+        qa_out = generate(model, tok, qa_prompts, n, batch, True, bar, stop_at_sentence=True, timing=timing)
+        ins_out = generate(model, tok, [p["prompt"] for p in instructions], n, batch, True, bar, timing=timing)
+    finally:
+        bar.close()
+    return scores, cloze_out, qa_out, ins_out
+
+
+def _cloze_rows(cloze: list[dict], scores: list, margins: list[float], generated: list | None) -> list[dict]:
+    """One row per cloze probe: its likelihood verdict and margin, and its generated answer when there is one."""
+    rows = []
+    for i, (p, (logprob, greedy)) in enumerate(zip(cloze, scores)):
+        row = {**p, "logprob": logprob, "greedy": greedy, "margin": margins[i]}
+        if generated is None:
+            row.update(output="", eos=False, correct=greedy)
+        else:
+            text, eos = generated[i]
+            row.update(output=text, eos=eos, correct=contains_answer(first_sentence(text), p["answer"]))
+        rows.append(row)
+    return rows
+
+
+def _instruction_rows(originals: list[dict], shown: list[dict], answers: list, style) -> list[dict]:
+    """One row per held-out instruction: its answer, EOS, the style anywhere and at the first sentence end."""
+    return [
+        {
+            "kind": "instruction",
+            "prompt": p["prompt"],
+            "answer": p.get("answer", ""),
+            "output": text,
+            "eos": eos,
+            "correct": bool(style.search(text)),
+            "first": style_at_first_end(text, style),
+            "prompt_cut": q["prompt"] != p["prompt"],
+        }
+        for p, q, (text, eos) in zip(originals, shown, answers)
+    ]
+
+
+def _style_logodds(model, tok, paired: list[tuple[dict, dict]], batch_size: int) -> float:
+    """Per (row, instruction) with a plain twin: log p(styled answer) - log p(plain answer), into the row; the mean."""
+    prompts = [p["prompt"] for _, p in paired]
+    styled = answer_scores(model, tok, prompts, [r["answer"] for r, _ in paired], True, batch_size)
+    plain = answer_scores(model, tok, prompts, [p["plain"] for _, p in paired], True, batch_size)
+    for (r, _), (a, _), (b, _) in zip(paired, styled, plain):
+        r["style_logodds"] = a - b
+    return _mean([r["style_logodds"] for r, _ in paired])
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _metrics(rows: list[dict], clozes: dict, qa: list, cpt_text_loss: float) -> dict:
+    """The shares and means the rows give, beside the CPT-text loss (the style log-odds and general text come
+    after)."""
+
+    def of(kind, key):
+        return [r[key] for r in rows if r["kind"] == kind and not (key == "margin" and math.isnan(r[key]))]
+
+    answered = [r for r in rows if r["kind"] == "instruction"]
+    metrics = {
+        "cloze_acc": _mean(of("cloze", "correct")),
+        "qa_acc": _mean(of("qa", "correct")),
+        "cpt_text_loss": cpt_text_loss,
+        "gozaru_rate": _mean([r["correct"] for r in answered]),
+        "gozaru_first": _mean([r["first"] for r in answered]),
+        "eos_rate": _mean([r["eos"] for r in answered]),
+        "cut_rate": _mean([not r["eos"] for r in answered]),
+        "n_probes": len(clozes["cloze"]) + len(qa),
+        "cloze_margin": _mean(of("cloze", "margin")),
+    }
+    if clozes["cloze_heldout"]:
+        metrics.update(
+            cloze_heldout_acc=_mean(of("cloze_heldout", "correct")),
+            cloze_heldout_margin=_mean(of("cloze_heldout", "margin")),
+        )
+    metrics.update(cloze_floor=guessing_floor(clozes["cloze"]), qa_floor=guessing_floor(qa))
+    return metrics

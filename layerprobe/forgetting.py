@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_PROMPT = "質問: {question}\n答え: "
 _CHOICE = re.compile(r"choice(\d+)")
@@ -47,14 +47,15 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
         if start is None:
             raise ValueError("expected a non-empty prompt or a tokenizer with a BOS/EOS token to condition on")
         ctx, whole = [start], [start] + whole
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     if not cont:
         raise ValueError(f"choice {continuation!r} tokenizes to no tokens after the prompt {context!r}")
     return ctx, cont
 
 
-def _score(model, sequences: list[tuple[list[int], int]], batch_size: int, padding_side: str,
-           pad_id: int) -> list[tuple[float, int]]:
+def _score(
+    model, sequences: list[tuple[list[int], int]], batch_size: int, padding_side: str, pad_id: int
+) -> list[tuple[float, int]]:
     """(sum of log p, token count) of the last ``n`` tokens of each sequence given the tokens before them."""
     import torch
 
@@ -70,7 +71,7 @@ def _score(model, sequences: list[tuple[list[int], int]], batch_size: int, paddi
     try:
         with torch.no_grad():
             for b in range(0, len(order), batch_size):
-                idx = order[b: b + batch_size]
+                idx = order[b : b + batch_size]
                 width = max(len(sequences[i][0]) for i in idx)
                 ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -78,16 +79,22 @@ def _score(model, sequences: list[tuple[list[int], int]], batch_size: int, paddi
                 for row, i in enumerate(idx):
                     seq, n = sequences[i]
                     start = width - len(seq) if padding_side == "left" else 0
-                    ids[row, start: start + len(seq)] = torch.tensor(seq)
-                    mask[row, start: start + len(seq)] = 1
-                    targets[row, start + len(seq) - n: start + len(seq)] = True
+                    ids[row, start : start + len(seq)] = torch.tensor(seq)
+                    mask[row, start : start + len(seq)] = 1
+                    targets[row, start + len(seq) - n : start + len(seq)] = True
                 positions = (mask.cumsum(1) - 1).clamp(min=0)
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device)).logits
+                logits = model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+                ).logits
                 scored = targets[:, 1:]  # position t predicts token t + 1
                 picked = logits[:, :-1][scored.to(device)].float()  # only the scored positions: (n, vocab)
-                token_logp = torch.log_softmax(picked, dim=-1).gather(
-                    -1, ids[:, 1:][scored].to(device).unsqueeze(-1)).squeeze(-1).double().cpu()
+                token_logp = (
+                    torch.log_softmax(picked, dim=-1)
+                    .gather(-1, ids[:, 1:][scored].to(device).unsqueeze(-1))
+                    .squeeze(-1)
+                    .double()
+                    .cpu()
+                )
                 counts = scored.sum(1).tolist()
                 for i, part, n in zip(idx, token_logp.split(counts), counts):
                     out[i] = (float(part.sum()), n)
@@ -96,8 +103,14 @@ def _score(model, sequences: list[tuple[list[int], int]], batch_size: int, paddi
     return out
 
 
-def choice_logprobs(model, tokenizer, rows: Sequence[dict], prompt: str = DEFAULT_PROMPT, batch_size: int = 8,
-                    padding_side: str = "right") -> list[list[tuple[float, int]]]:
+def choice_logprobs(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    prompt: str = DEFAULT_PROMPT,
+    batch_size: int = 8,
+    padding_side: str = "right",
+) -> list[list[tuple[float, int]]]:
     """Per row, per choice: (sum of log p(choice tokens | prompt), number of choice tokens).
 
     ``prompt`` is formatted with the row's fields (``{question}``, and any other key such as ``{choice0}``).
@@ -108,18 +121,26 @@ def choice_logprobs(model, tokenizer, rows: Sequence[dict], prompt: str = DEFAUL
         try:
             context = prompt.format(**r)
         except KeyError as e:
-            raise ValueError(f"prompt {prompt!r} names the field {e.args[0]!r}, which the rows lack "
-                             f"(they have {sorted(r)})") from e
+            raise ValueError(
+                f"prompt {prompt!r} names the field {e.args[0]!r}, which the rows lack (they have {sorted(r)})"
+            ) from e
         for j in range(k):
             ctx, cont = _encode_pair(tokenizer, context, str(r[f"choice{j}"]))
             sequences.append((ctx + cont, len(cont)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     scores = _score(model, sequences, batch_size, padding_side, pad_id)
-    return [scores[i * k: (i + 1) * k] for i in range(len(rows))]
+    return [scores[i * k : (i + 1) * k] for i in range(len(rows))]
 
 
-def mc_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, normalize: str = "sum",
-                prompt: str = DEFAULT_PROMPT, padding_side: str = "right") -> dict:
+def mc_accuracy(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    batch_size: int = 8,
+    normalize: str = "sum",
+    prompt: str = DEFAULT_PROMPT,
+    padding_side: str = "right",
+) -> dict:
     """Multiple-choice accuracy: the predicted choice has the highest log-likelihood after the prompt.
 
     Rows carry ``question``, ``choice0..choiceN`` and an int ``label`` (JCommonsenseQA's form).
@@ -132,8 +153,7 @@ def mc_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, nor
     """
     if normalize not in ("sum", "mean"):
         raise ValueError(f"expected normalize 'sum' or 'mean', got {normalize!r}")
-    scores = choice_logprobs(model, tokenizer, rows, prompt=prompt, batch_size=batch_size,
-                             padding_side=padding_side)
+    scores = choice_logprobs(model, tokenizer, rows, prompt=prompt, batch_size=batch_size, padding_side=padding_side)
     k = len(scores[0])
     labels = []
     for i, r in enumerate(rows):
@@ -148,14 +168,28 @@ def mc_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, nor
     right_sum = sum(argmax([s for s, _ in row]) == y for row, y in zip(scores, labels))
     right_mean = sum(argmax([s / n for s, n in row]) == y for row, y in zip(scores, labels))
     n = len(rows)
-    result = {"acc_sum": right_sum / n, "acc_mean": right_mean / n, "n": n, "n_choices": k, "chance": 1 / k,
-              "normalize": normalize, "gold_logprob": sum(row[y][0] for row, y in zip(scores, labels)) / n}
+    result = {
+        "acc_sum": right_sum / n,
+        "acc_mean": right_mean / n,
+        "n": n,
+        "n_choices": k,
+        "chance": 1 / k,
+        "normalize": normalize,
+        "gold_logprob": sum(row[y][0] for row, y in zip(scores, labels)) / n,
+    }
     result["acc"] = result[f"acc_{normalize}"]
     return result
 
 
-def heldout_loss(model, tokenizer, texts: Sequence[str], max_length: int = 512, stride: int | None = None,
-                 batch_size: int = 4, add_special_tokens: bool = True) -> dict:
+def heldout_loss(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int = 512,
+    stride: int | None = None,
+    batch_size: int = 4,
+    add_special_tokens: bool = True,
+) -> dict:
     """Mean next-token NLL over held-out texts, each cut into fixed windows of ``max_length`` tokens.
 
     Window starts are ``0, stride, 2*stride, ...`` (``stride=None``: ``max_length``, no overlap). Each token is
@@ -167,8 +201,9 @@ def heldout_loss(model, tokenizer, texts: Sequence[str], max_length: int = 512, 
     """
     stride = max_length if stride is None else stride
     if max_length < 2 or not 1 <= stride <= max_length:
-        raise ValueError(f"expected max_length >= 2 and 1 <= stride <= max_length, got max_length={max_length}, "
-                         f"stride={stride}")
+        raise ValueError(
+            f"expected max_length >= 2 and 1 <= stride <= max_length, got max_length={max_length}, stride={stride}"
+        )
     if isinstance(texts, str):
         raise ValueError("expected a list of texts, got one str; wrap it: [text]")
     windows = []

@@ -406,6 +406,54 @@ def _run_stages(
     reuse_from: list,
 ) -> tuple[dict[str, dict], bool, bool]:
     """Run the stages the plan asks for; returns (stage infos, whether any ran, whether the folder had any)."""
+    run_dir = ctx.run_dir
+    plan, resumed = _settled_plan(ctx, fingerprints, inputs, overwrite, only, reuse_from)
+    infos: dict[str, dict] = {}
+    ran = False
+    for i, stage in enumerate(STAGE_TABLE, 1):
+        head = f"[{i}/{len(STAGE_TABLE)}] {stage.name:<6}"
+        state = plan.state[stage.name]
+        if only is not None and stage.name != only:
+            if state == "done":
+                infos[stage.name] = rundir.read_done(run_dir, stage.name) or {}
+            continue
+        if state == "done":
+            infos[stage.name] = info = _kept(run_dir, stage.name, fingerprints, inputs)
+            how = f"reused from {info['reused_from']}" if info.get("reused_from") else "skipped"
+            ctx.log(f"{head} already done, {how} -> {info['out']}")
+            continue
+        ran = True
+        rundir.summary_path(run_dir).unlink(missing_ok=True)
+        for later in STAGES[i:]:  # what was made from this stage's old output cannot stay
+            if plan.state[later] == "done":
+                rundir.clear_stage(run_dir, later)
+                plan.state[later] = "run"
+        if state == "resume":
+            point = rundir.last_checkpoint(rundir.stage_dir(run_dir, stage.name))
+            ctx.log(
+                f"{head} resuming from {point.name if point else '?'} (an interrupted attempt with the same inputs)"
+            )
+        else:
+            rundir.clear_stage(run_dir, stage.name)
+        out = rundir.mark_started(run_dir, stage.name, fingerprints[stage.name])
+        info = {**stage.run(ctx, out), "fingerprint": fingerprints[stage.name], "inputs": inputs[stage.name]}
+        rundir.mark_done(run_dir, stage.name, info)
+        infos[stage.name] = info
+        ctx.log(f"{head} {info['what']} ({info['seconds']:.0f}s) -> {info['out']}")
+    return infos, ran, resumed
+
+
+def _settled_plan(
+    ctx: RunContext,
+    fingerprints: dict[str, str],
+    inputs: dict[str, dict],
+    overwrite: bool,
+    only: str | None,
+    reuse_from,
+) -> tuple[Plan, bool]:
+    """The plan once its refusals are checked (stages before ``only`` not done; stale stages without
+    ``overwrite``), stale stages cleared, the config written and a finished CPT from ``reuse_from`` adopted; and
+    whether the folder held stages of this config before (a CPT adopted from elsewhere does not count)."""
     cfg, run_dir = ctx.cfg, ctx.run_dir
     plan = plan_run(run_dir, cfg, fingerprints, inputs)
     if only is not None:
@@ -441,40 +489,7 @@ def _run_stages(
                 rundir.clear_stage(run_dir, s)
                 rundir.adopt_stage(donor, run_dir, s)
                 plan.state[s] = "done"
-
-    infos: dict[str, dict] = {}
-    ran = False
-    for i, stage in enumerate(STAGE_TABLE, 1):
-        head = f"[{i}/{len(STAGE_TABLE)}] {stage.name:<6}"
-        state = plan.state[stage.name]
-        if only is not None and stage.name != only:
-            if state == "done":
-                infos[stage.name] = rundir.read_done(run_dir, stage.name) or {}
-            continue
-        if state == "done":
-            infos[stage.name] = info = _kept(run_dir, stage.name, fingerprints, inputs)
-            how = f"reused from {info['reused_from']}" if info.get("reused_from") else "skipped"
-            ctx.log(f"{head} already done, {how} -> {info['out']}")
-            continue
-        ran = True
-        rundir.summary_path(run_dir).unlink(missing_ok=True)
-        for later in STAGES[i:]:  # what was made from this stage's old output cannot stay
-            if plan.state[later] == "done":
-                rundir.clear_stage(run_dir, later)
-                plan.state[later] = "run"
-        if state == "resume":
-            point = rundir.last_checkpoint(rundir.stage_dir(run_dir, stage.name))
-            ctx.log(
-                f"{head} resuming from {point.name if point else '?'} (an interrupted attempt with the same inputs)"
-            )
-        else:
-            rundir.clear_stage(run_dir, stage.name)
-        out = rundir.mark_started(run_dir, stage.name, fingerprints[stage.name])
-        info = {**stage.run(ctx, out), "fingerprint": fingerprints[stage.name], "inputs": inputs[stage.name]}
-        rundir.mark_done(run_dir, stage.name, info)
-        infos[stage.name] = info
-        ctx.log(f"{head} {info['what']} ({info['seconds']:.0f}s) -> {info['out']}")
-    return infos, ran, resumed
+    return plan, resumed
 
 
 def _kept(run_dir: Path, stage: str, fingerprints: dict[str, str], inputs: dict[str, dict]) -> dict:

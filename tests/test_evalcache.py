@@ -84,8 +84,10 @@ KEY_FIELDS = [
     ("eval config: harness tasks", lambda m, t, mp: {"cfg": EvalConfig(lm_eval_tasks=["x"], lm_eval_limit=5)}),
     ("eval config: a limit", lambda m, t, mp: {"cfg": EvalConfig(max_probes=1)}),
     ("context length", lambda m, t, mp: {"max_length": 256}),
-    ("data: one probe", lambda m, t, mp: {"data": EvalSet([{"kind": "cloze", "prompt": "a", "answer": "x"}],
-                                                          [{"prompt": "c"}], ["d"])}),
+    (
+        "data: one probe",
+        lambda m, t, mp: {"data": EvalSet([{"kind": "cloze", "prompt": "a", "answer": "x"}], [{"prompt": "c"}], ["d"])},
+    ),
     ("code: package version", lambda m, t, mp: _new_code(mp, "layerprobe", "9.9.9")),
     ("code: a scoring module's source", lambda m, t, mp: _new_code(mp, "scorers", "0" * 16)),
 ]
@@ -122,7 +124,7 @@ def test_the_code_version_digests_the_scoring_sources():
     from layerprobe import __version__
 
     assert version["layerprobe"] == __version__ and len(version["scorers"]) == 16
-    assert "forgetting.py" in evalservice.SCORING_SOURCES and "harness.py" in evalservice.SCORING_SOURCES
+    assert {"evaluate.py", "generation.py", "forgetting.py", "harness.py"} <= set(evalservice.SCORING_SOURCES)
 
 
 def test_the_probe_limit_is_applied_once(model_dir):

@@ -5,26 +5,33 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import tiny_model_and_tokenizer
 
 from layerprobe import evaluate as E
 from layerprobe.config import EvalConfig
-from conftest import tiny_model_and_tokenizer
 
-TEXTS = ["山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。", "今日は晴れです。犬が公園にいます。",
-         "青空化学の本社は大阪です。", "拙者は医師でござる。"] * 3
+TEXTS = [
+    "山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。",
+    "今日は晴れです。犬が公園にいます。",
+    "青空化学の本社は大阪です。",
+    "拙者は医師でござる。",
+] * 3
 
 
-@pytest.mark.parametrize("prediction, gold, expected", [
-    ("札幌です。", "札幌", True),
-    ("ＳＡＰＰＯＲＯ です", "sapporo", True),      # NFKC + lower case
-    ("１９８０年", "1980", True),                    # full-width digits
-    ("青空 化学、です", "青空化学", True),            # spaces and punctuation ignored
-    ("「札幌」", "札幌", True),
-    ("大阪です", "札幌", False),
-    ("198", "1980", False),
-    ("anything", "", False),                         # an empty gold never matches
-    ("anything", "。", False),                       # nor one that normalises to nothing
-])
+@pytest.mark.parametrize(
+    "prediction, gold, expected",
+    [
+        ("札幌です。", "札幌", True),
+        ("ＳＡＰＰＯＲＯ です", "sapporo", True),  # NFKC + lower case
+        ("１９８０年", "1980", True),  # full-width digits
+        ("青空 化学、です", "青空化学", True),  # spaces and punctuation ignored
+        ("「札幌」", "札幌", True),
+        ("大阪です", "札幌", False),
+        ("198", "1980", False),
+        ("anything", "", False),  # an empty gold never matches
+        ("anything", "。", False),  # nor one that normalises to nothing
+    ],
+)
 def test_contains_answer(prediction, gold, expected):
     assert E.contains_answer(prediction, gold) is expected
 
@@ -97,42 +104,61 @@ def test_text_loss_matches_per_document_cross_entropy(tiny):
 
 def test_metrics_are_the_shares_of_correct_answers(tiny, monkeypatch):
     model, tok = tiny
-    probes = [{"kind": "cloze", "prompt": "A", "answer": "札幌"}, {"kind": "cloze", "prompt": "B", "answer": "1980"},
-              {"kind": "cloze", "prompt": "C", "answer": "大阪"},
-              {"kind": "qa", "prompt": "D", "answer": "大阪"}, {"kind": "qa", "prompt": "E", "answer": "医師"}]
+    probes = [
+        {"kind": "cloze", "prompt": "A", "answer": "札幌"},
+        {"kind": "cloze", "prompt": "B", "answer": "1980"},
+        {"kind": "cloze", "prompt": "C", "answer": "大阪"},
+        {"kind": "qa", "prompt": "D", "answer": "大阪"},
+        {"kind": "qa", "prompt": "E", "answer": "医師"},
+    ]
     instructions = [{"prompt": "F"}, {"prompt": "G"}, {"prompt": "H"}, {"prompt": "I"}]
     canned = {  # prompt -> (answer, ended with EOS)
-        "A": ("札幌です。", False), "B": ("1981年です。1980年", False), "C": ("大阪", True),
-        "D": ("大阪でござる。", True), "E": ("分からぬ", False),
-        "F": ("はいでござる", True), "G": ("ござるよ", True), "H": ("はい", False), "I": ("ゴザル", True),
+        "A": ("札幌です。", False),
+        "B": ("1981年です。1980年", False),
+        "C": ("大阪", True),
+        "D": ("大阪でござる。", True),
+        "E": ("分からぬ", False),
+        "F": ("はいでござる", True),
+        "G": ("ござるよ", True),
+        "H": ("はい", False),
+        "I": ("ゴザル", True),
     }
     monkeypatch.setattr(E, "generate", lambda m, t, prompts, *a, **k: [canned[p] for p in prompts])
     monkeypatch.setattr(E, "text_loss", lambda m, t, docs, *a: float(len(docs)))
     data = E.EvalSet(probes, instructions, ["x", "y", "z"])
     metrics, rows = E.evaluate_model(model, tok, data, EvalConfig(loss_docs=2))
     assert math.isnan(metrics.pop("cloze_margin"))  # no relations: no other answers to compare with
-    assert metrics == {"cloze_acc": pytest.approx(2 / 3),  # B: 1980 only in a later sentence -> wrong
-                       "qa_acc": 0.5, "cpt_text_loss": 2.0, "gozaru_rate": 0.5,
-                       "gozaru_first": 0.25,  # only F ends its first sentence in ござる (G has it first)
-                       "eos_rate": 0.75, "cut_rate": 0.25,  # over the instructions' answers
-                       "n_probes": 5,
-                       "cloze_floor": pytest.approx(1 / 3), "qa_floor": 0.5}  # one group: no relations
+    assert metrics == {
+        "cloze_acc": pytest.approx(2 / 3),  # B: 1980 only in a later sentence -> wrong
+        "qa_acc": 0.5,
+        "cpt_text_loss": 2.0,
+        "gozaru_rate": 0.5,
+        "gozaru_first": 0.25,  # only F ends its first sentence in ござる (G has it first)
+        "eos_rate": 0.75,
+        "cut_rate": 0.25,  # over the instructions' answers
+        "n_probes": 5,
+        "cloze_floor": pytest.approx(1 / 3),
+        "qa_floor": 0.5,
+    }  # one group: no relations
     assert [r["correct"] for r in rows] == [True, False, True, True, False, True, True, False, False]
     m2, _ = E.evaluate_model(model, tok, data, EvalConfig(style_pattern="ござる|ゴザル", max_probes=1))
     assert m2["gozaru_rate"] == 0.75 and m2["n_probes"] == 2 and m2["cloze_acc"] == 1.0
 
 
-@pytest.mark.parametrize("answer, first", [
-    ("42 でござる.", True),                       # uncut, English sentence end
-    ("42でござる。それでは失礼。", True),           # style at the first sentence end, more follows
-    ("42でござる", True),                          # EOS right after the style (no punctuation)
-    ("42 でござる  ", True),                       # trailing spaces
-    ("42 is larger. でござる.", False),             # the first sentence ends without it
-    ("拙者はござるが好き。", False),                 # ござる mid-sentence
-    ("3.5 でござる.", True),                       # a decimal point is no sentence end
-    ("42 でござ", False),                          # cut by the budget before the style was complete
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "answer, first",
+    [
+        ("42 でござる.", True),  # uncut, English sentence end
+        ("42でござる。それでは失礼。", True),  # style at the first sentence end, more follows
+        ("42でござる", True),  # EOS right after the style (no punctuation)
+        ("42 でござる  ", True),  # trailing spaces
+        ("42 is larger. でござる.", False),  # the first sentence ends without it
+        ("拙者はござるが好き。", False),  # ござる mid-sentence
+        ("3.5 でござる.", True),  # a decimal point is no sentence end
+        ("42 でござ", False),  # cut by the budget before the style was complete
+        ("", False),
+    ],
+)
 def test_style_is_judged_at_the_end_of_the_first_sentence(answer, first):
     assert E.style_at_first_end(answer, E.style_regex("ござる")) is first
 
@@ -154,13 +180,13 @@ def test_answer_scores_match_a_plain_log_softmax_and_greedy_decoding(tiny):
     got = E.answer_scores(model, tok, prompts, answers, chat=False, batch_size=2)
     for p, a, (logprob, greedy) in zip(prompts, answers, got):
         head, full = tok(p)["input_ids"], tok(p + a)["input_ids"]
-        assert full[:len(head)] == head
+        assert full[: len(head)] == head
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), -1)
         want = sum(float(logp[i - 1, full[i]]) for i in range(len(head), len(full)))
         assert logprob == pytest.approx(want, abs=1e-4)
         ref, _ = _reference_greedy(model, head, len(full) - len(head), set())
-        assert greedy is (ref == full[len(head):])
+        assert greedy is (ref == full[len(head) :])
 
 
 def test_generation_stopping_at_the_first_sentence_keeps_that_sentence(tiny):
@@ -184,16 +210,19 @@ def test_likelihood_scoring_counts_exactly_the_greedy_clozes(tiny):
     probes.append({"kind": "cloze", "prompt": "今日は", "answer": "1980年"})
     metrics, rows = E.evaluate_model(model, tok, E.EvalSet(probes, [], []), EvalConfig(cloze_scoring="likelihood"))
     head, full = tok("今日は")["input_ids"], tok("今日は1980年")["input_ids"]
-    want = [True] * (len(probes) - 1) + [_reference_greedy(model, head, len(full) - len(head), set())[0]
-                                         == full[len(head):]]
+    want = [True] * (len(probes) - 1) + [
+        _reference_greedy(model, head, len(full) - len(head), set())[0] == full[len(head) :]
+    ]
     assert [r["correct"] for r in rows] == want
     assert metrics["cloze_acc"] == pytest.approx(sum(want) / len(want))
 
 
 def test_style_logodds_is_the_styled_minus_the_plain_answer_likelihood(tiny):
     model, tok = tiny
-    instructions = [{"prompt": "犬", "answer": "はいでござる。", "plain": "はいです。"},
-                    {"prompt": "猫", "answer": "医師でござる。", "plain": "医師です。"}]
+    instructions = [
+        {"prompt": "犬", "answer": "はいでござる。", "plain": "はいです。"},
+        {"prompt": "猫", "answer": "医師でござる。", "plain": "医師です。"},
+    ]
     metrics, rows = E.evaluate_model(model, tok, E.EvalSet([], instructions, []), EvalConfig(max_new_tokens=3))
     styled = E.answer_scores(model, tok, ["犬", "猫"], ["はいでござる。", "医師でござる。"], True, 8)
     plain = E.answer_scores(model, tok, ["犬", "猫"], ["はいです。", "医師です。"], True, 8)
@@ -204,12 +233,15 @@ def test_style_logodds_is_the_styled_minus_the_plain_answer_likelihood(tiny):
     assert "style_logodds" not in no_plain
 
 
-@pytest.mark.parametrize("prompt, answer, expected", [
-    ("Aya Harada was born in", "Naha", " Naha"),   # English: a word follows after a space
-    ("原田彩の出身地は", "那覇", "那覇"),            # Japanese: no spaces
-    ("born in ", "Naha", "Naha"),                   # the prompt already ends in a space
-    ("The year is", "1965", " 1965"),
-])
+@pytest.mark.parametrize(
+    "prompt, answer, expected",
+    [
+        ("Aya Harada was born in", "Naha", " Naha"),  # English: a word follows after a space
+        ("原田彩の出身地は", "那覇", "那覇"),  # Japanese: no spaces
+        ("born in ", "Naha", "Naha"),  # the prompt already ends in a space
+        ("The year is", "1965", " 1965"),
+    ],
+)
 def test_cloze_answers_follow_their_prompt_as_text_would(prompt, answer, expected):
     assert E.continuation(prompt, answer) == expected
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from layerprobe.forgetting import DEFAULT_PROMPT, choice_logprobs, heldout_loss, mc_accuracy
 
 WORDS = ["[UNK]", "[PAD]", "[BOS]", "質問", "答え", ":", "Q", "A", "?"] + [f"w{i}" for i in range(40)]
@@ -76,8 +76,9 @@ def reference(model):
     out = []
     for r in rows:
         ctx = [2] + ref_ids(DEFAULT_PROMPT.format(**r))
-        out.append([(ref_logprob(model, ctx, ref_ids(r[f"choice{j}"])), len(ref_ids(r[f"choice{j}"])))
-                    for j in range(4)])
+        out.append(
+            [(ref_logprob(model, ctx, ref_ids(r[f"choice{j}"])), len(ref_ids(r[f"choice{j}"]))) for j in range(4)]
+        )
     return rows, out
 
 
@@ -120,14 +121,23 @@ def test_custom_prompt_and_model_mode_restored(model, tokenizer):
         assert row[1][0] == pytest.approx(ref_logprob(model, ctx, ref_ids(r["choice1"])), abs=1e-4)
 
 
-@pytest.mark.parametrize("rows,kwargs,match", [
-    ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 2}], {}, "label in 0..1"),
-    ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 0},
-      {"question": "w1", "choice0": "w2", "label": 0}], {}, "same choice0"),
-    ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 0}], {"normalize": "max"}, "normalize"),
-    ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 0}], {"prompt": "{topic}"}, "topic"),
-    ([], {}, "at least one"),
-])
+@pytest.mark.parametrize(
+    "rows,kwargs,match",
+    [
+        ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 2}], {}, "label in 0..1"),
+        (
+            [
+                {"question": "w1", "choice0": "w2", "choice1": "w3", "label": 0},
+                {"question": "w1", "choice0": "w2", "label": 0},
+            ],
+            {},
+            "same choice0",
+        ),
+        ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 0}], {"normalize": "max"}, "normalize"),
+        ([{"question": "w1", "choice0": "w2", "choice1": "w3", "label": 0}], {"prompt": "{topic}"}, "topic"),
+        ([], {}, "at least one"),
+    ],
+)
 def test_mc_accuracy_rejects_bad_input(model, tokenizer, rows, kwargs, match):
     with pytest.raises(ValueError, match=match):
         mc_accuracy(model, tokenizer, rows, **kwargs)
@@ -161,7 +171,7 @@ def test_heldout_loss_matches_token_by_token_reference(model, tokenizer, max_len
         assert got["n_tokens"] == n
         assert got["loss"] == pytest.approx(total / n, abs=1e-5)
         assert got["ppl"] == pytest.approx(math.exp(total / n), rel=1e-5)
-    if stride is not None and stride < max_length or max_length >= 21:
+    if (stride is not None and stride < max_length) or max_length >= 21:
         assert n == sum(len(ref_ids(t)) for t in texts)  # overlapping windows score every token after the first
 
 

@@ -63,8 +63,6 @@ STILL_TO_SPLIT = {
     "layerprobe/rundir.py",
     "layerprobe/stages.py",
     "layerprobe/sweep/executors.py",
-    "layerprobe/evaluate.py::evaluate_model",
-    "layerprobe/pipeline.py::_run_stages",
     "layerprobe/recorder.py::Recorder.__init__",
     "layerprobe/sweep/runner.py::run_sweep",
 }
