@@ -244,7 +244,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="probe_every and probe_max must be >= 0"):
         resolve({"sft": {"probe_every": -1}})
     assert "probe_every" not in resolve({}).to_dict()["sft"]  # off: the config (and its hash) as before
-    assert resolve({"sft": {"probe_every": 5}}).to_dict()["sft"]["probe_max"] == 32
+    assert resolve({"sft": {"probe_every": 5}}).to_dict()["sft"]["probe_max"] == 6
 
 
 # -- the pipeline end to end ---------------------------------------------------------------------------------
