@@ -147,7 +147,7 @@ class ProbeCallback(TrainerCallback):
         run: str | None = None,
         phase: str = "train",
         every: int | str | Schedule = 10,
-        max_per_kind: int = 32,
+        max_per_kind: int = 6,
         batch_size: int = 64,
         max_prompt_tokens: int = 512,
         at_start: bool = True,

@@ -201,3 +201,32 @@ def test_cli_refusal_lists_in_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "sft.probe_every is 0" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from layerprobe.evalservice import Evaluation
+    from layerprobe.pipeline import load_data, run_pipeline
+    from layerprobe.stages import load_model, load_tokenizer
+
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = resolve(_config(**KEEP, **{"sft.method": "full", "sft.select": "layers:1", "sft.learning_rate": 1e-3}))
+    out = tmp_path / "full"
+    summary = run_pipeline(cfg, out)
+    chosen = summary["keep_best"]["step"]
+    state = load_file(str(rundir.kept_state(out, chosen)))
+    assert state and all(".layers.1." in k for k in state)  # only the unfrozen layer, not a whole model
+    # by hand: the merged CPT model with the kept weights put in, evaluated as the pipeline evaluates
+    merged = str(rundir.stage_dir(out, "merge"))
+    model = load_model(merged)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected
+    data = load_data(cfg)
+    evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
+    with torch.no_grad():
+        reference, _ = evaluation.run(model.eval(), load_tokenizer(merged))
+    got = rundir.read_metrics(out)["sft_best"]
+    for name, value in reference.items():
+        assert got[name] == pytest.approx(value, abs=1e-5, nan_ok=True), name

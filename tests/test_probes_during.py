@@ -244,7 +244,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="probe_every and probe_max must be >= 0"):
         resolve({"sft": {"probe_every": -1}})
     assert "probe_every" not in resolve({}).to_dict()["sft"]  # off: the config (and its hash) as before
-    assert resolve({"sft": {"probe_every": 5}}).to_dict()["sft"]["probe_max"] == 32
+    assert resolve({"sft": {"probe_every": 5}}).to_dict()["sft"]["probe_max"] == 6
 
 
 # -- the pipeline end to end ---------------------------------------------------------------------------------
@@ -259,8 +259,20 @@ def test_sft_probe_every_writes_rows_figure_and_agrees_with_the_evaluation(tmp_p
     config.write_text(yaml.safe_dump({**SHORT, "sft": {**SHORT["sft"], "max_steps": 10}}))
     out = tmp_path / "runs" / "probed"
     p = _cli(
-        ["train", "--record", "--config", str(config), "--sft.probe_every", "5", "--out", str(out)], tmp_path / "cache"
-    )
+        [
+            "train",
+            "--record",
+            "--config",
+            str(config),
+            "--sft.probe_every",
+            "5",
+            "--sft.probe_max",
+            "0",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "cache",
+    )  # probe_max 0: every probe the evaluation scores, so each of its answers has a probe row to compare with
     assert p.returncode == 0, p.stderr[-3000:]
 
     df = load_records(out)
