@@ -35,12 +35,13 @@ tied embeddings also trains ``lm_head``; :class:`Selection` lists such names in 
 
 The package, read top to bottom as a selector flows:
 
-    grammar.py     the selector AST and its parser (``parse_selector``): text -> Selector, no model needed
+    nodes.py       the selector AST: one class per term and operator
+    grammar.py     its parser (``parse_selector``): text -> Selector, no model needed
     selection.py   a Selector evaluated on one model's parameter names and shapes -> ``Selection`` (budgets too)
     targets.py     what trains: a requires_grad mask (full fine-tuning) or peft ``target_modules`` (LoRA)
     frozen.py      after training: which frozen parameters moved against saved reference weights
 
-grammar.py and selection.py work without torch. What could train and what did is recorded by the recorder
+nodes.py, grammar.py and selection.py work without torch. What could train and what did is recorded by the recorder
 (``n_params``, ``n_trainable``, ``frozen_moved`` rows): the audit has one owner.
 """
 
