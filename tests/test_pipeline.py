@@ -435,6 +435,8 @@ def test_train_record_writes_a_complete_run_folder(run):
     for phase in ("cpt", "sft"):  # the recorder's own time, a part of the phase's
         assert 0 < summary["stages"][phase]["record_seconds"] < summary["stages"][phase]["seconds"]
         assert summary["stages"][phase]["trainable_share"] > 0  # LoRA on a tiny model: may exceed 1
+        store = summary["stages"][phase]["reference_store"]  # auto: LoRA factors on CPU fit host memory
+        assert (store["store"], store["asked"], store["device"]) == ("host", "auto", "cpu") and store["bytes"] > 0
 
     rec = load_records(out)
     assert set(rec["phase"]) == {"cpt", "sft"}
