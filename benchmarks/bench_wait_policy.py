@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.steps, args.warmup)
-    from layerprobe.pipeline import busy_cores
+    from layerprobe.threads import busy_cores
 
     names = list(VARIANTS)
     runs = []

@@ -17,84 +17,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from layerprobe import data as D
 from layerprobe import rundir
 from layerprobe.config import TOYWORLD, TrainConfig, resolve
-from layerprobe.evaluate import METRICS, OPTIONAL_METRICS, EvalSet
+from layerprobe.evaluate import METRICS, OPTIONAL_METRICS
 from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
 from layerprobe.harness import check as check_harness
 from layerprobe.preflight import check_run
-from layerprobe.realdata import gozaru_rewrite, load_jcommonsenseqa
+from layerprobe.run_data import load_data
 from layerprobe.rundir import EVAL_PHASES, STAGES
 from layerprobe.stage_table import STAGE_TABLE, PipelineData, RunContext
 from layerprobe.stages import hidden_size, model_folder, resolve_precision
-from layerprobe.toyworld import toy_data
+from layerprobe.threads import choose_threads, machine_info
 
 
 def default_out() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
-
-# -- data ----------------------------------------------------------------------------------------------------------
-
-
-def load_data(cfg: TrainConfig) -> PipelineData:
-    """CPT documents, SFT rows and the evaluation set, from the toy world or files (fields checked)."""
-
-    d = cfg.data
-    toy: Any = None  # the toy world's data, when the config reads it
-    if TOYWORLD in (d.cpt, d.sft):
-        toy = toy_data(cfg.toy)
-    cpt_docs = toy.cpt_docs if d.cpt == TOYWORLD else D.load_cpt_texts(d.cpt, d.cpt_text_field, d.split)
-    if d.max_cpt_docs > 0:
-        cpt_docs = cpt_docs[: d.max_cpt_docs]
-    if d.sft == TOYWORLD:
-        sft_rows, instructions = toy.sft_rows, toy.instructions
-    else:
-        sft_rows = D.load_sft_rows(d.sft, d.split)
-        instructions = []
-        if not d.instructions and d.heldout > 0:
-            if len(sft_rows) <= d.heldout:
-                raise ValueError(
-                    f"SFT data {d.sft!r} has {len(sft_rows)} rows, not more than data.heldout="
-                    f"{d.heldout} held out for the style evaluation; lower data.heldout or give "
-                    "data.instructions"
-                )
-            instructions = [
-                {"prompt": r["prompt"][-1]["content"], "answer": r["completion"][-1]["content"]}
-                for r in sft_rows[-d.heldout :]
-            ]
-            sft_rows = sft_rows[: -d.heldout]
-    if d.max_sft_rows > 0:
-        sft_rows = sft_rows[: d.max_sft_rows]
-    if d.sft != TOYWORLD and d.sft_rewrite == "gozaru":
-        sft_rows = [
-            {**r, "completion": [{**m, "content": gozaru_rewrite(m["content"])} for m in r["completion"]]}
-            for r in sft_rows
-        ]
-        instructions = [{**r, "answer": gozaru_rewrite(r["answer"]), "plain": r["answer"]} for r in instructions]
-    if d.instructions:
-        instructions = D.load_instructions(d.instructions, d.split)
-    if d.probes:
-        probes = D.load_probes(d.probes, d.split)
-    else:
-        probes = toy.probes if d.cpt == TOYWORLD else []
-    desc = (
-        f"CPT {len(cpt_docs)} documents ({d.cpt}), SFT {len(sft_rows)} rows ({d.sft}), "
-        f"{len(probes)} probes, {len(instructions)} held-out instructions"
-    )
-    if d.general_text:
-        general = D.load_cpt_texts(d.general_text, d.cpt_text_field, d.split)
-    else:
-        general = toy.general_docs if d.cpt == TOYWORLD else []
-    mc = []
-    if d.mc:
-        mc = load_jcommonsenseqa(d.mc, n=cfg.eval.max_mc or None)
-    if general or mc:
-        desc += f", {len(general)} general-text documents, {len(mc)} multiple-choice questions"
-    return PipelineData(cpt_docs, sft_rows, EvalSet(probes, instructions, cpt_docs, general, mc), desc)
 
 
 # -- the run folder: which stages run, which are kept ---------------------------------------------------------
@@ -195,102 +133,6 @@ def run_pipeline(
     """
     with quiet_libraries():
         return _run(cfg, out_dir, overwrite, progress, log or (lambda s: None), only, reuse_from)
-
-
-def machine_info() -> dict:
-    """What the numbers depend on besides the config: torch's thread count, the cores, the CPU model and the torch
-    build (bf16 autocast makes results differ between CPUs and thread counts)."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: spin, then sleep)"),
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "none",
-    }
-
-
-def busy_cores(
-    seconds: float = 0.3, stat: str = "/proc/stat", own: str = "/proc/self/stat", sleep=time.sleep
-) -> float | None:
-    """How many cores other processes keep busy now: the busy share of all cores' time between two reads of
-    ``/proc/stat`` ``seconds`` apart, times the cores, less this process's own time (``/proc/self/stat``, so its
-    own lingering OpenMP threads do not count). None where there is no ``/proc/stat`` (not Linux)."""
-    first = _cpu_ticks(stat, own)
-    if first is None:
-        return None
-    sleep(seconds)
-    second = _cpu_ticks(stat, own)
-    if second is None:
-        return None
-    (busy0, total0, mine0, cores), (busy1, total1, mine1, _) = first, second
-    if total1 <= total0:
-        return 0.0
-    return max(0.0, (busy1 - busy0 - (mine1 - mine0)) / (total1 - total0) * cores)
-
-
-def _cpu_ticks(stat: str, own: str) -> tuple[int, int, int, int] | None:
-    """(busy ticks, all ticks, this process's ticks, cores) from /proc/stat's ``cpu`` line (user nice system idle
-    iowait irq softirq steal; guest time is inside user) and /proc/self/stat (utime, stime)."""
-    try:
-        lines = Path(stat).read_text().splitlines()
-        mine_fields = Path(own).read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    ticks = [int(v) for v in lines[0].split()[1:9]]
-    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
-    busy = sum(ticks) - ticks[3] - ticks[4]
-    return busy, sum(ticks), int(mine_fields[11]) + int(mine_fields[12]), cores or 1
-
-
-def choose_threads(threads: int = 0, busy: Callable[[], float | None] | None = None) -> tuple[int, str]:
-    """Set torch's thread count and return it with the reason. In order: ``threads`` (the config's), the cores a
-    sweep executor assigned this cell (``LAYERPROBE_ASSIGNED_THREADS``), ``OMP_NUM_THREADS``, else the cores that
-    other processes do not keep busy now (``busy``: :func:`busy_cores`, a core counts as busy from half on).
-
-    On a small shared machine a torch process that takes a core another process keeps busy makes OpenMP's
-    barriers wait out whole scheduler slices: measured here, a toy CPT step went from 0.17 s to 7-8 s (45x) while
-    another training job held the same 2 cores (``benchmarks/results/wait_policy.json`` for one busy core of two).
-    The 1-minute load average, used before, lags: a run started right after another command got half the cores
-    for its whole life.
-    """
-    import torch
-
-    cores = os.cpu_count() or 1
-    if threads:
-        reason = f"config: threads {threads}"
-    elif os.environ.get("LAYERPROBE_ASSIGNED_THREADS"):
-        threads = int(os.environ["LAYERPROBE_ASSIGNED_THREADS"])
-        reason = f"the sweep executor assigned {threads} core(s) to this cell"
-    elif os.environ.get("OMP_NUM_THREADS"):
-        threads = torch.get_num_threads()
-        reason = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
-    else:
-        now = (busy or busy_cores)()
-        if now is None:
-            return torch.get_num_threads(), "torch's default (no /proc/stat to see which cores are busy)"
-        taken = math.floor(now + 0.5)
-        threads = max(1, min(torch.get_num_threads(), cores - taken))
-        reason = (
-            f"{threads} of {cores} cores: {now:.1f} busy with other processes now (/proc/stat over 0.3 s); "
-            "set threads to choose"
-        )
-    torch.set_num_threads(threads)
-    return threads, reason
 
 
 def _run(

@@ -50,7 +50,7 @@ class RunContext:
     data: PipelineData
     progress: bool = False
     log: Callable[[str], None] = print
-    threads_reason: str = ""  # why torch uses the threads it does (pipeline.choose_threads), for summary.json
+    threads_reason: str = ""  # why torch uses the threads it does (threads.choose_threads), for summary.json
 
 
 @dataclass(frozen=True)

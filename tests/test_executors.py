@@ -266,12 +266,12 @@ def test_one_worker_chooses_its_threads_once_for_the_whole_sweep(monkeypatch):
     from the cores busy then, not again before each cell."""
     import torch
 
-    from layerprobe import pipeline
+    from layerprobe import threads
     from layerprobe.sweep import executors
     from layerprobe.sweep.cell import CellJob
 
     seen, busy = [], iter([0.0, 1.9, 1.9])
-    monkeypatch.setattr(pipeline, "busy_cores", lambda: next(busy))
+    monkeypatch.setattr(threads, "busy_cores", lambda: next(busy))
     for var in ("OMP_NUM_THREADS", "LAYERPROBE_ASSIGNED_THREADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(executors, "run_cell", lambda job, log=None: seen.append(job.threads) or {})

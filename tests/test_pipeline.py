@@ -458,7 +458,7 @@ def test_train_record_writes_a_complete_run_folder(run):
     import torch
 
     machine = summary["machine"]  # what the numbers depend on besides the config
-    # the run chooses fewer threads than the cores when other processes keep cores busy now (pipeline.choose_threads)
+    # the run chooses fewer threads than the cores when other processes keep cores busy now (threads.choose_threads)
     assert 1 <= machine["threads"] <= max(torch.get_num_threads(), os.cpu_count() or 1)
     assert (machine["cores"], machine["torch"]) == (os.cpu_count(), torch.__version__)
     assert machine["cpu"]

@@ -41,122 +41,147 @@ def run_sweep(
     ``attrs["failed"]`` names them. ``progress_every``: seconds between progress lines while cells run.
     """
     config = executor or sweep.executor
-    cells = select_cells(sweep, only)
-    by_name = {c.name: c for c in cells}
-    index = {c.name: i for i, c in enumerate(cells, 1)}
-    n = len(cells)
-    plan = make_plan(cells, sweep.out, reuse)
-    pending = [c.name for c in cells if c.name not in plan.finished]
-    ex = make_executor(config, sweep.out, len(pending), pipeline_log)  # bad input fails here, before any work
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    state = _read_state(sweep.out)
-    t_sweep = time.time()
-    failed: dict[str, str] = {}
-    busy: list[str] = []
-    finished = len(plan.finished)
-    running: dict[str, tuple[object, float]] = {}  # cell -> (handle, start time)
-    last_line = time.time()
+    run = _SweepRun(sweep, select_cells(sweep, only), config, reuse, pipeline_log, log)
+    try:
+        run.start()
+        while run.pending or run.running:
+            run.submit_ready()
+            wait = max(1.0, progress_every - (time.time() - run.last_line))
+            ended = run.ex.wait([h for h, _ in run.running.values()], wait)
+            for handle in ended:
+                run.ended(handle)
+            if not ended and run.running and time.time() - run.last_line >= progress_every:
+                now = time.time()
+                run.say(
+                    f"sweep: {run.progress()}; running: "
+                    + ", ".join(f"{name} ({_clock(now - t0)})" for name, (_, t0) in run.running.items())
+                )
+    finally:
+        run.ex.close()
+    return run.finish(only, config)
 
-    def say(line: str) -> None:
-        nonlocal last_line
-        last_line = time.time()
-        log(line)
 
-    def progress() -> str:
+class _SweepRun:
+    """One call of :func:`run_sweep`: the plan, the executor, the cells pending / running / failed, sweep.json."""
+
+    def __init__(self, sweep: Sweep, cells: list, config: ExecutorConfig, reuse: bool, pipeline_log, log):
+        self.sweep, self.reuse, self.pipeline_log, self.log = sweep, reuse, pipeline_log, log
+        self.by_name = {c.name: c for c in cells}
+        self.index = {c.name: i for i, c in enumerate(cells, 1)}
+        self.n = len(cells)
+        self.plan = make_plan(cells, sweep.out, reuse)
+        self.pending = [c.name for c in cells if c.name not in self.plan.finished]
+        # bad input fails here, before any work
+        self.ex = make_executor(config, sweep.out, len(self.pending), pipeline_log)
+        sweep.out.mkdir(parents=True, exist_ok=True)
+        self.state = _read_state(sweep.out)
+        self.t_sweep = self.last_line = time.time()
+        self.failed: dict[str, str] = {}
+        self.busy: list[str] = []
+        self.finished = len(self.plan.finished)
+        self.running: dict[str, tuple[object, float]] = {}  # cell -> (handle, start time)
+        for c in cells:
+            if c.name in self.plan.finished:
+                self.say(f"[{self.index[c.name]}/{self.n}] {c.name}: finished, skipped")
+
+    def say(self, line: str) -> None:
+        self.last_line = time.time()
+        self.log(line)
+
+    def progress(self) -> str:
         return (
-            f"{finished}/{n} done, {len(running)} running, {len(failed)} failed, "
-            f"{_clock(time.time() - t_sweep)} elapsed"
+            f"{self.finished}/{self.n} done, {len(self.running)} running, {len(self.failed)} failed, "
+            f"{_clock(time.time() - self.t_sweep)} elapsed"
         )
 
-    def job(name: str) -> CellJob:
-        donors = [str(p) for p in plan.donors(name, sweep.reuse_from)] if reuse else []
+    def start(self) -> None:
+        if not self.pending:
+            return
+        if self.ex.fresh:
+            (self.sweep.out / SCRATCH).mkdir(exist_ok=True)
+        where = self.ex.start()
+        if self.ex.fresh:
+            self.say(f"plan: {self.plan.summary(self.pending)}; {where}")
+
+    def job(self, name: str) -> CellJob:
+        sweep, ex = self.sweep, self.ex
+        donors = [str(p) for p in self.plan.donors(name, sweep.reuse_from)] if self.reuse else []
         log_file = str(sweep.out / SCRATCH / f"{name}.log") if ex.fresh else None
         return CellJob(
             name,
-            by_name[name].config.to_dict(),
+            self.by_name[name].config.to_dict(),
             str(sweep.out / name),
             donors,
             ex.threads,
             os.getcwd() if ex.fresh else None,
             log_file,
-            ex.fresh and pipeline_log is not None,
+            ex.fresh and self.pipeline_log is not None,
         )
 
-    for c in cells:
-        if c.name in plan.finished:
-            say(f"[{index[c.name]}/{n}] {c.name}: finished, skipped")
-    try:
-        if pending:
-            if ex.fresh:
-                (sweep.out / SCRATCH).mkdir(exist_ok=True)
-            where = ex.start()
-            if ex.fresh:
-                say(f"plan: {plan.summary(pending)}; {where}")
-        while pending or running:
-            batch: list[str] = []
-            while len(running) + len(batch) < ex.slots:
-                name = plan.next(pending, set(running) | set(batch))
-                if name is None:
-                    break
-                pending.remove(name)
-                batch.append(name)
-            if batch:
-                roles = {name: plan.role(name, [*batch, *pending]) for name in batch}
-                for name, handle in zip(batch, ex.submit([job(name) for name in batch])):
-                    running[name] = (handle, time.time())
-                    if ex.fresh:
-                        say(f"[{index[name]}/{n}] {name}: started ({ex.where(handle)}; {roles[name]})")
-            ended = ex.wait([h for h, _ in running.values()], max(1.0, progress_every - (time.time() - last_line)))
-            for handle in ended:
-                name = next(nm for nm, (h, _) in running.items() if h is handle or h == handle)
-                t0 = running[name][1]
-                record = dict(ex.result(handle))
-                del running[name]
-                status = record.pop("status")
-                seconds = record.get("seconds") or time.time() - t0
-                head = f"[{index[name]}/{n}] {name}"
-                if status == "busy":  # another process runs this cell: leave it and its state alone
-                    busy.append(name)
-                    say(f"{head}: skipped, {record['error']}")
-                    continue
-                if status == "finished":
-                    finished += 1
-                    plan.done(name, True)
-                    what = record.pop("what")
-                    state["cells"][name] = {"status": "finished", **record}
-                    say(f"{head}: {what} ({seconds:.0f}s)  [{progress()}]")
-                else:
-                    plan.done(name, False)
-                    failed[name] = record["error"]
-                    state["cells"][name] = {"status": "failed", "error": failed[name]}
-                    say(f"{head}: FAILED after {seconds:.0f}s: {failed[name]}  [{progress()}]")
-                _write_state(sweep, state)
-            if not ended and running and time.time() - last_line >= progress_every:
-                now = time.time()
-                say(
-                    f"sweep: {progress()}; running: "
-                    + ", ".join(f"{name} ({_clock(now - t0)})" for name, (_, t0) in running.items())
-                )
-    finally:
-        ex.close()
-    wall = time.time() - t_sweep
-    state["runs"].append(
-        {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_sweep)),
-            "cells": n,
-            "wall_seconds": round(wall, 1),
-            "only": only,
-            "executor": config.describe(),
-            "failed": sorted(failed),
-        }
-    )
-    _write_state(sweep, state)
-    table = collect(sweep)
-    table.attrs["failed"] = sorted(failed)
-    table.attrs["busy"] = sorted(busy)
-    say(
-        f"sweep: {n} cells in {wall:.0f}s; {len(table)} finished cells in {sweep.out / RESULTS}"
-        + (f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "")
-        + (f"; {len(busy)} in use by another process: {', '.join(busy)}" if busy else "")
-    )
-    return table
+    def submit_ready(self) -> None:
+        """Start the cells the plan allows now, as far as the executor has free slots."""
+        batch: list[str] = []
+        while len(self.running) + len(batch) < self.ex.slots:
+            name = self.plan.next(self.pending, set(self.running) | set(batch))
+            if name is None:
+                break
+            self.pending.remove(name)
+            batch.append(name)
+        if not batch:
+            return
+        roles = {name: self.plan.role(name, [*batch, *self.pending]) for name in batch}
+        for name, handle in zip(batch, self.ex.submit([self.job(name) for name in batch])):
+            self.running[name] = (handle, time.time())
+            if self.ex.fresh:
+                self.say(f"[{self.index[name]}/{self.n}] {name}: started ({self.ex.where(handle)}; {roles[name]})")
+
+    def ended(self, handle) -> None:
+        """A cell came back: finished, failed, or left to another process; sweep.json is written each time."""
+        name = next(nm for nm, (h, _) in self.running.items() if h is handle or h == handle)
+        t0 = self.running[name][1]
+        record = dict(self.ex.result(handle))
+        del self.running[name]
+        status = record.pop("status")
+        seconds = record.get("seconds") or time.time() - t0
+        head = f"[{self.index[name]}/{self.n}] {name}"
+        if status == "busy":  # another process runs this cell: leave it and its state alone
+            self.busy.append(name)
+            self.say(f"{head}: skipped, {record['error']}")
+            return
+        if status == "finished":
+            self.finished += 1
+            self.plan.done(name, True)
+            what = record.pop("what")
+            self.state["cells"][name] = {"status": "finished", **record}
+            self.say(f"{head}: {what} ({seconds:.0f}s)  [{self.progress()}]")
+        else:
+            self.plan.done(name, False)
+            self.failed[name] = record["error"]
+            self.state["cells"][name] = {"status": "failed", "error": self.failed[name]}
+            self.say(f"{head}: FAILED after {seconds:.0f}s: {self.failed[name]}  [{self.progress()}]")
+        _write_state(self.sweep, self.state)
+
+    def finish(self, only: str | None, config: ExecutorConfig) -> pd.DataFrame:
+        """sweep.json's record of this call, then results.csv and the figures (:func:`collect`)."""
+        sweep, failed, busy = self.sweep, self.failed, self.busy
+        wall = time.time() - self.t_sweep
+        self.state["runs"].append(
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.t_sweep)),
+                "cells": self.n,
+                "wall_seconds": round(wall, 1),
+                "only": only,
+                "executor": config.describe(),
+                "failed": sorted(failed),
+            }
+        )
+        _write_state(sweep, self.state)
+        table = collect(sweep)
+        table.attrs["failed"] = sorted(failed)
+        table.attrs["busy"] = sorted(busy)
+        self.say(
+            f"sweep: {self.n} cells in {wall:.0f}s; {len(table)} finished cells in {sweep.out / RESULTS}"
+            + (f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "")
+            + (f"; {len(busy)} in use by another process: {', '.join(busy)}" if busy else "")
+        )
+        return table
