@@ -59,7 +59,6 @@ class Stage:
     ``out``, ``seconds`` and what else the stage reports), which the pipeline marks done with its fingerprint."""
 
     name: str
-    what: str
     run: Callable[[RunContext, Path], dict]
 
 
@@ -210,8 +209,8 @@ def _evaluate(ctx: RunContext, out: Path) -> dict:
 
 
 STAGE_TABLE: tuple[Stage, ...] = (
-    Stage("cpt", "continued pretraining of the base model (LoRA or full)", partial(_train, phase="cpt")),
-    Stage("merge", "the CPT adapter merged into the base weights", _merge),
-    Stage("sft", "supervised fine-tuning of the merged model (LoRA or full)", partial(_train, phase="sft")),
-    Stage("eval", "retention, style, EOS and general text of every phase's model", _evaluate),
+    Stage("cpt", partial(_train, phase="cpt")),  # continued pretraining of the base model (LoRA or full)
+    Stage("merge", _merge),  # the CPT adapter merged into the base weights
+    Stage("sft", partial(_train, phase="sft")),  # supervised fine-tuning of the merged model (LoRA or full)
+    Stage("eval", _evaluate),  # retention, style, EOS and general text of every phase's model
 )
