@@ -96,6 +96,9 @@ def attribute_records(run: Path) -> pd.DataFrame:
     return df
 
 
+MACHINE = {"threads": 1, "threads_reason": "1.4 of 2 cores busy now (/proc/stat)", "cpu": "Test CPU <x86>"}
+
+
 def make_run(run: Path, record: bool = True, diff: bool = True, attribute: bool = True) -> Path:
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(
@@ -116,6 +119,7 @@ def make_run(run: Path, record: bool = True, diff: bool = True, attribute: bool 
                 **SUMMARY,
                 "stages": stages,
                 "wall_seconds": 51.2,
+                "machine": MACHINE,
             }
         )
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import SUMMARY, make_run, make_sweep
+from report_fixtures import MACHINE, SUMMARY, make_run, make_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 # what the synthetic run holds: 2 phases x (3 layer x step + 1 layer x module), 4 diff heatmaps, 2 attribution
@@ -88,6 +88,8 @@ def test_run_report_is_self_contained_and_holds_every_figure_and_number(reports)
             shown = f"{value:.3f}" if not float(value).is_integer() or abs(value) < 10 else f"{int(value)}"
             assert shown in page.cells, (phase, key, shown)
     assert "0123abc" in page.cells  # the git commit recorded at training
+    for key, value in MACHINE.items():  # what the numbers depend on: threads, and why that many
+        assert f"machine: {key}" in page.cells and str(value) in page.cells
     assert "undo_frac" in page.cells and "0.0002" in page.cells  # whole-model diff numbers
 
 
