@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -285,3 +286,25 @@ def test_japanese_instructions_have_plain_twins(world):
     _, heldout = W.instructions(world, n_train=20, n_heldout=10, seed=0)
     for r in heldout:
         assert r["answer"].endswith("でござる。") and r["plain"] == r["answer"][: -len("でござる。")] + "です。"
+
+
+def test_the_base_has_the_same_bits_whatever_threads_the_caller_uses(tmp_path, small):
+    """Two threads sum floats in another order than one: the build pins its own count (and puts the caller's back)."""
+    import torch
+
+    from layerprobe.toyworld import base as B
+
+    # big enough that torch splits its sums over two threads (the SMALL world's model is not)
+    cfg = dataclasses.replace(small, hidden_size=128, num_layers=2, block_size=128, base_batch_size=16, vocab_size=2000)
+    before = torch.get_num_threads()
+    digests = []
+    for n, threads in enumerate((2, 1)):
+        torch.set_num_threads(threads)
+        try:
+            B._build(cfg, tmp_path / str(n), progress=False)
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(before)
+        digests.append(hashlib.sha256((tmp_path / str(n) / "model.safetensors").read_bytes()).hexdigest())
+        assert json.loads((tmp_path / str(n) / "build.json").read_text())["threads"] == B.BUILD_THREADS
+    assert digests[0] == digests[1]
