@@ -38,6 +38,34 @@ def test_the_cycle_finder_finds_a_cycle():
     assert ig.floors({"a": {"b"}, "b": set(), "c": {"a"}}) == 3
 
 
+def test_rooms_collapse_the_modules_of_a_folder_into_one_room():
+    ig = _import_graph()
+    g = {
+        "pkg": set(),
+        "pkg.cli": {"pkg.run.a"},
+        "pkg.run": set(),
+        "pkg.run.a": {"pkg.run.b", "pkg.core.names"},
+        "pkg.run.b": {"pkg.core.keys", "pkg.run"},
+        "pkg.core.names": {"pkg.core.keys"},
+        "pkg.core.keys": set(),
+        "pkg.core.deep.x": {"pkg.core.names", "pkg.util"},
+        "pkg.util": set(),
+    }
+    # by hand: cli -> run -> core -> util; edges inside a room vanish
+    assert ig.rooms(g) == {
+        "pkg": set(),
+        "pkg.cli": {"pkg.run"},
+        "pkg.run": {"pkg.core"},
+        "pkg.core": {"pkg.util"},
+        "pkg.util": set(),
+    }
+    assert ig.floors(g) == 4  # modules: cli -> run.a -> run.b -> core.keys
+    assert ig.floor_of(ig.rooms(g)) == {"pkg": 1, "pkg.util": 1, "pkg.core": 2, "pkg.run": 3, "pkg.cli": 4}
+    # two folders that import each other are one cycle of rooms, though their modules form none
+    crossed = {"pkg.a.x": {"pkg.b.y"}, "pkg.b.y": set(), "pkg.b.z": {"pkg.a.w"}, "pkg.a.w": set()}
+    assert ig.cycles(crossed) == [] and ig.cycles(ig.rooms(crossed)) == [["pkg.a", "pkg.b"]]
+
+
 def test_every_module_the_design_map_names_exists():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     design = text[text.index("## Design") : text.index("Tests build tiny models in-process")]
