@@ -24,10 +24,10 @@ def main(argv=None) -> None:
     ap.add_argument("--result", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
 
-    from layerprobe import evaluate as E
-    from layerprobe.config import load_yaml, resolve
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import load_model, load_tokenizer
+    from layerprobe.core.config import load_yaml, resolve
+    from layerprobe.evaluation import evaluate as E
+    from layerprobe.train.pipeline import load_data, quiet_libraries
+    from layerprobe.train.stages import load_model, load_tokenizer
 
     cfg = resolve(load_yaml(args.config))
     data = load_data(cfg).eval_set.limited(cfg.eval)

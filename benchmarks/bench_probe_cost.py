@@ -52,12 +52,12 @@ def main(argv=None) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from layerprobe import rundir
-    from layerprobe.config import resolve
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.probes import ProbeCallback
-    from layerprobe.recorder import RecorderCallback
-    from layerprobe.stages import load_model, load_tokenizer, make_trainable, sft_trainer
+    from layerprobe.core import rundir
+    from layerprobe.core.config import resolve
+    from layerprobe.record.recorder import RecorderCallback
+    from layerprobe.train.pipeline import load_data, quiet_libraries
+    from layerprobe.train.probes import ProbeCallback
+    from layerprobe.train.stages import load_model, load_tokenizer, make_trainable, sft_trainer
 
     run = Path(args.run)
     data = rundir.read_config_dict(run)

@@ -31,11 +31,11 @@ def main(argv=None) -> None:
 
     from transformers import TrainerCallback
 
-    from layerprobe.config import EvalConfig, load_yaml, resolve
-    from layerprobe.data import pack_texts
-    from layerprobe.evaluate import EvalSet, evaluate_model
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import (
+    from layerprobe.core.config import EvalConfig, load_yaml, resolve
+    from layerprobe.evaluation.evaluate import EvalSet, evaluate_model
+    from layerprobe.sources.data import pack_texts
+    from layerprobe.train.pipeline import load_data, quiet_libraries
+    from layerprobe.train.stages import (
         cpt_trainer,
         hidden_size,
         load_model,
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
 
 
 def draw(table, args, out: Path) -> None:
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.core.config import load_yaml, resolve
     from layerprobe.plot.study import curve_panel
 
     cfg = resolve(load_yaml(args.config))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import cli, rundir
-from layerprobe.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
-from layerprobe.evaluate import METRICS
+from layerprobe import cli
+from layerprobe.core import rundir
+from layerprobe.core.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
+from layerprobe.evaluation.evaluate import METRICS
 
 HELDOUT_METRICS = ("cloze_heldout_acc", "cloze_heldout_margin")  # the toy world has held-out clozes
 
@@ -143,7 +144,7 @@ def _write(path: Path, rows) -> Path:
 
 
 def test_cpt_text_loads_from_every_format(tmp_path):
-    from layerprobe.data import load_cpt_texts
+    from layerprobe.sources.data import load_cpt_texts
 
     docs = ["一つ目の記事です。", "二つ目の記事です。"]
     for suffix in (".jsonl", ".json", ".parquet"):
@@ -157,7 +158,7 @@ def test_cpt_text_loads_from_every_format(tmp_path):
 
 
 def test_sft_rows_accept_three_schemas_and_name_fields_when_none_fits(tmp_path):
-    from layerprobe.data import load_sft_rows
+    from layerprobe.sources.data import load_sft_rows
 
     want = {
         "prompt": [{"role": "user", "content": "質問\n\n入力"}],
@@ -183,7 +184,7 @@ def test_sft_rows_accept_three_schemas_and_name_fields_when_none_fits(tmp_path):
 
 
 def test_probe_and_instruction_files_are_checked(tmp_path):
-    from layerprobe.data import load_instructions, load_probes
+    from layerprobe.sources.data import load_instructions, load_probes
 
     ok = _write(tmp_path / "p.jsonl", [{"kind": "cloze", "prompt": "Aの出身地は", "answer": "札幌", "x": 1}])
     assert load_probes(str(ok)) == [{"kind": "cloze", "prompt": "Aの出身地は", "answer": "札幌"}]
@@ -197,8 +198,8 @@ def test_probe_and_instruction_files_are_checked(tmp_path):
 
 
 def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
-    from layerprobe.pipeline import load_data
-    from layerprobe.realdata import gozaru_rewrite
+    from layerprobe.sources.realdata import gozaru_rewrite
+    from layerprobe.train.pipeline import load_data
 
     rows = [{"instruction": f"質問{i}", "input": "", "output": f"答え{i}です。"} for i in range(10)]
     sft = _write(tmp_path / "sft.jsonl", rows)
@@ -233,8 +234,8 @@ def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
 
 
 def test_missing_files_and_hub_names_offline_are_one_line_errors(tmp_path, monkeypatch):
-    from layerprobe.data import load_rows
-    from layerprobe.presets import resolve_model
+    from layerprobe.sources.data import load_rows
+    from layerprobe.sources.presets import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="data file 'no/such/file.jsonl' not found"):
@@ -255,13 +256,13 @@ def test_missing_files_and_hub_names_offline_are_one_line_errors(tmp_path, monke
 
 @pytest.fixture(scope="module")
 def toy_tok():
-    from layerprobe.toyworld.tokenizer import build_tokenizer
+    from layerprobe.sources.toyworld.tokenizer import build_tokenizer
 
     return build_tokenizer(["山田太郎の出身地は札幌です。", "拙者は医師でござる。犬が公園にいます。"] * 4, 300)
 
 
 def test_pack_texts_concatenates_documents_with_eos_and_cuts_blocks(toy_tok):
-    from layerprobe.data import pack_texts
+    from layerprobe.sources.data import pack_texts
 
     docs = ["山田太郎の出身地は札幌です。", "犬が公園にいます。", "拙者は医師でござる。"]
     flat = [t for d in docs for t in toy_tok(d)["input_ids"] + [toy_tok.eos_token_id]]
@@ -301,7 +302,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
     import torch
     from safetensors.torch import load_file, save_file
 
-    from layerprobe.stages import check_merge, run_merge
+    from layerprobe.train.stages import check_merge, run_merge
 
     base_dir, adapter = _lora_setup(tmp_path, tie, rslora)
     toy_tok.save_pretrained(adapter)
@@ -329,7 +330,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 
     # the merged model computes what base + adapter computes (a tied head gets its own copy, so its delta
     # does not also land on the embedding)
-    from layerprobe.stages import load_model
+    from layerprobe.train.stages import load_model
 
     x = torch.randint(0, 300, (2, 7))
     with torch.no_grad():
@@ -348,7 +349,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
     from conftest import make_tiny_llama
 
-    from layerprobe.stages import make_trainable, sft_trainer
+    from layerprobe.train.stages import make_trainable, sft_trainer
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
     rows = [
@@ -406,7 +407,7 @@ def run(tmp_path_factory, short_config, cache):
 
 @pytest.mark.slow
 def test_train_record_writes_a_complete_run_folder(run):
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     out, p = run
     for sub in ("cpt", "merged", "sft", "eval", "records", "figures"):
@@ -486,7 +487,7 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(run, short_confi
 @pytest.mark.slow
 def test_selected_full_finetuning_trains_only_the_selection_and_records_prove_it(tmp_path, short_config, cache):
     """Study B's form: full fine-tuning of SFT restricted by a selector; the audit is in the records."""
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     out = tmp_path / "sel"
     p = _cli(
@@ -606,7 +607,7 @@ def test_stage_commands_run_one_stage_each_with_full_fine_tuning(tmp_path, capsy
 
 @pytest.mark.slow
 def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys, monkeypatch, short_config, cache):
-    import layerprobe.stages as S
+    import layerprobe.train.stages as S
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
     monkeypatch.delenv("LAYERPROBE_DEBUG", raising=False)
@@ -632,7 +633,7 @@ def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys
 
 
 def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
-    from layerprobe import stages
+    from layerprobe.train import stages
 
     monkeypatch.setattr(stages, "bf16_supported", lambda: True)
     assert stages.resolve_precision("fp32", 4096)[0] is False
@@ -720,7 +721,7 @@ def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, t
     import yaml
 
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
     config = load_yaml(rundir.config_path(run[0]))
@@ -757,6 +758,6 @@ def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, t
 
 
 def test_the_stage_table_is_the_run_folders_stages_in_order():
-    from layerprobe.stage_table import STAGE_TABLE
+    from layerprobe.train.stage_table import STAGE_TABLE
 
     assert tuple(s.name for s in STAGE_TABLE) == rundir.STAGES

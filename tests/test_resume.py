@@ -20,8 +20,9 @@ import pytest
 import yaml
 from test_pipeline import SHORT
 
-from layerprobe import cli, rundir
-from layerprobe.records import load_records
+from layerprobe import cli
+from layerprobe.core import rundir
+from layerprobe.record.records import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from layerprobe import rundir
-from layerprobe.config import resolve
-from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
-from layerprobe.records import RecordWriter, drop_rows_after, load_records
+from layerprobe.core import rundir
+from layerprobe.core.config import resolve
+from layerprobe.record.records import RecordWriter, drop_rows_after, load_records
+from layerprobe.train.fingerprint import chain, changed_inputs, stage_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SimpleNamespace(
@@ -124,7 +124,7 @@ def test_content_hash_follows_bytes_not_place_or_time(tmp_path):
 
 def test_a_second_process_gets_one_line_naming_the_holder(tmp_path):
     code = (
-        "import sys; from layerprobe import rundir\n"
+        "import sys; from layerprobe.core import rundir\n"
         "try:\n    with rundir.locked(sys.argv[1]): print('got it')\n"
         "except OSError as e: print(e); sys.exit(3)\n"
     )

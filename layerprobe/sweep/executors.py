@@ -199,7 +199,7 @@ def _poll(done: Callable[[Any], bool], handles: list, timeout: float, every: flo
 
 class InlineExecutor(Executor):
     """One cell after another in this process (local with one worker). The thread count is the pipeline's choice
-    (:func:`layerprobe.threads.choose_threads`) made once, before the first cell, and kept for the sweep: one
+    (:func:`layerprobe.train.threads.choose_threads`) made once, before the first cell, and kept for the sweep: one
     sweep's cells run alike (the thread count moves numbers under bf16)."""
 
     fresh = False
@@ -212,7 +212,7 @@ class InlineExecutor(Executor):
         if self.threads is None:
             import torch
 
-            from layerprobe.threads import choose_threads
+            from layerprobe.train.threads import choose_threads
 
             choose_threads()
             self.threads = torch.get_num_threads()
