@@ -44,6 +44,11 @@ def test_no_cycles_among_rooms_and_at_most_nine_floors():
     assert ig.floors(rooms) <= ROOM_FLOORS, ig.floor_of(rooms)
 
 
+def test_modules_live_in_folders():
+    top = sorted(p.name for p in (ROOT / "layerprobe").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "cli.py"], "a new module goes into the folder of what flows through it"
+
+
 def test_the_cycle_finder_finds_a_cycle():
     ig = _import_graph()
     g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
