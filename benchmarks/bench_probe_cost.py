@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from layerprobe import rundir
+    from layerprobe import run_results, rundir
     from layerprobe.config import resolve
     from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.probes import ProbeCallback
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     from layerprobe.stages import load_model, load_tokenizer, make_trainable, sft_trainer
 
     run = Path(args.run)
-    data = rundir.read_config_dict(run)
+    data = run_results.read_config_dict(run)
     if args.lr is not None:
         data["sft"]["learning_rate"] = args.lr
     cfg = resolve(data)

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerprobe import rundir, stages
+from layerprobe import run_results, rundir, stages
 from layerprobe.config import TrainConfig
 from layerprobe.evalservice import Evaluation
 from layerprobe.evaluate import EvalSet
@@ -192,8 +192,8 @@ def _evaluate(ctx: RunContext, out: Path) -> dict:
         seconds[phase] = round(time.time() - t_phase, 1)
         hits += [phase] if hit else []
         results[phase] = metrics
-        rundir.write_answers(run_dir, phase, rows)
-    rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
+        run_results.write_answers(run_dir, phase, rows)
+    run_results.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
     n = evaluation.data
     cached = f" ({', '.join(hits)} from the evaluation cache)" if hits else ""
     tasks = f" and {len(cfg.eval.lm_eval_tasks)} lm-eval task(s)" if cfg.eval.lm_eval_tasks else ""

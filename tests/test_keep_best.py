@@ -11,7 +11,7 @@ import torch
 import yaml
 from test_pipeline import SHORT, _main
 
-from layerprobe import cli, rundir
+from layerprobe import cli, run_results, rundir
 from layerprobe.config import TrainConfig, add_config_arguments, resolve
 from layerprobe.records import load_records
 
@@ -163,7 +163,7 @@ def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
     assert set(kept) == set(trained)
     assert max(float((kept[n] - trained[n]).abs().max()) for n in kept) == 0.0
 
-    metrics = rundir.read_metrics(out)
+    metrics = run_results.read_metrics(out)
     assert set(metrics) == {"base", "cpt", "sft", "sft_best"} and summary["sft_best"] == pytest.approx(
         metrics["sft_best"], nan_ok=True
     )
@@ -227,6 +227,6 @@ def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, 
     evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
     with torch.no_grad():
         reference, _ = evaluation.run(model.eval(), load_tokenizer(merged))
-    got = rundir.read_metrics(out)["sft_best"]
+    got = run_results.read_metrics(out)["sft_best"]
     for name, value in reference.items():
         assert got[name] == pytest.approx(value, abs=1e-5, nan_ok=True), name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import cli, rundir
+from layerprobe import cli, run_results, rundir
 from layerprobe.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
 from layerprobe.evaluate import METRICS
 
@@ -421,7 +421,7 @@ def test_train_record_writes_a_complete_run_folder(run):
     assert "cloze_acc" in p.stdout and "cpt (before)" in p.stdout and "sft (after)" in p.stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    table = rundir.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
+    table = run_results.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
     assert set(table) == {"base", "cpt", "sft"} and not (out / "eval" / "cpt.json").exists()
     for phase in ("cpt", "sft"):
         assert set(summary[phase]) == set(METRICS) | {"general_loss", "style_logodds", *HELDOUT_METRICS}
@@ -696,7 +696,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     ]
     assert cli.main(["eval", *flags]) == 0
     stdout = capsys.readouterr().out
-    metrics = rundir.read_metrics(out)
+    metrics = run_results.read_metrics(out)
     for phase in ("base", "cpt", "sft"):
         assert metrics[phase]["lm_eval/tiny_local/n"] == 4 and 0 <= metrics[phase]["lm_eval/tiny_local/acc"] <= 1
         assert "lm_eval/tiny_local/acc_stderr" in metrics[phase]
@@ -710,7 +710,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     assert cli.main(["eval", *flags]) == 0
     assert "(base, cpt, sft from the evaluation cache)" in capsys.readouterr().out
     # NaN equal as text
-    assert json.dumps(rundir.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
+    assert json.dumps(run_results.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
 
 
 @pytest.mark.slow
