@@ -26,8 +26,8 @@ def main(argv=None) -> None:
 
     from layerprobe import evaluate as E
     from layerprobe.config import load_yaml, resolve
+    from layerprobe.models import load_model, load_tokenizer
     from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import load_model, load_tokenizer
 
     cfg = resolve(load_yaml(args.config))
     data = load_data(cfg).eval_set.limited(cfg.eval)

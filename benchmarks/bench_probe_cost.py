@@ -54,10 +54,11 @@ def main(argv=None) -> None:
 
     from layerprobe import run_results, rundir
     from layerprobe.config import resolve
+    from layerprobe.models import load_model, load_tokenizer, make_trainable
     from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.probes import ProbeCallback
     from layerprobe.recorder import RecorderCallback
-    from layerprobe.stages import load_model, load_tokenizer, make_trainable, sft_trainer
+    from layerprobe.stages import sft_trainer
 
     run = Path(args.run)
     data = run_results.read_config_dict(run)

@@ -36,7 +36,7 @@ def child(steps: int, warmup: int) -> None:
     from peft import LoraConfig, get_peft_model
 
     from layerprobe.config import ToyWorldConfig
-    from layerprobe.stages import load_model
+    from layerprobe.models import load_model
     from layerprobe.toyworld.base import ensure_base
 
     torch.manual_seed(0)

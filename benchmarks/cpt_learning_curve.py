@@ -34,9 +34,7 @@ def main(argv=None) -> None:
     from layerprobe.config import EvalConfig, load_yaml, resolve
     from layerprobe.data import pack_texts
     from layerprobe.evaluate import EvalSet, evaluate_model
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import (
-        cpt_trainer,
+    from layerprobe.models import (
         hidden_size,
         load_model,
         load_tokenizer,
@@ -44,6 +42,8 @@ def main(argv=None) -> None:
         model_folder,
         resolve_precision,
     )
+    from layerprobe.pipeline import load_data, quiet_libraries
+    from layerprobe.stages import cpt_trainer
 
     data_cfg = load_yaml(args.config)
     data_cfg.setdefault("cpt", {})["max_steps"] = args.steps

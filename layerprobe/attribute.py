@@ -60,12 +60,12 @@ from layerprobe.attribution_runner import Evaluate, GroupRunner, describe_plan
 from layerprobe.config import TrainConfig
 from layerprobe.evalservice import Evaluation
 from layerprobe.harness import check as check_harness
+from layerprobe.models import load_model, load_tokenizer
 from layerprobe.names import BLOCKS, parse_name
 from layerprobe.pipeline import load_data, quiet_libraries
 from layerprobe.records import COLUMNS
 from layerprobe.rundir import content_hash
 from layerprobe.select import select_params
-from layerprobe.stages import load_model, load_tokenizer
 from layerprobe.swap import EvalCache, WeightSwapper
 
 GROUPINGS = ("layers", "blocks", "cells")

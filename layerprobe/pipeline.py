@@ -23,11 +23,11 @@ from layerprobe.config import TOYWORLD, TrainConfig, resolve
 from layerprobe.evaluate import METRICS, OPTIONAL_METRICS
 from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
 from layerprobe.harness import check as check_harness
+from layerprobe.models import hidden_size, model_folder, resolve_precision
 from layerprobe.preflight import check_run
 from layerprobe.run_data import load_data
 from layerprobe.rundir import EVAL_PHASES, STAGES
 from layerprobe.stage_table import STAGE_TABLE, PipelineData, RunContext
-from layerprobe.stages import hidden_size, model_folder, resolve_precision
 from layerprobe.threads import choose_threads, machine_info
 
 

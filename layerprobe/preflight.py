@@ -9,7 +9,7 @@ data must hold something to train on.
 
 from __future__ import annotations
 
-from layerprobe.stages import make_trainable, untie_embeddings
+from layerprobe.models import make_trainable, untie_embeddings
 
 
 def check_run(cfg, base: str, data) -> None:

@@ -20,8 +20,8 @@ from layerprobe import run_results, rundir, stages
 from layerprobe.config import TrainConfig
 from layerprobe.evalservice import Evaluation
 from layerprobe.evaluate import EvalSet
+from layerprobe.models import load_model, load_tokenizer
 from layerprobe.rundir import EVAL_PHASES, phase_model
-from layerprobe.stages import load_model, load_tokenizer
 
 if TYPE_CHECKING:  # the callbacks import torch and transformers; the pipeline module stays light until a stage runs
     from layerprobe.checkpointing import SaveEvery

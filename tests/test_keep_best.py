@@ -138,8 +138,9 @@ def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
     from transformers import TrainerCallback
 
     from layerprobe.evalservice import Evaluation
+    from layerprobe.models import load_model, load_tokenizer, make_trainable
     from layerprobe.pipeline import load_data
-    from layerprobe.stages import load_model, load_tokenizer, make_trainable, sft_trainer
+    from layerprobe.stages import sft_trainer
 
     cfg, out, summary = kept_run
     chosen = summary["keep_best"]["step"]
@@ -207,8 +208,8 @@ def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, 
     from safetensors.torch import load_file
 
     from layerprobe.evalservice import Evaluation
+    from layerprobe.models import load_model, load_tokenizer
     from layerprobe.pipeline import load_data, run_pipeline
-    from layerprobe.stages import load_model, load_tokenizer
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

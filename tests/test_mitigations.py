@@ -187,7 +187,8 @@ def toy_tok():
 
 
 def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_path, toy_tok):
-    from layerprobe.stages import make_trainable, sft_trainer
+    from layerprobe.models import make_trainable
+    from layerprobe.stages import sft_trainer
 
     rows = [
         {

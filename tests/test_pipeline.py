@@ -329,7 +329,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 
     # the merged model computes what base + adapter computes (a tied head gets its own copy, so its delta
     # does not also land on the embedding)
-    from layerprobe.stages import load_model
+    from layerprobe.models import load_model
 
     x = torch.randint(0, 300, (2, 7))
     with torch.no_grad():
@@ -348,7 +348,8 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
     from conftest import make_tiny_llama
 
-    from layerprobe.stages import make_trainable, sft_trainer
+    from layerprobe.models import make_trainable
+    from layerprobe.stages import sft_trainer
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
     rows = [
@@ -632,21 +633,21 @@ def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys
 
 
 def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
-    from layerprobe import stages
+    from layerprobe import models
 
-    monkeypatch.setattr(stages, "bf16_supported", lambda: True)
-    assert stages.resolve_precision("fp32", 4096)[0] is False
-    assert stages.resolve_precision("bf16", 64)[0] is True
-    assert stages.resolve_precision("auto", 576) == (
+    monkeypatch.setattr(models, "bf16_supported", lambda: True)
+    assert models.resolve_precision("fp32", 4096)[0] is False
+    assert models.resolve_precision("bf16", 64)[0] is True
+    assert models.resolve_precision("auto", 576) == (
         True,
         "bf16 autocast, fp32 master weights and optimizer state (auto: this device supports bfloat16)",
     )
     assert (
-        stages.resolve_precision("auto", 128)[0] is False
-        and "hidden size 128" in stages.resolve_precision("auto", 128)[1]
+        models.resolve_precision("auto", 128)[0] is False
+        and "hidden size 128" in models.resolve_precision("auto", 128)[1]
     )
-    monkeypatch.setattr(stages, "bf16_supported", lambda: False)
-    assert stages.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
+    monkeypatch.setattr(models, "bf16_supported", lambda: False)
+    assert models.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
     with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
         resolve({"precision": "fp16"})
 
