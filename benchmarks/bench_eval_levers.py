@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from layerprobe import evaluate as E
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.config import resolve
+    from layerprobe.config_values import load_yaml
     from layerprobe.models import load_model, load_tokenizer
     from layerprobe.pipeline import load_data, quiet_libraries
 

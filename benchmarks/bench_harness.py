@@ -29,7 +29,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from layerprobe import harness, rundir
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.config import resolve
+    from layerprobe.config_values import load_yaml
     from layerprobe.evalservice import Evaluation
     from layerprobe.pipeline import load_data, run_pipeline
     from layerprobe.realdata import default_data_dir

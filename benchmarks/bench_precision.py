@@ -26,7 +26,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.config import resolve
+    from layerprobe.config_values import load_yaml
     from layerprobe.models import load_model, load_tokenizer, make_trainable, model_folder
     from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.stages import cpt_trainer

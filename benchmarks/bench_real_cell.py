@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     import torch
 
     from layerprobe import rundir
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.config import resolve
+    from layerprobe.config_values import load_yaml
     from layerprobe.evalservice import Evaluation
     from layerprobe.pipeline import load_data, run_pipeline
 

@@ -35,7 +35,7 @@ def child(steps: int, warmup: int) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from layerprobe.config import ToyWorldConfig
+    from layerprobe.config_data import ToyWorldConfig
     from layerprobe.models import load_model
     from layerprobe.toyworld.base import ensure_base
 

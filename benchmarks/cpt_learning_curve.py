@@ -31,7 +31,9 @@ def main(argv=None) -> None:
 
     from transformers import TrainerCallback
 
-    from layerprobe.config import EvalConfig, load_yaml, resolve
+    from layerprobe.config import resolve
+    from layerprobe.config_data import EvalConfig
+    from layerprobe.config_values import load_yaml
     from layerprobe.data import pack_texts
     from layerprobe.evaluate import EvalSet, evaluate_model
     from layerprobe.models import (
@@ -101,7 +103,8 @@ def main(argv=None) -> None:
 
 
 def draw(table, args, out: Path) -> None:
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.config import resolve
+    from layerprobe.config_values import load_yaml
     from layerprobe.plot.study import curve_panel
 
     cfg = resolve(load_yaml(args.config))

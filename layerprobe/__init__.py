@@ -47,7 +47,7 @@ _EXPORTS = {
     "mc_accuracy": "layerprobe.forgetting",
     "heldout_loss": "layerprobe.forgetting",
     "TrainConfig": "layerprobe.config",
-    "PhaseConfig": "layerprobe.config",
+    "PhaseConfig": "layerprobe.config_phase",
     "run_pipeline": "layerprobe.pipeline",
     "evaluate_model": "layerprobe.evaluate",
     "load_sweep": "layerprobe.sweep",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from layerprobe.config import EvalConfig
+from layerprobe.config_data import EvalConfig
 from layerprobe.evalservice import Evaluation, cache_dir, cache_key, cached, enabled, model_id  # noqa: F401
 
 

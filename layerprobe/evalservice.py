@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerprobe.config import EvalConfig
+from layerprobe.config_data import EvalConfig
 from layerprobe.evaluate import EvalSet, evaluate_model
 from layerprobe.harness import data_digest, run_tasks
 from layerprobe.keys import digest

@@ -18,7 +18,7 @@ Never imports torch.
 
 from __future__ import annotations
 
-from layerprobe.config import STORE_FIELDS
+from layerprobe.config_phase import STORE_FIELDS
 from layerprobe.harness import data_digest
 from layerprobe.keys import digest
 

@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from layerprobe.config import TOYWORLD, PhaseConfig, TrainConfig
+from layerprobe.config import TrainConfig
+from layerprobe.config_data import TOYWORLD
+from layerprobe.config_phase import PhaseConfig
 from layerprobe.presets import resolve_model
 from layerprobe.select import apply_requires_grad, lora_targets
 from layerprobe.toyworld.base import ensure_base

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerprobe import run_results, rundir
-from layerprobe.config import TOYWORLD, TrainConfig, resolve
+from layerprobe.config import TrainConfig, resolve
+from layerprobe.config_data import TOYWORLD
 from layerprobe.evaluate import METRICS, OPTIONAL_METRICS
 from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
 from layerprobe.harness import check as check_harness

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from layerprobe import data as D
-from layerprobe.config import TOYWORLD, TrainConfig
+from layerprobe.config import TrainConfig
+from layerprobe.config_data import TOYWORLD
 from layerprobe.evaluate import EvalSet
 from layerprobe.realdata import gozaru_rewrite, load_jcommonsenseqa
 from layerprobe.stage_table import PipelineData

@@ -12,7 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from layerprobe.config import PhaseConfig, TrainConfig
+from layerprobe.config import TrainConfig
+from layerprobe.config_phase import PhaseConfig
 from layerprobe.data import pack_texts
 from layerprobe.models import load_model, load_tokenizer, make_trainable, resolve_precision, trainable_share, use_cpu
 from layerprobe.names import parse_name

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from layerprobe import evalservice
-from layerprobe.config import EvalConfig
+from layerprobe.config_data import EvalConfig
 from layerprobe.evalservice import Evaluation
 from layerprobe.evaluate import EvalSet
 

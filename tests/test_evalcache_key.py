@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from layerprobe import evalcache
-from layerprobe.config import EvalConfig
+from layerprobe.config_data import EvalConfig
 from layerprobe.evaluate import EvalSet
 
 DATA = EvalSet(

@@ -12,7 +12,7 @@ from conftest import make_tiny_llama
 from test_forgetting import WORDS, make_rows, make_tokenizer
 
 from layerprobe import harness
-from layerprobe.config import EvalConfig
+from layerprobe.config_data import EvalConfig
 from layerprobe.forgetting import choice_logprobs, mc_accuracy
 
 lm_eval = pytest.importorskip(

@@ -7,7 +7,8 @@ import torch
 from conftest import make_tiny_llama
 
 from layerprobe.anchor import Anchor, AnchorCallback
-from layerprobe.config import ATTN, MLP, resolve
+from layerprobe.config import resolve
+from layerprobe.config_phase import ATTN, MLP
 
 
 def _perturb(model, seed=1, size=0.05):

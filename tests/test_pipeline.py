@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from layerprobe import cli, run_results, rundir
-from layerprobe.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
+from layerprobe.config import TrainConfig, config_from_args, dump_yaml, resolve
+from layerprobe.config_phase import ATTN, MLP
+from layerprobe.config_values import load_yaml
 from layerprobe.evaluate import METRICS
 
 HELDOUT_METRICS = ("cloze_heldout_acc", "cloze_heldout_margin")  # the toy world has held-out clozes

@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model_and_tokenizer
 from transformers import Trainer, TrainingArguments
 
-from layerprobe.config import EvalConfig
+from layerprobe.config_data import EvalConfig
 from layerprobe.evaluate import EvalSet, chat_prompt, continuation, evaluate_model
 from layerprobe.probes import BLOCK, ProbeCallback, probe_subset, score_probes
 from layerprobe.recorder import RecorderCallback

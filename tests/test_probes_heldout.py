@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_model_and_tokenizer
 
 from layerprobe import evaluate as E
-from layerprobe.config import EvalConfig, ToyWorldConfig
+from layerprobe.config_data import EvalConfig, ToyWorldConfig
 from layerprobe.toyworld import english as EN
 from layerprobe.toyworld import toy_data
 from layerprobe.toyworld import world as W

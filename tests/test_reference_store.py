@@ -10,7 +10,8 @@ import torch
 from conftest import make_tiny_llama
 
 from layerprobe import snapshot
-from layerprobe.config import RecordConfig, TrainConfig
+from layerprobe.config import TrainConfig
+from layerprobe.config_phase import RecordConfig
 from layerprobe.fingerprint import stage_inputs
 from layerprobe.recorder import Recorder
 from layerprobe.records import load_records

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from layerprobe.config import ToyWorldConfig
+from layerprobe.config_data import ToyWorldConfig
 from layerprobe.toyworld import toy_data
 from layerprobe.toyworld import world as W
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from layerprobe import rundir
 from layerprobe.commands.options import add_format_argument
-from layerprobe.config import TrainConfig, load_yaml, resolve
+from layerprobe.config import TrainConfig, resolve
+from layerprobe.config_values import load_yaml
 
 HELP = (
     "revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "

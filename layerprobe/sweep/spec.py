@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from layerprobe import rundir
-from layerprobe.config import TrainConfig, load_yaml, resolve, set_dotted
+from layerprobe.config import TrainConfig, resolve
+from layerprobe.config_values import load_yaml, set_dotted
 from layerprobe.outcomes import OUTCOMES
 from layerprobe.sweep.executors import ExecutorConfig
 

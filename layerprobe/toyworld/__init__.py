@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerprobe.config import ToyWorldConfig
+from layerprobe.config_data import ToyWorldConfig
 from layerprobe.toyworld import world as W
 from layerprobe.toyworld.base import base_dir, ensure_base, make_world
 

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from layerprobe.config import ToyWorldConfig
+from layerprobe.config_data import ToyWorldConfig
 from layerprobe.data import pack_texts
 from layerprobe.presets import cache_root
 from layerprobe.toyworld import world as W
