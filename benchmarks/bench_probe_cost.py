@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     from layerprobe.models import load_model, load_tokenizer, make_trainable
     from layerprobe.pipeline import load_data, quiet_libraries
     from layerprobe.probes import ProbeCallback
-    from layerprobe.recorder import RecorderCallback
+    from layerprobe.recorder_callback import RecorderCallback
     from layerprobe.stages import sft_trainer
 
     run = Path(args.run)

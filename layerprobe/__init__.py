@@ -17,7 +17,7 @@ _EXPORTS = {
     "COLUMNS": "layerprobe.records",
     "every": "layerprobe.schedules",
     "logspaced": "layerprobe.schedules",
-    "RecorderCallback": "layerprobe.recorder",
+    "RecorderCallback": "layerprobe.recorder_callback",
     "Recorder": "layerprobe.recorder",
     "ProbeCallback": "layerprobe.probes",
     "heatmap_layer_step": "layerprobe.plot",

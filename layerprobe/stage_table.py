@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the callbacks import torch and transformers; the pipeline m
     from layerprobe.checkpointing import SaveEvery
     from layerprobe.keepbest import KeepStates
     from layerprobe.probes import ProbeCallback
-    from layerprobe.recorder import RecorderCallback
+    from layerprobe.recorder_callback import RecorderCallback
 
 
 @dataclass
@@ -83,7 +83,7 @@ class PhaseCallbacks:
         probes: ProbeCallback | None = None
         keeper: KeepStates | None = None
         if cfg.record:
-            from layerprobe.recorder import RecorderCallback
+            from layerprobe.recorder_callback import RecorderCallback
 
             r = cfg.recorder
             recorder = RecorderCallback(

@@ -148,7 +148,7 @@ def _trainer(model, callbacks, lr=0.05, steps=4):
 
 
 def test_in_the_trainer_the_recorded_drift_respects_the_cap(tmp_path):
-    from layerprobe.recorder import RecorderCallback
+    from layerprobe.recorder_callback import RecorderCallback
     from layerprobe.records import load_records
 
     cap = 2e-3

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 from layerprobe.config_data import EvalConfig
 from layerprobe.evaluate import EvalSet, chat_prompt, continuation, evaluate_model
 from layerprobe.probes import BLOCK, ProbeCallback, probe_subset, score_probes
-from layerprobe.recorder import RecorderCallback
+from layerprobe.recorder_callback import RecorderCallback
 from layerprobe.records import load_records
 
 TEXTS = [

@@ -13,7 +13,8 @@ from conftest import make_tiny_llama
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from layerprobe.names import parse_name
-from layerprobe.recorder import Recorder, RecorderCallback
+from layerprobe.recorder import Recorder
+from layerprobe.recorder_callback import RecorderCallback
 from layerprobe.records import COLUMNS, load_records
 
 SEQ = 16
