@@ -21,9 +21,8 @@ from pathlib import Path
 
 from layerprobe import rundir
 from layerprobe.config import TrainConfig
-from layerprobe.models import load_model, load_tokenizer, make_trainable
+from layerprobe.models import load_model, load_tokenizer, make_trainable, save_model
 from layerprobe.records import load_records
-from layerprobe.stages import save_model
 from layerprobe.tradeoff import SHARE, best_step
 
 

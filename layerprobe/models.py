@@ -1,5 +1,6 @@
 """The models the stages train: the config's model folder, loading a model and its tokenizer, making it trainable
-(a new LoRA adapter or unfrozen weights, where ``select`` or the target modules say) and the training precision.
+(a new LoRA adapter or unfrozen weights, where ``select`` or the target modules say), saving a trained one, and the
+training precision.
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def make_trainable(model, phase: PhaseConfig, seed: int) -> tuple[Any, str]:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lcfg), ""
+
+
+def save_model(model, tok, out: Path, phase: PhaseConfig) -> None:
+    """Save a trained phase's model as the stage does: the adapter (LoRA) or the whole model, and the tokenizer."""
+    if phase.method == "lora":  # the adapter only: the base's embeddings are unchanged, so not copied in
+        model.save_pretrained(out, save_embedding_layers=False)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
 
 
 def bf16_supported() -> bool:

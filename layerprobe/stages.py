@@ -15,7 +15,15 @@ from pathlib import Path
 from layerprobe.config import TrainConfig
 from layerprobe.config_phase import PhaseConfig
 from layerprobe.data import pack_texts
-from layerprobe.models import load_model, load_tokenizer, make_trainable, resolve_precision, trainable_share, use_cpu
+from layerprobe.models import (
+    load_model,
+    load_tokenizer,
+    make_trainable,
+    resolve_precision,
+    save_model,
+    trainable_share,
+    use_cpu,
+)
 from layerprobe.names import parse_name
 from layerprobe.rundir import DONE, STARTED, checkpoint_dir, last_checkpoint
 
@@ -85,15 +93,6 @@ def resume_point(trainer) -> str | None:
 
     found = last_checkpoint(Path(trainer.args.output_dir).parent)
     return str(found) if found else None
-
-
-def save_model(model, tok, out: Path, phase: PhaseConfig) -> None:
-    """Save a trained phase's model as the stage does: the adapter (LoRA) or the whole model, and the tokenizer."""
-    if phase.method == "lora":  # the adapter only: the base's embeddings are unchanged, so not copied in
-        model.save_pretrained(out, save_embedding_layers=False)
-    else:
-        model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
 
 
 def _describe(phase: PhaseConfig, selection: str = "") -> str:
