@@ -52,7 +52,7 @@ class KeepStates:
 
 
 def load_state(cfg: TrainConfig, start: str, state: str | os.PathLike):
-    """The SFT's input model ``start`` made trainable as SFT made it (:func:`~layerprobe.stages.make_trainable`),
+    """The SFT's input model ``start`` made trainable as SFT made it (:func:`~layerprobe.models.make_trainable`),
     with the kept ``state`` in its trainable weights: the model SFT had at that step."""
     from safetensors.torch import load_file
 
