@@ -29,7 +29,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from layerprobe.core import rundir
-    from layerprobe.core.config import load_yaml, resolve
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
     from layerprobe.evaluation import harness
     from layerprobe.evaluation.evalservice import Evaluation
     from layerprobe.sources.realdata import default_data_dir

@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     import torch
 
     from layerprobe.core import rundir
-    from layerprobe.core.config import load_yaml, resolve
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
     from layerprobe.evaluation.evalservice import Evaluation
     from layerprobe.train.pipeline import load_data, run_pipeline
 

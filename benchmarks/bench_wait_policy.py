@@ -35,9 +35,9 @@ def child(steps: int, warmup: int) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from layerprobe.core.config import ToyWorldConfig
+    from layerprobe.core.config_data import ToyWorldConfig
     from layerprobe.sources.toyworld.base import ensure_base
-    from layerprobe.train.stages import load_model
+    from layerprobe.train.models import load_model
 
     torch.manual_seed(0)
     model = load_model(str(ensure_base(ToyWorldConfig())))

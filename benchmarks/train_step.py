@@ -23,8 +23,8 @@ import time
 import torch
 
 from layerprobe.record.recorder import Recorder
+from layerprobe.train.models import load_model
 from layerprobe.train.select import apply_requires_grad
-from layerprobe.train.stages import load_model
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("model")

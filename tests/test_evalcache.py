@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.evaluation import evalservice
 from layerprobe.evaluation.evalservice import Evaluation
 from layerprobe.evaluation.evaluate import EvalSet

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.evaluation import evalcache
 from layerprobe.evaluation.evaluate import EvalSet
 

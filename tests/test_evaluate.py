@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest import tiny_model_and_tokenizer
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.evaluation import evaluate as E
 
 TEXTS = [

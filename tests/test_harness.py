@@ -11,7 +11,7 @@ import pytest
 from conftest import make_tiny_llama
 from test_forgetting import WORDS, make_rows, make_tokenizer
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.evaluation import harness
 from layerprobe.evaluation.forgetting import choice_logprobs, mc_accuracy
 

@@ -12,7 +12,7 @@ import yaml
 from test_pipeline import SHORT, _main
 
 from layerprobe import cli
-from layerprobe.core import rundir
+from layerprobe.core import run_results, rundir
 from layerprobe.core.config import TrainConfig, add_config_arguments, resolve
 from layerprobe.record.records import load_records
 
@@ -139,8 +139,9 @@ def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
     from transformers import TrainerCallback
 
     from layerprobe.evaluation.evalservice import Evaluation
+    from layerprobe.train.models import load_model, load_tokenizer, make_trainable
     from layerprobe.train.pipeline import load_data
-    from layerprobe.train.stages import load_model, load_tokenizer, make_trainable, sft_trainer
+    from layerprobe.train.stages import sft_trainer
 
     cfg, out, summary = kept_run
     chosen = summary["keep_best"]["step"]
@@ -164,7 +165,7 @@ def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
     assert set(kept) == set(trained)
     assert max(float((kept[n] - trained[n]).abs().max()) for n in kept) == 0.0
 
-    metrics = rundir.read_metrics(out)
+    metrics = run_results.read_metrics(out)
     assert set(metrics) == {"base", "cpt", "sft", "sft_best"} and summary["sft_best"] == pytest.approx(
         metrics["sft_best"], nan_ok=True
     )
@@ -208,8 +209,8 @@ def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, 
     from safetensors.torch import load_file
 
     from layerprobe.evaluation.evalservice import Evaluation
+    from layerprobe.train.models import load_model, load_tokenizer
     from layerprobe.train.pipeline import load_data, run_pipeline
-    from layerprobe.train.stages import load_model, load_tokenizer
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -228,6 +229,6 @@ def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, 
     evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
     with torch.no_grad():
         reference, _ = evaluation.run(model.eval(), load_tokenizer(merged))
-    got = rundir.read_metrics(out)["sft_best"]
+    got = run_results.read_metrics(out)["sft_best"]
     for name, value in reference.items():
         assert got[name] == pytest.approx(value, abs=1e-5, nan_ok=True), name

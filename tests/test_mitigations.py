@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.core.config import ATTN, MLP, resolve
+from layerprobe.core.config import resolve
+from layerprobe.core.config_phase import ATTN, MLP
 from layerprobe.weights.anchor import Anchor, AnchorCallback
 
 
@@ -147,7 +148,7 @@ def _trainer(model, callbacks, lr=0.05, steps=4):
 
 
 def test_in_the_trainer_the_recorded_drift_respects_the_cap(tmp_path):
-    from layerprobe.record.recorder import RecorderCallback
+    from layerprobe.record.recorder_callback import RecorderCallback
     from layerprobe.record.records import load_records
 
     cap = 2e-3
@@ -187,7 +188,8 @@ def toy_tok():
 
 
 def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_path, toy_tok):
-    from layerprobe.train.stages import make_trainable, sft_trainer
+    from layerprobe.train.models import make_trainable
+    from layerprobe.train.stages import sft_trainer
 
     rows = [
         {

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from layerprobe import cli
-from layerprobe.core import rundir
-from layerprobe.core.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
+from layerprobe.core import run_results, rundir
+from layerprobe.core.config import TrainConfig, config_from_args, dump_yaml, resolve
+from layerprobe.core.config_phase import ATTN, MLP
+from layerprobe.core.config_values import load_yaml
 from layerprobe.evaluation.evaluate import METRICS
 
 HELDOUT_METRICS = ("cloze_heldout_acc", "cloze_heldout_margin")  # the toy world has held-out clozes
@@ -330,7 +332,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 
     # the merged model computes what base + adapter computes (a tied head gets its own copy, so its delta
     # does not also land on the embedding)
-    from layerprobe.train.stages import load_model
+    from layerprobe.train.models import load_model
 
     x = torch.randint(0, 300, (2, 7))
     with torch.no_grad():
@@ -349,7 +351,8 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
     from conftest import make_tiny_llama
 
-    from layerprobe.train.stages import make_trainable, sft_trainer
+    from layerprobe.train.models import make_trainable
+    from layerprobe.train.stages import sft_trainer
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
     rows = [
@@ -422,7 +425,7 @@ def test_train_record_writes_a_complete_run_folder(run):
     assert "cloze_acc" in p.stdout and "cpt (before)" in p.stdout and "sft (after)" in p.stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    table = rundir.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
+    table = run_results.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
     assert set(table) == {"base", "cpt", "sft"} and not (out / "eval" / "cpt.json").exists()
     for phase in ("cpt", "sft"):
         assert set(summary[phase]) == set(METRICS) | {"general_loss", "style_logodds", *HELDOUT_METRICS}
@@ -633,21 +636,21 @@ def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys
 
 
 def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
-    from layerprobe.train import stages
+    from layerprobe.train import models
 
-    monkeypatch.setattr(stages, "bf16_supported", lambda: True)
-    assert stages.resolve_precision("fp32", 4096)[0] is False
-    assert stages.resolve_precision("bf16", 64)[0] is True
-    assert stages.resolve_precision("auto", 576) == (
+    monkeypatch.setattr(models, "bf16_supported", lambda: True)
+    assert models.resolve_precision("fp32", 4096)[0] is False
+    assert models.resolve_precision("bf16", 64)[0] is True
+    assert models.resolve_precision("auto", 576) == (
         True,
         "bf16 autocast, fp32 master weights and optimizer state (auto: this device supports bfloat16)",
     )
     assert (
-        stages.resolve_precision("auto", 128)[0] is False
-        and "hidden size 128" in stages.resolve_precision("auto", 128)[1]
+        models.resolve_precision("auto", 128)[0] is False
+        and "hidden size 128" in models.resolve_precision("auto", 128)[1]
     )
-    monkeypatch.setattr(stages, "bf16_supported", lambda: False)
-    assert stages.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
+    monkeypatch.setattr(models, "bf16_supported", lambda: False)
+    assert models.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
     with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
         resolve({"precision": "fp16"})
 
@@ -697,7 +700,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     ]
     assert cli.main(["eval", *flags]) == 0
     stdout = capsys.readouterr().out
-    metrics = rundir.read_metrics(out)
+    metrics = run_results.read_metrics(out)
     for phase in ("base", "cpt", "sft"):
         assert metrics[phase]["lm_eval/tiny_local/n"] == 4 and 0 <= metrics[phase]["lm_eval/tiny_local/acc"] <= 1
         assert "lm_eval/tiny_local/acc_stderr" in metrics[phase]
@@ -711,7 +714,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     assert cli.main(["eval", *flags]) == 0
     assert "(base, cpt, sft from the evaluation cache)" in capsys.readouterr().out
     # NaN equal as text
-    assert json.dumps(rundir.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
+    assert json.dumps(run_results.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ import torch
 from conftest import tiny_model_and_tokenizer
 from transformers import Trainer, TrainingArguments
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.evaluation.evaluate import EvalSet, chat_prompt, continuation, evaluate_model
-from layerprobe.record.recorder import RecorderCallback
+from layerprobe.record.recorder_callback import RecorderCallback
 from layerprobe.record.records import load_records
 from layerprobe.train.probes import BLOCK, ProbeCallback, probe_subset, score_probes
 

@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import tiny_model_and_tokenizer
 
-from layerprobe.core.config import EvalConfig, ToyWorldConfig
+from layerprobe.core.config_data import EvalConfig, ToyWorldConfig
 from layerprobe.evaluation import evaluate as E
 from layerprobe.sources.toyworld import english as EN
 from layerprobe.sources.toyworld import toy_data

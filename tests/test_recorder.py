@@ -13,7 +13,8 @@ from conftest import make_tiny_llama
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from layerprobe.core.names import parse_name
-from layerprobe.record.recorder import Recorder, RecorderCallback
+from layerprobe.record.recorder import Recorder
+from layerprobe.record.recorder_callback import RecorderCallback
 from layerprobe.record.records import COLUMNS, load_records
 
 SEQ = 16

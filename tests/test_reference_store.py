@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.core.config import RecordConfig, TrainConfig
+from layerprobe.core.config import TrainConfig
+from layerprobe.core.config_phase import RecordConfig
 from layerprobe.record import snapshot
 from layerprobe.record.recorder import Recorder
 from layerprobe.record.records import load_records

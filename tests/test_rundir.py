@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from layerprobe.core import rundir
+from layerprobe.core import run_results, rundir
 from layerprobe.core.config import resolve
 from layerprobe.record.records import RecordWriter, drop_rows_after, load_records
 from layerprobe.train.fingerprint import chain, changed_inputs, stage_inputs
@@ -84,13 +84,13 @@ def test_layout_markers_and_the_metrics_table(tmp_path):
     assert rundir.done_stages(run) == {"cpt"}
 
     metrics = {"cpt": {"cloze_acc": 0.25, "general_loss": math.nan}, "sft": {"cloze_acc": 1 / 3}}
-    rundir.write_metrics(run, metrics)
-    back = rundir.read_metrics(run)
+    run_results.write_metrics(run, metrics)
+    back = run_results.read_metrics(run)
     assert back["sft"]["cloze_acc"] == 1 / 3 and back["cpt"]["cloze_acc"] == 0.25  # exact round trip
     assert math.isnan(back["cpt"]["general_loss"])
     table = pd.read_csv(rundir.stage_dir(run, "eval") / rundir.METRICS)
     assert list(table.columns) == ["model", "metric", "value"] and len(table) == 3
-    assert rundir.read_metrics(tmp_path / "none") == {}
+    assert run_results.read_metrics(tmp_path / "none") == {}
 
 
 def test_the_last_complete_checkpoint_is_chosen_and_half_written_ones_removed(tmp_path):

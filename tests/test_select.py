@@ -582,8 +582,8 @@ def test_trainable_share_counts_what_trains_against_the_models_own_weights():
     from conftest import make_tiny_llama
     from peft import LoraConfig, get_peft_model
 
+    from layerprobe.train.models import trainable_share
     from layerprobe.train.select import apply_requires_grad
-    from layerprobe.train.stages import trainable_share
 
     model = make_tiny_llama(tie=True)
     sel = apply_requires_grad(model, "mlp")

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from layerprobe.core.config import ToyWorldConfig
+from layerprobe.core.config_data import ToyWorldConfig
 from layerprobe.sources.toyworld import toy_data
 from layerprobe.sources.toyworld import world as W
 

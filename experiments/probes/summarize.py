@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.core import rundir
+from layerprobe.core import run_results, rundir
 from layerprobe.record.records import load_records
 
 METRICS = (
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     run, out = args.run, args.out
     out.mkdir(parents=True, exist_ok=True)
-    summary = rundir.read_summary(run)
+    summary = run_results.read_summary(run)
     if summary is None:
         raise SystemExit(f"{run} has no summary.json: the run has not finished")
     shutil.copy2(rundir.summary_path(run), out / "summary.json")

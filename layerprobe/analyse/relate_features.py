@@ -21,8 +21,8 @@ from layerprobe.analyse.relate_config import (
     RECORD_FEATURES,
     RelateConfig,
 )
-from layerprobe.core import rundir
-from layerprobe.core.rundir import SUMMARY, find_runs
+from layerprobe.core import run_results, rundir
+from layerprobe.core.rundir import SUMMARY
 from layerprobe.evaluation.outcomes import OUTCOMES, harness_drops, read_outcomes
 from layerprobe.record.records import load_records
 
@@ -96,7 +96,7 @@ def run_design(run: Path, name: str) -> tuple[str, str]:
     """(SFT method, CPT group) of a run folder (see the module docstring)."""
     method = "unknown"
     if rundir.is_run(run):
-        sft = rundir.read_config_dict(run).get("sft") or {}
+        sft = run_results.read_config_dict(run).get("sft") or {}
         method = str(sft.get("method", "unknown"))
     fingerprint = (rundir.read_done(run, "cpt") or {}).get("fingerprint")
     return method, str(fingerprint) if fingerprint else f"run:{name}"
@@ -138,7 +138,7 @@ def _runs_and_studies(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     found: dict[Path, Path] = {}
     for path in paths:
         folder = path.resolve().parent if rundir.summary_path(path).is_file() else path.resolve()
-        for run in find_runs([path]):
+        for run in run_results.find_runs([path]):
             found.setdefault(run, folder)
     folders = list(dict.fromkeys(found.values()))
     names = {f: f.name for f in folders}

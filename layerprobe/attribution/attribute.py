@@ -35,9 +35,9 @@ three denominators, G's share of
 :func:`layerprobe.record.attribution_records.effects` divides each effect's share of the whole change by each
 (``share_per_weight``, ``share_per_trained``, ``share_per_delta``): 1 means the group matters in proportion to its
 size, no more. Shares of the groups of a partition need not add up to 1: reverting two groups together is not the sum
-of reverting each. Over several seeds, :func:`layerprobe.record.attribution_records.over_seeds` gives each mean with
-its Student-t interval, and :func:`layerprobe.record.attribution_records.paired_difference` the per-seed difference of
-two groups (``attn - mlp``). The tensors are swapped by :class:`layerprobe.attribution.swap.WeightSwapper`.
+of reverting each. Over several seeds, :func:`layerprobe.record.attribution_records.over_seeds` gives each mean with its
+Student-t interval, and :func:`layerprobe.record.attribution_records.paired_difference` the per-seed difference of two
+groups (``attn - mlp``). The tensors are swapped by :class:`layerprobe.attribution.swap.WeightSwapper`.
 
 torch is imported only inside the functions that need it. The records' effects table
 (:func:`layerprobe.record.attribution_records.effects`) and its figures
@@ -65,9 +65,9 @@ from layerprobe.evaluation.evalservice import Evaluation
 from layerprobe.evaluation.harness import check as check_harness
 from layerprobe.record.attribution_records import MODES, PHASE
 from layerprobe.record.records import COLUMNS
+from layerprobe.train.models import load_model, load_tokenizer
 from layerprobe.train.pipeline import load_data, quiet_libraries
 from layerprobe.train.select import select_params
-from layerprobe.train.stages import load_model, load_tokenizer
 
 GROUPINGS = ("layers", "blocks", "cells")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from layerprobe.commands.options import add_format_argument
 from layerprobe.core import rundir
-from layerprobe.core.config import TrainConfig, load_yaml, resolve
+from layerprobe.core.config import TrainConfig, resolve
+from layerprobe.core.config_values import load_yaml
 
 HELP = (
     "revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "

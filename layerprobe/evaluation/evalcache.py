@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.evaluation.evalservice import Evaluation, cache_dir, cache_key, cached, enabled, model_id  # noqa: F401
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerprobe.core.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
 from layerprobe.core.keys import digest
 from layerprobe.core.rundir import content_hash
 from layerprobe.evaluation.evaluate import EvalSet, evaluate_model

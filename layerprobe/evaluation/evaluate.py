@@ -36,7 +36,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from layerprobe.core.config import EvalConfig, style_regex
+from layerprobe.core.config_data import EvalConfig, style_regex
 from layerprobe.evaluation.generation import chat_prompt, generate, truncate_prompt
 
 METRICS = (

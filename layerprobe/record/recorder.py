@@ -1,7 +1,8 @@
 """The recorder: per-(layer, module) gradient norms, update ratios and drift during training.
 
-``Recorder`` is the plain-PyTorch entry; ``RecorderCallback`` adapts it to ``transformers.Trainer`` (and
-``trl.SFTTrainer`` and their subclasses)::
+``Recorder`` is the plain-PyTorch entry (set up by :mod:`layerprobe.record.recorder_setup`); ``RecorderCallback``
+(:mod:`layerprobe.record.recorder_callback`) adapts it to ``transformers.Trainer`` (and ``trl.SFTTrainer`` and their
+subclasses)::
 
     trainer = Trainer(model, args, train_dataset=ds, callbacks=[RecorderCallback("runs/a", phase="cpt")])
 
@@ -22,35 +23,32 @@ shard (``layerprobe.record.distributed``) and one all_reduce per step adds the p
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import sys
-import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
-from layerprobe.core import rundir
-from layerprobe.core.names import parse_name
 from layerprobe.record import distributed, snapshot
-from layerprobe.record.quantities import QUANTITIES, DriftRatio, GradNorm, Partial, Row, UpdateRatio, WeightNorm
+from layerprobe.record.quantities import DriftRatio, GradNorm, Partial, Row, UpdateRatio, WeightNorm
+from layerprobe.record.recorder_setup import (
+    choose_store,
+    frozen_fingerprint,
+    rank,
+    reference_stores,
+    run_meta,
+    schedules,
+    shard,
+    trainable_units,
+    wanted_quantities,
+    write_audit,
+)
 from layerprobe.record.records import RecordWriter, drop_rows_after, write_meta
-from layerprobe.record.schedules import Schedule, parse_schedule
-from layerprobe.record.tracking import Units, find_units, is_lora_factor, param_label
-
-logger = logging.getLogger("layerprobe")
-
-
-def _rank() -> tuple[int, bool]:
-    """(rank, distributed initialised)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), True
-    return int(os.environ.get("RANK", 0)), False
+from layerprobe.record.schedules import Schedule
+from layerprobe.record.tracking import Units, is_lora_factor
 
 
 class Recorder:
@@ -98,46 +96,22 @@ class Recorder:
         device_budget_gb: float = 0.0,
         host_budget_gb: float = 0.0,
     ):
-        wanted = tuple(quantities) if quantities is not None else QUANTITIES
-        unknown = [q for q in wanted if q not in QUANTITIES]
-        if unknown:
-            raise ValueError(f"unknown quantity {unknown[0]!r}: expected some of {', '.join(QUANTITIES)}")
+        wanted = wanted_quantities(quantities)
         self.model, self.out_dir = model, Path(out_dir)
         self.run = run or self.out_dir.resolve().name
         self.phase, self.per_param = phase, per_param
-        self.rank, self.distributed = _rank()
+        self.rank, self.distributed = rank()
         self.active = self.rank == 0  # rank 0 writes
-        sched = {
-            "grad_norm": grad_every,
-            "update_ratio": update_every,
-            "drift_ratio": drift_every,
-            "weight_norm": weight_every,
-        }
-        s = {q: parse_schedule(sched[q], max_steps) if q in wanted else parse_schedule("never") for q in QUANTITIES}
+        every = {"grad_norm": grad_every, "update_ratio": update_every, "drift_ratio": drift_every}
+        s = schedules({**every, "weight_norm": weight_every}, wanted, max_steps)
         snapshot.check_store(reference_store)
-        self.grad = GradNorm(s["grad_norm"])
-        self.weight = WeightNorm(s["weight_norm"])
-        self.units: Units = find_units(model)
-        if not self.units.dense:
-            raise ValueError(
-                "the model has no trainable parameters (requires_grad=True): nothing to record; "
-                "unfreeze parameters or add an adapter before creating the recorder"
-            )
-        held = [q for q in ("update_ratio", "drift_ratio") if q in wanted and sched[q] != "never"]
-        self.reference_store = _choose_store(self.units, reference_store, len(held), device_budget_gb, host_budget_gb)
-        where, records = self.reference_store["store"], rundir.records_dir(self.out_dir)
-        update = snapshot.make_store(where, records / f".update-{phase}-r{self.rank}.bin")
-        drift = snapshot.make_store(where, records / f".reference-{phase}-r{self.rank}.bin", persist=True)
+        self.grad, self.weight = GradNorm(s["grad_norm"]), WeightNorm(s["weight_norm"])
+        self.units: Units = trainable_units(model)
+        held = [q for q in ("update_ratio", "drift_ratio") if q in wanted and every[q] != "never"]
+        self.reference_store = choose_store(self.units, reference_store, len(held), device_budget_gb, host_budget_gb)
+        update, drift = reference_stores(self.reference_store["store"], self.out_dir, phase, self.rank)
         self.update, self.drift = UpdateRatio(s["update_ratio"], update), DriftRatio(s["drift_ratio"], drift)
-        params = [d.param for d in self.units.dense] + [p.base for p in self.units.lora]
-        # sharded (FSDP2, ZeRO-3): every rank computes its part and the parts are summed in one all_reduce;
-        # gradients read through DeepSpeed's collective accessor (ZeRO-1/2): every rank reads, rank 0 computes the
-        # rest (the weights are whole); otherwise rank 0 alone computes
-        self.group = distributed.shard_group(params)
-        for d in self.units.dense:
-            d.share = distributed.share(d.param, self.group)
-        for pair in self.units.lora:
-            pair.share, pair.a_share = distributed.share(pair.base, self.group), distributed.share(pair.a, self.group)
+        self.group, params = shard(self.units)
         self.computes = self.active or distributed.collective_reads(params)  # gradients
         self.owns_weights = self.active or self.group is not None  # update ratio, drift, weight norm, frozen
         self.step = 1  # the optimizer step being taken: rows at step s describe the s-th update
@@ -147,35 +121,19 @@ class Recorder:
         self._closed = False
         self._warned_nonfinite = False
         self.writer: RecordWriter | None = None
-        meta = dict(meta or {})
         if self.active:
             self.writer = RecordWriter(self.out_dir, self.run, phase, rank=self.rank, flush_every_s=flush_every_s)
-            config = getattr(model, "config", None)
-            write_meta(
-                self.out_dir,
-                phase,
-                {
-                    "run": self.run,
-                    "model": type(model).__name__,
-                    "model_path": getattr(config, "_name_or_path", None),
-                    "model_config": getattr(config, "to_dict", lambda: None)(),
-                    "quantities": list(wanted),
-                    "grad_norm_clip": meta.pop("grad_norm_clip", "pre"),
-                    "parameters": distributed.kind(params),
-                    "sharded_over": _group_size(self.group),
-                    "reference_store": self.reference_store,
-                    "meta": meta,
-                    "schedules": {q: getattr(s[q], "__name__", str(s[q])) for q in s},
-                },
-            )
+            info = run_meta(model, self.run, wanted, s, params, self.group, self.reference_store, meta)
+            write_meta(self.out_dir, phase, info)
             if resume_step:
                 self._resume(resume_step)
             else:
-                self._write_audit()
+                share = write_audit(model, self._w)
+                self.summary["layerprobe/trainable_share"] = share
         self._drift_ready = self.owns_weights and "drift_ratio" in wanted and drift_every != "never"
         if self._drift_ready and not (resume_step and self.drift.resume(self.units)):
             self.drift.start(self.units)
-        self._frozen_fingerprint = _fingerprint(model) if self.owns_weights else {}
+        self._frozen_fingerprint = frozen_fingerprint(model) if self.owns_weights else {}
 
     # -- the two points of a training step -----------------------------------------------------------
 
@@ -250,7 +208,7 @@ class Recorder:
             parts = []
             if self._drift_ready and last >= 1 and not self.drift.due(last):
                 parts.append(self.drift.partial(self.units, last))
-            moved = _fingerprint(self.model, only=self._frozen_fingerprint)
+            moved = frozen_fingerprint(self.model, only=self._frozen_fingerprint)
             flags = [float(moved[name][3] != before[3]) for name, before in self._frozen_fingerprint.items()]
             frozen = Partial("", max(last, 0), [torch.tensor(flags, dtype=torch.float64)], lambda s: [])
             self._reduce(parts + [frozen])
@@ -314,28 +272,6 @@ class Recorder:
         self._w.add(self.step, -1, "", "", "", quantity, value)
         self.summary[f"layerprobe/{quantity}"] = value
 
-    def _write_audit(self) -> None:
-        """Parameter counts per (layer, block, module), trainable and total: the audit of what can train."""
-
-        counts: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        seen = set()
-        for name, p in self.model.named_parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            pn = parse_name(name)
-            c = counts[(pn.layer, pn.block, pn.module)]
-            n = getattr(p, "ds_numel", p.numel())  # ZeRO-3 parameters are empty outside forward
-            c[0] += n
-            c[1] += n if p.requires_grad else 0
-        for (layer, block, module), (n, t) in counts.items():
-            self._w.add(0, layer, block, module, "", "n_params", n)
-            self._w.add(0, layer, block, module, "", "n_trainable", t)
-        total = sum(c[0] for c in counts.values())
-        trainable = sum(c[1] for c in counts.values())
-        self._w.add(0, -1, "", "", "", "trainable_share", trainable / max(total, 1))
-        self.summary["layerprobe/trainable_share"] = trainable / max(total, 1)
-
     def _resume(self, step: int) -> None:
         """Continue the records of a phase resumed from its checkpoint at ``step``: rows the killed attempt wrote
         after it are dropped (they are recorded again), the audit rows of step 0 are kept, not written twice."""
@@ -362,219 +298,7 @@ class Recorder:
             )
 
 
-def _choose_store(units: Units, store: str, held: int, device_gb: float, host_gb: float) -> dict:
-    """The reference store for ``held`` copies (update, drift) of this rank's trainable tensors, with its reason
-    and size (:func:`layerprobe.record.snapshot.choose_store`)."""
-    tensors = [distributed.weight(d.param) for d in units.dense]
-    nbytes = held * sum(t.numel() * t.element_size() for t in tensors)
-    device = tensors[0].device
-    lora_only = bool(units.lora) and all(is_lora_factor(d.name) for d in units.dense)
-    if store == "auto":
-        device_budget, host_budget = snapshot.budgets(device, device_gb, host_gb)
-    else:
-        device_budget = host_budget = 0.0
-    where, reason = snapshot.choose_store(store, nbytes, device.type, lora_only, device_budget, host_budget)
-    return {"store": where, "asked": store, "reason": reason, "bytes": nbytes, "device": str(device)}
-
-
-def _group_size(group) -> int | None:
-    return None if group is None else torch.distributed.get_world_size(group)
-
-
 def _ratio(num: float, den: float) -> float:
     if den == 0.0:
         return 0.0 if num == 0.0 else math.inf
     return num / den
-
-
-def _fingerprint(model: torch.nn.Module, only: dict | None = None) -> dict[str, tuple[int, str, str, bytes]]:
-    """A hash of each frozen parameter's bytes, to prove afterwards that it did not move."""
-    import hashlib
-
-    out, seen = {}, set()
-    for name, p in model.named_parameters():
-        if id(p) in seen or (only is None and p.requires_grad):
-            continue
-        seen.add(id(p))
-        pn, key = parse_name(name), param_label(name)
-        if only is not None and key not in only:
-            continue
-        t = distributed.weight(p).contiguous().cpu()
-        digest = hashlib.blake2b(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"", digest_size=16).digest()
-        out[key] = (pn.layer, pn.block, pn.module, digest)
-    return out
-
-
-class RecorderCallback(TrainerCallback):
-    """A ``transformers.TrainerCallback`` that runs a :class:`Recorder` inside ``Trainer``/``SFTTrainer``.
-
-    Gradient norms are recorded *before* clipping: the callback takes clipping over from the Trainer for the
-    duration of training (it sets ``args.max_grad_norm`` to 0, clips in ``on_pre_optimizer_step`` with the same
-    formula, DTensor-aware under FSDP2, and restores the value at the end), because Trainer's hooks only ever see
-    clipped gradients. Under DeepSpeed, whose engine steps inside ``backward`` and clips inside its optimizer,
-    the callback runs the recorder around the ZeRO optimizer's ``step`` instead (gradients there are pre-clip;
-    DeepSpeed's clip factor is recorded). Only FSDP version 1 clips out of reach: recorded after clipping and
-    labelled ``grad_norm_clip: post`` in ``records/meta-<phase>.json``.
-    A few per-block summary scalars are added to the Trainer's logs, so any ``report_to`` backend shows them.
-
-    Args:
-        out_dir: run folder; records go to ``<out_dir>/records/``.
-        **kwargs: passed to :class:`Recorder` (``run``, ``phase``, ``grad_every``, ``update_every``,
-            ``drift_every``, ``weight_every``, ``quantities``, ``per_param``, ``flush_every_s``, ``meta``,
-            ``reference_store``, ``device_budget_gb``, ``host_budget_gb``).
-    """
-
-    def __init__(self, out_dir: str | os.PathLike, **kwargs):
-        self.out_dir = Path(out_dir)
-        self.kwargs = kwargs
-        probe_unknown = set(kwargs) - {
-            "run",
-            "phase",
-            "grad_every",
-            "update_every",
-            "drift_every",
-            "weight_every",
-            "quantities",
-            "per_param",
-            "flush_every_s",
-            "meta",
-            "reference_store",
-            "device_budget_gb",
-            "host_budget_gb",
-        }
-        if probe_unknown:
-            raise TypeError(f"RecorderCallback got unknown keyword(s) {sorted(probe_unknown)}")
-        self.recorder: Recorder | None = None
-        self._max_norm: float | None = None
-        self._restore_norm = None
-        self._args = None
-        self._zero = None  # the ZeRO optimizer whose step the recorder wraps (DeepSpeed)
-        self._t_record = 0.0
-
-    @property
-    def seconds(self) -> float:
-        """Wall time this callback spent recording so far (its cost to the run): around the optimizer steps, and
-        starting (audit, frozen-weight hashes, the drift reference) and closing the recorder."""
-        return self._t_record
-
-    @property
-    def reference_store(self) -> dict:
-        """The recorder's reference store: ``store``, ``asked``, ``reason``, ``bytes``, ``device`` ({} before
-        training began)."""
-        return dict(self.recorder.reference_store) if self.recorder is not None else {}
-
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        t = time.perf_counter()
-        self._move_to_front()
-        _warn_if_torchrun_without_ddp(args)
-        zero = getattr(optimizer, "optimizer", None) if getattr(args, "deepspeed", None) else None
-        fsdp1 = any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
-        if getattr(args, "fsdp", None) and not fsdp1 and not any(distributed.is_dtensor(p) for p in model.parameters()):
-            warnings.warn(
-                "layerprobe: TrainingArguments asked for FSDP but the model is not sharded (accelerate "
-                "applies FSDP on GPUs only; on CPU it runs DDP); recorded as DDP. For FSDP2 on CPU load "
-                "the model with from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=N))",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        clips = bool(args.max_grad_norm and args.max_grad_norm > 0)
-        self.recorder = Recorder(
-            model,
-            self.out_dir,
-            max_steps=state.max_steps or None,
-            meta={
-                "seed": args.seed,
-                "grad_norm_clip": "post" if fsdp1 and clips else "pre",
-                "trainer_args": {k: str(v) for k, v in args.to_dict().items()},
-            },
-            resume_step=state.global_step,
-            **self.kwargs,
-        )
-        self.recorder.step = state.global_step + 1
-        self._args = args
-        if zero is not None:
-            self._wrap_zero_step(zero, state)
-        elif fsdp1 and clips:
-            warnings.warn(
-                "layerprobe: FSDP version 1 clips inside its own step; grad_norm is recorded after clipping "
-                "(labelled grad_norm_clip=post in the records' meta); use FSDP2 (fsdp_config "
-                "{'version': 2}) for pre-clip norms",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        elif clips:
-            self._max_norm, self._restore_norm = args.max_grad_norm, args.max_grad_norm
-            args.max_grad_norm = 0.0
-        self._t_record += time.perf_counter() - t
-
-    def _wrap_zero_step(self, zero, state) -> None:
-        """Under DeepSpeed the engine steps inside ``backward``: run the recorder around the ZeRO optimizer's step,
-        where gradients are reduced but not yet clipped and the weights not yet updated."""
-        original = zero.step
-        clip = float(getattr(zero, "clip_grad", 0.0) or 0.0) or None
-
-        def step(*a, **kw):
-            t = time.perf_counter()
-            self.recorder.grad_scale = float(getattr(zero, "loss_scale", 1.0) or 1.0)
-            self.recorder.before_step(step=state.global_step + 1, optimizer_clips=clip)
-            self._t_record += time.perf_counter() - t
-            out = original(*a, **kw)
-            t = time.perf_counter()
-            self.recorder.after_step(step=state.global_step + 1)
-            self._t_record += time.perf_counter() - t
-            return out
-
-        zero.step, self._zero = step, zero
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self._zero is None:
-            t = time.perf_counter()
-            self.recorder.before_step(self._max_norm, step=state.global_step + 1)
-            self._t_record += time.perf_counter() - t
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        if self._zero is None:
-            t = time.perf_counter()
-            self.recorder.after_step(step=state.global_step + 1)
-            self._t_record += time.perf_counter() - t
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.recorder is not None and self.recorder.active and "loss" in logs:
-            logs.update({k: round(v, 6) for k, v in self.recorder.summary.items()})
-
-    def flush(self) -> None:
-        if self.recorder is not None:
-            self.recorder.flush()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._restore_norm is not None:
-            args.max_grad_norm = self._restore_norm
-            self._restore_norm = None
-        if self._zero is not None:
-            del self._zero.step  # the instance attribute hid the class's step
-            self._zero = None
-        if self.recorder is not None:
-            t = time.perf_counter()
-            self.recorder.close()
-            self._t_record += time.perf_counter() - t
-
-    def _move_to_front(self):
-        """Run this callback's ``on_log`` before the reporting callbacks (W&B, TensorBoard, MLflow), so they see
-        the summaries it adds. Trainer puts user callbacks last; the handler is the caller of this event."""
-        handler = sys._getframe(2).f_locals.get("self")
-        callbacks = getattr(handler, "callbacks", None)
-        if isinstance(callbacks, list) and self in callbacks:
-            callbacks.remove(self)
-            callbacks.insert(0, self)
-
-
-def _warn_if_torchrun_without_ddp(args) -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and getattr(args, "world_size", world) < world:
-        warnings.warn(
-            f"layerprobe: torchrun started {world} processes but the Trainer is not running distributed "
-            f"(its world size is {args.world_size}), so each process trains its own copy of the model; "
-            "on CPU pass use_cpu=True to TrainingArguments for gloo DDP",
-            RuntimeWarning,
-            stacklevel=3,
-        )

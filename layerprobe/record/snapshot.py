@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import torch
 
-from layerprobe.core.config import STORES, check_store
+from layerprobe.core.config_phase import STORES, check_store
 
 CHUNK_BYTES = 1 << 22  # 4 MB: the working set of a pass
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from layerprobe.core import rundir
-from layerprobe.core.config import TrainConfig, load_yaml, resolve, set_dotted
+from layerprobe.core.config import TrainConfig, resolve
+from layerprobe.core.config_values import load_yaml, set_dotted
 from layerprobe.evaluation.outcomes import OUTCOMES
 from layerprobe.sweep.executors import ExecutorConfig
 

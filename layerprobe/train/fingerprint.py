@@ -18,7 +18,7 @@ Never imports torch.
 
 from __future__ import annotations
 
-from layerprobe.core.config import STORE_FIELDS
+from layerprobe.core.config_phase import STORE_FIELDS
 from layerprobe.core.keys import digest
 from layerprobe.evaluation.harness import data_digest
 

@@ -2,8 +2,8 @@
 :func:`layerprobe.evaluation.tradeoff.best_step` chooses (the one owner of the rule), and that step's model, saved to
 evaluate.
 
-While SFT trains, :class:`KeepStates` (the SFT :class:`~layerprobe.train.probes.ProbeCallback`'s ``after_probe``)
-writes the trainable weights at each probe step to ``RUN/sft/kept/step-NNNNNN.safetensors``
+While SFT trains, :class:`KeepStates` (the SFT :class:`~layerprobe.train.probes.ProbeCallback`'s ``after_probe``) writes
+the trainable weights at each probe step to ``RUN/sft/kept/step-NNNNNN.safetensors``
 (:func:`layerprobe.core.rundir.kept_state`): for LoRA the adapter's factors, for full fine-tuning with ``sft.select``
 only the unfrozen weights (the frozen ones are the merged CPT model's), never a second whole model in memory. After SFT,
 :func:`keep_best` chooses the step from the run's probe rows, puts that step's state into a fresh trainable wrapper
@@ -24,7 +24,7 @@ from layerprobe.core import rundir
 from layerprobe.core.config import TrainConfig
 from layerprobe.evaluation.tradeoff import SHARE, best_step
 from layerprobe.record.records import load_records
-from layerprobe.train.stages import load_model, load_tokenizer, make_trainable, save_model
+from layerprobe.train.models import load_model, load_tokenizer, make_trainable, save_model
 
 
 def trainable_state(model) -> dict:
@@ -53,7 +53,7 @@ class KeepStates:
 
 
 def load_state(cfg: TrainConfig, start: str, state: str | os.PathLike):
-    """The SFT's input model ``start`` made trainable as SFT made it (:func:`~layerprobe.train.stages.make_trainable`),
+    """The SFT's input model ``start`` made trainable as SFT made it (:func:`~layerprobe.train.models.make_trainable`),
     with the kept ``state`` in its trainable weights: the model SFT had at that step."""
     from safetensors.torch import load_file
 

@@ -18,16 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerprobe.core import rundir
-from layerprobe.core.config import TOYWORLD, TrainConfig, resolve
+from layerprobe.core import run_results, rundir
+from layerprobe.core.config import TrainConfig, resolve
+from layerprobe.core.config_data import TOYWORLD
 from layerprobe.core.rundir import EVAL_PHASES, STAGES
 from layerprobe.evaluation.evaluate import METRICS, OPTIONAL_METRICS
 from layerprobe.evaluation.harness import check as check_harness
 from layerprobe.train.fingerprint import chain, changed_inputs, stage_inputs
+from layerprobe.train.models import hidden_size, model_folder, resolve_precision
 from layerprobe.train.preflight import check_run
 from layerprobe.train.run_data import load_data
 from layerprobe.train.stage_table import STAGE_TABLE, PipelineData, RunContext
-from layerprobe.train.stages import hidden_size, model_folder, resolve_precision
 from layerprobe.train.threads import choose_threads, machine_info
 
 
@@ -63,7 +64,7 @@ def plan_run(run_dir: Path, cfg: TrainConfig, fingerprints: dict[str, str], inpu
     state = dict.fromkeys(STAGES, "run")
     if not rundir.is_run(run_dir):
         return Plan(state, [])
-    old = rundir.read_config_dict(run_dir)
+    old = run_results.read_config_dict(run_dir)
     try:
         same_config = resolve(old).hash() == cfg.hash()
     except ValueError:
@@ -150,7 +151,7 @@ def _run(
     threads, threads_reason = choose_threads(cfg.threads)
     t_start = time.time()
     run_dir = Path(out_dir) if out_dir else default_out()
-    if not rundir.is_empty_or_run(run_dir):
+    if not run_results.is_empty_or_run(run_dir):
         raise FileExistsError(
             f"{run_dir} exists and is not a layerprobe run folder (no {rundir.CONFIG}); choose another --out"
         )
@@ -185,10 +186,10 @@ def _run(
         if "eval" not in infos:
             return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
         if not ran and rundir.summary_path(run_dir).is_file():  # a finished run: nothing to redo or rewrite
-            return rundir.read_summary(run_dir) or {}
+            return run_results.read_summary(run_dir) or {}
         figures = _figures(run_dir, cfg, log)
         summary = _summary(ctx, infos, resumed, figures, base_seconds, round(time.time() - t_start, 1))
-        rundir.write_summary(run_dir, summary)
+        run_results.write_summary(run_dir, summary)
         return summary
 
 
@@ -222,7 +223,7 @@ def _summary(
     ctx: RunContext, infos: dict[str, dict], resumed: bool, figures: list[str], base_seconds: float, wall_seconds: float
 ) -> dict:
     """summary.json: the evaluation's numbers per phase, each stage's info and what the numbers depend on."""
-    metrics = rundir.read_metrics(ctx.run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
+    metrics = run_results.read_metrics(ctx.run_dir) or infos["eval"].get("metrics", {})  # (older runs: in DONE)
     return {
         "run": ctx.run_dir.name,
         "config_hash": ctx.cfg.hash(),
@@ -323,7 +324,7 @@ def _settled_plan(
             rundir.clear_stage(run_dir, s)
             plan.state[s] = "run"
     resumed = any(plan.state[s] in ("done", "resume") for s in STAGES)
-    rundir.write_config(run_dir, cfg)
+    run_results.write_config(run_dir, cfg)
     if reuse_from and only is None and plan.state["cpt"] == plan.state["merge"] == "run":
         donor = rundir.find_done(reuse_from, {s: fingerprints[s] for s in ("cpt", "merge")}, exclude=run_dir)
         if donor is not None:  # the same CPT inputs finished elsewhere: start from its CPT and merge

@@ -1,7 +1,7 @@
 """Fail fast: the whole config checked against the model and the data before any stage trains.
 
 Both phases' selectors, target modules and layers are applied, with the very code training uses
-(:func:`layerprobe.train.stages.make_trainable`), to a weightless copy of the model (the meta device: parameter names
+(:func:`layerprobe.train.models.make_trainable`), to a weightless copy of the model (the meta device: parameter names
 and shapes, no memory); the SFT copy is the CPT model's architecture (untied when CPT adapted a tied embedding).
 The data have been loaded by then (fields, probe and instruction files checked as they load); here the phases'
 data must hold something to train on.
@@ -9,7 +9,7 @@ data must hold something to train on.
 
 from __future__ import annotations
 
-from layerprobe.train.stages import make_trainable, untie_embeddings
+from layerprobe.train.models import make_trainable, untie_embeddings
 
 
 def check_run(cfg, base: str, data) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from layerprobe.evaluation.evaluate import PROBE_KINDS, answer_scores, continuation, truncate_prompt
+from layerprobe.record import recorder_setup
 from layerprobe.record.records import RecordWriter, drop_rows_after
 from layerprobe.record.schedules import Schedule, parse_schedule
 
@@ -222,11 +223,9 @@ class ProbeCallback(TrainerCallback):
         return tok
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        from layerprobe.record.recorder import _rank
-
         t = time.perf_counter()
         self.schedule = parse_schedule(self.every, state.max_steps or None)
-        rank, _ = _rank()
+        rank, _ = recorder_setup.rank()
         if rank == 0:
             self.writer = RecordWriter(self.out_dir, self.run, self.phase, rank=rank, flush_every_s=self.flush_every_s)
         self._seconds += time.perf_counter() - t

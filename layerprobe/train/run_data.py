@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerprobe.core.config import TOYWORLD, TrainConfig
+from layerprobe.core.config import TrainConfig
+from layerprobe.core.config_data import TOYWORLD
 from layerprobe.evaluation.evaluate import EvalSet
 from layerprobe.sources import data as D
 from layerprobe.sources.realdata import gozaru_rewrite, load_jcommonsenseqa

@@ -16,16 +16,16 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerprobe.core import rundir
+from layerprobe.core import run_results, rundir
 from layerprobe.core.config import TrainConfig
 from layerprobe.core.rundir import EVAL_PHASES, phase_model
 from layerprobe.evaluation.evalservice import Evaluation
 from layerprobe.evaluation.evaluate import EvalSet
 from layerprobe.train import stages
-from layerprobe.train.stages import load_model, load_tokenizer
+from layerprobe.train.models import load_model, load_tokenizer
 
 if TYPE_CHECKING:  # the callbacks import torch and transformers; the pipeline module stays light until a stage runs
-    from layerprobe.record.recorder import RecorderCallback
+    from layerprobe.record.recorder_callback import RecorderCallback
     from layerprobe.train.checkpointing import SaveEvery
     from layerprobe.train.keepbest import KeepStates
     from layerprobe.train.probes import ProbeCallback
@@ -84,7 +84,7 @@ class PhaseCallbacks:
         probes: ProbeCallback | None = None
         keeper: KeepStates | None = None
         if cfg.record:
-            from layerprobe.record.recorder import RecorderCallback
+            from layerprobe.record.recorder_callback import RecorderCallback
 
             r = cfg.recorder
             recorder = RecorderCallback(
@@ -193,8 +193,8 @@ def _evaluate(ctx: RunContext, out: Path) -> dict:
         seconds[phase] = round(time.time() - t_phase, 1)
         hits += [phase] if hit else []
         results[phase] = metrics
-        rundir.write_answers(run_dir, phase, rows)
-    rundir.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
+        run_results.write_answers(run_dir, phase, rows)
+    run_results.write_metrics(run_dir, results)  # the one table of evaluation numbers; summary.json is derived from it
     n = evaluation.data
     cached = f" ({', '.join(hits)} from the evaluation cache)" if hits else ""
     tasks = f" and {len(cfg.eval.lm_eval_tasks)} lm-eval task(s)" if cfg.eval.lm_eval_tasks else ""

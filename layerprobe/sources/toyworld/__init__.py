@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerprobe.core.config import ToyWorldConfig
+from layerprobe.core.config_data import ToyWorldConfig
 from layerprobe.sources.toyworld import world as W
 from layerprobe.sources.toyworld.base import base_dir, ensure_base, make_world
 

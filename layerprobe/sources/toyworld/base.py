@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from layerprobe.core.config import ToyWorldConfig
+from layerprobe.core.config_data import ToyWorldConfig
 from layerprobe.sources.data import pack_texts
 from layerprobe.sources.presets import cache_root
 from layerprobe.sources.toyworld import world as W
