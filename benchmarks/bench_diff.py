@@ -89,7 +89,7 @@ def child(variant: str, a: str, b: str) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from layerprobe.diff import diff_checkpoints
+    from layerprobe.weights.diff import diff_checkpoints
 
     base = rss_anon_kb()
     t = time.perf_counter()

@@ -24,10 +24,11 @@ def main(argv=None) -> None:
     ap.add_argument("--result", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
 
-    from layerprobe import evaluate as E
-    from layerprobe.config import load_yaml, resolve
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import load_model, load_tokenizer
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
+    from layerprobe.evaluation import evaluate as E
+    from layerprobe.train.models import load_model, load_tokenizer
+    from layerprobe.train.pipeline import load_data, quiet_libraries
 
     cfg = resolve(load_yaml(args.config))
     data = load_data(cfg).eval_set.limited(cfg.eval)

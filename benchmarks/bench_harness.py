@@ -28,11 +28,13 @@ def main(argv=None) -> None:
     ap.add_argument("--result", default=None, help="JSON file to write the numbers to")
     args = ap.parse_args(argv)
 
-    from layerprobe import harness, rundir
-    from layerprobe.config import load_yaml, resolve
-    from layerprobe.evalservice import Evaluation
-    from layerprobe.pipeline import load_data, run_pipeline
-    from layerprobe.realdata import default_data_dir
+    from layerprobe.core import rundir
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
+    from layerprobe.evaluation import harness
+    from layerprobe.evaluation.evalservice import Evaluation
+    from layerprobe.sources.realdata import default_data_dir
+    from layerprobe.train.pipeline import load_data, run_pipeline
 
     overrides = {
         "record": False,

@@ -26,9 +26,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from layerprobe.config import load_yaml, resolve
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import cpt_trainer, load_model, load_tokenizer, make_trainable, model_folder
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
+    from layerprobe.train.models import load_model, load_tokenizer, make_trainable, model_folder
+    from layerprobe.train.pipeline import load_data, quiet_libraries
+    from layerprobe.train.stages import cpt_trainer
 
     cfg = resolve(load_yaml(args.config) if args.config else {})
     base = model_folder(cfg.model, cfg)

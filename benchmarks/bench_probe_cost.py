@@ -52,15 +52,16 @@ def main(argv=None) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from layerprobe import rundir
-    from layerprobe.config import resolve
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.probes import ProbeCallback
-    from layerprobe.recorder import RecorderCallback
-    from layerprobe.stages import load_model, load_tokenizer, make_trainable, sft_trainer
+    from layerprobe.core import run_results, rundir
+    from layerprobe.core.config import resolve
+    from layerprobe.record.recorder_callback import RecorderCallback
+    from layerprobe.train.models import load_model, load_tokenizer, make_trainable
+    from layerprobe.train.pipeline import load_data, quiet_libraries
+    from layerprobe.train.probes import ProbeCallback
+    from layerprobe.train.stages import sft_trainer
 
     run = Path(args.run)
-    data = rundir.read_config_dict(run)
+    data = run_results.read_config_dict(run)
     if args.lr is not None:
         data["sft"]["learning_rate"] = args.lr
     cfg = resolve(data)

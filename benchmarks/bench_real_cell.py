@@ -27,10 +27,11 @@ def main(argv=None) -> None:
     t_start = time.time()
     import torch
 
-    from layerprobe import rundir
-    from layerprobe.config import load_yaml, resolve
-    from layerprobe.evalservice import Evaluation
-    from layerprobe.pipeline import load_data, run_pipeline
+    from layerprobe.core import rundir
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
+    from layerprobe.evaluation.evalservice import Evaluation
+    from layerprobe.train.pipeline import load_data, run_pipeline
 
     t_import = time.time() - t_start
     load = os.getloadavg()[0]

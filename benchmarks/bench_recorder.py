@@ -24,7 +24,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layerprobe.recorder import Recorder
+from layerprobe.record.recorder import Recorder
 
 
 def rss_anon_mb() -> float:

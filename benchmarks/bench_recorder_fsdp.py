@@ -28,7 +28,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layerprobe.recorder import Recorder
+from layerprobe.record.recorder import Recorder
 
 SPECS = {
     "plain": None,

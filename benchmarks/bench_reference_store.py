@@ -30,7 +30,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layerprobe.recorder import Recorder
+from layerprobe.record.recorder import Recorder
 
 # ~35 M, SmolLM2-135M's shape, ~400 M (hidden, intermediate, layers, heads, kv heads, vocab)
 SIZES = {

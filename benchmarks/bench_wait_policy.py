@@ -35,9 +35,9 @@ def child(steps: int, warmup: int) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from layerprobe.config import ToyWorldConfig
-    from layerprobe.stages import load_model
-    from layerprobe.toyworld.base import ensure_base
+    from layerprobe.core.config_data import ToyWorldConfig
+    from layerprobe.sources.toyworld.base import ensure_base
+    from layerprobe.train.models import load_model
 
     torch.manual_seed(0)
     model = load_model(str(ensure_base(ToyWorldConfig())))
@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.steps, args.warmup)
-    from layerprobe.threads import busy_cores
+    from layerprobe.train.threads import busy_cores
 
     names = list(VARIANTS)
     runs = []

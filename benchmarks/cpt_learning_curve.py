@@ -31,12 +31,12 @@ def main(argv=None) -> None:
 
     from transformers import TrainerCallback
 
-    from layerprobe.config import EvalConfig, load_yaml, resolve
-    from layerprobe.data import pack_texts
-    from layerprobe.evaluate import EvalSet, evaluate_model
-    from layerprobe.pipeline import load_data, quiet_libraries
-    from layerprobe.stages import (
-        cpt_trainer,
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_data import EvalConfig
+    from layerprobe.core.config_values import load_yaml
+    from layerprobe.evaluation.evaluate import EvalSet, evaluate_model
+    from layerprobe.sources.data import pack_texts
+    from layerprobe.train.models import (
         hidden_size,
         load_model,
         load_tokenizer,
@@ -44,6 +44,8 @@ def main(argv=None) -> None:
         model_folder,
         resolve_precision,
     )
+    from layerprobe.train.pipeline import load_data, quiet_libraries
+    from layerprobe.train.stages import cpt_trainer
 
     data_cfg = load_yaml(args.config)
     data_cfg.setdefault("cpt", {})["max_steps"] = args.steps
@@ -101,7 +103,8 @@ def main(argv=None) -> None:
 
 
 def draw(table, args, out: Path) -> None:
-    from layerprobe.config import load_yaml, resolve
+    from layerprobe.core.config import resolve
+    from layerprobe.core.config_values import load_yaml
     from layerprobe.plot.study import curve_panel
 
     cfg = resolve(load_yaml(args.config))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
 from layerprobe.sweep.results import flatten
 
 STUDY_CELLS = {  # condition here -> the study cell of the same config, by seed

@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from layerprobe.recorder import Recorder
-from layerprobe.select import apply_requires_grad
-from layerprobe.stages import load_model
+from layerprobe.record.recorder import Recorder
+from layerprobe.train.models import load_model
+from layerprobe.train.select import apply_requires_grad
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("model")

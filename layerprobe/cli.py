@@ -18,7 +18,7 @@ import os
 import sys
 
 from layerprobe.commands.stage import STAGES, command
-from layerprobe.config import wait_passively
+from layerprobe.core.config import wait_passively
 
 COMMANDS = ("train", "cpt", "merge", "sft", "eval", "plot", "diff", "relate", "predict", "attribute", "sweep", "report")
 

@@ -41,7 +41,7 @@ def tiny_model_and_tokenizer(texts: list[str], vocab: int = 300):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from layerprobe.toyworld.tokenizer import build_tokenizer
+    from layerprobe.sources.toyworld.tokenizer import build_tokenizer
 
     tok = build_tokenizer(texts, vocab)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from conftest import tiny_model_and_tokenizer
 from test_probes_during import INSTRUCTIONS, PROBES, TEXTS
 from transformers import Trainer, TrainingArguments
 
-from layerprobe.probes import ProbeCallback
+from layerprobe.train.probes import ProbeCallback
 
 out, per_device = sys.argv[1], int(sys.argv[2])
 model, tok = tiny_model_and_tokenizer(TEXTS)

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import make_tiny_llama
 from transformers import Trainer, TrainingArguments
 
-from layerprobe.recorder import RecorderCallback
+from layerprobe.record.recorder_callback import RecorderCallback
 
 out, per_device, use_cpu = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 fsdp = dict(fsdp=True, fsdp_config={"version": 2}) if sys.argv[4:] == ["fsdp"] else {}  # accelerate: DDP on CPU

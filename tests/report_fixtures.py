@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layerprobe.records import COLUMNS, RecordWriter, write_table
+from layerprobe.record.records import COLUMNS, RecordWriter, write_table
 
 LAYERS = 3
 MODULES = {"attn": ["q_proj", "v_proj"], "mlp": ["up_proj", "down_proj"]}

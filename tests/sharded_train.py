@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import make_tiny_llama
 
-from layerprobe.recorder import Recorder, RecorderCallback
+from layerprobe.record.recorder import Recorder
+from layerprobe.record.recorder_callback import RecorderCallback
 
 out, mode = sys.argv[1], sys.argv[2]
 world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.attribute import AttributeConfig, attribute_change, expand_groups
-from layerprobe.attribution_records import effects
-from layerprobe.checkpoints import open_source
+from layerprobe.attribution.attribute import AttributeConfig, attribute_change, expand_groups
+from layerprobe.attribution.swap import WeightSwapper
 from layerprobe.plot.effects import attribution_figures as plot_attribution
-from layerprobe.records import COLUMNS
-from layerprobe.swap import WeightSwapper
+from layerprobe.record.attribution_records import effects
+from layerprobe.record.records import COLUMNS
+from layerprobe.weights.checkpoints import open_source
 
 LAYERS = 4
 PLANTED = 2
@@ -408,7 +408,7 @@ def t_interval(x) -> tuple[float, float]:
 
 
 def test_over_seeds_gives_t_intervals_and_the_paired_attn_minus_mlp_difference():
-    from layerprobe.attribution_records import over_seeds, paired_difference
+    from layerprobe.record.attribution_records import over_seeds, paired_difference
 
     reverted = {1: (0.80, 0.60), 2: (0.70, 0.52), 3: (0.86, 0.66), 4: (0.75, 0.58)}  # (attn, mlp) per seed
     per_seed = pd.concat(
@@ -478,7 +478,7 @@ def test_study_script_attributes_the_most_forgetting_and_the_reference_cell_on_a
     seeds each; tiny Llamas with real LoRA adapters stand in for the runs, a logit distance for the evaluation."""
     from peft import LoraConfig, get_peft_model
 
-    from layerprobe.stats import t_mean_ci
+    from layerprobe.core.stats import t_mean_ci
 
     script = _load_study_script()
     grid = tmp_path / "grid"

@@ -14,11 +14,11 @@ from conftest import make_tiny_llama
 from safetensors.torch import save_file
 
 from layerprobe import cli
-from layerprobe.checkpoints import open_source
-from layerprobe.diff import diff_checkpoints
-from layerprobe.diff_quantities import spectrum
-from layerprobe.names import parse_name
-from layerprobe.records import load_records
+from layerprobe.core.names import parse_name
+from layerprobe.record.records import load_records
+from layerprobe.weights.checkpoints import open_source
+from layerprobe.weights.diff import diff_checkpoints
+from layerprobe.weights.diff_quantities import spectrum
 
 FAST = {"chunk_elems": 1024, "threads": 2}  # several chunks per tensor, split over two workers
 
@@ -230,7 +230,7 @@ def test_randomized_spectrum(low_rank, monkeypatch):
 
 
 def test_each_shard_is_opened_once(tmp_path, monkeypatch):
-    from layerprobe import tensorfiles
+    from layerprobe.weights import tensorfiles
 
     w = toy_weights(0)
     save(w, tmp_path / "A", shards=3)

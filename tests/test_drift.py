@@ -1,4 +1,4 @@
-"""layerprobe.drift: whole-model and per-block drift from the records, against the weights themselves."""
+"""layerprobe.weights.drift: whole-model and per-block drift from the records, against the weights themselves."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.drift import drift_over_steps, module_norms, phase_drift
-from layerprobe.names import parse_name
-from layerprobe.recorder import Recorder
+from layerprobe.core.names import parse_name
+from layerprobe.record.recorder import Recorder
+from layerprobe.weights.drift import drift_over_steps, module_norms, phase_drift
 
 
 def _train(model, out, steps=3, snapshots=None):

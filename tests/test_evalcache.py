@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from layerprobe import evalservice
-from layerprobe.config import EvalConfig
-from layerprobe.evalservice import Evaluation
-from layerprobe.evaluate import EvalSet
+from layerprobe.core.config_data import EvalConfig
+from layerprobe.evaluation import evalservice
+from layerprobe.evaluation.evalservice import Evaluation
+from layerprobe.evaluation.evaluate import EvalSet
 
 DATA = EvalSet([{"kind": "cloze", "prompt": "a", "answer": "b"}], [{"prompt": "c"}], ["d"])
 
@@ -141,7 +141,7 @@ def test_switched_off_always_loads(model_dir, monkeypatch):
 
 
 def test_the_old_evalcache_names_use_the_same_key(model_dir):
-    from layerprobe import evalcache
+    from layerprobe.evaluation import evalcache
 
     _evaluate([model_dir])
     metrics, _, hit = evalcache.cached_evaluation([str(model_dir)], DATA, EvalConfig(), 128, lambda: ({}, []))

@@ -10,9 +10,9 @@ import dataclasses
 
 import pytest
 
-from layerprobe import evalcache
-from layerprobe.config import EvalConfig
-from layerprobe.evaluate import EvalSet
+from layerprobe.core.config_data import EvalConfig
+from layerprobe.evaluation import evalcache
+from layerprobe.evaluation.evaluate import EvalSet
 
 DATA = EvalSet(
     probes=[{"kind": "cloze", "prompt": "a", "answer": "b"}, {"kind": "cloze", "prompt": "a2", "answer": "b2"}],

@@ -7,8 +7,8 @@ import math
 import pytest
 from conftest import tiny_model_and_tokenizer
 
-from layerprobe import evaluate as E
-from layerprobe.config import EvalConfig
+from layerprobe.core.config_data import EvalConfig
+from layerprobe.evaluation import evaluate as E
 
 TEXTS = [
     "山田太郎の出身地は札幌です。山田太郎は1980年に生まれました。",

@@ -250,7 +250,7 @@ def test_a_killed_worker_fails_its_cell_only_and_a_rerun_resumes_it(tmp_path, se
 
 
 def test_a_cell_another_process_holds_is_skipped_not_failed(tmp_path, sequential):
-    from layerprobe import rundir
+    from layerprobe.core import rundir
 
     sw = load_sweep(spec(tmp_path / "sw"))
     lines: list[str] = []
@@ -266,9 +266,9 @@ def test_one_worker_chooses_its_threads_once_for_the_whole_sweep(monkeypatch):
     from the cores busy then, not again before each cell."""
     import torch
 
-    from layerprobe import threads
     from layerprobe.sweep import executors
     from layerprobe.sweep.cell import CellJob
+    from layerprobe.train import threads
 
     seen, busy = [], iter([0.0, 1.9, 1.9])
     monkeypatch.setattr(threads, "busy_cores", lambda: next(busy))

@@ -88,7 +88,7 @@ def test_layout_check_catches_overlapping_ticks_titles_and_empty_axes(tmp_path):
 
 def test_record_heatmaps_share_one_scale_across_phases(tmp_path, captured, heatmap_calls):
     from layerprobe.plot import plot_run
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     run = tmp_path / "run"
     training_records(run, "cpt")

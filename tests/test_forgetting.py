@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.forgetting import DEFAULT_PROMPT, choice_logprobs, heldout_loss, mc_accuracy
+from layerprobe.evaluation.forgetting import DEFAULT_PROMPT, choice_logprobs, heldout_loss, mc_accuracy
 
 WORDS = ["[UNK]", "[PAD]", "[BOS]", "質問", "答え", ":", "Q", "A", "?"] + [f"w{i}" for i in range(40)]
 

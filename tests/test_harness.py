@@ -11,9 +11,9 @@ import pytest
 from conftest import make_tiny_llama
 from test_forgetting import WORDS, make_rows, make_tokenizer
 
-from layerprobe import harness
-from layerprobe.config import EvalConfig
-from layerprobe.forgetting import choice_logprobs, mc_accuracy
+from layerprobe.core.config_data import EvalConfig
+from layerprobe.evaluation import harness
+from layerprobe.evaluation.forgetting import choice_logprobs, mc_accuracy
 
 lm_eval = pytest.importorskip(
     "lm_eval", reason="lm-evaluation-harness is not installed (pip install 'layerprobe[lm-eval]')"
@@ -115,7 +115,7 @@ def test_results_flatten_to_one_name_per_task_metric_and_filter():
 def test_harness_scores_reach_sweep_results_and_relate_outcomes():
     """A sweep's results row and relate's outcomes read the harness's metrics from summary.json: as PHASE.KEY and
     as drop.KEY (cpt - sft), one drop per score (not its stderr or count)."""
-    from layerprobe.outcomes import harness_drops, read_outcomes
+    from layerprobe.evaluation.outcomes import harness_drops, read_outcomes
     from layerprobe.sweep.results import flatten
 
     summary = {
@@ -144,7 +144,7 @@ def test_harness_scores_reach_sweep_results_and_relate_outcomes():
 def test_runs_without_harness_tasks_keep_their_config_hash():
     """The lm_eval_* settings are left out of to_dict (so out of hashes and stage fingerprints) until a task is
     named: run folders made before they existed stay done."""
-    from layerprobe.config import TrainConfig, resolve
+    from layerprobe.core.config import TrainConfig, resolve
 
     plain = TrainConfig()
     assert not {"lm_eval_tasks", "lm_eval_include", "lm_eval_limit"} & set(plain.to_dict()["eval"])

@@ -1,5 +1,5 @@
-"""``--sft.keep_best retention_style`` (layerprobe.keepbest): the step chosen by the rule computed by hand, the kept
-state against a model trained to exactly that step, its full evaluation as ``sft_best``, and the refusals."""
+"""``--sft.keep_best retention_style`` (layerprobe.train.keepbest): the step chosen by the rule computed by hand, the
+kept state against a model trained to exactly that step, its full evaluation as ``sft_best``, and the refusals."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 import yaml
 from test_pipeline import SHORT, _main
 
-from layerprobe import cli, rundir
-from layerprobe.config import TrainConfig, add_config_arguments, resolve
-from layerprobe.records import load_records
+from layerprobe import cli
+from layerprobe.core import run_results, rundir
+from layerprobe.core.config import TrainConfig, add_config_arguments, resolve
+from layerprobe.record.records import load_records
 
 KEEP = {"sft.probe_every": 2, "sft.keep_best": "retention_style"}
 
@@ -82,7 +83,7 @@ def kept_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("LAYERPROBE_CACHE", str(tmp_path_factory.mktemp("cache")))
     mp.setenv("HF_HUB_OFFLINE", "1")
-    from layerprobe.pipeline import run_pipeline
+    from layerprobe.train.pipeline import run_pipeline
 
     cfg = resolve(_config(**KEEP))
     out = tmp_path_factory.mktemp("runs") / "kept"
@@ -111,7 +112,7 @@ def _rule_by_hand(records) -> int:
 
 
 def test_the_chosen_step_is_the_rules_and_every_probe_step_is_kept(kept_run):
-    from layerprobe.tradeoff import best_step
+    from layerprobe.evaluation.tradeoff import best_step
 
     cfg, out, summary = kept_run
     records = load_records(out)
@@ -137,9 +138,10 @@ def test_the_chosen_step_is_the_rules_and_every_probe_step_is_kept(kept_run):
 def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
     from transformers import TrainerCallback
 
-    from layerprobe.evalservice import Evaluation
-    from layerprobe.pipeline import load_data
-    from layerprobe.stages import load_model, load_tokenizer, make_trainable, sft_trainer
+    from layerprobe.evaluation.evalservice import Evaluation
+    from layerprobe.train.models import load_model, load_tokenizer, make_trainable
+    from layerprobe.train.pipeline import load_data
+    from layerprobe.train.stages import sft_trainer
 
     cfg, out, summary = kept_run
     chosen = summary["keep_best"]["step"]
@@ -163,7 +165,7 @@ def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
     assert set(kept) == set(trained)
     assert max(float((kept[n] - trained[n]).abs().max()) for n in kept) == 0.0
 
-    metrics = rundir.read_metrics(out)
+    metrics = run_results.read_metrics(out)
     assert set(metrics) == {"base", "cpt", "sft", "sft_best"} and summary["sft_best"] == pytest.approx(
         metrics["sft_best"], nan_ok=True
     )
@@ -177,9 +179,9 @@ def test_sft_best_equals_a_model_trained_to_exactly_that_step(kept_run):
 
 
 def test_sft_best_reaches_the_summary_table_report_and_sweep_columns(kept_run):
-    from layerprobe.pipeline import format_table
     from layerprobe.report.run import summary_table
     from layerprobe.sweep.results import flatten, item_counts
+    from layerprobe.train.pipeline import format_table
 
     cfg, out, summary = kept_run
     assert "sft (kept)" in format_table(summary).splitlines()[0]
@@ -206,9 +208,9 @@ def test_cli_refusal_lists_in_one_line(tmp_path, capsys, monkeypatch):
 def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from layerprobe.evalservice import Evaluation
-    from layerprobe.pipeline import load_data, run_pipeline
-    from layerprobe.stages import load_model, load_tokenizer
+    from layerprobe.evaluation.evalservice import Evaluation
+    from layerprobe.train.models import load_model, load_tokenizer
+    from layerprobe.train.pipeline import load_data, run_pipeline
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -227,6 +229,6 @@ def test_restricted_full_fine_tuning_keeps_only_the_trainable_weights(tmp_path, 
     evaluation = Evaluation.of(data.eval_set, cfg.eval, cfg.cpt.max_length, cfg.data.mc)
     with torch.no_grad():
         reference, _ = evaluation.run(model.eval(), load_tokenizer(merged))
-    got = rundir.read_metrics(out)["sft_best"]
+    got = run_results.read_metrics(out)["sft_best"]
     for name, value in reference.items():
         assert got[name] == pytest.approx(value, abs=1e-5, nan_ok=True), name

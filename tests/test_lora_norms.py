@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from layerprobe import lora_norms
+from layerprobe.record import lora_norms
 
 
 @pytest.mark.parametrize("step", [1e-1, 1e-4])  # a large change, and one of a single small update

@@ -1,4 +1,4 @@
-"""layerprobe.matched: arms at matched drift, checked against hand computations and planted effects."""
+"""layerprobe.analyse.matched: arms at matched drift, checked against hand computations and planted effects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from layerprobe.matched import at_drift, contrasts, curve_at_drift, mixed_fit
+from layerprobe.analyse.matched import at_drift, contrasts, curve_at_drift, mixed_fit
 
 
 def _runs(rng, units=6, slopes=None, levels=None, noise=0.05, unit_sd=0.2):

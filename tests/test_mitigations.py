@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe.anchor import Anchor, AnchorCallback
-from layerprobe.config import ATTN, MLP, resolve
+from layerprobe.core.config import resolve
+from layerprobe.core.config_phase import ATTN, MLP
+from layerprobe.weights.anchor import Anchor, AnchorCallback
 
 
 def _perturb(model, seed=1, size=0.05):
@@ -147,8 +148,8 @@ def _trainer(model, callbacks, lr=0.05, steps=4):
 
 
 def test_in_the_trainer_the_recorded_drift_respects_the_cap(tmp_path):
-    from layerprobe.recorder import RecorderCallback
-    from layerprobe.records import load_records
+    from layerprobe.record.recorder_callback import RecorderCallback
+    from layerprobe.record.records import load_records
 
     cap = 2e-3
     trainer = _trainer(
@@ -181,13 +182,14 @@ def test_l2sp_of_one_over_lr_pins_the_weights_and_zero_changes_nothing():
 
 @pytest.fixture(scope="module")
 def toy_tok():
-    from layerprobe.toyworld.tokenizer import build_tokenizer
+    from layerprobe.sources.toyworld.tokenizer import build_tokenizer
 
     return build_tokenizer(["山田太郎の出身地は札幌です。", "拙者は医師でござる。犬が公園にいます。"] * 4, 300)
 
 
 def test_replay_adds_the_share_of_cpt_documents_tokenized_as_cpt_reads_them(tmp_path, toy_tok):
-    from layerprobe.stages import make_trainable, sft_trainer
+    from layerprobe.train.models import make_trainable
+    from layerprobe.train.stages import sft_trainer
 
     rows = [
         {
@@ -228,7 +230,7 @@ def test_train_with_replay_and_a_drift_cap_from_the_command_line(tmp_path, monke
     from test_pipeline import SHORT
 
     from layerprobe import cli
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(SHORT))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from layerprobe.names import parse_name
+from layerprobe.core.names import parse_name
 
 CASES = [
     # Llama / Mistral / Qwen2 / Gemma

@@ -1,4 +1,4 @@
-"""Claims with the unit of replication as the unit (layerprobe.paired), against plain computations."""
+"""Claims with the unit of replication as the unit (layerprobe.analyse.paired), against plain computations."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from layerprobe.paired import (
+from layerprobe.analyse.paired import (
     Arm,
     ClaimsConfig,
     compare,
@@ -19,7 +19,7 @@ from layerprobe.paired import (
     unit_test,
     write_claims,
 )
-from layerprobe.stats import mcnemar_p, t_power, units_needed
+from layerprobe.core.stats import mcnemar_p, t_power, units_needed
 
 
 def _run(folder, qa, logodds, phase="sft"):
@@ -132,7 +132,7 @@ def test_compare_reads_unit_means_and_describes_items_with_mcnemar(tmp_path):
     # the same from the sweep's answers table alone, once the run folders are gone
     import shutil
 
-    from layerprobe.answers import ANSWERS_TABLE, answers_table
+    from layerprobe.analyse.answers import ANSWERS_TABLE, answers_table
 
     answers_table(tmp_path, [f"{x}{s}" for x in "ab" for s in (1, 2, 3)]).to_parquet(tmp_path / ANSWERS_TABLE)
     for s in (1, 2, 3):

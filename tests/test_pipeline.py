@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import cli, rundir
-from layerprobe.config import ATTN, MLP, TrainConfig, config_from_args, dump_yaml, load_yaml, resolve
-from layerprobe.evaluate import METRICS
+from layerprobe import cli
+from layerprobe.core import run_results, rundir
+from layerprobe.core.config import TrainConfig, config_from_args, dump_yaml, resolve
+from layerprobe.core.config_phase import ATTN, MLP
+from layerprobe.core.config_values import load_yaml
+from layerprobe.evaluation.evaluate import METRICS
 
 HELDOUT_METRICS = ("cloze_heldout_acc", "cloze_heldout_margin")  # the toy world has held-out clozes
 
@@ -143,7 +146,7 @@ def _write(path: Path, rows) -> Path:
 
 
 def test_cpt_text_loads_from_every_format(tmp_path):
-    from layerprobe.data import load_cpt_texts
+    from layerprobe.sources.data import load_cpt_texts
 
     docs = ["一つ目の記事です。", "二つ目の記事です。"]
     for suffix in (".jsonl", ".json", ".parquet"):
@@ -157,7 +160,7 @@ def test_cpt_text_loads_from_every_format(tmp_path):
 
 
 def test_sft_rows_accept_three_schemas_and_name_fields_when_none_fits(tmp_path):
-    from layerprobe.data import load_sft_rows
+    from layerprobe.sources.data import load_sft_rows
 
     want = {
         "prompt": [{"role": "user", "content": "質問\n\n入力"}],
@@ -183,7 +186,7 @@ def test_sft_rows_accept_three_schemas_and_name_fields_when_none_fits(tmp_path):
 
 
 def test_probe_and_instruction_files_are_checked(tmp_path):
-    from layerprobe.data import load_instructions, load_probes
+    from layerprobe.sources.data import load_instructions, load_probes
 
     ok = _write(tmp_path / "p.jsonl", [{"kind": "cloze", "prompt": "Aの出身地は", "answer": "札幌", "x": 1}])
     assert load_probes(str(ok)) == [{"kind": "cloze", "prompt": "Aの出身地は", "answer": "札幌"}]
@@ -197,8 +200,8 @@ def test_probe_and_instruction_files_are_checked(tmp_path):
 
 
 def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
-    from layerprobe.pipeline import load_data
-    from layerprobe.realdata import gozaru_rewrite
+    from layerprobe.sources.realdata import gozaru_rewrite
+    from layerprobe.train.pipeline import load_data
 
     rows = [{"instruction": f"質問{i}", "input": "", "output": f"答え{i}です。"} for i in range(10)]
     sft = _write(tmp_path / "sft.jsonl", rows)
@@ -233,8 +236,8 @@ def test_file_data_holds_out_instructions_and_rewrites_answers(tmp_path):
 
 
 def test_missing_files_and_hub_names_offline_are_one_line_errors(tmp_path, monkeypatch):
-    from layerprobe.data import load_rows
-    from layerprobe.presets import resolve_model
+    from layerprobe.sources.data import load_rows
+    from layerprobe.sources.presets import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="data file 'no/such/file.jsonl' not found"):
@@ -255,13 +258,13 @@ def test_missing_files_and_hub_names_offline_are_one_line_errors(tmp_path, monke
 
 @pytest.fixture(scope="module")
 def toy_tok():
-    from layerprobe.toyworld.tokenizer import build_tokenizer
+    from layerprobe.sources.toyworld.tokenizer import build_tokenizer
 
     return build_tokenizer(["山田太郎の出身地は札幌です。", "拙者は医師でござる。犬が公園にいます。"] * 4, 300)
 
 
 def test_pack_texts_concatenates_documents_with_eos_and_cuts_blocks(toy_tok):
-    from layerprobe.data import pack_texts
+    from layerprobe.sources.data import pack_texts
 
     docs = ["山田太郎の出身地は札幌です。", "犬が公園にいます。", "拙者は医師でござる。"]
     flat = [t for d in docs for t in toy_tok(d)["input_ids"] + [toy_tok.eos_token_id]]
@@ -301,7 +304,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
     import torch
     from safetensors.torch import load_file, save_file
 
-    from layerprobe.stages import check_merge, run_merge
+    from layerprobe.train.stages import check_merge, run_merge
 
     base_dir, adapter = _lora_setup(tmp_path, tie, rslora)
     toy_tok.save_pretrained(adapter)
@@ -329,7 +332,7 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 
     # the merged model computes what base + adapter computes (a tied head gets its own copy, so its delta
     # does not also land on the embedding)
-    from layerprobe.stages import load_model
+    from layerprobe.train.models import load_model
 
     x = torch.randint(0, 300, (2, 7))
     with torch.no_grad():
@@ -348,7 +351,8 @@ def test_merge_equals_base_plus_scaled_lora_product(tmp_path, toy_tok, tie, rslo
 def test_sft_loss_is_on_the_answer_and_eos_only(tmp_path, toy_tok):
     from conftest import make_tiny_llama
 
-    from layerprobe.stages import make_trainable, sft_trainer
+    from layerprobe.train.models import make_trainable
+    from layerprobe.train.stages import sft_trainer
 
     cfg = resolve({"sft": {"max_steps": 1, "batch_size": 2, "max_length": 64}})
     rows = [
@@ -406,7 +410,7 @@ def run(tmp_path_factory, short_config, cache):
 
 @pytest.mark.slow
 def test_train_record_writes_a_complete_run_folder(run):
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     out, p = run
     for sub in ("cpt", "merged", "sft", "eval", "records", "figures"):
@@ -421,7 +425,7 @@ def test_train_record_writes_a_complete_run_folder(run):
     assert "cloze_acc" in p.stdout and "cpt (before)" in p.stdout and "sft (after)" in p.stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    table = rundir.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
+    table = run_results.read_metrics(out)  # the one table of evaluation numbers: summary.json is derived from it
     assert set(table) == {"base", "cpt", "sft"} and not (out / "eval" / "cpt.json").exists()
     for phase in ("cpt", "sft"):
         assert set(summary[phase]) == set(METRICS) | {"general_loss", "style_logodds", *HELDOUT_METRICS}
@@ -486,7 +490,7 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(run, short_confi
 @pytest.mark.slow
 def test_selected_full_finetuning_trains_only_the_selection_and_records_prove_it(tmp_path, short_config, cache):
     """Study B's form: full fine-tuning of SFT restricted by a selector; the audit is in the records."""
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     out = tmp_path / "sel"
     p = _cli(
@@ -606,7 +610,7 @@ def test_stage_commands_run_one_stage_each_with_full_fine_tuning(tmp_path, capsy
 
 @pytest.mark.slow
 def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys, monkeypatch, short_config, cache):
-    import layerprobe.stages as S
+    import layerprobe.train.stages as S
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
     monkeypatch.delenv("LAYERPROBE_DEBUG", raising=False)
@@ -632,21 +636,21 @@ def test_a_failed_stage_writes_no_summary_and_the_rerun_resumes(tmp_path, capsys
 
 
 def test_precision_auto_uses_bf16_only_where_it_pays(monkeypatch):
-    from layerprobe import stages
+    from layerprobe.train import models
 
-    monkeypatch.setattr(stages, "bf16_supported", lambda: True)
-    assert stages.resolve_precision("fp32", 4096)[0] is False
-    assert stages.resolve_precision("bf16", 64)[0] is True
-    assert stages.resolve_precision("auto", 576) == (
+    monkeypatch.setattr(models, "bf16_supported", lambda: True)
+    assert models.resolve_precision("fp32", 4096)[0] is False
+    assert models.resolve_precision("bf16", 64)[0] is True
+    assert models.resolve_precision("auto", 576) == (
         True,
         "bf16 autocast, fp32 master weights and optimizer state (auto: this device supports bfloat16)",
     )
     assert (
-        stages.resolve_precision("auto", 128)[0] is False
-        and "hidden size 128" in stages.resolve_precision("auto", 128)[1]
+        models.resolve_precision("auto", 128)[0] is False
+        and "hidden size 128" in models.resolve_precision("auto", 128)[1]
     )
-    monkeypatch.setattr(stages, "bf16_supported", lambda: False)
-    assert stages.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
+    monkeypatch.setattr(models, "bf16_supported", lambda: False)
+    assert models.resolve_precision("auto", 4096) == (False, "fp32 (auto: no native bfloat16 on this device)")
     with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
         resolve({"precision": "fp16"})
 
@@ -696,7 +700,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     ]
     assert cli.main(["eval", *flags]) == 0
     stdout = capsys.readouterr().out
-    metrics = rundir.read_metrics(out)
+    metrics = run_results.read_metrics(out)
     for phase in ("base", "cpt", "sft"):
         assert metrics[phase]["lm_eval/tiny_local/n"] == 4 and 0 <= metrics[phase]["lm_eval/tiny_local/acc"] <= 1
         assert "lm_eval/tiny_local/acc_stderr" in metrics[phase]
@@ -710,7 +714,7 @@ def test_harness_tasks_reach_metrics_summary_and_report(run, tmp_path, capsys, m
     assert cli.main(["eval", *flags]) == 0
     assert "(base, cpt, sft from the evaluation cache)" in capsys.readouterr().out
     # NaN equal as text
-    assert json.dumps(rundir.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
+    assert json.dumps(run_results.read_metrics(out), sort_keys=True) == json.dumps(metrics, sort_keys=True)
 
 
 @pytest.mark.slow
@@ -720,7 +724,7 @@ def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, t
     import yaml
 
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(cache))
     config = load_yaml(rundir.config_path(run[0]))
@@ -757,6 +761,6 @@ def test_attribution_variants_run_harness_tasks_through_the_service_cache(run, t
 
 
 def test_the_stage_table_is_the_run_folders_stages_in_order():
-    from layerprobe.stage_table import STAGE_TABLE
+    from layerprobe.train.stage_table import STAGE_TABLE
 
     assert tuple(s.name for s in STAGE_TABLE) == rundir.STAGES

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe.evaluate import METRICS
+from layerprobe.evaluation.evaluate import METRICS
 
 pytestmark = [
     pytest.mark.real,

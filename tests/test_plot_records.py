@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerprobe.records import COLUMNS, RecordWriter, load_records, write_table
+from layerprobe.record.records import COLUMNS, RecordWriter, load_records, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ KILLED = """
 import sys, time, torch
 sys.path.insert(0, sys.argv[2])
 from conftest import make_tiny_llama
-from layerprobe.recorder import Recorder
+from layerprobe.record.recorder import Recorder
 m = make_tiny_llama()
 opt = torch.optim.SGD(m.parameters(), lr=0.01)
 rec = Recorder(m, sys.argv[1], phase="cpt", flush_every_s=0.0)

@@ -1,4 +1,5 @@
-"""layerprobe.predict: early-window features, leave-one-group-out ridge, baselines; checked by hand computations."""
+"""layerprobe.analyse.predict: early-window features, leave-one-group-out ridge, baselines; checked by hand
+computations."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from layerprobe.analyse.predict import early_features, feature_table, final_targets, validate, window_step
 from layerprobe.cli import main as cli_main
-from layerprobe.predict import early_features, feature_table, final_targets, validate, window_step
-from layerprobe.records import RecordWriter, load_records
+from layerprobe.record.records import RecordWriter, load_records
 
 STEPS = (0, 10, 20, 30, 40, 50)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe import presets
-from layerprobe.presets import PRESETS, Preset, resolve_model, truncate_layers
+from layerprobe.sources import presets
+from layerprobe.sources.presets import PRESETS, Preset, resolve_model, truncate_layers
 
 
 @pytest.fixture

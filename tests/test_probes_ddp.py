@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe.probes import BLOCK
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
+from layerprobe.train.probes import BLOCK
 
 SCRIPT = Path(__file__).with_name("ddp_probe_train.py")
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
-"""Probes during training (layerprobe.probes): the scores against a plain one-sequence loop, the schedule, training
-left unchanged, the last probe point against the final evaluation, and `--sft.probe_every` end to end."""
+"""Probes during training (layerprobe.train.probes): the scores against a plain one-sequence loop, the schedule,
+training left unchanged, the last probe point against the final evaluation, and `--sft.probe_every` end to end."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from conftest import tiny_model_and_tokenizer
 from transformers import Trainer, TrainingArguments
 
-from layerprobe.config import EvalConfig
-from layerprobe.evaluate import EvalSet, chat_prompt, continuation, evaluate_model
-from layerprobe.probes import BLOCK, ProbeCallback, probe_subset, score_probes
-from layerprobe.recorder import RecorderCallback
-from layerprobe.records import load_records
+from layerprobe.core.config_data import EvalConfig
+from layerprobe.evaluation.evaluate import EvalSet, chat_prompt, continuation, evaluate_model
+from layerprobe.record.recorder_callback import RecorderCallback
+from layerprobe.record.records import load_records
+from layerprobe.train.probes import BLOCK, ProbeCallback, probe_subset, score_probes
 
 TEXTS = [
     "山田太郎の出身地は札幌です。",
@@ -239,7 +239,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         ProbeCallback(tmp_path, [{"kind": "mc", "prompt": "a", "answer": "b"}])
     with pytest.raises(ValueError, match="interval of at least 1"):
         ProbeCallback(tmp_path, PROBES, every=0)
-    from layerprobe.config import resolve
+    from layerprobe.core.config import resolve
 
     with pytest.raises(ValueError, match="probe_every and probe_max must be >= 0"):
         resolve({"sft": {"probe_every": -1}})

@@ -9,11 +9,11 @@ import re
 import pytest
 from conftest import tiny_model_and_tokenizer
 
-from layerprobe import evaluate as E
-from layerprobe.config import EvalConfig, ToyWorldConfig
-from layerprobe.toyworld import english as EN
-from layerprobe.toyworld import toy_data
-from layerprobe.toyworld import world as W
+from layerprobe.core.config_data import EvalConfig, ToyWorldConfig
+from layerprobe.evaluation import evaluate as E
+from layerprobe.sources.toyworld import english as EN
+from layerprobe.sources.toyworld import toy_data
+from layerprobe.sources.toyworld import world as W
 
 SMALL = ToyWorldConfig(
     base_people=12,

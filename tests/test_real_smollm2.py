@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from layerprobe.forgetting import heldout_loss, mc_accuracy
-from layerprobe.presets import PRESETS, gguf_path, resolve_model
-from layerprobe.realdata import default_data_dir, load_jcommonsenseqa, load_soseki
+from layerprobe.evaluation.forgetting import heldout_loss, mc_accuracy
+from layerprobe.sources.presets import PRESETS, gguf_path, resolve_model
+from layerprobe.sources.realdata import default_data_dir, load_jcommonsenseqa, load_soseki
 
 pytestmark = [
     pytest.mark.real,

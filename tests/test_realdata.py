@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerprobe.gozaru import gozaru_rewrite_trace
-from layerprobe.realdata import (
+from layerprobe.sources.gozaru import gozaru_rewrite_trace
+from layerprobe.sources.realdata import (
     clean_aozora,
     default_data_dir,
     gozaru_rewrite,

@@ -12,9 +12,10 @@ import torch
 from conftest import make_tiny_llama
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from layerprobe.names import parse_name
-from layerprobe.recorder import Recorder, RecorderCallback
-from layerprobe.records import COLUMNS, load_records
+from layerprobe.core.names import parse_name
+from layerprobe.record.recorder import Recorder
+from layerprobe.record.recorder_callback import RecorderCallback
+from layerprobe.record.records import COLUMNS, load_records
 
 SEQ = 16
 
@@ -257,7 +258,7 @@ def test_plain_loop_recorder_and_log_spaced_schedule(tmp_path):
     ],
 )
 def test_schedules_fire_at_exactly_these_steps(spec, max_steps, steps):
-    from layerprobe.schedules import parse_schedule
+    from layerprobe.record.schedules import parse_schedule
 
     schedule = parse_schedule(spec, max_steps)
     assert [s for s in range(max_steps + 1) if schedule(s)] == steps
@@ -273,7 +274,7 @@ def test_schedules_fire_at_exactly_these_steps(spec, max_steps, steps):
     ],
 )
 def test_bad_schedules_say_what_is_wrong(spec, message):
-    from layerprobe.schedules import parse_schedule
+    from layerprobe.record.schedules import parse_schedule
 
     with pytest.raises(ValueError, match=message):
         parse_schedule(spec)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
 
 SCRIPT = Path(__file__).with_name("ddp_train.py")
 ROOT = Path(__file__).resolve().parents[1]

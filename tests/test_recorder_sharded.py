@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
 
 SCRIPT = Path(__file__).with_name("sharded_train.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ sys.path.insert(0, {tests!r})
 from conftest import make_tiny_llama
 from peft import LoraConfig, get_peft_model
 from torch.distributed.fsdp import fully_shard
-from layerprobe.recorder import Recorder
+from layerprobe.record.recorder import Recorder
 torch.distributed.init_process_group("gloo", rank=0, world_size=1)
 model = get_peft_model(make_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]))
 fully_shard(model)

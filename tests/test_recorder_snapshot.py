@@ -2,8 +2,8 @@
 
 import torch
 
-from layerprobe import snapshot
-from layerprobe.snapshot import DiskSnapshot
+from layerprobe.record import snapshot
+from layerprobe.record.snapshot import DiskSnapshot
 
 
 def test_roundtrip_in_pieces(tmp_path, monkeypatch):

@@ -9,13 +9,14 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from layerprobe import snapshot
-from layerprobe.config import RecordConfig, TrainConfig
-from layerprobe.fingerprint import stage_inputs
-from layerprobe.recorder import Recorder
-from layerprobe.records import load_records
-from layerprobe.snapshot import MemorySnapshot, choose_store
-from layerprobe.tracking import find_units
+from layerprobe.core.config import TrainConfig
+from layerprobe.core.config_phase import RecordConfig
+from layerprobe.record import snapshot
+from layerprobe.record.recorder import Recorder
+from layerprobe.record.records import load_records
+from layerprobe.record.snapshot import MemorySnapshot, choose_store
+from layerprobe.record.tracking import find_units
+from layerprobe.train.fingerprint import stage_inputs
 
 STORES = ("device", "host", "disk")
 CHANGE = ("update_ratio", "drift_ratio")

@@ -15,11 +15,10 @@ import pytest
 from scipy import stats
 
 from layerprobe import cli
-from layerprobe.records import COLUMNS, write_table
-from layerprobe.relate import relate_features, relate_runs, write_outputs
-from layerprobe.relate_config import FEATURE_COLUMNS, RelateConfig
-from layerprobe.relate_features import read_features, run_features
-from layerprobe.relate_stats import (
+from layerprobe.analyse.relate import relate_features, relate_runs, write_outputs
+from layerprobe.analyse.relate_config import FEATURE_COLUMNS, RelateConfig
+from layerprobe.analyse.relate_features import read_features, run_features
+from layerprobe.analyse.relate_stats import (
     bh_qvalues,
     correlate,
     effective_n,
@@ -28,6 +27,7 @@ from layerprobe.relate_stats import (
     random_orderings,
     spearman_rows,
 )
+from layerprobe.record.records import COLUMNS, write_table
 
 LAYERS = 6
 BLOCKS = ("attn", "mlp")
@@ -613,7 +613,7 @@ def test_feature_table_round_trip_gives_the_same_table(design, tmp_path):
 
 
 def test_total_drift_from_the_merged_checkpoint(tmp_path):
-    """With RUN/merged the whole-model drift is layerprobe.drift's: every weight of the checkpoint in the
+    """With RUN/merged the whole-model drift is layerprobe.weights.drift's: every weight of the checkpoint in the
     denominator (here the norms, which no phase trained)."""
     from safetensors.numpy import save_file
 

@@ -94,7 +94,7 @@ def test_run_report_is_self_contained_and_holds_every_figure_and_number(reports)
 
 
 def test_sweep_report_tables_links_and_figures(reports):
-    from layerprobe.stats import t_mean_ci
+    from layerprobe.core.stats import t_mean_ci
 
     page = parse(reports["sweep"])
     table = reports["sweep_table"]

@@ -20,8 +20,9 @@ import pytest
 import yaml
 from test_pipeline import SHORT
 
-from layerprobe import cli, rundir
-from layerprobe.records import load_records
+from layerprobe import cli
+from layerprobe.core import run_results, rundir
+from layerprobe.record.records import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
@@ -128,7 +129,7 @@ def test_sigkill_at_ten_seeded_points_then_resume_equals_an_uninterrupted_run(se
     assert p.returncode == 0, p.stderr[-3000:]
     assert not (rundir.stage_dir(out, "cpt") / "trainer").exists()  # checkpoints are removed once a stage is done
 
-    a, b = rundir.read_summary(reference), rundir.read_summary(out)
+    a, b = run_results.read_summary(reference), run_results.read_summary(out)
     for model in ("base", "cpt", "sft"):
         assert a[model] == b[model], model
     assert [a["stages"][s].get("steps") for s in rundir.STAGES] == [b["stages"][s].get("steps") for s in rundir.STAGES]
@@ -158,7 +159,7 @@ def test_eval_change_reevaluates_only_and_sft_change_keeps_cpt(setup, reference)
     assert p.stdout.count("already done, skipped") == 3
     assert {s: _hashes(rundir.stage_dir(reference, s)) for s in ("cpt", "merge", "sft")} == trained
     assert _hashes(rundir.records_dir(reference)) == records
-    assert rundir.read_metrics(reference)["cpt"]["n_probes"] == 10  # 5 cloze + 5 QA
+    assert run_results.read_metrics(reference)["cpt"]["n_probes"] == 10  # 5 cloze + 5 QA
 
     p = _run(_argv(d, reference, "--eval.max_probes", "5", "--sft.learning_rate", "0.001", "--overwrite"), env)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from layerprobe import rundir
-from layerprobe.config import resolve
-from layerprobe.fingerprint import chain, changed_inputs, stage_inputs
-from layerprobe.records import RecordWriter, drop_rows_after, load_records
+from layerprobe.core import run_results, rundir
+from layerprobe.core.config import resolve
+from layerprobe.record.records import RecordWriter, drop_rows_after, load_records
+from layerprobe.train.fingerprint import chain, changed_inputs, stage_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SimpleNamespace(
@@ -84,13 +84,13 @@ def test_layout_markers_and_the_metrics_table(tmp_path):
     assert rundir.done_stages(run) == {"cpt"}
 
     metrics = {"cpt": {"cloze_acc": 0.25, "general_loss": math.nan}, "sft": {"cloze_acc": 1 / 3}}
-    rundir.write_metrics(run, metrics)
-    back = rundir.read_metrics(run)
+    run_results.write_metrics(run, metrics)
+    back = run_results.read_metrics(run)
     assert back["sft"]["cloze_acc"] == 1 / 3 and back["cpt"]["cloze_acc"] == 0.25  # exact round trip
     assert math.isnan(back["cpt"]["general_loss"])
     table = pd.read_csv(rundir.stage_dir(run, "eval") / rundir.METRICS)
     assert list(table.columns) == ["model", "metric", "value"] and len(table) == 3
-    assert rundir.read_metrics(tmp_path / "none") == {}
+    assert run_results.read_metrics(tmp_path / "none") == {}
 
 
 def test_the_last_complete_checkpoint_is_chosen_and_half_written_ones_removed(tmp_path):
@@ -124,7 +124,7 @@ def test_content_hash_follows_bytes_not_place_or_time(tmp_path):
 
 def test_a_second_process_gets_one_line_naming_the_holder(tmp_path):
     code = (
-        "import sys; from layerprobe import rundir\n"
+        "import sys; from layerprobe.core import rundir\n"
         "try:\n    with rundir.locked(sys.argv[1]): print('got it')\n"
         "except OSError as e: print(e); sys.exit(3)\n"
     )

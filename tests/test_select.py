@@ -1,7 +1,7 @@
 """Selector grammar, budgets, requires_grad masks, LoRA targets and the frozen-weights audit.
 
 Every expectation is computed by plain Python over parameter names (regexes on the raw names, sums of
-shapes), independently of layerprobe.names.
+shapes), independently of layerprobe.core.names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from conftest import make_tiny_llama
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from layerprobe.select import (
+from layerprobe.train.select import (
     All,
     And,
     Block,
@@ -582,8 +582,8 @@ def test_trainable_share_counts_what_trains_against_the_models_own_weights():
     from conftest import make_tiny_llama
     from peft import LoraConfig, get_peft_model
 
-    from layerprobe.select import apply_requires_grad
-    from layerprobe.stages import trainable_share
+    from layerprobe.train.models import trainable_share
+    from layerprobe.train.select import apply_requires_grad
 
     model = make_tiny_llama(tie=True)
     sel = apply_requires_grad(model, "mlp")

@@ -1,4 +1,4 @@
-"""layerprobe.stats against plain reference computations: closed forms, exact binomial sums, the t-test by hand."""
+"""layerprobe.core.stats against plain reference computations: closed forms, exact binomial sums, the t-test by hand."""
 
 import math
 from statistics import NormalDist
@@ -8,7 +8,7 @@ import pytest
 from scipy import integrate
 from scipy import stats as sps
 
-from layerprobe.stats import detectable, mcnemar_p, paired_t, sign_p, t_mean_ci, t_power, units_needed, wilson
+from layerprobe.core.stats import detectable, mcnemar_p, paired_t, sign_p, t_mean_ci, t_power, units_needed, wilson
 
 
 def _wilson_closed_form(k, n, level=0.95):

@@ -1,4 +1,4 @@
-"""Sweeps (cells, resume, CPT reuse, results table) and the confidence intervals of layerprobe.stats."""
+"""Sweeps (cells, resume, CPT reuse, results table) and the confidence intervals of layerprobe.core.stats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerprobe.stats import paired_t, t_mean_ci, wilson
+from layerprobe.core.stats import paired_t, t_mean_ci, wilson
 from layerprobe.sweep import collect, flatten, load_sweep, run_sweep, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_cells_are_the_product_of_conditions_grid_and_seeds(tmp_path):
     # CPT fingerprints (what a cell may reuse): equal across SFT settings and conditions, not across CPT alpha, seed
     from types import SimpleNamespace
 
-    from layerprobe.fingerprint import chain, stage_inputs
+    from layerprobe.train.fingerprint import chain, stage_inputs
 
     data = SimpleNamespace(cpt_docs=["a"], sft_rows=[{"p": 1}], eval_set=[])
     keys = {chain(stage_inputs(c.config, data, "base"))["merge"] for c in sw.cells}

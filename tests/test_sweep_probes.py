@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from layerprobe.plot.probes import sweep_probe_curves, sweep_probe_figure
-from layerprobe.records import RecordWriter
+from layerprobe.record.records import RecordWriter
 
 
 def _cell(folder, slope):

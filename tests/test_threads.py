@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from layerprobe import threads
-from layerprobe.threads import busy_cores, choose_threads
+from layerprobe.train import threads
+from layerprobe.train.threads import busy_cores, choose_threads
 
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal guest guest_nice
 STAT = "cpu  {u} 0 {s} {idle} {io} 0 0 0 7 0\ncpu0 0 0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0 0 0\nintr 1 2 3\n"
@@ -104,8 +104,8 @@ def test_the_pipeline_measures_with_the_module_function(four_threads, monkeypatc
 
 
 def test_passive_waiting_unless_the_user_chose_and_recorded(monkeypatch):
-    from layerprobe.config import wait_passively
-    from layerprobe.threads import machine_info
+    from layerprobe.core.config import wait_passively
+    from layerprobe.train.threads import machine_info
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     wait_passively()

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from layerprobe.config import ToyWorldConfig
-from layerprobe.toyworld import toy_data
-from layerprobe.toyworld import world as W
+from layerprobe.core.config_data import ToyWorldConfig
+from layerprobe.sources.toyworld import toy_data
+from layerprobe.sources.toyworld import world as W
 
 SMALL = dict(
     base_people=12,
@@ -41,13 +41,13 @@ def small():
 
 @pytest.fixture(scope="module")
 def world(small):
-    from layerprobe.toyworld import make_world
+    from layerprobe.sources.toyworld import make_world
 
     return make_world(small)
 
 
 def test_world_is_deterministic_and_base_and_cpt_entities_are_disjoint(world, small):
-    from layerprobe.toyworld import make_world
+    from layerprobe.sources.toyworld import make_world
 
     again = make_world(small)
     assert [(e.name, e.facts) for e in again.base + again.cpt] == [(e.name, e.facts) for e in world.base + world.cpt]
@@ -126,7 +126,7 @@ def test_instructions_refuse_too_few_base_questions():
 
 @pytest.fixture(scope="module")
 def tok(world, small):
-    from layerprobe.toyworld.tokenizer import build_tokenizer
+    from layerprobe.sources.toyworld.tokenizer import build_tokenizer
 
     return build_tokenizer(W.base_corpus(world, 5, 20, 0), 400)
 
@@ -169,7 +169,7 @@ def test_chat_template_marks_the_answer_and_eos_as_assistant_tokens(tok):
 def test_base_is_built_once_cached_by_its_config_and_loadable(tmp_path, monkeypatch, small):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerprobe.toyworld import base as B
+    from layerprobe.sources.toyworld import base as B
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path))
     calls = []
@@ -209,7 +209,7 @@ def test_base_pretraining_lowers_the_loss_on_its_corpus(tmp_path, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from layerprobe.toyworld import base as B
+    from layerprobe.sources.toyworld import base as B
 
     monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path))
     cfg = ToyWorldConfig(**{**SMALL, "base_steps": 40, "base_lr": 1e-2, "base_batch_size": 8})
@@ -232,7 +232,7 @@ def test_base_pretraining_lowers_the_loss_on_its_corpus(tmp_path, monkeypatch):
 
 
 def test_every_pool_entry_has_one_distinct_english_form():
-    from layerprobe.toyworld import english as EN
+    from layerprobe.sources.toyworld import english as EN
 
     for pool in (W.CITIES, W.JOBS, W.HOBBIES, W.PRODUCTS, W.FOODS, W.ANIMALS, W.PLACES, W.WEATHER):
         forms = [EN.name(x) for x in pool]
@@ -245,7 +245,7 @@ def test_every_pool_entry_has_one_distinct_english_form():
 
 @pytest.fixture(scope="module")
 def english(small):
-    from layerprobe.toyworld import toy_data
+    from layerprobe.sources.toyworld import toy_data
 
     return toy_data(dataclasses.replace(small, language="en"))
 
@@ -261,7 +261,7 @@ def test_questions_never_occur_in_the_cpt_text(small, language):
 
 
 def test_english_probes_cover_every_fact_with_a_cloze_and_two_questions(english, world):
-    from layerprobe.toyworld import english as EN
+    from layerprobe.sources.toyworld import english as EN
 
     facts = [(EN.name(e.name), rel, EN.name(v)) for e in world.cpt for rel, v in e.facts.items()]
     cloze = [(p["entity"], p["relation"], p["answer"]) for p in english.probes if p["kind"] == "cloze"]

@@ -1,12 +1,13 @@
-"""layerprobe.tradeoff: the earliest probe step with 90 % of the style gain, and what stopping there keeps."""
+"""layerprobe.evaluation.tradeoff: the earliest probe step with 90 % of the style gain, and what stopping there
+keeps."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from layerprobe.records import COLUMNS
-from layerprobe.tradeoff import best_step
+from layerprobe.evaluation.tradeoff import best_step
+from layerprobe.record.records import COLUMNS
 
 
 def _records(style, cloze):

@@ -1,5 +1,5 @@
-"""layerprobe.within: per-interval probe change beside each block's movement, correlated within runs, tested over
-units; checked against hand computations on records written as the recorder and the probes write them."""
+"""layerprobe.analyse.within: per-interval probe change beside each block's movement, correlated within runs, tested
+over units; checked against hand computations on records written as the recorder and the probes write them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from layerprobe.records import COLUMNS
-from layerprobe.within import intervals, within_runs
+from layerprobe.analyse.within import intervals, within_runs
+from layerprobe.record.records import COLUMNS
 
 STEPS = [0, 10, 20, 30, 40, 50]
 

@@ -2,7 +2,9 @@
 
     python tools/import_graph.py            # lists import cycles and the number of floors (longest import chain)
 
-``tests/test_structure.py`` asserts that there is no cycle.
+Two views: modules, and rooms (each module or subpackage directly under ``layerprobe/`` is one room; the modules
+inside a folder collapse into their folder, so ``layerprobe.record.recorder`` is in room ``layerprobe.record``).
+``tests/test_structure.py`` asserts that neither view has a cycle and that the rooms stand on at most 9 floors.
 """
 
 from __future__ import annotations
@@ -106,6 +108,28 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 def floors(g: dict[str, set[str]]) -> int:
     """The number of levels: 1 + the longest chain of imports (defined only without cycles)."""
+    return max(floor_of(g).values())
+
+
+def room(mod: str) -> str:
+    """The room a module is in: the package itself, or the module or subpackage directly under it."""
+    return ".".join(mod.split(".")[:2])
+
+
+def rooms(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between rooms: an edge where any module of one room imports any module of another."""
+    out: dict[str, set[str]] = {}
+    for mod, targets in g.items():
+        r = room(mod)
+        out.setdefault(r, set()).update(room(t) for t in targets if room(t) != r)
+    for targets in list(out.values()):
+        for t in targets:
+            out.setdefault(t, set())
+    return out
+
+
+def floor_of(g: dict[str, set[str]]) -> dict[str, int]:
+    """Each node's floor: 1 + the longest chain of imports below it (defined only without cycles)."""
     depth: dict[str, int] = {}
 
     def d(v: str) -> int:
@@ -114,13 +138,28 @@ def floors(g: dict[str, set[str]]) -> int:
             depth[v] = 1 + max((d(w) for w in g[v]), default=0)
         return depth[v]
 
-    return max(d(v) for v in g)
+    for v in g:
+        d(v)
+    return depth
+
+
+def _report(g: dict[str, set[str]], what: str) -> list[list[str]]:
+    found = cycles(g)
+    for c in found:
+        print(f"{what} cycle:", " <-> ".join(c))
+    print(f"{len(g)} {what}s, {len(found)} import cycles" + ("" if found else f", {floors(g)} floors"))
+    return found
 
 
 if __name__ == "__main__":
     g = graph()
-    found = cycles(g)
-    for c in found:
-        print("cycle:", " <-> ".join(c))
-    print(f"{len(g)} modules, {len(found)} import cycles" + ("" if found else f", {floors(g)} floors"))
-    sys.exit(1 if found else 0)
+    found = _report(g, "module")
+    rg = rooms(g)
+    found_rooms = _report(rg, "room")
+    if not found_rooms:
+        by_floor: dict[int, list[str]] = {}
+        for r, f in floor_of(rg).items():
+            by_floor.setdefault(f, []).append(r.removeprefix(PACKAGE + ".") if r != PACKAGE else r)
+        for f in sorted(by_floor, reverse=True):
+            print(f"  floor {f}: {', '.join(sorted(by_floor[f]))}")
+    sys.exit(1 if found or found_rooms else 0)

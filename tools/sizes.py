@@ -41,7 +41,7 @@ def oversized(
     package: Path = ROOT / PACKAGE, module_lines: int = MODULE_LINES, function_lines: int = FUNCTION_LINES
 ) -> tuple[dict[str, int], dict[str, int]]:
     """({module path: lines} over ``module_lines``, {"path::function": lines} over ``function_lines``); paths are
-    relative to the repository, e.g. ``layerprobe/paired.py`` and ``layerprobe/pipeline.py::_run``."""
+    relative to the repository, e.g. ``layerprobe/analyse/paired.py`` and ``layerprobe/train/pipeline.py::_run``."""
     modules, funcs = {}, {}
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package.parent).as_posix()

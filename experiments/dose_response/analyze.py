@@ -35,15 +35,15 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from layerprobe.drift import drift_over_steps, module_norms
-from layerprobe.matched import at_drift, contrasts, curve_at_drift, mixed_fit
-from layerprobe.paired import holm, verdicts
+from layerprobe.analyse.matched import at_drift, contrasts, curve_at_drift, mixed_fit
+from layerprobe.analyse.paired import holm, verdicts
+from layerprobe.analyse.relate import relate_runs, write_outputs
 from layerprobe.plot.probes import probe_means
 from layerprobe.plot.style import save_figure, theme
-from layerprobe.records import load_records
-from layerprobe.relate import relate_runs, write_outputs
+from layerprobe.record.records import load_records
 from layerprobe.sweep import load_sweep
 from layerprobe.sweep.results import collect
+from layerprobe.weights.drift import drift_over_steps, module_norms
 
 HERE = Path(__file__).parent
 FIGURES = Path("figures/dose_response/smollm2-135m")

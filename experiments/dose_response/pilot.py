@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.paired import detectable
+from layerprobe.analyse.paired import detectable
 
 HERE = Path(__file__).parent
 DRIFT = Path("figures/study_b/smollm2-135m/drift.csv")

@@ -5,7 +5,7 @@
 Writes into ``--out``:
 
 - ``summary.json`` and ``sft_probes_over_steps.png`` of the run, and its SFT records (``sft_records.parquet``:
-  the recorder's rows and the probe rows, the table ``layerprobe.records.load_records`` reads);
+  the recorder's rows and the probe rows, the table ``layerprobe.record.records.load_records`` reads);
 - ``probe_cost.json``: the probes' own time against the SFT's, the probe steps and the subset scored;
 - ``probe_vs_eval.csv``: per probe of the subset, the last probe point against the full evaluation of the SFT
   model (clozes: log-probability and the likelihood verdict; instructions: style log-odds; the evaluation judges
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe import rundir
-from layerprobe.records import load_records
+from layerprobe.core import run_results, rundir
+from layerprobe.record.records import load_records
 
 METRICS = (
     "cloze_acc",
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     run, out = args.run, args.out
     out.mkdir(parents=True, exist_ok=True)
-    summary = rundir.read_summary(run)
+    summary = run_results.read_summary(run)
     if summary is None:
         raise SystemExit(f"{run} has no summary.json: the run has not finished")
     shutil.copy2(rundir.summary_path(run), out / "summary.json")

@@ -7,7 +7,7 @@ ones in figures/study_a/smollm2-135m/ (grid) and .../controls/, so the claims re
 point --grid/--controls at the sweep folders (runs/...) to add the per-item McNemar description. Each claim is a
 paired t-test on the per-seed differences, Holm over the whole study's family of claims (Q1-Q3,
 controls and the seed null together, as the analysis fixed it before the runs), and a verdict:
-differs / equivalent within the margin of claims.yaml (TOST) / inconclusive (layerprobe.paired).
+differs / equivalent within the margin of claims.yaml (TOST) / inconclusive (layerprobe.analyse.paired).
 Arms: the grid's cells by CPT alpha, SFT alpha and SFT modules ("all linear" = q,k,v,o,gate,up,down; "attention"
 = q,k,v,o); the controls by name; phase cpt = the merged CPT model, sft = after SFT.
 """
@@ -15,7 +15,7 @@ Arms: the grid's cells by CPT alpha, SFT alpha and SFT modules ("all linear" = q
 import argparse
 from pathlib import Path
 
-from layerprobe.paired import ClaimsConfig, compare_family, sweep_arm, sweep_results, write_claims
+from layerprobe.analyse.paired import ClaimsConfig, compare_family, sweep_arm, sweep_results, write_claims
 
 HERE = Path(__file__).parent
 FIGURES = Path("figures/study_a/smollm2-135m")

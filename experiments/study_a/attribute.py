@@ -19,7 +19,7 @@ shares and denominators of a partition added: where the share differs from 1 the
 attribution.csv, per cell x group x mode x metric: n_seeds, the mean over seeds with a 95 % Student-t interval of
 the effect (lo, hi), the share (share_lo, share_hi) and each ratio (<ratio>_lo, <ratio>_hi), and the means of
 sft_effect and the denominators. Re-derive any interval from attribution_seeds.csv alone: group it by (cell, group,
-mode, metric) and apply layerprobe.stats.t_mean_ci to the column. One seed: the intervals are NaN.
+mode, metric) and apply layerprobe.core.stats.t_mean_ci to the column. One seed: the intervals are NaN.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layerprobe.attribution_records import DENOMINATORS, effects, over_seeds, paired_difference
-from layerprobe.records import load_records
+from layerprobe.record.attribution_records import DENOMINATORS, effects, over_seeds, paired_difference
+from layerprobe.record.records import load_records
 
 KEYS = ["cpt.lora_alpha", "sft.lora_alpha", "sft.target_modules"]
 REFERENCE = (128, 8, "A")  # the reference cell of study A: CPT alpha 128, SFT alpha 8, all linear modules
@@ -142,7 +142,7 @@ def seed_table(per_seed: pd.DataFrame, bands: Sequence[str]) -> pd.DataFrame:
 
 
 def summary_table(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Means and 95 % t intervals over seeds (layerprobe.attribute.over_seeds), columns in reading order."""
+    """Means and 95 % t intervals over seeds (layerprobe.attribution.attribute.over_seeds), columns in reading order."""
     s = over_seeds(seeds)
     ratios = [c for r in DENOMINATORS.values() if r in s.columns for c in (r, f"{r}_lo", f"{r}_hi")]
     order = [

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.diff import diff_checkpoints
 from layerprobe.plot.study import null_panel
-from layerprobe.presets import resolve_model
+from layerprobe.sources.presets import resolve_model
+from layerprobe.weights.diff import diff_checkpoints
 
 REF = "cpt.lora_alpha=128,sft.lora_alpha=8,sft.target_modules=A,seed={seed}"
 RESEED = "sft-reseed,seed={seed}"

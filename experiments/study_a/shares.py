@@ -64,7 +64,7 @@ def check_against_gguf(shapes: dict[str, tuple[int, int]]) -> str:
     try:
         import gguf
 
-        from layerprobe.presets import PRESETS, gguf_path
+        from layerprobe.sources.presets import PRESETS, gguf_path
 
         reader = gguf.GGUFReader(gguf_path(PRESETS["smollm2-135m"]))
     except (ImportError, FileNotFoundError, KeyError, OSError) as e:

@@ -6,13 +6,13 @@ condition's trained share.
 Reads the sweeps' results tables, by default the committed ones (figures/study_b/smollm2-135m/results.csv and study
 A's figures/study_a/smollm2-135m/results.csv), so the claims re-derive without the run folders. Each claim is a
 paired t-test on the per-seed differences, Holm over the study's whole family, and a verdict: differs /
-equivalent within the margin of claims.yaml (TOST) / inconclusive (layerprobe.paired). phase cpt = the merged CPT
-model each condition starts from (the same in every condition of a seed), sft = after the restricted full
+equivalent within the margin of claims.yaml (TOST) / inconclusive (layerprobe.analyse.paired). phase cpt = the merged
+CPT model each condition starts from (the same in every condition of a seed), sft = after the restricted full
 fine-tuning. With --sweep/--study-a pointing at the sweep folders (runs/...), drift.csv is recomputed too.
 
-drift.csv: how far SFT moved the whole model and its attention and MLP weights (layerprobe.drift: ||W_sft - W_cpt|| /
-||W_cpt|| over all weights of the kind, frozen ones unmoved), full fine-tuning here and study A's LoRA SFT after the
-same CPT in the same units.
+drift.csv: how far SFT moved the whole model and its attention and MLP weights (layerprobe.weights.drift: ||W_sft -
+W_cpt|| / ||W_cpt|| over all weights of the kind, frozen ones unmoved), full fine-tuning here and study A's LoRA SFT
+after the same CPT in the same units.
 """
 
 import argparse
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe.drift import module_norms, phase_drift
-from layerprobe.paired import ClaimsConfig, compare_family, sweep_arm, sweep_results, write_claims
-from layerprobe.stats import t_mean_ci
+from layerprobe.analyse.paired import ClaimsConfig, compare_family, sweep_arm, sweep_results, write_claims
+from layerprobe.core.stats import t_mean_ci
+from layerprobe.weights.drift import module_norms, phase_drift
 
 HERE = Path(__file__).parent
 FIGURES = Path("figures/study_b/smollm2-135m")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from layerprobe import rundir
 from layerprobe.commands.options import add_format_argument
-from layerprobe.config import TrainConfig, load_yaml, resolve
+from layerprobe.core import rundir
+from layerprobe.core.config import TrainConfig, resolve
+from layerprobe.core.config_values import load_yaml
 
 HELP = (
     "revert each layer / block of the SFT change to the CPT weights (and apply each alone), evaluate retention "
@@ -124,7 +125,7 @@ def _inputs(args):
 
 
 def _print_effects(records, top: int) -> None:
-    from layerprobe.attribution_records import effects
+    from layerprobe.record.attribution_records import effects
 
     e = effects(records)
     for metric in dict.fromkeys(e["metric"]):
@@ -154,10 +155,10 @@ def _print_effects(records, top: int) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from layerprobe.attribute import AttributeConfig, attribute_with_config
+    from layerprobe.attribution.attribute import AttributeConfig, attribute_with_config
     from layerprobe.plot import figure_formats
     from layerprobe.plot.effects import attribution_figures
-    from layerprobe.records import write_table
+    from layerprobe.record.records import write_table
 
     base, tuned, config, out, cfg = _inputs(args)
     acfg = AttributeConfig(

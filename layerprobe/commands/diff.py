@@ -55,8 +55,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from layerprobe.diff import DiffConfig, diff_checkpoints
-    from layerprobe.records import write_table
+    from layerprobe.record.records import write_table
+    from layerprobe.weights.diff import DiffConfig, diff_checkpoints
 
     if len(args.checkpoints) > 3:
         raise ValueError(f"expected 1 to 3 checkpoints (A B [C]), got {len(args.checkpoints)}: {args.checkpoints}")

@@ -1,7 +1,7 @@
 """``layerprobe predict SWEEP_DIR [SWEEP_DIR ...]``: predict each run's final forgetting and style from the first
 part of its SFT (records and probe rows), validated leaving one group out, against two baselines; and which block's
-movement tracks the probes' fall within runs (``layerprobe.within``), and each run's earliest probe step with 90 %
-of its style gain with what stopping there keeps (``layerprobe.tradeoff``)."""
+movement tracks the probes' fall within runs (``layerprobe.analyse.within``), and each run's earliest probe step with 90
+% of its style gain with what stopping there keeps (``layerprobe.evaluation.tradeoff``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ EXAMPLE = (
 
 
 def add_arguments(parser) -> None:
-    from layerprobe.predict import RIDGE, WINDOW
+    from layerprobe.analyse.predict import RIDGE, WINDOW
 
     parser.add_argument(
         "sweeps",
@@ -54,10 +54,10 @@ def run(args) -> int:
 
     import pandas as pd
 
-    from layerprobe.predict import feature_table, validate
-    from layerprobe.records import load_records
-    from layerprobe.tradeoff import best_step
-    from layerprobe.within import within_runs
+    from layerprobe.analyse.predict import feature_table, validate
+    from layerprobe.analyse.within import within_runs
+    from layerprobe.evaluation.tradeoff import best_step
+    from layerprobe.record.records import load_records
 
     if not 0 < args.window < 1:
         raise ValueError(f"--window must be a share of the steps in (0, 1), got {args.window}")

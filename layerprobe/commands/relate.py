@@ -19,7 +19,7 @@ EXAMPLE = (
 
 
 def add_arguments(parser) -> None:
-    from layerprobe.relate_config import FEATURES_FILE, MIN_RUNS, MIN_WITHIN, PERMUTATIONS
+    from layerprobe.analyse.relate_config import FEATURES_FILE, MIN_RUNS, MIN_WITHIN, PERMUTATIONS
 
     parser.add_argument(
         "sweeps",
@@ -80,8 +80,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from layerprobe.relate import relate_features, relate_runs, write_outputs
-    from layerprobe.relate_config import RelateConfig
+    from layerprobe.analyse.relate import relate_features, relate_runs, write_outputs
+    from layerprobe.analyse.relate_config import RelateConfig
 
     files = [f for f in args.features if f.endswith(".parquet") or Path(f).is_file()]
     names = ",".join(f for f in args.features if f not in files)

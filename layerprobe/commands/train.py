@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from layerprobe import rundir
-from layerprobe.config import add_config_arguments, config_from_args
-from layerprobe.pipeline import default_out, format_table, run_pipeline
+from layerprobe.core import rundir
+from layerprobe.core.config import add_config_arguments, config_from_args
 from layerprobe.report import write_report
+from layerprobe.train.pipeline import default_out, format_table, run_pipeline
 
 HELP = "run the whole pipeline (CPT -> merge -> SFT -> eval) into one run folder; the toy world by default"
 EXAMPLE = (

@@ -1,7 +1,7 @@
 """Layer-wise effects: causal attribution (revert / apply the SFT change per group) and relate's correlations.
 
-Attribution records come from :mod:`layerprobe.attribute` (read through its ``effects``), correlation tables from
-:mod:`layerprobe.relate`. Signed effects and correlations use the diverging map centred at 0.
+Attribution records come from :mod:`layerprobe.attribution.attribute` (read through its ``effects``), correlation tables
+from :mod:`layerprobe.analyse.relate`. Signed effects and correlations use the diverging map centred at 0.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from layerprobe.attribution_records import MODES, effects
-from layerprobe.names import BLOCKS
+from layerprobe.core.names import BLOCKS
 from layerprobe.plot.style import (
     BLOCK_ORDER,
     DIVERGING,
@@ -28,6 +27,7 @@ from layerprobe.plot.style import (
     suptitle,
     theme,
 )
+from layerprobe.record.attribution_records import MODES, effects
 
 # what each mode compares (attribution's "base" is the CPT model the SFT started from, "tuned" the SFT model)
 MODE_TEXT = {

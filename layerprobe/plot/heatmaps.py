@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from layerprobe import rundir
+from layerprobe.core import rundir
 from layerprobe.plot.probes import FIGURE, HEAT_QUANTITIES, has_probes, probe_figure
 from layerprobe.plot.style import (
     BLOCK_ORDER,
@@ -29,7 +29,7 @@ from layerprobe.plot.style import (
     suptitle,
     theme,
 )
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
 
 # diff quantities whose exact 0 means "this weight was not changed" (a real change never gives exactly 0)
 UNTOUCHED_AT_ZERO = {"delta_norm", "rel_change", "rel_change_bc", "rel_change_ac", "delta_norm_bc", "delta_norm_ac"}
@@ -175,7 +175,7 @@ def plot_run(
 ) -> list[Path]:
     """Draw the standard figures of a run folder into ``<run_dir>/figures`` (or ``out_dir``): per phase, layer x
     step of each quantity, layer x module of the final drift and, where the phase was probed
-    (:mod:`layerprobe.probes`), the probes over steps under the drift heatmap (:func:`~layerprobe.plot.probes.
+    (:mod:`layerprobe.train.probes`), the probes over steps under the drift heatmap (:func:`~layerprobe.plot.probes.
     probe_figure`, ``<phase>_probes_over_steps.png``). Phases share one colour scale per quantity."""
     df = load_records(run_dir)
     quantities = list(quantities)

@@ -18,9 +18,9 @@ import pandas as pd
 import seaborn as sns
 
 from layerprobe.plot.style import BLOCK_ORDER, MISSING, PHASE_TITLES, colour_scale, label, save_figure, suptitle, theme
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
 
-PROBE_BLOCK = "probe"  # the block of every probe row (layerprobe.probes.BLOCK)
+PROBE_BLOCK = "probe"  # the block of every probe row (layerprobe.train.probes.BLOCK)
 FIGURE = "probes_over_steps"  # the figure's name after its phase: <phase>_probes_over_steps.png
 HEAT_QUANTITIES = ("drift_ratio", "update_ratio")  # the heatmap on top: the first the phase recorded
 KINDS = {"cloze": "cloze", "cloze_heldout": "held-out cloze", "qa": "QA", "instruction": "instructions (style)"}

@@ -1,5 +1,5 @@
 """Every figure of one run folder: training heatmaps (records), the three-way diff and the causal attribution when
-the run holds them. Where those live inside a run folder is :mod:`layerprobe.rundir`'s to say."""
+the run holds them. Where those live inside a run folder is :mod:`layerprobe.core.rundir`'s to say."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe import rundir
+from layerprobe.core import rundir
 from layerprobe.plot.effects import attribution_figures
 from layerprobe.plot.heatmaps import heatmap_layer_module, plot_run
-from layerprobe.records import load_records
+from layerprobe.record.records import load_records
 
 DIFF_QUANTITIES = ("rel_change", "rel_change_bc", "undo_frac", "cos_cpt_sft", "cosine", "delta_norm")
 

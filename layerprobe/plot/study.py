@@ -234,8 +234,8 @@ def curve_panel(table: pd.DataFrame, x: str, metrics: list[str], out_png: str | 
 
 
 def claims_panel(claims: pd.DataFrame, out_png: str | os.PathLike) -> Path | None:
-    """A forest plot of a family of claims (:func:`layerprobe.paired.compare_family`): one panel per metric, each
-    claim's difference (arm a - arm b, mean over units) with its 95 % t interval over units and its equivalence
+    """A forest plot of a family of claims (:func:`layerprobe.analyse.paired.compare_family`): one panel per metric,
+    each claim's difference (arm a - arm b, mean over units) with its 95 % t interval over units and its equivalence
     margin; filled = differs, square = equivalent, hollow = inconclusive. Claims not yet tested are left out.
     Returns None when nothing is tested."""
     tested = claims[claims["missing"].fillna("") == ""] if "missing" in claims else claims

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from layerprobe import rundir
+from layerprobe.core import rundir
 
 REPORT = "report.html"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe import rundir
+from layerprobe.core import rundir
 from layerprobe.report.page import Page
 
 SUMMARY = rundir.SUMMARY
@@ -52,7 +52,7 @@ def stage_table(summary: dict) -> pd.DataFrame:
 
 
 def _records(run: Path) -> pd.DataFrame | None:
-    from layerprobe.records import load_records
+    from layerprobe.record.records import load_records
 
     try:
         return load_records(run)
@@ -62,7 +62,7 @@ def _records(run: Path) -> pd.DataFrame | None:
 
 def _provenance(run: Path, summary: dict, config: dict) -> tuple[pd.DataFrame, str]:
     """Rows of what made the run, and a note on where the versions come from."""
-    from layerprobe.records import git_commit, package_versions
+    from layerprobe.record.records import git_commit, package_versions
 
     metas = [json.loads(f.read_text()) for f in sorted(rundir.records_dir(run).glob("meta-*.json"))]
     data = config.get("data") or {}
@@ -201,12 +201,12 @@ def _diff(page: Page, run: Path, out: Path) -> None:
 
 def _attribution(page: Page, run: Path, out: Path) -> None:
     """The run's causal attribution: the whole SFT effect, the groups' sizes and the figures, drawn into ``out``."""
-    from layerprobe.attribution_records import DENOMINATORS, effects
     from layerprobe.plot.effects import attribution_figures
+    from layerprobe.record.attribution_records import DENOMINATORS, effects
 
     attr = rundir.attribute_records(rundir.attribute_dir(run))
     if attr.is_file():
-        from layerprobe.records import load_records
+        from layerprobe.record.records import load_records
 
         page.heading("Causal attribution: which layers carry the SFT change", anchor="attribution")
         rec = load_records(attr)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe import rundir
+from layerprobe.core import rundir
 from layerprobe.report.page import Page, href
 from layerprobe.report.run import build_run_page
 from layerprobe.sweep.spec import _safe
@@ -86,8 +86,8 @@ def _interval_table(ci: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def _relate(folder: Path, page: Page) -> None:
-    from layerprobe.relate import relate_runs
-    from layerprobe.relate_config import TABLE_FILE
+    from layerprobe.analyse.relate import relate_runs
+    from layerprobe.analyse.relate_config import TABLE_FILE
 
     table_file = folder / "relate" / TABLE_FILE
     if table_file.is_file():
@@ -116,7 +116,7 @@ def _relate(folder: Path, page: Page) -> None:
 
 def _read_relate_table(table_file: Path) -> tuple[pd.DataFrame, list[str]]:
     """A relate.csv written before (an older one gets the stratum ``all``) and what to say about it."""
-    from layerprobe.relate_config import MIN_RUNS
+    from layerprobe.analyse.relate_config import MIN_RUNS
 
     notes: list[str] = []
     table = pd.read_csv(table_file)
@@ -225,7 +225,8 @@ def _paired(page: Page, table: pd.DataFrame, ci: pd.DataFrame, axes: list[str], 
 
 
 def _claims(page: Page, folder: Path) -> None:
-    """A study's claims.csv (:func:`layerprobe.paired.write_claims`): the tested claims and their forest plot."""
+    """A study's claims.csv (:func:`layerprobe.analyse.paired.write_claims`): the tested claims and their forest
+    plot."""
     claims = pd.read_csv(folder / "claims.csv", keep_default_na=False, na_values=[""])
     tested = claims[claims["missing"].fillna("") == ""]
     page.heading("Claims, with the seed as the unit", anchor="claims")
@@ -235,7 +236,7 @@ def _claims(page: Page, folder: Path) -> None:
         + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("differs", "equivalent", "inconclusive"))
         + ". Paired t-test on "
         "the per-seed differences, Holm within each family, TOST against the margin; units_needed = seeds for "
-        "power 0.8 at the observed difference (layerprobe.paired).",
+        "power 0.8 at the observed difference (layerprobe.analyse.paired).",
         "muted",
     )
     page.table(
@@ -313,7 +314,7 @@ def build_sweep_page(folder: Path, write_cells: bool = True) -> Page:
         names = [f"{_safe('+'.join(m))}.png" for m in _panels(plot)]
         figs = [tmp / n for n in dict.fromkeys(names) if (tmp / n).is_file()]
         page.figures(figs, [p.stem for p in figs])
-    if (folder / "claims.csv").is_file():  # a study's claims (layerprobe.paired.write_claims), when it has them
+    if (folder / "claims.csv").is_file():  # a study's claims (layerprobe.analyse.paired.write_claims), when it has them
         _claims(page, folder)
     page.heading("Relate: layer features vs outcomes", anchor="relate")
     _relate(folder, page)

@@ -23,7 +23,7 @@ A sweep YAML::
 
 Cells are ``condition x grid x seeds``, named ``<condition>,<key>=<value>,...,seed=<seed>`` (stable, readable),
 each a run folder ``<out>/<cell>``. A cell with a summary.json is skipped; a cell folder made with another
-config is refused by the pipeline. A cell whose CPT and merge fingerprints (:mod:`layerprobe.fingerprint`: the
+config is refused by the pipeline. A cell whose CPT and merge fingerprints (:mod:`layerprobe.train.fingerprint`: the
 base model, the CPT documents, the CPT settings) equal those of a finished cell, here or in ``reuse_from``, starts
 from hard-linked copies of that cell's CPT and merge (the pipeline's ``reuse_from``), so it skips them.
 
@@ -36,8 +36,8 @@ folder another process holds (its lock) is skipped. ``results.csv`` is the same 
 ``<out>/results.csv`` has one row per finished cell: the cell's columns (condition, group, grid labels, seed)
 and every number in its summary.json flattened (``cpt.cloze_acc``, ``sft.gozaru_rate``,
 ``stages.sft.seconds``), item counts of the rates (``sft.gozaru_rate.n``, from the answers files), and the
-outcomes of :mod:`layerprobe.outcomes` that combine two numbers (``retention_drop = cpt.cloze_acc - sft.cloze_acc``,
-``qa_drop``, ``loss_rise``). ``<out>/ci.csv`` has each plotted metric's mean per
+outcomes of :mod:`layerprobe.evaluation.outcomes` that combine two numbers (``retention_drop = cpt.cloze_acc -
+sft.cloze_acc``, ``qa_drop``, ``loss_rise``). ``<out>/ci.csv`` has each plotted metric's mean per
 condition with a 95 % interval; with ``baseline:``, ``<out>/paired.csv`` has each condition's paired difference
 from the baseline (same seed and grid values) with a t interval and p-value, and ``paired.png`` shows them.
 ``<out>/sweep.json`` records cells, wall times and reuse.

@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from layerprobe import rundir
-from layerprobe.config import resolve, wait_passively
-from layerprobe.pipeline import run_pipeline
+from layerprobe.core import rundir
+from layerprobe.core.config import resolve, wait_passively
+from layerprobe.train.pipeline import run_pipeline
 
 # set to a cell's thread count before torch loads; the last tells the pipeline the count is the executor's assignment
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LAYERPROBE_ASSIGNED_THREADS")

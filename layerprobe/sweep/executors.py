@@ -12,24 +12,23 @@
   the jobs through submitit's local executor on this machine (how it is tested without Slurm).
 
 A cell that crashes or is killed (SIGKILL, out of memory) is a failed cell, reported like any other failure;
-the others go on. Ray and submitit are imported only here, inside their executor. Never imports torch.
+the others go on. This module holds the executors' config, their interface and the inline executor; the local
+workers are in :mod:`layerprobe.sweep.local_executor`, Ray and Slurm in :mod:`layerprobe.sweep.cluster_executors`
+(Ray and submitit are imported only there, inside their executor), and
+:func:`layerprobe.sweep.runner.make_executor` picks one. Never imports torch.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-from layerprobe.sweep.cell import THREAD_VARS, CellJob, run_cell
+from layerprobe.sweep.cell import CellJob, run_cell
 
 EXECUTORS = ("local", "ray", "slurm")
 SCRATCH = ".cells"  # <sweep>/.cells/: each cell's log (and a local worker's job and result files)
@@ -136,7 +135,8 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(x for x in out.splitlines() if x.startswith("GPU"))]
 
 
-def _require(name: str):
+def require_extra(name: str):
+    """The module of executor ``name``'s optional dependency, or a one-line error saying how to install it."""
     import importlib
 
     module = _EXTRAS[name]
@@ -149,7 +149,8 @@ def _require(name: str):
         ) from None
 
 
-def _no_gpus(cell_gpus: int, where: str) -> ValueError:
+def no_gpus(cell_gpus: int, where: str) -> ValueError:
+    """The error for cells that ask for GPUs where there are none."""
     return ValueError(
         f"cell-gpus={cell_gpus} but {where} has no GPUs; leave --cell-gpus out (0) or run where there are GPUs"
     )
@@ -184,11 +185,13 @@ class Executor:
         """Stop what still runs (after an interrupt) and let go of the cluster."""
 
 
-def _failed(error: str) -> dict:
+def failed_result(error: str) -> dict:
+    """The result of a cell that ended without one of its own."""
     return {"status": "failed", "error": error}
 
 
-def _poll(done: Callable[[Any], bool], handles: list, timeout: float, every: float) -> list:
+def poll(done: Callable[[Any], bool], handles: list, timeout: float, every: float) -> list:
+    """The handles that ``done`` says ended, checked every ``every`` seconds until one has or ``timeout`` passed."""
     end = time.time() + timeout
     while True:
         ended = [h for h in handles if done(h)]
@@ -199,7 +202,7 @@ def _poll(done: Callable[[Any], bool], handles: list, timeout: float, every: flo
 
 class InlineExecutor(Executor):
     """One cell after another in this process (local with one worker). The thread count is the pipeline's choice
-    (:func:`layerprobe.threads.choose_threads`) made once, before the first cell, and kept for the sweep: one
+    (:func:`layerprobe.train.threads.choose_threads`) made once, before the first cell, and kept for the sweep: one
     sweep's cells run alike (the thread count moves numbers under bf16)."""
 
     fresh = False
@@ -212,7 +215,7 @@ class InlineExecutor(Executor):
         if self.threads is None:
             import torch
 
-            from layerprobe.threads import choose_threads
+            from layerprobe.train.threads import choose_threads
 
             choose_threads()
             self.threads = torch.get_num_threads()
@@ -223,253 +226,3 @@ class InlineExecutor(Executor):
 
     def result(self, handle):
         return handle[1]
-
-
-@dataclass
-class _Worker:
-    job: CellJob
-    process: subprocess.Popen
-    result: Path
-    slot: int
-
-
-class LocalExecutor(Executor):
-    """N cells at once on this machine, each in a fresh process with cores // N threads (or one GPU each)."""
-
-    def __init__(self, config: ExecutorConfig, scratch: Path):
-        self.slots = config.workers or 1
-        self.threads = config.cell_cpus or max(1, (os.cpu_count() or 1) // self.slots)
-        self.gpus = visible_gpus()
-        if config.cell_gpus and not self.gpus:
-            raise _no_gpus(config.cell_gpus, "this machine")
-        self.scratch = scratch
-        self.free = list(range(self.slots))
-        self.running: list[_Worker] = []
-
-    def start(self):
-        gpus = (
-            f", GPU {', '.join(self.gpus)} one per worker"
-            if len(self.gpus) >= self.slots
-            else f", {len(self.gpus)} GPU(s) shared by {self.slots} workers"
-            if self.gpus
-            else ""
-        )
-        return (
-            f"local: {self.slots} worker processes, {self.threads} torch thread{'s' if self.threads > 1 else ''}"
-            f" each{gpus}"
-        )
-
-    def submit(self, jobs):
-        out = []
-        for job in jobs:
-            slot = self.free.pop(0)
-            base = self.scratch / job.name
-            result = Path(f"{base}.result.json")
-            result.unlink(missing_ok=True)
-            job_file = job.write(f"{base}.job.json")
-            env = dict(os.environ, **{v: str(self.threads) for v in THREAD_VARS})
-            if self.gpus:
-                env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-            with open(job.log, "a", encoding="utf-8") as log:  # the child's own output (warnings, a traceback)
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "layerprobe.sweep.cell", str(job_file), str(result)],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stderr=log,
-                    stdout=None if job.echo else log,
-                )
-            out.append(_Worker(job, process, result, slot))
-        self.running += out
-        return out
-
-    def wait(self, handles, timeout):
-        return _poll(lambda w: w.process.poll() is not None, handles, timeout, 0.2)
-
-    def result(self, w: _Worker):
-        self.running.remove(w)
-        self.free.append(w.slot)
-        self.free.sort()
-        code = w.process.wait()
-        if w.result.is_file():
-            return json.loads(w.result.read_text(encoding="utf-8"))
-        how = (
-            f"killed by {signal.Signals(-code).name}"
-            if code < 0 and -code in signal.valid_signals()
-            else f"exit code {code}"
-        )
-        return _failed(f"worker process {w.process.pid} ended without a result ({how}); its log: {w.job.log}")
-
-    def where(self, w):
-        gpu = f", GPU {self.gpus[w.slot % len(self.gpus)]}" if self.gpus else ""
-        return f"worker {w.slot + 1}, pid {w.process.pid}{gpu}"
-
-    def close(self):
-        for w in self.running:
-            if w.process.poll() is None:
-                w.process.terminate()
-        for w in self.running:
-            try:
-                w.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.process.kill()
-
-
-class RayExecutor(Executor):
-    """Each cell a Ray task with its CPUs and GPUs, in a fresh worker process."""
-
-    def __init__(self, config: ExecutorConfig, cells: int, verbose: bool = False):
-        self.ray = _require("ray")
-        self.config = config
-        self.cells = cells
-        self.verbose = verbose
-        self.owns = False
-
-    def start(self):
-        ray, cfg = self.ray, self.config
-        if not ray.is_initialized():
-            ray.init(
-                address=cfg.address,
-                include_dashboard=False,
-                log_to_driver=self.verbose,
-                configure_logging=True,
-                logging_level="warning",
-            )
-            self.owns = True
-        res = ray.cluster_resources()
-        cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
-        if cfg.cell_gpus > gpus:
-            self.close()
-            raise (
-                _no_gpus(cfg.cell_gpus, "the Ray cluster")
-                if not gpus
-                else ValueError(
-                    f"cell-gpus={cfg.cell_gpus} but the Ray cluster has {gpus:g} GPUs in all; ask for at most that many"
-                )
-            )
-        self.threads = cfg.cell_cpus or (max(1, int(cpus // cfg.workers)) if cfg.workers else 1)
-        if self.threads > cpus:
-            self.close()
-            raise ValueError(
-                f"cell-cpus={self.threads} but the Ray cluster has {cpus:g} CPUs in all; ask for at most that many"
-            )
-        self.slots = cfg.workers or self.cells
-        self.remote = ray.remote(num_cpus=self.threads, num_gpus=cfg.cell_gpus, max_calls=1, max_retries=0)(run_cell)
-        self.refs: dict = {}
-        where = (
-            "joined the cluster at " + cfg.address
-            if cfg.address
-            else ("started a local cluster" if self.owns else "the running Ray")
-        )
-        return (
-            f"ray: {where} ({cpus:g} CPUs, {gpus:g} GPUs); each cell a task with {self.threads} CPU(s)"
-            f"{f', {cfg.cell_gpus} GPU(s)' if cfg.cell_gpus else ''}, {self.slots} at most at once"
-        )
-
-    def submit(self, jobs):
-        refs = [self.remote.remote(job) for job in jobs]
-        self.refs.update(dict(zip(refs, jobs)))
-        return refs
-
-    def wait(self, handles, timeout):
-        ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
-        if ready:  # whatever else ended meanwhile, too
-            ready, _ = self.ray.wait(handles, num_returns=len(handles), timeout=0)
-        return ready
-
-    def result(self, ref):
-        self.refs.pop(ref, None)
-        try:
-            return self.ray.get(ref)
-        except Exception as e:  # the worker died (killed, out of memory) or the task could not run
-            return _failed(f"ray task failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
-
-    def where(self, ref):
-        return "ray task"
-
-    def close(self):
-        for ref in list(getattr(self, "refs", {})):
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # already ended
-                pass
-        if self.owns:
-            self.ray.shutdown()
-            self.owns = False
-
-
-class SlurmExecutor(Executor):
-    """One Slurm job per cell through submitit (cells ready at the same time go as one job array)."""
-
-    def __init__(self, config: ExecutorConfig, cells: int, scratch: Path):
-        self.submitit = _require("slurm")
-        if config.slurm_cluster == "slurm" and not shutil.which("sbatch"):
-            raise ValueError(
-                "the slurm executor found no Slurm here (no sbatch on PATH); run the sweep on a Slurm "
-                "login node, or use --executor local or ray"
-            )
-        if config.slurm_cluster == "local" and config.cell_gpus and not visible_gpus():
-            raise _no_gpus(config.cell_gpus, "this machine (slurm_cluster: local)")
-        self.config = config
-        self.slots = config.workers or cells
-        self.threads = config.cell_cpus or 1
-        self.scratch = scratch
-
-    def start(self):
-        cfg = self.config
-        self.executor = self.submitit.AutoExecutor(folder=self.scratch / "slurm" / "%j", cluster=cfg.slurm_cluster)
-        params: dict[str, Any] = {"timeout_min": cfg.time, "cpus_per_task": self.threads, "name": "layerprobe-cell"}
-        if cfg.cell_gpus:
-            params["gpus_per_node"] = cfg.cell_gpus
-        if cfg.partition:
-            params["slurm_partition"] = cfg.partition
-        self.executor.update_parameters(**params)
-        self.jobs: list = []
-        return (
-            f"slurm{' (submitit local executor)' if cfg.slurm_cluster == 'local' else ''}: a job per cell, "
-            f"{self.threads} CPU(s){f', {cfg.cell_gpus} GPU(s)' if cfg.cell_gpus else ''}, {cfg.time} min"
-            f"{', partition ' + cfg.partition if cfg.partition else ''}, {self.slots} at most at once"
-        )
-
-    def submit(self, jobs):
-        if len(jobs) == 1:
-            handles = [self.executor.submit(run_cell, jobs[0])]
-        else:
-            with self.executor.batch():
-                handles = [self.executor.submit(run_cell, job) for job in jobs]
-        self.jobs += handles
-        return handles
-
-    def wait(self, handles, timeout):
-        return _poll(lambda j: j.done(), handles, timeout, 1.0)
-
-    def result(self, job):
-        self.jobs = [j for j in self.jobs if j is not job]
-        try:
-            return job.result()
-        except Exception as e:  # the job failed, was cancelled or timed out
-            lines = [x for x in str(e).strip().splitlines() if x.strip()]
-            return _failed(
-                f"slurm job {job.job_id} failed: {type(e).__name__}: {(lines or [''])[-1][:300]}; its "
-                f"logs: {self.scratch / 'slurm' / str(job.job_id)}"
-            )
-
-    def where(self, job):
-        return f"slurm job {job.job_id}"
-
-    def close(self):
-        for job in getattr(self, "jobs", []):
-            if not job.done():
-                job.cancel(check=False)
-
-
-def make_executor(config: ExecutorConfig, out: Path, cells: int, pipeline_log=None) -> Executor:
-    """The executor ``config`` names, its inputs checked (extras installed, GPUs there); nothing started yet."""
-    scratch = Path(out) / SCRATCH
-    verbose = pipeline_log is not None
-    if config.name == "local" and (config.workers or 1) == 1 and not config.cell_gpus and not config.cell_cpus:
-        return InlineExecutor(pipeline_log)
-    if config.name == "local":
-        return LocalExecutor(config, scratch)
-    if config.name == "ray":
-        return RayExecutor(config, cells, verbose)
-    return SlurmExecutor(config, cells, scratch)

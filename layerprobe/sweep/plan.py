@@ -7,7 +7,7 @@ finished cell before the sweep starts has nothing to wait for. If the cell that 
 cell of the group takes its place (starting from the failed cell's CPT when that one finished).
 
 The group key is computed from the configs alone (no data loaded, no base model built): the config entries the
-CPT fingerprint reads (:func:`layerprobe.fingerprint.stage_inputs`), with the ``model``, ``data`` and ``toy``
+CPT fingerprint reads (:func:`layerprobe.train.fingerprint.stage_inputs`), with the ``model``, ``data`` and ``toy``
 entries standing in for the content hashes of the base model and the CPT documents. Equal keys give equal
 fingerprints; cells with different keys whose fingerprints happen to agree just do not wait for each other.
 Never imports torch.
@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerprobe import rundir
-from layerprobe.fingerprint import _config_part
-from layerprobe.keys import digest
+from layerprobe.core import rundir
+from layerprobe.core.keys import digest
 from layerprobe.sweep.spec import Cell
+from layerprobe.train.fingerprint import _config_part
 
 # Config entries the CPT fingerprint reads as content hashes (base model, CPT documents): here they stand in for them.
 _CONTENT = ("model", "data", "toy")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerprobe import rundir
-from layerprobe.answers import ANSWERS_TABLE, answers_table
-from layerprobe.outcomes import harness_drops, read_outcomes
-from layerprobe.paired import ClaimsConfig, holm, unit_test, verdicts
-from layerprobe.rundir import SUMMARY
-from layerprobe.stats import t_mean_ci, wilson
+from layerprobe.analyse.answers import ANSWERS_TABLE, answers_table
+from layerprobe.analyse.paired import ClaimsConfig, holm, unit_test, verdicts
+from layerprobe.core import rundir
+from layerprobe.core.rundir import SUMMARY
+from layerprobe.core.stats import t_mean_ci, wilson
+from layerprobe.evaluation.outcomes import harness_drops, read_outcomes
 from layerprobe.sweep.spec import (
     CI_TABLE,
     DIFFERENCES,
@@ -173,9 +173,9 @@ def summarize(table: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
 
 def paired_table(table: pd.DataFrame, metrics: list[str], baseline: str, keys: list[str]) -> pd.DataFrame:
     """Each condition minus ``baseline`` on the cells that share ``keys`` (seed and grid values: the units), per
-    metric, decided as a family of claims with the unit as the unit (:mod:`layerprobe.paired`): the mean of the
+    metric, decided as a family of claims with the unit as the unit (:mod:`layerprobe.analyse.paired`): the mean of the
     per-unit differences with its t interval, the paired t-test's p, TOST against the metric's default margin
-    (:class:`layerprobe.paired.ClaimsConfig`; none for metrics without one), Holm over the whole table and the
+    (:class:`layerprobe.analyse.paired.ClaimsConfig`; none for metrics without one), Holm over the whole table and the
     verdict; ``mde`` and ``units_needed`` at alpha / the number of tested pairs. Columns: condition, metric,
     baseline_mean, mean, n_pairs, mean_diff, lo, hi, p, p_tost, p_holm, p_tost_holm, verdict, mde, units_needed."""
 

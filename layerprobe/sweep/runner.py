@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
 from layerprobe.sweep.cell import CellJob
-from layerprobe.sweep.executors import SCRATCH, ExecutorConfig, make_executor
+from layerprobe.sweep.cluster_executors import RayExecutor, SlurmExecutor
+from layerprobe.sweep.executors import SCRATCH, Executor, ExecutorConfig, InlineExecutor
+from layerprobe.sweep.local_executor import LocalExecutor
 from layerprobe.sweep.plan import make_plan
 from layerprobe.sweep.results import collect
 from layerprobe.sweep.spec import RESULTS, Sweep, _read_state, _write_state, select_cells
@@ -23,6 +26,19 @@ from layerprobe.sweep.spec import RESULTS, Sweep, _read_state, _write_state, sel
 def _clock(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def make_executor(config: ExecutorConfig, out: Path, cells: int, pipeline_log=None) -> Executor:
+    """The executor ``config`` names, its inputs checked (extras installed, GPUs there); nothing started yet."""
+    scratch = Path(out) / SCRATCH
+    verbose = pipeline_log is not None
+    if config.name == "local" and (config.workers or 1) == 1 and not config.cell_gpus and not config.cell_cpus:
+        return InlineExecutor(pipeline_log)
+    if config.name == "local":
+        return LocalExecutor(config, scratch)
+    if config.name == "ray":
+        return RayExecutor(config, cells, verbose)
+    return SlurmExecutor(config, cells, scratch)
 
 
 def run_sweep(

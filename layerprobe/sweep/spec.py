@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerprobe import rundir
-from layerprobe.config import TrainConfig, load_yaml, resolve, set_dotted
-from layerprobe.outcomes import OUTCOMES
+from layerprobe.core import rundir
+from layerprobe.core.config import TrainConfig, resolve
+from layerprobe.core.config_values import load_yaml, set_dotted
+from layerprobe.evaluation.outcomes import OUTCOMES
 from layerprobe.sweep.executors import ExecutorConfig
 
 RESULTS = "results.csv"

@@ -1,0 +1,1 @@
+"""Claims from run folders and records: paired tests, relate, matched drift, prediction."""

@@ -1,0 +1,1 @@
+"""Evaluating a model: generation, probes, harness tasks, one service and its cache, the outcomes read from it."""

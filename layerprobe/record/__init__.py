@@ -1,0 +1,1 @@
+"""Recording during training: each step's per-layer quantities into the records table."""

@@ -1,0 +1,1 @@
+"""A run: choosing what trains, the stages as a table, the pipeline that walks them into a run folder."""
