@@ -292,7 +292,7 @@ def test_the_base_has_the_same_bits_whatever_threads_the_caller_uses(tmp_path, s
     """Two threads sum floats in another order than one: the build pins its own count (and puts the caller's back)."""
     import torch
 
-    from layerprobe.toyworld import base as B
+    from layerprobe.sources.toyworld import base as B
 
     # big enough that torch splits its sums over two threads (the SMALL world's model is not)
     cfg = dataclasses.replace(small, hidden_size=128, num_layers=2, block_size=128, base_batch_size=16, vocab_size=2000)
