@@ -75,3 +75,25 @@ def test_detectable_defaults_to_alpha_5_percent_and_power_80_percent():
     reference = TTestPower().solve_power(nobs=10, alpha=0.05, power=0.8)
     assert stats.detectable(10) == pytest.approx(reference, rel=1e-6)
     assert power_reference(stats.detectable(10), 10) == pytest.approx(0.8, abs=1e-8)
+
+
+def units_reference(effect, alpha=0.05, power=0.8):
+    n = 2
+    while power_reference(effect, n, alpha) < power:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("effect", [0.3, 0.55, 1.2, 2.0, 30.0])
+def test_units_needed_is_the_first_n_reaching_the_power(effect):
+    assert stats.units_needed(effect) == units_reference(effect)
+    assert stats.units_needed(effect, alpha=0.01, power=0.9) == units_reference(effect, 0.01, 0.9)
+
+
+def test_units_needed_up_to_the_cap_and_no_further():
+    assert stats.units_needed(0.8, cap=15) == 15  # reached exactly at the cap
+    assert stats.units_needed(0.8, cap=14) == math.inf
+
+
+def test_t_power_defaults_to_alpha_5_percent():
+    assert stats.t_power(0.5, 10) == pytest.approx(power_reference(0.5, 10), rel=1e-9)
