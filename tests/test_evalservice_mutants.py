@@ -4,7 +4,11 @@ called with the model's context and its time recorded)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +107,68 @@ def test_run_without_harness_tasks_scores_only_the_probes(monkeypatch):
 def test_an_empty_mc_path_is_no_mc_file():
     assert Evaluation.of(DATA, EvalConfig(), 64, "").mc_path is None
     assert Evaluation.of(DATA, EvalConfig(), 64, "").key() == Evaluation.of(DATA, EvalConfig(), 64).key()
+
+
+def sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+
+
+def test_the_keys_are_the_plain_sha256_of_their_named_parts(monkeypatch):
+    """A renamed part would silently orphan every stored evaluation (hours of scoring run again)."""
+    monkeypatch.setattr(evalservice, "code_version", lambda: {"layerprobe": "v", "scorers": "s"})
+    cfg = EvalConfig(max_probes=3)
+    evaluation = Evaluation.of(DATA, cfg, 77)
+    data = sha(dataclasses.asdict(evaluation.data))
+    parts = {
+        "eval": dataclasses.asdict(cfg),
+        "max_length": 77,
+        "data": data,
+        "harness": {},
+        "code": {"layerprobe": "v", "scorers": "s"},
+    }
+    assert evaluation.key() == sha(parts)
+    assert evalservice.cache_key(["h1", "h2"], "e") == sha({"model": ["h1", "h2"], "evaluation": "e"})
+
+
+def test_of_folders_scores_the_loaded_model_with_the_callers_progress_and_timing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LAYERPROBE_EVAL_CACHE", raising=False)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    seen = []
+    evaluation = Evaluation.of(DATA, EvalConfig())
+    evaluation.run = lambda model, tok, progress=False, timing=None: (
+        seen.append((model, tok, progress, timing))
+        or (
+            {"a": 1},
+            [],
+        )
+    )
+    timing = {}
+    assert evaluation.of_folders([str(folder)], lambda: ("M", "T"), True, timing) == ({"a": 1}, [], False)
+    assert seen == [("M", "T", True, timing)] and seen[0][3] is timing
+    evaluation.of_folders([str(folder)], lambda: ("M", "T"))
+    assert len(seen) == 1  # a hit: nothing loaded or scored
+    (folder / "model.safetensors").write_bytes(b"\1" * 64)
+    evaluation.of_folders([str(folder)], lambda: ("M2", "T2"))
+    assert seen[1] == ("M2", "T2", False, None)
+
+
+def test_an_entry_is_written_beside_its_final_place_under_a_hidden_name(tmp_path, monkeypatch):
+    """Renamed into place from the same folder (a rename across file systems fails, and the entry would never be
+    stored); a hidden temporary name, so a half-written entry is never read as one."""
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LAYERPROBE_EVAL_CACHE", raising=False)
+    renames = []
+    real = os.rename
+
+    def rename(src, dst):
+        renames.append((Path(src), Path(dst)))
+        real(src, dst)
+
+    monkeypatch.setattr(evalservice.os, "rename", rename)
+    evalservice.cached("key1", lambda: ({"a": 1}, [{"r": 1}]))
+    [(src, dst)] = renames
+    assert dst == evalservice.cache_dir() / "key1" and src.parent == dst.parent and src.name.startswith(".key1-")
+    assert not src.exists()
