@@ -172,3 +172,28 @@ def test_an_entry_is_written_beside_its_final_place_under_a_hidden_name(tmp_path
     [(src, dst)] = renames
     assert dst == evalservice.cache_dir() / "key1" and src.parent == dst.parent and src.name.startswith(".key1-")
     assert not src.exists()
+
+
+def test_a_store_that_lost_the_race_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LAYERPROBE_EVAL_CACHE", raising=False)
+    entry = evalservice.cache_dir() / "key1"
+
+    def run():  # another process stores the same entry while this one scores
+        entry.mkdir(parents=True)
+        (entry / "answers.jsonl").write_text('{"r": "theirs"}\n')
+        (entry / "metrics.json").write_text('{"a": 0}')
+        return {"a": 1}, [{"r": "mine"}]
+
+    assert evalservice.cached("key1", run) == ({"a": 1}, [{"r": "mine"}], False)
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["key1"]  # the losing copy is removed
+    assert evalservice.cached("key1", run) == ({"a": 0}, [{"r": "theirs"}], True)
+
+
+def test_the_harness_time_is_recorded_in_seconds_to_the_hundredth(monkeypatch):
+    Scorers(monkeypatch)
+    clock = iter([100.0, 101.23456])
+    monkeypatch.setattr(evalservice.time, "perf_counter", lambda: next(clock))
+    timing = {}
+    Evaluation.of(DATA, EvalConfig(lm_eval_tasks=["layerprobe_mc"])).run("M", "T", timing=timing)
+    assert timing == {"lm_eval_seconds": 1.23} and isinstance(timing["lm_eval_seconds"], float)
