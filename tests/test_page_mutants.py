@@ -164,3 +164,11 @@ def test_page_head_and_an_atomic_write(tmp_path):
     assert out == tmp_path / "deep" / "er" / "report.html"
     assert out.read_text(encoding="utf-8") == html
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # no .tmp left
+
+
+def test_cell_links_keep_the_characters_a_path_allows_and_quote_the_rest():
+    from layerprobe.report.page import href
+
+    cell = "cpt.lora_alpha=8,sft.lr=1e-4+x:y@z/report.html"  # a sweep cell's folder name, as the sweep writes it
+    assert href(cell) == cell
+    assert href("a b#c%d?e\"f'g/report.html") == "a%20b%23c%25d%3Fe%22f%27g/report.html"
