@@ -172,3 +172,11 @@ def test_cell_links_keep_the_characters_a_path_allows_and_quote_the_rest():
     cell = "cpt.lora_alpha=8,sft.lr=1e-4+x:y@z/report.html"  # a sweep cell's folder name, as the sweep writes it
     assert href(cell) == cell
     assert href("a b#c%d?e\"f'g/report.html") == "a%20b%23c%25d%3Fe%22f%27g/report.html"
+
+
+def test_a_figure_of_another_suffix_is_embedded_as_png(tmp_path):
+    shot = tmp_path / "shot.PNG"
+    shot.write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = Page("t")
+    page.figures([shot])
+    assert Figures(page.html()).imgs[0]["src"].startswith("data:image/png;base64,")
