@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from layerprobe import evalservice
-from layerprobe.config import EvalConfig
-from layerprobe.evalservice import Evaluation
-from layerprobe.evaluate import EvalSet
+from layerprobe.core.config import EvalConfig
+from layerprobe.evaluation import evalservice
+from layerprobe.evaluation.evalservice import Evaluation
+from layerprobe.evaluation.evaluate import EvalSet
 
 DATA = EvalSet([{"kind": "cloze", "prompt": "a", "answer": "b"}], [{"prompt": "c"}], ["d"])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerprobe.schedules import every, logspaced, parse_schedule
+from layerprobe.record.schedules import every, logspaced, parse_schedule
 
 
 def fired(schedule, last: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""layerprobe.stats against plain reference formulas, at the defaults and at the edges mutation testing found
+"""layerprobe.core.stats against plain reference formulas, at the defaults and at the edges mutation testing found
 unchecked: a spread of exactly 1, two pairs, as many discordant pairs each way, a level passed on, a missing value,
 the default level, alpha and power."""
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.power import TTestPower
 
-from layerprobe import stats
+from layerprobe.core import stats
 
 
 def t_reference(x, level=0.95):
