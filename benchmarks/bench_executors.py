@@ -4,7 +4,7 @@ Each executor runs the whole sweep from empty folders (CPT reuse across executor
 and the numeric columns of its results.csv are compared with the sequential run's. Run it on an otherwise idle
 machine; the order of the executors alternates between rounds.
 
-    python benchmarks/bench_executors.py --rounds 1 --out /tmp/bench_executors \
+    python benchmarks/bench_executors.py --rounds 1 --threads 1 --out /tmp/bench_executors \
         --json benchmarks/results/executors_toy_study_a.json
 """
 
@@ -42,7 +42,7 @@ def children_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(sweep: Path, name: str, out: Path) -> tuple[float, float]:
+def run(sweep: Path, name: str, out: Path, extra: list[str]) -> tuple[float, float]:
     """Seconds the sweep takes under one executor, from an empty folder, and the CPU seconds other processes used
     meanwhile (0 on an idle machine; Ray's own workers count as the sweep's only when they are its children)."""
     if out.exists():
@@ -50,7 +50,7 @@ def run(sweep: Path, name: str, out: Path) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "layerprobe", "sweep", str(sweep), "--out", str(out), "--figures", str(out / "fig")]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # threads: the executor's choice
     t0, busy0, own0 = time.perf_counter(), busy_seconds(), children_seconds()
-    subprocess.run(cmd + EXECUTORS[name], check=True, cwd=ROOT, env=env)
+    subprocess.run(cmd + EXECUTORS[name] + extra, check=True, cwd=ROOT, env=env)
     seconds = time.perf_counter() - t0
     return seconds, busy_seconds() - busy0 - (children_seconds() - own0)
 
@@ -69,13 +69,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True, help="an empty folder for the run folders")
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of every cell under every executor (the count moves the numbers); 0: each executor's "
+        "choice (sequential: the free cores; --workers 2: cores / 2)",
+    )
     args = ap.parse_args()
     names = list(EXECUTORS)
     rows = []
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             out = args.out / f"round{r}" / name.replace(" ", "_").replace("-", "")
-            seconds, others = run(args.sweep, name, out)
+            extra = ["--set", f"threads={args.threads}"] if args.threads else []
+            seconds, others = run(args.sweep, name, out, extra)
             rows.append(
                 {
                     "round": r,
@@ -93,6 +101,7 @@ def main() -> None:
         row["max_abs_diff_vs_sequential"] = max_abs_diff(base, Path(row["folder"]) / "results.csv")
     result = {
         "sweep": str(args.sweep.relative_to(ROOT)),
+        "threads": args.threads or "each executor's choice",
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "runs": rows,
         "median_seconds": median.round(1).to_dict(),
