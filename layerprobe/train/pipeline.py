@@ -24,9 +24,10 @@ from layerprobe.core.config_data import TOYWORLD
 from layerprobe.core.rundir import EVAL_PHASES, STAGES
 from layerprobe.evaluation.evaluate import METRICS, OPTIONAL_METRICS
 from layerprobe.evaluation.harness import check as check_harness
+from layerprobe.sources.toyworld.base import architecture
 from layerprobe.train.fingerprint import chain, changed_inputs, stage_inputs
 from layerprobe.train.models import hidden_size, model_folder, resolve_precision
-from layerprobe.train.preflight import check_run
+from layerprobe.train.preflight import check_phases, check_run
 from layerprobe.train.run_data import load_data
 from layerprobe.train.stage_table import STAGE_TABLE, PipelineData, RunContext
 from layerprobe.train.threads import choose_threads, machine_info
@@ -163,6 +164,8 @@ def _run(
     data = load_data(cfg)
     if cfg.eval.lm_eval_tasks:  # the harness installed, its tasks known: before a base model is built or downloaded
         check_harness(cfg.eval, cfg.data.mc)
+    if cfg.model == TOYWORLD:  # selectors and targets checked before the toy base model is built (a minute)
+        check_phases(cfg, architecture(cfg.toy))
     t0 = time.time()
     base = model_folder(cfg.model, cfg, progress=progress)
     base_seconds = round(time.time() - t0, 1)

@@ -9,6 +9,8 @@ data must hold something to train on.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from layerprobe.train.models import make_trainable, untie_embeddings
 
 
@@ -27,16 +29,17 @@ def check_run(cfg, base: str, data) -> None:
     check_phases(cfg, base)
 
 
-def _skeleton(base: str):
+def _skeleton(base):
+    """A weightless model of ``base``: a model folder, or a transformers config (the toy base before it is built)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(base)
+    config = AutoConfig.from_pretrained(base) if isinstance(base, (str, Path)) else base
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
 
-def check_phases(cfg, base: str) -> None:
+def check_phases(cfg, base) -> None:
     """Build each phase's trainable model on the meta device, as training will; a bad selector, target module
     or layer list fails here with the phase named (``sft: layers:99: no layer 99 in this model; ...``)."""
     import warnings

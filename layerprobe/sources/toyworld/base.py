@@ -104,14 +104,16 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     (out / "build.json").write_text(json.dumps(info, indent=2))
 
 
-def _initial_model(cfg: ToyWorldConfig, tok):
-    """A small Llama with random weights drawn from ``cfg.seed``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def architecture(cfg: ToyWorldConfig, tok=None):
+    """The base model's LlamaConfig; without the tokenizer (not built yet) its vocabulary size and special token ids
+    are the config's and the defaults', enough for the layer and module names a preflight check reads."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(cfg.seed)
-    mcfg = LlamaConfig(
-        vocab_size=len(tok),
+    ids = {}
+    if tok is not None:
+        ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    return LlamaConfig(
+        vocab_size=len(tok) if tok is not None else cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=3 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -119,11 +121,17 @@ def _initial_model(cfg: ToyWorldConfig, tok):
         num_key_value_heads=4,
         max_position_embeddings=4 * cfg.block_size,
         tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        **ids,
     )
-    return LlamaForCausalLM(mcfg)
+
+
+def _initial_model(cfg: ToyWorldConfig, tok):
+    """A small Llama with random weights drawn from ``cfg.seed``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(architecture(cfg, tok))
 
 
 def _pretrain(model, blocks, cfg: ToyWorldConfig, progress: bool) -> list[float]:
