@@ -187,3 +187,15 @@ def test_records_of_a_run_folder_carry_its_name(tmp_path):
     assert set(load_records(run)["run"]) == {"cell"} and set(load_records(donor)["run"]) == {"donor"}
     assert rundir.find_done([tmp_path], {"cpt": "f"}, exclude=donor) == run
     assert rundir.find_done([tmp_path], {"cpt": "g"}) is None
+
+
+def test_check_free_refuses_a_held_folder_and_creates_nothing(tmp_path):
+    from layerprobe.core.rundir import RunFolderBusy, check_free, locked
+
+    check_free(tmp_path / "new")  # no folder, no lock file: free, and nothing is created
+    assert not (tmp_path / "new").exists()
+    run = tmp_path / "run"
+    with locked(run):  # a second open file description conflicts like another process would
+        with pytest.raises(RunFolderBusy, match=rf"is in use by process {os.getpid()} "):
+            check_free(run)
+    check_free(run)  # released

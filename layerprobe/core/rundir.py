@@ -242,21 +242,11 @@ def locked(run_dir) -> Iterator[None]:
 
     An OS lock (flock) on ``.lock``: it is released when the process ends, however it ends.
     """
-    import fcntl
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     fh = open(run_dir / LOCK, "a+", encoding="utf-8")
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise RunFolderBusy(
-                f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
-                "to finish, stop it, or choose another --out"
-            ) from None
+        _take(fh, run_dir)
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -264,6 +254,29 @@ def locked(run_dir) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def check_free(run_dir) -> None:
+    """Raise :class:`RunFolderBusy` now if another process holds the run folder (before a base model is built or
+    downloaded); creates nothing. :func:`locked` still guards the run itself."""
+    lock = Path(run_dir) / LOCK
+    if lock.is_file():
+        with open(lock, "a+", encoding="utf-8") as fh:
+            _take(fh, Path(run_dir))
+
+
+def _take(fh, run_dir: Path) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        raise RunFolderBusy(
+            f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
+            "to finish, stop it, or choose another --out"
+        ) from None
 
 
 def done_stages(run_dir) -> set[str]:

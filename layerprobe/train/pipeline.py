@@ -161,6 +161,7 @@ def _run(
             f"{run_dir} is not a run folder with finished stages; run `layerprobe train --out "
             f"{run_dir}` or the stages before {only} first"
         )
+    rundir.check_free(run_dir)  # another process on this folder: refused before anything is built
     data = load_data(cfg)
     if cfg.eval.lm_eval_tasks:  # the harness installed, its tasks known: before a base model is built or downloaded
         check_harness(cfg.eval, cfg.data.mc)
