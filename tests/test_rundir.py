@@ -195,7 +195,7 @@ def test_check_free_refuses_a_held_folder_and_creates_nothing(tmp_path):
     check_free(tmp_path / "new")  # no folder, no lock file: free, and nothing is created
     assert not (tmp_path / "new").exists()
     run = tmp_path / "run"
-    with locked(run):  # a second open file description conflicts like another process would
-        with pytest.raises(RunFolderBusy, match=rf"is in use by process {os.getpid()} "):
-            check_free(run)
+    # a second open file description conflicts like another process would
+    with locked(run), pytest.raises(RunFolderBusy, match=rf"is in use by process {os.getpid()} "):
+        check_free(run)
     check_free(run)  # released
