@@ -257,3 +257,27 @@ def test_svg_and_pdf_on_request(tmp_path):
     assert b"<svg" in (tmp_path / "x.svg").read_bytes()[:400] and (tmp_path / "x.pdf").read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="expected a comma-separated list of png, svg, pdf"), figure_formats("jpg"):
         pass
+
+
+def test_a_30_layer_heatmap_labels_every_few_layers_without_overlap(tmp_path):
+    """SmolLM2 has 30 layers: one tick label per layer overlapped at the figure's height (the layout check raised)."""
+    from layerprobe.plot.heatmaps import heatmap_layer_step
+
+    rows = [
+        {
+            "quantity": "grad_norm",
+            "param": "",
+            "phase": "cpt",
+            "run": "r",
+            "module": "",
+            "block": block,
+            "layer": layer,
+            "step": step,
+            "value": 1.0 + layer + step,
+        }
+        for layer in range(30)
+        for block in ("attn", "mlp")
+        for step in (1, 2)
+    ]
+    out = heatmap_layer_step(pd.DataFrame(rows), "grad_norm", tmp_path / "h.png", phase="cpt")
+    assert out.is_file()  # save_figure's layout check (conftest: raise) found no overlapping tick labels

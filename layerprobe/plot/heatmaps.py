@@ -98,7 +98,7 @@ def heatmap_layer_step(
             cbar=i == len(panels) - 1,
             cbar_kws={"label": label(quantity, short=True)},
             xticklabels=max(1, -(-grid.shape[1] // 6)),
-            yticklabels=True,
+            yticklabels=max(1, -(-grid.shape[0] // 16)),  # a label per layer fits up to 16 rows at this height
         )
         ax.tick_params(axis="x", rotation=0)
         ax.set_title(name)
