@@ -58,3 +58,10 @@ def tiny_model_and_tokenizer(texts: list[str], vocab: int = 300):
         bos_token_id=tok.bos_token_id,
     )
     return LlamaForCausalLM(cfg).eval(), tok
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules that hold slow tests run first, each whole and in its own order: under pytest-xdist (README's
+    ``-n auto --dist loadfile``) the long ones start at once instead of leaving one worker a tail."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

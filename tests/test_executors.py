@@ -167,6 +167,7 @@ def test_executor_in_the_yaml_and_the_command_line_on_top(tmp_path):
 # -- running the toy grid -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_workers_give_the_sequential_results_without_ray(tmp_path, sequential, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # the local executor needs no Ray
     f = tmp_path / "sweep.yaml"  # the executor from the YAML, run through the CLI
@@ -182,6 +183,7 @@ def test_local_workers_give_the_sequential_results_without_ray(tmp_path, sequent
     assert {state["cells"][n]["reused_cpt_from"] for n in CELLS} == {None, CELLS[0], CELLS[2]}
 
 
+@pytest.mark.slow
 def test_ray_gives_the_sequential_results(tmp_path, sequential):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -201,6 +203,7 @@ def test_ray_gives_the_sequential_results(tmp_path, sequential):
     assert_each_cpt_trained_once(sw.out)
 
 
+@pytest.mark.slow
 def test_slurm_through_submitits_local_executor_gives_the_sequential_results(tmp_path, sequential):
     pytest.importorskip("submitit")
     sw = load_sweep(spec(tmp_path / "sw"))
@@ -212,6 +215,7 @@ def test_slurm_through_submitits_local_executor_gives_the_sequential_results(tmp
     assert_each_cpt_trained_once(sw.out)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_its_cell_only_and_a_rerun_resumes_it(tmp_path, sequential):
     """SIGKILL the worker that trains a CPT once its merge is done (mid-cell): that cell fails, the others finish
     (its group's other cell starts from the killed cell's CPT), and a rerun resumes it without retraining."""
@@ -250,6 +254,7 @@ def test_a_killed_worker_fails_its_cell_only_and_a_rerun_resumes_it(tmp_path, se
     assert_each_cpt_trained_once(sw.out)
 
 
+@pytest.mark.slow
 def test_a_cell_another_process_holds_is_skipped_not_failed(tmp_path, sequential):
     from layerprobe.core import rundir
 

@@ -238,6 +238,7 @@ def _old_rule(xa, xb, rng, n_boot=1000):
     return mcnemar_p(xa, xb)[0] < 0.05 and (lo > 0 or hi < 0)
 
 
+@pytest.mark.slow
 def test_verdict_is_calibrated_under_the_null_and_the_old_rule_is_not():
     rng = np.random.default_rng(2026)
     pairs = list(_simulate(rng, 400))
@@ -249,6 +250,7 @@ def test_verdict_is_calibrated_under_the_null_and_the_old_rule_is_not():
     assert old > 0.07, f"the old rule fired in only {old:.1%} of null pairs"
 
 
+@pytest.mark.slow
 def test_verdict_has_power_on_a_planted_effect():
     rng = np.random.default_rng(7)
     # +1.5 logit, about +0.18 accuracy with a seed SD of ~0.13: found in most of 200 designs with 8 units

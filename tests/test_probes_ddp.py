@@ -23,6 +23,7 @@ def _run(cmd):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not TORCHRUN.exists(), reason="torchrun not found")
 def test_ddp_probe_rows_equal_single_process(tmp_path):
     _run([sys.executable, str(SCRIPT), str(tmp_path / "single"), "4"])

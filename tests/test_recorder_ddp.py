@@ -21,6 +21,7 @@ def _run(cmd, tmp_path):
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
     reason="torchrun not found",
@@ -41,6 +42,7 @@ def test_ddp_records_equal_single_process(tmp_path):
     assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max()), (a - b).abs().sort_values().tail()
 
 
+@pytest.mark.slow
 def test_torchrun_without_use_cpu_warns(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
@@ -53,6 +55,7 @@ def test_torchrun_without_use_cpu_warns(tmp_path):
     assert not list((tmp_path / "x" / "records").glob("*-r1-*"))
 
 
+@pytest.mark.slow
 def test_trainer_fsdp_on_cpu_runs_ddp_and_the_recorder_says_so(tmp_path):
     """TrainingArguments(fsdp=..., use_cpu=True): accelerate shards on GPUs only and runs DDP; the recorder warns,
     takes clipping over (pre-clip norms, clip_factor rows) and labels the parameters whole."""

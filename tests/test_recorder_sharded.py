@@ -111,6 +111,7 @@ except ValueError as e:
 """
 
 
+@pytest.mark.slow
 def test_transposed_lora_under_fsdp2_is_refused_in_one_line(tmp_path):
     code = REFUSED.format(tests=str(Path(__file__).parent), out=str(tmp_path))
     env = {

@@ -184,6 +184,7 @@ def test_sweep_report_escapes_names_and_quotes_cell_links(tmp_path):
     assert sum(c.startswith(f"{HOSTILE},cpt.lora_alpha=") for c in page.cells) == 2 * 2 * 2 * 2  # its cells, whole
 
 
+@pytest.mark.slow
 def test_report_cli_and_train_option(tmp_path):
     run = make_run(tmp_path / "r", diff=False, attribute=False)
     code = (
@@ -255,6 +256,7 @@ def test_sweep_report_shows_a_studys_claims_with_their_verdicts(tmp_path):
     assert "differs" in page.cells and "inconclusive" in page.cells and "+0.200 +0.300" in page.cells
 
 
+@pytest.mark.slow
 def test_sweep_report_shows_relate_per_stratum(tmp_path):
     """relate.csv's strata: a summary row per stratum and each stratum's strongest cells; an older, pooled table
     is shown with a note saying so."""

@@ -80,10 +80,11 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def _kill_points(seed: int) -> list[tuple[str, object]]:
-    """Ten points in the order a run reaches them: 4 in CPT, the merge, 4 in SFT, the evaluation."""
+    """Six points in the order a run reaches them: 2 in CPT, the merge, 2 in SFT, the evaluation (each kill is a
+    process start, ~11 s on 2 cores)."""
     rng = random.Random(seed)
-    cpt = sorted(rng.sample(range(2, STEPS), 4))
-    sft = sorted(rng.sample(range(2, STEPS), 4))
+    cpt = sorted(rng.sample(range(2, STEPS), 2))
+    sft = sorted(rng.sample(range(2, STEPS), 2))
     return [("cpt", k) for k in cpt] + [("merge", None)] + [("sft", k) for k in sft] + [("eval", None)]
 
 
@@ -107,7 +108,7 @@ def reference(setup):
 
 
 @pytest.mark.slow
-def test_sigkill_at_ten_seeded_points_then_resume_equals_an_uninterrupted_run(setup, reference):
+def test_sigkill_at_six_seeded_points_then_resume_equals_an_uninterrupted_run(setup, reference):
     d, env = setup
     out = d / "killed"
     kills = []
@@ -123,7 +124,7 @@ def test_sigkill_at_ten_seeded_points_then_resume_equals_an_uninterrupted_run(se
         assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()[-3000:]
         if proc.returncode == 0:
             break
-    assert len(kills) >= 10, kills
+    assert len(kills) == 6, kills
     assert {stage for stage, _ in kills} == {"cpt", "merge", "sft", "eval"}
     p = _run(_argv(d, out), env)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -272,6 +272,7 @@ def toy_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow
 def test_sweep_runs_cells_reuses_cpt_resumes_and_tabulates(tmp_path, toy_cache):
     spec = {
         "base": TINY,
