@@ -10,6 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("LAYERPROBE_CHECK_FIGURES", "raise")  # every figure a test draws fails on overlapping texts
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # README's `-n auto` starts one worker per core: each keeps to one thread, as threads beyond the cores make
+    # OpenMP and OpenBLAS wait out scheduler slices (tests that need another count set it themselves)
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 
 def make_tiny_llama(hidden: int = 32, layers: int = 2, vocab: int = 64, seed: int = 0, tie: bool = False):
