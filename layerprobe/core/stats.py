@@ -4,6 +4,7 @@ paired t-test (power, units needed, detectable effect) behind :mod:`layerprobe.a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -123,6 +124,7 @@ def units_needed(effect: float, alpha: float = 0.05, power: float = 0.8, cap: in
     return float(n) if n <= cap else math.inf
 
 
+@functools.cache  # a root of ~20 power evaluations that depends on the design alone: a family asks it per claim
 def detectable(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The standardised effect the two-sided paired t-test with ``n`` units detects with ``power``."""
     from scipy.optimize import brentq
