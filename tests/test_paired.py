@@ -280,5 +280,5 @@ def test_sweep_arm_picks_one_cell_per_unit_and_adds_the_world_when_it_varies(tmp
 def test_claims_config_checks_its_fields():
     with pytest.raises(ValueError, match="positive number"):
         ClaimsConfig(margins={"qa_acc": -0.1})
-    with pytest.raises(ValueError, match="0 < alpha < 1"):
+    with pytest.raises(ValueError, match="0 < alpha < power < 1"):
         ClaimsConfig(alpha=5)

@@ -52,12 +52,14 @@ def test_claims_config_from_yaml_reads_its_three_keys_and_names_the_unknown_ones
     assert str(e.value) == f"{path}: unknown keys ['beta', 'level']; a claims config has alpha, power and margins"
 
 
-def test_claims_config_needs_alpha_and_power_strictly_inside_0_1_and_positive_margins():
-    for alpha, power in ((0, 0.8), (1, 0.8), (0.05, 0), (0.05, 1), (-0.1, 0.8), (0.05, 1.5)):
+def test_claims_config_needs_alpha_below_power_inside_0_1_and_positive_margins():
+    for alpha, power in ((0, 0.8), (1, 0.8), (0.05, 0), (0.05, 1), (-0.1, 0.8), (0.05, 1.5), (0.5, 0.5), (0.8, 0.2)):
         with pytest.raises(ValueError) as e:
             ClaimsConfig(alpha=alpha, power=power)
-        assert str(e.value) == f"claims need 0 < alpha < 1 and 0 < power < 1, got alpha={alpha}, power={power}"
-    ClaimsConfig(alpha=0.999, power=0.001)
+        assert str(e.value) == (
+            f"claims need 0 < alpha < power < 1, got alpha={alpha}, power={power}; e.g. alpha 0.05, power 0.8"
+        )
+    ClaimsConfig(alpha=0.001, power=0.999)
     for bad in (0, -1, "0.05", None):
         with pytest.raises(ValueError) as e:
             ClaimsConfig(margins={"qa_acc": 0.05, "eos_rate": bad})

@@ -75,8 +75,11 @@ class ClaimsConfig:
     )
 
     def __post_init__(self):
-        if not 0 < self.alpha < 1 or not 0 < self.power < 1:
-            raise ValueError(f"claims need 0 < alpha < 1 and 0 < power < 1, got alpha={self.alpha}, power={self.power}")
+        if not 0 < self.alpha < self.power < 1:  # at power <= alpha the null alone rejects that often
+            raise ValueError(
+                f"claims need 0 < alpha < power < 1, got alpha={self.alpha}, power={self.power}; "
+                "e.g. alpha 0.05, power 0.8"
+            )
         bad = {k: v for k, v in self.margins.items() if not (isinstance(v, (int, float)) and v > 0)}
         if bad:
             raise ValueError(f"each equivalence margin must be a positive number, got {bad}; e.g. qa_acc: 0.05")
