@@ -4,6 +4,7 @@ the same norm written out in torch on tiny tensors, with shares, a loss scale, L
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -46,18 +47,28 @@ def test_grad_norm_rows_are_share_weighted_gradient_norms_with_the_loss_scale_di
     p1, p2, p3 = _param(3, 2, seed=1), _param(5, seed=2), _param(2, 2, seed=3)
     p1.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
     p3.grad = torch.tensor([[1.0, 2.0], [2.0, 4.0]])
-    units = Units([_dense("l0.q", p1, 0), _dense("l1.k", p2, 1), _dense("l2.v", p3, 2, share=0.25)], [])
+    units = Units([_dense("l0.q", p1, 0), _dense("l1.k", p2, 1), _dense("l2.v", p3, 2, share=0.1)], [])
     part = GradNorm(lambda s: True).partial(units, 7)
     assert isinstance(part, Partial) and (part.quantity, part.step, part.sums) == ("grad_norm", 7, [])
     assert part.tensors[0].dtype == torch.float64
-    assert part.tensors[0].tolist() == pytest.approx([25.0, 0.0, 25.0 * 0.25])
+    assert part.tensors[0].tolist() == [25.0, 0.0, 25.0 * 0.1]  # the shares in float64: 0.1 exactly as a float
     assert part.finish(part.tensors) == [
         ("l0.q", 0, "attn", "q", pytest.approx(5.0), None),
         ("l1.k", 1, "attn", "k", 0.0, None),
-        ("l2.v", 2, "attn", "v", pytest.approx(2.5), None),
+        ("l2.v", 2, "attn", "v", pytest.approx(math.sqrt(2.5)), None),
     ]
     scaled = GradNorm(lambda s: True).partial(units, 7, scale=4.0)
-    assert [r[4] for r in scaled.finish(scaled.tensors)] == pytest.approx([5.0 / 4, 0.0, 2.5 / 4])
+    assert [r[4] for r in scaled.finish(scaled.tensors)] == pytest.approx([5.0 / 4, 0.0, math.sqrt(2.5) / 4])
+    scaled = GradNorm(lambda s: True).partial(units, 7, scale=2.0)
+    assert [r[4] for r in scaled.finish(scaled.tensors)] == pytest.approx([5.0 / 2, 0.0, math.sqrt(2.5) / 2])
+
+
+def test_grad_norm_of_bf16_gradients_is_accumulated_in_float32():
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    p.grad = torch.tensor([1.0, 1.0, 1.0], dtype=torch.bfloat16)  # sqrt(3) is not a bf16 number
+    part = GradNorm(lambda s: True).partial(Units([_dense("l0.q", p, 0)], []), 1)
+    expected = float(torch.linalg.vector_norm(p.grad.float()))
+    assert part.finish(part.tensors)[0][4] == pytest.approx(expected, rel=1e-6)
 
 
 def test_grad_norm_with_no_gradient_at_all_is_zero_on_the_cpu():
@@ -119,7 +130,7 @@ def test_drift_ratio_against_the_phase_start_for_dense_and_lora_with_the_referen
     first, rows = _change_rows(q, units, 5)
     assert (first.quantity, first.step) == ("drift_ratio", 5)
     assert len(first.tensors) == 1 + 7 * len(pairs)
-    assert first.tensors[0].shape == (len(units.dense), 2)
+    assert first.tensors[0].shape == (len(units.dense), 2) and first.tensors[0].dtype == torch.float64
     assert rows[0] == (
         "l0.q",
         0,
@@ -206,3 +217,69 @@ def test_due_follows_the_schedule_as_a_bool_and_the_names_are_the_recorded_ones(
     assert all(type(q.due(s)) is bool for s in (0, 1, 3))
     assert QUANTITIES == ("grad_norm", "weight_norm", "update_ratio", "drift_ratio")
     assert (GradNorm.name, WeightNorm.name, UpdateRatio.name, DriftRatio.name) == QUANTITIES
+
+
+def test_change_sums_every_4_mb_piece_of_a_large_tensor(tmp_path):
+    w = _param(1100, 1000, seed=11)  # 4.4 MB of float32: two pieces
+    units = Units([_dense("l0.q", w, 0)], [])
+    q = DriftRatio(lambda s: True, tmp_path / "ref.bin")
+    q.start(units)
+    ref = w.detach().clone()
+    with torch.no_grad():
+        w[:10].mul_(3.0)
+        w[-10:].add_(1.0)
+    _, rows = _change_rows(q, units, 1)
+    diff, norm = float(torch.linalg.norm(w.detach().double() - ref.double())), float(torch.linalg.norm(ref.double()))
+    assert rows == [("l0.q", 0, "attn", "q", pytest.approx(diff, rel=1e-5), pytest.approx(norm, rel=1e-5))]
+
+
+def test_lora_shares_scale_the_pieces_of_the_difference_and_of_a(tmp_path):
+    p = _pair("l0.up", 0, 70, 0.5)
+    p.share, p.a_share = 0.25, 0.5
+    units = _with_factors([p])
+    q = DriftRatio(lambda s: True, tmp_path / "ref.bin")
+    q.start(units)
+    b0, a0 = p.b.detach().clone(), p.a.detach().clone()
+    with torch.no_grad():
+        p.a.add_(0.3)
+    part = q.partial(units, 1)
+    gram, a1w, a0w = part.tensors[1:4]
+    x = torch.cat([p.b.detach().double() - b0.double(), b0.double()], dim=1)
+    assert torch.allclose(gram, 0.25 * (x.T @ x), rtol=1e-6)
+    assert torch.allclose(a1w, 0.5 * p.a.detach().double()) and torch.allclose(a0w, 0.5 * a0.double())
+    ref_a = part.tensors[7]
+    assert torch.allclose(ref_a, 0.5 * a0.double())
+    w = WeightNorm(lambda s: True).partial(Units([], [p]), 1)
+    assert torch.allclose(w.tensors[4], 0.5 * p.a.detach().double())
+    assert float(w.tensors[1][0]) == pytest.approx(0.25 * p.base_norm_sq)
+
+
+def test_a_resumed_drift_sends_the_lora_reference_pieces_at_its_first_step(tmp_path):
+    p = _pair("l0.up", 0, 80, 1.5)
+    units = _with_factors([p])
+    DriftRatio(lambda s: True, tmp_path / "ref.bin").start(units)
+    b0, a0 = p.b.detach().clone(), p.a.detach().clone()
+    with torch.no_grad():
+        p.b.mul_(0.5)
+    again = DriftRatio(lambda s: True, tmp_path / "ref.bin")
+    assert again.resume(units)
+    part, rows = _change_rows(again, units, 3)
+    assert len(part.tensors) == 1 + 7
+    diff = float(torch.linalg.norm(_effective(p, p.b, p.a) - _effective(p, b0, a0)))
+    ref_norm = float(torch.linalg.norm(_effective(p, b0, a0)))
+    assert rows[-1][4:] == (pytest.approx(diff, rel=1e-5), pytest.approx(ref_norm))
+
+
+def test_the_update_snapshot_is_rewritten_in_place_and_the_drift_reference_replaced(tmp_path):
+    units = Units([_dense("l0.q", _param(4, 4, seed=12), 0)], [])
+    upd = UpdateRatio(lambda s: True, tmp_path / "upd.bin")
+    upd.snapshot(units, 1)
+    inode = (tmp_path / "upd.bin").stat().st_ino
+    upd.snapshot(units, 2)
+    assert (tmp_path / "upd.bin").stat().st_ino == inode  # same file: its cached pages are kept
+    drift = DriftRatio(lambda s: True, tmp_path / "ref.bin")
+    drift.start(units)
+    first = tmp_path / "first.bin"
+    os.link(tmp_path / "ref.bin", first)  # holds the old file, so its inode is not reused
+    drift.start(units)
+    assert (tmp_path / "ref.bin").stat().st_ino != first.stat().st_ino  # a new file replaced it: never half-written
