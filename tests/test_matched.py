@@ -105,3 +105,34 @@ def test_mixed_fit_finds_a_planted_interaction_and_not_an_absent_one():
     assert level["interaction"]["p"] > 1e-3
     with pytest.raises(ValueError, match="reference arm"):
         mixed_fit(_runs(rng), "y", 0.006, "z")
+
+
+def _crossed_runs(rng, world_sd, seed_sd, noise=0.05):
+    """3 worlds x 3 seeds, every block with the same two drifts per arm (a balanced design)."""
+    rows = []
+    w_eff, s_eff = rng.normal(0, world_sd, 3), rng.normal(0, seed_sd, 3)
+    for w in range(3):
+        for s in range(3):
+            block = rng.normal(0, 0.05)
+            for arm, slope in (("a", 0.5), ("b", 1.5)):
+                for drift in (0.003, 0.012):
+                    y = w_eff[w] + s_eff[s] + block + slope * math.log(drift / 0.006) + rng.normal(0, noise)
+                    rows.append({"unit": f"w{w}-s{s}", "world": w, "seed": s, "arm": arm, "drift": drift, "y": y})
+    return pd.DataFrame(rows)
+
+
+def test_crossed_fit_equals_least_squares_on_a_balanced_design_and_names_its_variances():
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(3)
+    runs = _crossed_runs(rng, world_sd=1.0, seed_sd=0.0)
+    fit = mixed_fit(runs, "y", 0.006, "a", crossed=("world", "seed"))
+    # every block holds the same design rows, so generalised least squares under any such covariance is plain OLS
+    ols = smf.ols("y ~ C(arm, Treatment('a')) * x", runs.assign(x=np.log(runs["drift"] / 0.006))).fit()
+    got = fit["params"].set_index("term")["estimate"]
+    assert got.to_numpy() == pytest.approx(ols.params[got.index].to_numpy(), abs=1e-6)
+    assert set(fit["var"]) == {"world", "seed", "unit"}
+    assert fit["var"]["world"] > 10 * fit["var"]["seed"]  # only the worlds were given a spread
+    assert fit["interaction"]["p"] < 1e-6 and fit["unit_var"] == fit["var"]["unit"]
+    with pytest.raises(ValueError, match="crossed names columns"):
+        mixed_fit(runs, "y", 0.006, "a", crossed=("toy",))

@@ -14,8 +14,10 @@ runs.csv and curves.parquet, always:
   as the unit: per-block values from the line through the arm's two doses (``across``) and from the runs' own probe
   curves (``within``), paired t over blocks, TOST against the outcome's margin, Holm over each family
   (primary outcomes x pairs; each secondary outcome's pairs), the verdict, and blocks needed for power 0.8;
-- fit.csv: the mixed model per outcome, outcome change ~ arm x log(drift / reference) + (1 | block): its Wald
-  tests of the interaction and of the arms at the reference drift, and every fixed effect with its interval;
+- fit.csv: the mixed model per outcome, outcome change ~ arm x log(drift / reference) + (1 | block), and with
+  worlds and seeds crossed + (1 | world) + (1 | seed) + (1 | block) (column ``random``): its Wald tests of the
+  interaction and of the arms at the reference drift, each random intercept's variance, and every fixed effect
+  with its interval;
 - figures: each outcome against drift per arm (blocks joined, worlds as markers), the within-run curves, and the
   arms at matched drift with their blocks.
 """
@@ -49,6 +51,8 @@ HERE = Path(__file__).parent
 FIGURES = Path("figures/dose_response/smollm2-135m")
 ARMS = ["lora-all", "lora-attn", "lora-mlp", "full-all", "full-first10", "full-last10"]
 REFERENCE_ARM = "full-all"
+# the fits' random intercepts: per block (world x seed), then per world and per seed as well (the issue's model)
+CROSSED: list[tuple[str, ...]] = [(), ("world", "seed")]
 # within-run outcomes: probe means over the SFT steps (records), change from step 0
 CURVE_OUTCOMES = {
     "probe_logprob.cloze_heldout": "cloze_heldout_logprob",
@@ -191,18 +195,21 @@ def fit_table(runs: pd.DataFrame, claims: dict) -> pd.DataFrame:
         col = f"d.{m}"
         if col not in runs or runs[col].isna().all() or runs[col].std() == 0:
             continue
-        fit = mixed_fit(runs, col, claims["reference_drift"], REFERENCE_ARM)
-        head = {
-            "outcome": m,
-            "n_runs": fit["n_runs"],
-            "n_units": fit["n_units"],
-            "converged": fit["converged"],
-            "unit_var": fit["unit_var"],
-            "resid_var": fit["resid_var"],
-        }
-        for test in ("interaction", "arms_at_reference"):
-            rows.append({**head, "term": f"wald: {test}", **{k: fit[test][k] for k in ("chi2", "df", "p")}})
-        rows += [{**head, **p} for p in fit["params"].to_dict("records")]
+        for crossed in CROSSED[: 1 + (runs["world"].nunique() > 1 and runs["seed"].nunique() > 1)]:
+            fit = mixed_fit(runs, col, claims["reference_drift"], REFERENCE_ARM, crossed)
+            head = {
+                "outcome": m,
+                "random": " + ".join((*crossed, "block")),
+                "n_runs": fit["n_runs"],
+                "n_units": fit["n_units"],
+                "converged": fit["converged"],
+                "block_var": fit["var"]["unit"],
+                **{f"{k}_var": fit["var"].get(k, float("nan")) for k in ("world", "seed")},
+                "resid_var": fit["resid_var"],
+            }
+            for test in ("interaction", "arms_at_reference"):
+                rows.append({**head, "term": f"wald: {test}", **{k: fit[test][k] for k in ("chi2", "df", "p")}})
+            rows += [{**head, **p} for p in fit["params"].to_dict("records")]
     return pd.DataFrame(rows)
 
 

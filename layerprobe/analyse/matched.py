@@ -9,8 +9,9 @@ columns. Arms are compared at one reference drift, in three ways that answer the
   ``extrapolated`` when the reference lies outside the runs' drifts;
 - :func:`curve_at_drift`: the same read from within runs: each run's probe curve over its SFT steps interpolated in
   log(drift) where its drift crosses the reference, averaged over the unit's runs of the arm;
-- :func:`mixed_fit`: ``outcome ~ C(arm) * log(drift / reference)`` with a random intercept per unit (statsmodels'
-  MixedLM), its Wald tests of the arm x drift interaction and of the arms at the reference drift.
+- :func:`mixed_fit`: ``outcome ~ C(arm) * log(drift / reference)`` with a random intercept per unit, and optionally
+  per world and per seed, crossed (statsmodels' MixedLM), its Wald tests of the arm x drift interaction and of the
+  arms at the reference drift.
 
 :func:`contrasts` tests every pair of arms on the per-unit values with the unit as the unit
 (:func:`layerprobe.analyse.paired.unit_test`: paired t, TOST against the outcome's margin, Holm over the family, the
@@ -127,22 +128,34 @@ def contrasts(
     return out
 
 
-def mixed_fit(runs: pd.DataFrame, outcome: str, reference: float, reference_arm: str) -> dict:
+def mixed_fit(
+    runs: pd.DataFrame, outcome: str, reference: float, reference_arm: str, crossed: tuple[str, ...] = ()
+) -> dict:
     """``outcome ~ C(arm) * x`` with ``x = log(drift / reference)`` and a random intercept per unit (MixedLM, REML).
-    Returns ``params`` (a frame: term, estimate, se, lo, hi, p) and the two Wald tests: ``interaction`` (every
-    arm's slope equal; chi2, df, p) and ``arms_at_reference`` (every arm's level at the reference drift equal)."""
+    ``crossed`` (columns such as ``("world", "seed")``): a random intercept for each of them as well, crossed, beside
+    the unit's (statsmodels' variance components over one group). Returns ``params`` (a frame: term, estimate, se,
+    lo, hi, p), the two Wald tests: ``interaction`` (every arm's slope equal; chi2, df, p) and ``arms_at_reference``
+    (every arm's level at the reference drift equal), and ``var``, each random intercept's variance by name."""
     import statsmodels.formula.api as smf
 
     _check(runs, outcome)
+    missing = [c for c in crossed if c not in runs]
+    if missing:
+        raise ValueError(f"crossed names columns of the runs, got {missing} among {list(runs.columns)}")
     d = runs.dropna(subset=[outcome]).assign(x=lambda t: np.log(t["drift"] / reference), y=lambda t: t[outcome])
     arms = sorted(d["arm"].unique())
     if reference_arm not in arms:
         raise ValueError(f"reference arm {reference_arm!r} not among the arms {arms}")
     formula = f"y ~ C(arm, Treatment({reference_arm!r})) * x"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter at a boundary (unit variance 0) is reported below
-        model = smf.mixedlm(formula, d, groups=d["unit"])
+        warnings.simplefilter("ignore")  # convergence chatter at a boundary (a variance 0) is reported below
+        if crossed:
+            vc = {c: f"0 + C({c})" for c in (*crossed, "unit")}
+            model = smf.mixedlm(formula, d, groups=np.zeros(len(d)), re_formula="0", vc_formula=vc)
+        else:
+            model = smf.mixedlm(formula, d, groups=d["unit"])
         res = model.fit(reml=True)
+    var = dict(zip(model.exog_vc.names, map(float, res.vcomp))) if crossed else {"unit": float(res.cov_re.iloc[0, 0])}
     names = list(res.fe_params.index)
     ci = res.conf_int().loc[names]
     params = pd.DataFrame(
@@ -171,7 +184,8 @@ def mixed_fit(runs: pd.DataFrame, outcome: str, reference: float, reference_arm:
         "params": params,
         "interaction": wald(inter),
         "arms_at_reference": wald(level),
-        "unit_var": float(res.cov_re.iloc[0, 0]),
+        "var": var,
+        "unit_var": var["unit"],
         "resid_var": float(res.scale),
         "n_runs": len(d),
         "n_units": d["unit"].nunique(),
