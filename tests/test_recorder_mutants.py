@@ -60,6 +60,18 @@ def _rows(path, quantity) -> dict:
     }
 
 
+def _levels(step: int, up, down, both) -> dict:
+    """The rows of one quantity at one step: per parameter, per module (the same: one parameter each) and for the
+    (layer 0, mlp) block of both."""
+    return {
+        (step, 0, "mlp", "up_proj", UP): up,
+        (step, 0, "mlp", "down_proj", DOWN): down,
+        (step, 0, "mlp", "up_proj", ""): up,
+        (step, 0, "mlp", "down_proj", ""): down,
+        (step, 0, "mlp", "", ""): both,
+    }
+
+
 def _quiet(**kw):
     """Only the quantities a test names are recorded: the rest never."""
     return {"grad_every": "never", "update_every": "never", "drift_every": "never", "weight_every": "never", **kw}
@@ -72,13 +84,7 @@ def test_grad_norms_per_parameter_per_module_per_block_and_in_the_summary(tmp_pa
     assert rec.before_step() == 1.0
     rec.after_step()
     rec.close()
-    assert _rows(tmp_path, "grad_norm") == {
-        (1, 0, "mlp", "up_proj", UP): 3.0,
-        (1, 0, "mlp", "down_proj", DOWN): 4.0,
-        (1, 0, "mlp", "up_proj", ""): 3.0,
-        (1, 0, "mlp", "down_proj", ""): 4.0,
-        (1, 0, "mlp", "", ""): 5.0,  # sqrt(3^2 + 4^2)
-    }
+    assert _rows(tmp_path, "grad_norm") == _levels(1, 3.0, 4.0, 5.0)  # 5 = sqrt(3^2 + 4^2)
     assert _rows(tmp_path, "grad_norm_total") == {(1, -1, "", "", ""): 5.0}
     assert "clip_factor" not in set(load_records(tmp_path).quantity)  # no limit: no factor
     assert set(load_records(tmp_path).run) == {"r"}
@@ -220,6 +226,7 @@ def test_a_rank_that_does_not_write_still_clips_and_keeps_no_references(tmp_path
     rec.before_step(max_grad_norm=1.0)
     torch.testing.assert_close(model.up().grad.norm(), torch.tensor(3.0 / (5.0 + 1e-6)))
     _sgd_step(model, [[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]])
+    assert not list(tmp_path.rglob(".*.bin"))  # no weights kept for an update ratio
     rec.after_step()
     rec.close()
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob(".*.bin"))
@@ -290,42 +297,11 @@ def test_update_drift_and_weight_norm_rows_by_hand_and_a_zero_reference(tmp_path
     up_after = math.sqrt(9 + 5.25**2)
     upd, drift, wn = (_rows(tmp_path, q) for q in ("update_ratio", "drift_ratio", "weight_norm"))
     both = math.sqrt(1.25**2 + 1) / 5  # drift of the pair at step 2: sqrt(summed squares) / sqrt(summed squares)
-    assert upd == {
-        (1, 0, "mlp", "up_proj", UP): pytest.approx(1.25 / 5),
-        (1, 0, "mlp", "down_proj", DOWN): 0.0,
-        (1, 0, "mlp", "up_proj", ""): pytest.approx(1.25 / 5),
-        (1, 0, "mlp", "down_proj", ""): 0.0,
-        (1, 0, "mlp", "", ""): pytest.approx(1.25 / 5),
-        (2, 0, "mlp", "up_proj", UP): 0.0,
-        (2, 0, "mlp", "down_proj", DOWN): math.inf,
-        (2, 0, "mlp", "up_proj", ""): 0.0,
-        (2, 0, "mlp", "down_proj", ""): math.inf,
-        (2, 0, "mlp", "", ""): pytest.approx(1 / up_after),
-    }
-    assert drift == {
-        (1, 0, "mlp", "up_proj", UP): pytest.approx(1.25 / 5),
-        (1, 0, "mlp", "down_proj", DOWN): 0.0,
-        (1, 0, "mlp", "up_proj", ""): pytest.approx(1.25 / 5),
-        (1, 0, "mlp", "down_proj", ""): 0.0,
-        (1, 0, "mlp", "", ""): pytest.approx(1.25 / 5),
-        (2, 0, "mlp", "up_proj", UP): pytest.approx(1.25 / 5),
-        (2, 0, "mlp", "down_proj", DOWN): math.inf,
-        (2, 0, "mlp", "up_proj", ""): pytest.approx(1.25 / 5),
-        (2, 0, "mlp", "down_proj", ""): math.inf,
-        (2, 0, "mlp", "", ""): pytest.approx(both),
-    }
-    assert wn == {
-        (1, 0, "mlp", "up_proj", UP): pytest.approx(up_after),
-        (1, 0, "mlp", "down_proj", DOWN): 0.0,
-        (1, 0, "mlp", "up_proj", ""): pytest.approx(up_after),
-        (1, 0, "mlp", "down_proj", ""): 0.0,
-        (1, 0, "mlp", "", ""): pytest.approx(up_after),
-        (2, 0, "mlp", "up_proj", UP): pytest.approx(up_after),
-        (2, 0, "mlp", "down_proj", DOWN): 1.0,
-        (2, 0, "mlp", "up_proj", ""): pytest.approx(up_after),
-        (2, 0, "mlp", "down_proj", ""): 1.0,
-        (2, 0, "mlp", "", ""): pytest.approx(math.sqrt(up_after**2 + 1)),
-    }
+    r = pytest.approx(1.25 / 5)
+    assert upd == {**_levels(1, r, 0.0, r), **_levels(2, 0.0, math.inf, pytest.approx(1 / up_after))}
+    assert drift == {**_levels(1, r, 0.0, r), **_levels(2, r, math.inf, pytest.approx(both))}
+    w = pytest.approx(up_after)
+    assert wn == {**_levels(1, w, 0.0, w), **_levels(2, w, 1.0, pytest.approx(math.sqrt(up_after**2 + 1)))}
     assert rec.summary["layerprobe/weight_norm/mlp"] == pytest.approx(math.sqrt(up_after**2 + 1))
     assert rec.summary["layerprobe/drift_ratio/mlp"] == pytest.approx(both)
     assert rec.summary["layerprobe/update_ratio/mlp"] == pytest.approx(1 / up_after)
@@ -356,6 +332,84 @@ def test_a_frozen_weight_that_moved_is_flagged_and_a_phase_without_steps_ends_at
     assert "drift_ratio" not in set(load_records(tmp_path).quantity)  # no step: no final drift
 
 
+def test_one_step_then_the_end_records_the_drift_of_step_1(tmp_path):
+    model = Tiny()
+    rec = Recorder(model, tmp_path, **_quiet(drift_every=3))
+    rec.before_step()
+    _sgd_step(model, [[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]])
+    rec.after_step()
+    rec.close()
+    assert _rows(tmp_path, "drift_ratio")[(1, 0, "mlp", "up_proj", UP)] == pytest.approx(1.0 / 5)
+
+
+def test_a_frozen_weight_unfrozen_and_trained_during_the_phase_is_flagged(tmp_path):
+    model = Tiny(frozen=True)
+    rec = Recorder(model, tmp_path, **_quiet())
+    gate = model.layers[0].mlp.gate_proj.weight
+    gate.requires_grad_(True)  # unfrozen behind the recorder's back, then trained
+    with torch.no_grad():
+        gate.add_(1.0)
+    rec.before_step()
+    rec.after_step()
+    rec.close()
+    assert _rows(tmp_path, "frozen_moved") == {(1, 0, "mlp", "gate_proj", "layers.0.mlp.gate_proj.weight"): 1.0}
+
+
+def test_the_defaults_are_the_readme_s(tmp_path, monkeypatch):
+    """README: gradient norms every step, update ratio, drift and weight norm every 25 steps, Parquet parts at least
+    every 30 s; phase "train"; the host budget of ``auto`` a quarter of the memory available."""
+    from layerprobe.record import snapshot
+
+    monkeypatch.setattr(snapshot, "available_memory", lambda *a: 8e9)
+    model = Tiny()
+    rec = Recorder(model, tmp_path)
+    assert rec.writer is not None and rec.writer.flush_every_s == 30.0
+    assert rec.reference_store["reason"] == "0.0 MiB fits the host budget of 2.0 GB (model on cpu)"
+    for _ in range(26):
+        _grads(model, *G34)
+        rec.before_step()
+        rec.after_step()
+    rec.close()
+    df = load_records(tmp_path)
+    assert set(df.phase) == {"train"}
+    assert sorted(set(df[df.quantity == "grad_norm_total"].step)) == list(range(1, 27))
+    for quantity in ("update_ratio", "weight_norm"):
+        assert sorted(set(df[df.quantity == quantity].step)) == [25], quantity
+    assert sorted(set(df[df.quantity == "drift_ratio"].step)) == [25, 26]  # and at the end
+
+
+def test_the_meta_file_and_the_reference_files_of_a_phase(tmp_path):
+    import json
+
+    model = Tiny()
+    rec = Recorder(
+        model, tmp_path, run="r", phase="cpt", reference_store="disk", meta={"grad_norm_clip": "post", "note": 1}
+    )
+    meta = json.loads((tmp_path / "records" / "meta-cpt.json").read_text())
+    assert (meta["run"], meta["model"], meta["sharded_over"]) == ("r", "Tiny", None)
+    assert meta["reference_store"] == rec.reference_store and rec.reference_store["store"] == "disk"
+    assert (meta["grad_norm_clip"], meta["meta"]) == ("post", {"note": 1})
+    assert meta["quantities"] == ["grad_norm", "weight_norm", "update_ratio", "drift_ratio"]
+    # the drift reference is written at the start, on disk, named after the phase and the rank
+    assert sorted(p.name for p in (tmp_path / "records").glob(".*.bin")) == [".reference-cpt-r0.bin"]
+    rec.close()
+    quiet = Recorder(Tiny(), tmp_path / "never", phase="cpt", reference_store="disk", drift_every="never")
+    assert not list((tmp_path / "never").rglob(".*.bin"))  # no drift: no reference
+    quiet.close()
+
+
+def test_a_new_phase_in_a_folder_of_a_killed_attempt_starts_a_new_drift_reference(tmp_path):
+    model = Tiny()
+    Recorder(model, tmp_path, reference_store="disk", **_quiet(drift_every=1))  # killed: never closed
+    _sgd_step(model, [[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]])  # the new attempt starts elsewhere
+    rec = Recorder(model, tmp_path, reference_store="disk", **_quiet(drift_every=1))  # not a resume
+    rec.before_step()
+    _sgd_step(model, [[0.0, 0.0], [0.0, 0.5]], [[0.0, 0.0], [0.0, 0.0]])
+    rec.after_step()
+    rec.close()
+    assert _rows(tmp_path, "drift_ratio")[(1, 0, "mlp", "up_proj", UP)] == pytest.approx(0.5 / math.sqrt(9 + 25))
+
+
 def test_the_reference_store_holds_one_copy_per_ratio_recorded(tmp_path):
     nbytes = 2 * 4 * 4  # two 2x2 float32 matrices
     for kw, copies in (
@@ -369,7 +423,7 @@ def test_the_reference_store_holds_one_copy_per_ratio_recorded(tmp_path):
         rec.close()
 
 
-def test_a_non_finite_norm_warns_once_naming_the_step_and_pointing_at_the_caller(tmp_path):
+def test_a_non_finite_norm_warns_once_naming_the_step(tmp_path):
     model = Tiny()
     rec = Recorder(model, tmp_path, **_quiet(grad_every=1))
     with warnings.catch_warnings(record=True) as caught:
@@ -383,7 +437,7 @@ def test_a_non_finite_norm_warns_once_naming_the_step_and_pointing_at_the_caller
         "layerprobe: non-finite gradient norm (inf) at step 1; recorded as such "
         "(further occurrences are recorded without a warning)"
     ]
-    assert caught[0].category is RuntimeWarning and caught[0].filename == __file__
+    assert caught[0].category is RuntimeWarning
 
 
 def test_deepspeed_parameters_refuse_a_max_grad_norm(tmp_path, monkeypatch):
@@ -405,13 +459,14 @@ def test_deepspeed_parameters_refuse_a_max_grad_norm(tmp_path, monkeypatch):
 
 def test_flush_writes_the_rows_so_far(tmp_path):
     model = Tiny()
-    rec = Recorder(model, tmp_path, flush_every_s=3600, **_quiet(grad_every=1))
+    rec = Recorder(model, tmp_path, flush_every_s=3600, **_quiet(grad_every=1, weight_every=1))
     _grads(model, *G34)
     rec.before_step()
     rec.after_step()
     assert not list((tmp_path / "records").glob("*.parquet"))  # buffered: an hour between writes
     rec.flush()
     assert _rows(tmp_path, "grad_norm_total") == {(1, -1, "", "", ""): 5.0}
+    assert _rows(tmp_path, "weight_norm")[(1, 0, "mlp", "", "")] == pytest.approx(math.sqrt(26))  # step 1's, too
     rec.close()
     rec.flush()  # closed: nothing to write, no error
 
@@ -437,8 +492,10 @@ def test_a_resumed_phase_drops_the_rows_after_its_checkpoint_and_keeps_the_drift
     _sgd_step(model, [[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]])
     again.after_step()
     again.close()
-    totals = _rows(tmp_path, "grad_norm_total")
-    assert totals == {(1, -1, "", "", ""): 5.0, (2, -1, "", "", ""): 5.0, (3, -1, "", "", ""): 2.0}
+    df = load_records(tmp_path)
+    totals = df[df.quantity == "grad_norm_total"]
+    assert sorted(zip(totals.step, totals.value)) == [(1, 5.0), (2, 5.0), (3, 2.0)]  # the killed step 3 dropped
+    assert set(df.run) == {tmp_path.name} and set(df.phase) == {"cpt"}
     drift = _rows(tmp_path, "drift_ratio")
     assert drift[(3, 0, "mlp", "up_proj", UP)] == pytest.approx(2.0 / 5)  # against the first attempt's start
     assert len(_rows(tmp_path, "n_params")) == 2  # the audit of step 0 once
