@@ -163,12 +163,13 @@ class Recorder:
             total = float(grads.sums[0].sum()) ** 0.5
             limit = max_grad_norm if clip else optimizer_clips
             coef = limit / (total + 1e-6) if limit else 1.0
-            if clip and (coef < 1.0 or not math.isfinite(coef)):
+            # as clip_grad_norm_'s clamp(max=1): a NaN factor is applied, an infinite one (limit inf) is not
+            if clip and (coef < 1.0 or math.isnan(coef)):
                 with torch.no_grad():
                     torch._foreach_mul_(
                         [g for d in self.units.dense if (g := distributed.grad(d.param)) is not None], coef
                     )
-            if limit and (coef < 1.0 or not math.isfinite(coef)):
+            if limit and (coef < 1.0 or math.isnan(coef)):
                 factor = coef
             if due and self.active:
                 self._check_finite(total)
