@@ -169,21 +169,12 @@ def mixed_fit(
         }
     )
 
-    def wald(terms: list[str]) -> dict:
-        if not terms:
-            return {"chi2": math.nan, "df": 0, "p": math.nan}
-        r = np.zeros((len(terms), len(res.params)))
-        for i, t in enumerate(terms):
-            r[i, list(res.params.index).index(t)] = 1.0
-        w = res.wald_test(r, scalar=True)
-        return {"chi2": float(w.statistic), "df": len(terms), "p": float(w.pvalue)}
-
     inter = [n for n in names if ":x" in n]
     level = [n for n in names if n.startswith("C(arm") and ":x" not in n]
     return {
         "params": params,
-        "interaction": wald(inter),
-        "arms_at_reference": wald(level),
+        "interaction": _wald(res, inter),
+        "arms_at_reference": _wald(res, level),
         "var": var,
         "unit_var": var["unit"],
         "resid_var": float(res.scale),
@@ -192,3 +183,14 @@ def mixed_fit(
         "converged": bool(res.converged),
         "formula": formula,
     }
+
+
+def _wald(res, terms: list[str]) -> dict:
+    """The joint Wald test that the fitted ``terms`` are all 0."""
+    if not terms:
+        return {"chi2": math.nan, "df": 0, "p": math.nan}
+    r = np.zeros((len(terms), len(res.params)))
+    for i, t in enumerate(terms):
+        r[i, list(res.params.index).index(t)] = 1.0
+    w = res.wald_test(r, scalar=True)
+    return {"chi2": float(w.statistic), "df": len(terms), "p": float(w.pvalue)}
