@@ -180,3 +180,41 @@ def test_a_figure_of_another_suffix_is_embedded_as_png(tmp_path):
     page = Page("t")
     page.figures([shot])
     assert Figures(page.html()).imgs[0]["src"].startswith("data:image/png;base64,")
+
+
+class StrayText(HTMLParser):
+    """Text a reader would see outside any element meant to hold text (a cell, a caption, a heading, ...), and the
+    class of every element that carries one."""
+
+    HOLDS_TEXT = frozenset({"th", "td", "a", "figcaption", "h1", "h2", "h3", "p", "pre", "title", "style", "span"})
+
+    def __init__(self, html):
+        super().__init__()
+        self.stack: list[str] = []
+        self.stray: list[str] = []
+        self.classes: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta", "link", "img", "br"):
+            self.stack.append(tag)
+        self.classes += [v for k, v in attrs if k == "class"]
+
+    def handle_endtag(self, tag):
+        if tag in self.stack:
+            del self.stack[len(self.stack) - 1 - self.stack[::-1].index(tag) :]
+
+    def handle_data(self, data):
+        if data.strip() and not (self.stack and self.stack[-1] in self.HOLDS_TEXT):
+            self.stray.append(data)
+
+
+def test_a_page_of_tables_and_figures_shows_no_text_outside_its_cells_and_captions(tmp_path):
+    png = tmp_path / "one.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nxx")
+    page = Page("t")
+    page.table(pd.DataFrame({"a": ["x", "y"], "b": [1.5, 2.5]}), links={"x": "x/report.html"})
+    page.figures([png, png])
+    found = StrayText(page.html())
+    assert found.stray == []
+    assert "figs" in found.classes  # the class the page's style lays the figures out by (case-sensitive)
