@@ -176,7 +176,6 @@ def mixed_fit(
         "interaction": _wald(res, inter),
         "arms_at_reference": _wald(res, level),
         "var": var,
-        "unit_var": var["unit"],
         "resid_var": float(res.scale),
         "n_runs": len(d),
         "n_units": d["unit"].nunique(),
