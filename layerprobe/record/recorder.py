@@ -164,13 +164,13 @@ class Recorder:
             limit = max_grad_norm if clip else optimizer_clips
             coef = limit / (total + 1e-6) if limit else 1.0
             # as clip_grad_norm_'s clamp(max=1): a NaN factor is applied, an infinite one (limit inf) is not
-            if clip and (coef < 1.0 or math.isnan(coef)):
-                with torch.no_grad():
-                    torch._foreach_mul_(
-                        [g for d in self.units.dense if (g := distributed.grad(d.param)) is not None], coef
-                    )
             if limit and (coef < 1.0 or math.isnan(coef)):
                 factor = coef
+                if clip:
+                    with torch.no_grad():
+                        torch._foreach_mul_(
+                            [g for d in self.units.dense if (g := distributed.grad(d.param)) is not None], coef
+                        )
             if due and self.active:
                 self._check_finite(total)
                 self._emit_scalar("grad_norm_total", total)
