@@ -181,6 +181,8 @@ def test_local_workers_give_the_sequential_results_without_ray(tmp_path, sequent
     state = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert state["runs"][-1]["executor"] == "local, 2 workers"
     assert {state["cells"][n]["reused_cpt_from"] for n in CELLS} == {None, CELLS[0], CELLS[2]}
+    logs = sorted((tmp_path / "sw" / ".cells").glob("*.log"))  # each worker's output, warnings included
+    assert len(logs) == 4 and not [p.name for p in logs if "Warning" in p.read_text()]
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 sweep.json keeps, plus a line for the log); a failing cell returns a failed record instead of raising. In a fresh
 process (a local worker, a Ray task, a Slurm job) it first sets the torch thread count, before torch loads, and
 the working directory the sweep was started from, so relative paths in the config mean what they meant there.
-``python -m layerprobe.sweep.cell JOB.json RESULT.json`` is the local workers' entry point.
+``python -m layerprobe.sweep.worker JOB.json RESULT.json`` is the local workers' entry point.
 Never imports torch at module level.
 """
 
@@ -118,15 +118,3 @@ def _run(job: CellJob, log) -> dict:
         "saved_seconds": round(saved, 1),
         "what": what,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m layerprobe.sweep.cell JOB.json RESULT.json``: run the job, write its record (atomically)."""
-    job_file, result_file = argv if argv is not None else sys.argv[1:]
-    record = run_cell(CellJob.read(job_file))
-    rundir.write_json(result_file, record)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 
 - ``local`` (default, no extra dependency): one worker runs the cells one after another in this process, as
   ``layerprobe sweep`` always did; ``workers: N`` runs N cells at once, each in a fresh process
-  (``python -m layerprobe.sweep.cell``) with cores // N torch threads, or one GPU each when there are GPUs.
+  (``python -m layerprobe.sweep.worker``) with cores // N torch threads, or one GPU each when there are GPUs.
 - ``ray`` (``pip install 'layerprobe[ray]'``): each cell a Ray task with ``cell_cpus`` CPUs and ``cell_gpus``
   GPUs, in a fresh worker process (``max_calls=1``); ``address: auto`` joins a running cluster, none starts a
   local one (an already initialised Ray is used as it is).

@@ -1,5 +1,5 @@
 """The local executor's worker processes: N cells at once on this machine, each a fresh ``python -m
-layerprobe.sweep.cell`` process with cores // N torch threads, or one GPU each (:mod:`layerprobe.sweep.executors`
+layerprobe.sweep.worker`` process with cores // N torch threads, or one GPU each (:mod:`layerprobe.sweep.executors`
 holds the executors' interface and its config). Never imports torch.
 """
 
@@ -64,7 +64,7 @@ class LocalExecutor(Executor):
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
             with open(job.log, "a", encoding="utf-8") as log:  # the child's own output (warnings, a traceback)
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "layerprobe.sweep.cell", str(job_file), str(result)],
+                    [sys.executable, "-m", "layerprobe.sweep.worker", str(job_file), str(result)],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stderr=log,
