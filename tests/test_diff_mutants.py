@@ -345,3 +345,101 @@ def test_a_head_differing_from_the_embedding_in_its_first_element_is_not_tied_to
     bare = _save(tmp_path / "bare", {"model.embed_tokens.weight": emb})
     both = _save(tmp_path / "both", {"model.embed_tokens.weight": emb, "lm_head.weight": [[9.0, 2.0], [3.0, 4.0]]})
     assert diff_checkpoints(bare, both, allow_missing=True).attrs["tied"] == []
+
+
+# ---------------------------------------------------------------------------------------------------- more exact checks
+
+
+def test_the_group_nulls_sum_each_tensor_s_term_before_the_ratio(tmp_path):
+    bias = "model.layers.0.mlp.up_proj.bias"  # a second tensor in up_proj's (layer, block, module)
+    a_w = {**A, bias: [1.0, 0.0]}
+    delta = {**DELTA, bias: [0.0, 1.0]}
+    back = {k: (-0.5 * np.array(v)).tolist() for k, v in delta.items()}
+    b_w = _plus(a_w, delta)
+    c_w = _plus(b_w, back)
+    rows = _rows(diff_checkpoints(_save(tmp_path / "A", a_w), _save(tmp_path / "B", b_w), _save(tmp_path / "C", c_w)))
+
+    def expect(names):  # the plain formula: sum_i |x_i|^2 |e_i|^2 / d_i over the group's tensors
+        x = {n: np.array(delta[n]) for n in names}
+        e = {n: np.array(back[n]) for n in names}
+        var = sum((x[n] ** 2).sum() * (e[n] ** 2).sum() / x[n].size for n in names)
+        xx, ee = sum((x[n] ** 2).sum() for n in names), sum((e[n] ** 2).sum() for n in names)
+        return math.sqrt(var) / math.sqrt(xx * ee), math.sqrt(var) / xx
+
+    for key, names in [
+        ((0, "mlp", "up_proj"), [UP0, bias]),
+        ((0, "mlp", ""), [UP0, bias, DOWN0]),
+        ((1, "attn", ""), [Q1]),
+        ((-1, "", ""), list(a_w)),
+    ]:
+        cos, undo = expect(names)
+        assert rows[(*key, "", "null_sd_cos")] == pytest.approx(cos, rel=1e-6), key
+        assert rows[(*key, "", "null_sd_undo_frac")] == pytest.approx(undo, rel=1e-6), key
+
+
+def test_only_the_deltas_whose_spectrum_is_asked_for_are_kept_whole_on_one_thread_each(tmp_path, monkeypatch):
+    seen = []
+    gram = diff_mod.GramEngine.gram
+
+    def spy(self, ops, shape, keep):
+        seen.append((len(shape), list(keep), torch.get_num_threads()))
+        return gram(self, ops, shape, keep)
+
+    monkeypatch.setattr(diff_mod.GramEngine, "gram", spy)
+    bias = "model.layers.0.mlp.up_proj.bias"
+    a_w = {UP0: A[UP0], bias: [1.0, 0.0]}
+    b_w = _plus(a_w, {UP0: DELTA[UP0], bias: [0.0, 1.0]})
+    a, b = _save(tmp_path / "A", a_w), _save(tmp_path / "B", b_w)
+    diff_checkpoints(a, b)
+    assert sorted(seen) == [(1, [False, False], 1), (2, [False, False], 1)]
+    seen.clear()
+    diff_checkpoints(a, b, b, svd=2)  # a matrix's two changes are kept for their spectra, a bias's never
+    assert sorted(seen) == [(1, [False, False, False], 1), (2, [False, True, True], 1)]
+    seen.clear()
+    ad = _adapter(tmp_path / "ad", {"model.layers.1.self_attn.q_proj": ([[1.0, 0.0]], [[0.0], [1.0]])})
+    diff_checkpoints(_save(tmp_path / "A3", A), ad, svd=2)  # LoRA factors give their spectrum, untouched ones zeros
+    assert [k for _, k, _ in seen] == [[False, False]] * 3
+
+
+@pytest.mark.parametrize("base_shape", [(2, 3), (3, 2)])  # nn.Linear's (out, in) and GPT-2 Conv1D's (in, out)
+def test_an_adapter_follows_its_base_layout_whatever_its_fan_in_fan_out_says(tmp_path, base_shape):
+    lora_a, lora_b = [[1.0, 2.0, 0.0]], [[0.0], [3.0]]  # r 1: dW = 2 * B @ A, (out 2, in 3)
+    dw = 2.0 * np.array(lora_b) @ np.array(lora_a)
+    if base_shape == (3, 2):
+        dw = dw.T
+    base = np.arange(6.0).reshape(base_shape)
+    a = _save(tmp_path / "A", {UP0: base.tolist()})
+    for flag in (True, False):
+        ad = _adapter(tmp_path / f"ad{flag}", {"model.layers.0.mlp.up_proj": (lora_a, lora_b)})
+        cfg = json.loads((ad / "adapter_config.json").read_text())
+        (ad / "adapter_config.json").write_text(json.dumps({**cfg, "fan_in_fan_out": flag}))
+        rows = _rows(diff_checkpoints(a, ad))
+        assert rows[(0, "mlp", "up_proj", UP0, "delta_norm")] == pytest.approx(np.linalg.norm(dw))
+        assert rows[(0, "mlp", "up_proj", UP0, "norm_b")] == pytest.approx(np.linalg.norm(base + dw))
+
+
+def test_checkpoints_that_do_not_line_up_are_named_in_one_message(tmp_path):
+    a = _save(tmp_path / "A", {UP0: A[UP0], DOWN0: A[DOWN0]})
+    b = _save(tmp_path / "B", {UP0: A[UP0], Q1: A[Q1]})
+    with pytest.raises(ValueError) as e:
+        diff_checkpoints(a, b)
+    assert str(e.value) == (
+        f"the checkpoints do not line up: 2 missing, extra or mismatched tensors; first 2: {DOWN0}: in {a}, not in "
+        f"{b}; {Q1}: in {b}, not in {a}; pass --allow-missing (allow_missing=True) to diff the tensors they share"
+    )
+
+
+def test_each_head_is_tied_on_its_own(tmp_path):
+    emb = [[1.0, 2.0], [3.0, 4.0]]
+    tie = {"tie_word_embeddings": True}
+    both = _save(tmp_path / "both", {"model.embed_tokens.weight": emb, "lm_head.weight": emb, "lm_head.bias": [0, 1]})
+    # a head bias the checkpoint lacks (no embedding of its shape) comes first and leaves the weight's tie alone
+    bare = _save(tmp_path / "bare", {"model.embed_tokens.weight": emb}, config=tie)
+    df = diff_checkpoints(bare, both, allow_missing=True)
+    assert df.attrs["tied"] == [f"{bare}: lm_head.weight tied to model.embed_tokens.weight"]
+    assert df.attrs["skipped"] == [f"lm_head.bias: in {both}, not in {bare}"]
+    # a head bias the checkpoint has comes first too
+    biased = _save(tmp_path / "biased", {"model.embed_tokens.weight": emb, "lm_head.bias": [0, 1]}, config=tie)
+    assert diff_checkpoints(biased, both).attrs["tied"] == [
+        f"{biased}: lm_head.weight tied to model.embed_tokens.weight"
+    ]

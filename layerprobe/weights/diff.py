@@ -243,9 +243,7 @@ def diff_checkpoints(
 def _as_records(rows: list[tuple], run: str) -> pd.DataFrame:
     """``(layer, block, module, param, quantity, value)`` rows as the records table (phase ``diff``, step -1)."""
     df = pd.DataFrame(rows, columns=["layer", "block", "module", "param", "quantity", "value"])
-    df.insert(0, "step", STEP)
-    df.insert(0, "phase", PHASE)
-    df.insert(0, "run", run)
+    df = df.assign(run=run, phase=PHASE, step=STEP)
     return df[list(COLUMNS)].astype({"step": "int64", "layer": "int64", "value": "float64"})
 
 
@@ -262,14 +260,12 @@ def _diff_tensor(
     (``nulls``)."""
     from layerprobe.weights.checkpoints import LoraDelta
 
-    ops = [s.operand(name) if s.kind == "weights" or name in s.names() else None for s in sources]
+    ops = [s.operand(name) if name in s.names() else None for s in sources]  # None: a tensor an adapter leaves
     shape = tuple(sources[0].shape(name))
     dense = [
         cfg.svd > 0 and len(shape) == 2 and k > 0 and op is not None and not isinstance(op, LoraDelta)
         for k, op in enumerate(ops)
     ]
-    if mode == "delta":
-        dense = [False]
     g, full = engine.gram(ops, shape, dense)
     p = parse_name(name)
     key = (p.layer, p.block, p.module)
