@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import pytest
 
@@ -15,6 +17,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # OpenMP and OpenBLAS wait out scheduler slices (tests that need another count set it themselves)
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
+
+
+def _fresh_tqdm_lock() -> None:
+    if "tqdm" in sys.modules:  # a child forked while tqdm's write lock was held would wait on it for ever
+        sys.modules["tqdm"].tqdm.set_lock(threading.RLock())
+
+
+os.register_at_fork(after_in_child=_fresh_tqdm_lock)  # mutmut forks a test process per mutant
 
 
 def make_tiny_llama(hidden: int = 32, layers: int = 2, vocab: int = 64, seed: int = 0, tie: bool = False):
