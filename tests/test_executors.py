@@ -112,6 +112,29 @@ def test_plan_trains_each_cpt_once_then_fans_out(tmp_path):
     assert plan.finished == {CELLS[2]} and plan.role(CELLS[3], [CELLS[3]]) == f"reuses the CPT of {CELLS[2]}"
 
 
+def test_a_finished_run_elsewhere_with_the_same_cpt_releases_its_group_from_the_start(tmp_path):
+    from layerprobe.core.run_results import write_config
+
+    sw = load_sweep(spec(tmp_path))
+    other = tmp_path / "other"
+    for name, cell in [("same", sw.cells[0]), ("unfinished", sw.cells[2])]:
+        (other / name).mkdir(parents=True)
+        write_config(other / name, cell.config)
+    (other / "same" / "summary.json").write_text("{}")
+    plan = make_plan(sw.cells, sw.out, reuse_from=[other, tmp_path / "missing"])
+    pending = list(CELLS)
+    assert [plan.role(n, pending) for n in CELLS] == [
+        f"reuses the CPT of {other / 'same'}",
+        f"reuses the CPT of {other / 'same'}",
+        "trains its CPT",
+        f"waits for the CPT of {CELLS[2]}",
+    ]
+    assert plan.summary(pending) == "4 cells: 0 finished, 1 train a CPT, 3 start from another cell's CPT"
+    assert plan.next(pending[1:], {CELLS[0]}) == CELLS[1]  # no waiting for a CPT that exists
+    assert plan.donors(CELLS[1], [other]) == [other / "same", sw.out, other]
+    assert make_plan(sw.cells, sw.out, reuse=False, reuse_from=[other]).donor == {}
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

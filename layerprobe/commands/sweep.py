@@ -139,7 +139,7 @@ def _run(args) -> int:
     executor = executor_config(args, sweep)
     cells = select_cells(sweep, args.only)
     if args.dry_run:
-        plan = make_plan(cells, sweep.out, reuse=not args.no_reuse)
+        plan = make_plan(cells, sweep.out, reuse=not args.no_reuse, reuse_from=sweep.reuse_from)
         pending = [c.name for c in cells if c.name not in plan.finished]
         for i, c in enumerate(cells, 1):
             role = "finished" if c.name in plan.finished else plan.role(c.name, pending)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from layerprobe.core import rundir
 from layerprobe.core.keys import digest
+from layerprobe.core.run_results import read_config_dict
 from layerprobe.sweep.spec import Cell
 from layerprobe.train.fingerprint import _config_part
 
@@ -28,8 +29,9 @@ _CONTENT = ("model", "data", "toy")
 
 
 def cpt_key(config) -> str:
-    """A key equal for cells that train the same CPT (a stand-in for the CPT+merge fingerprint from the config)."""
-    data = config.to_dict()
+    """A key equal for cells that train the same CPT (a stand-in for the CPT+merge fingerprint from the config, or
+    from a run folder's config.yaml as a dict)."""
+    data = config if isinstance(config, dict) else config.to_dict()
     return digest({**_config_part(data, "cpt"), **{k: data.get(k) for k in _CONTENT}})
 
 
@@ -41,7 +43,7 @@ class Plan:
     out: Path
     group: dict[str, str]  # cell name -> CPT group key (its own name without reuse: no waiting)
     finished: set[str] = field(default_factory=set)  # cells finished before this run: skipped
-    donor: dict[str, str] = field(default_factory=dict)  # group -> the first finished cell of it
+    donor: dict[str, Path] = field(default_factory=dict)  # group -> the folder of its first finished cell
 
     def ready(self, name: str, running: set[str]) -> bool:
         """Whether ``name`` may start: its group has a finished CPT, or no cell of its group is running (then this
@@ -56,19 +58,20 @@ class Plan:
     def done(self, name: str, ok: bool) -> None:
         """Note a cell's end: a finished cell's CPT releases the cells of its group."""
         if ok:
-            self.donor.setdefault(self.group[name], name)
+            self.donor.setdefault(self.group[name], self.out / name)
 
     def donors(self, name: str, others: list[Path]) -> list[Path]:
         """Where ``name`` may find a finished CPT: its group's finished cell first (so every cell names the same
         donor, however the cells were spread over workers), then the sweep folder and ``others``."""
         first = self.donor.get(self.group[name])
-        return ([self.out / first] if first else []) + [self.out, *others]
+        return ([first] if first else []) + [self.out, *others]
 
     def role(self, name: str, pending: list[str]) -> str:
         """What a pending cell will do about its CPT, for --dry-run and the plan line."""
         g = self.group[name]
         if g in self.donor:
-            return f"reuses the CPT of {self.donor[g]}"
+            d = self.donor[g]
+            return f"reuses the CPT of {d.name if d.parent == self.out else d}"
         first = next(n for n in pending if self.group[n] == g)
         return "trains its CPT" if first == name else f"waits for the CPT of {first}"
 
@@ -80,12 +83,20 @@ class Plan:
         )
 
 
-def make_plan(cells: list[Cell], out: Path, reuse: bool = True) -> Plan:
-    """The plan of ``cells`` of a sweep in ``out``; ``reuse=False``: every cell trains its own CPT, none waits."""
+def make_plan(cells: list[Cell], out: Path, reuse: bool = True, reuse_from: list[Path] | tuple = ()) -> Plan:
+    """The plan of ``cells`` of a sweep in ``out``; ``reuse=False``: every cell trains its own CPT, none waits.
+    A finished run in a ``reuse_from`` folder with a group's CPT settings releases that group from the start."""
     group = {c.name: cpt_key(c.config) if reuse else c.name for c in cells}
     plan = Plan(cells, Path(out), group)
     for c in cells:
         if rundir.summary_path(plan.out / c.name).is_file():
             plan.finished.add(c.name)
             plan.done(c.name, True)
+    wanted = set(group.values()) - set(plan.donor) if reuse else set()
+    for folder in map(Path, reuse_from if wanted else ()):
+        for run in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if rundir.summary_path(run).is_file() and rundir.config_path(run).is_file():
+                key = cpt_key(read_config_dict(run))
+                if key in wanted:
+                    plan.donor.setdefault(key, run)
     return plan

@@ -85,7 +85,7 @@ class _SweepRun:
         self.by_name = {c.name: c for c in cells}
         self.index = {c.name: i for i, c in enumerate(cells, 1)}
         self.n = len(cells)
-        self.plan = make_plan(cells, sweep.out, reuse)
+        self.plan = make_plan(cells, sweep.out, reuse, sweep.reuse_from)
         self.pending = [c.name for c in cells if c.name not in self.plan.finished]
         # bad input fails here, before any work
         self.ex = make_executor(config, sweep.out, len(self.pending), pipeline_log)
