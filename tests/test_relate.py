@@ -709,3 +709,22 @@ def test_harness_drops_are_outcomes_by_default(tmp_path):
     assert "drop.lm_eval/arc_easy/acc" in res.outcomes.columns
     assert not any(c.endswith("_stderr") for c in res.outcomes.columns)
     assert res.outcomes["drop.lm_eval/arc_easy/acc"].to_dict() == pytest.approx(drops)
+
+
+def test_the_notes_count_each_stratum_s_passing_tests_plain_and_given_the_drift():
+    from layerprobe.analyse.relate import RelateConfig, _stratum_notes
+
+    nan = float("nan")
+    table = pd.DataFrame(
+        {
+            "stratum": ["all"] * 4 + ["method=lora"] * 3,
+            "p": [0.001, 0.2, nan, 0.01, 0.5, 0.6, 0.7],
+            "q": [0.004, 0.3, nan, 0.02, 0.6, 0.6, 0.7],
+            "partial_q": [0.5, 0.01, nan, 0.03, 0.6, 0.6, 0.7],
+        }
+    )
+    assert _stratum_notes(table, RelateConfig()) == [
+        "all: 2 of 3 tests pass q < 0.05 (Benjamini-Hochberg within the stratum); controlling for the total SFT "
+        "drift (partial rho), 2 pass",
+        "method=lora: no cell passes q < 0.05 (Benjamini-Hochberg over 3 tests): no claim",
+    ]

@@ -207,7 +207,7 @@ def _stratum_notes(table: pd.DataFrame, cfg: RelateConfig) -> list[str]:
         partial = int((t["partial_q"] < cfg.alpha).sum())
         notes.append(
             f"{stratum}: {hits} of {tested} tests pass q < {cfg.alpha} (Benjamini-Hochberg within the "
-            f"stratum), {partial} beyond the total SFT drift (partial rho)"
+            f"stratum); controlling for the total SFT drift (partial rho), {partial} pass"
             if hits or partial
             else f"{stratum}: no cell passes q < {cfg.alpha} (Benjamini-Hochberg over {tested} tests): no claim"
         )
