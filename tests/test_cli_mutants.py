@@ -27,6 +27,11 @@ CASES = {
         ["diff", "a", "b", "c", "d"],
         "layerprobe diff: error: expected 1 to 3 checkpoints (A B [C]), got 4: ['a', 'b', 'c', 'd']",
     ),
+    "diff to a table that is neither parquet nor csv (refused before the checkpoints are read)": (
+        ["diff", "{tmp}/missing", "{tmp}/empty", "--out", "{tmp}/d.txt"],
+        "layerprobe diff: error: expected an output path ending in .parquet or .csv, got '{tmp}/d.txt'; "
+        "e.g. {tmp}/d.parquet",
+    ),
     "diff of no checkpoint": (
         ["diff", "{tmp}/missing", "{tmp}/empty"],
         f"layerprobe diff: error: no checkpoint at {{tmp}}/missing: {CHECKPOINT}",

@@ -55,11 +55,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from layerprobe.record.records import write_table
+    from layerprobe.record.records import table_path, write_table
     from layerprobe.weights.diff import DiffConfig, diff_checkpoints
 
     if len(args.checkpoints) > 3:
         raise ValueError(f"expected 1 to 3 checkpoints (A B [C]), got {len(args.checkpoints)}: {args.checkpoints}")
+    if args.out:
+        table_path(args.out)  # before the diff, not after it
     cfg = DiffConfig(
         svd=args.svd,
         allow_missing=args.allow_missing,

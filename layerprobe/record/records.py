@@ -132,9 +132,21 @@ def drop_rows_after(out_dir: str | os.PathLike, phase: str, rank: int, step: int
     return dropped
 
 
+def table_path(path: str | os.PathLike) -> Path:
+    """``path`` as a records table's path, refused unless it ends in ``.parquet`` or ``.csv`` (check it before the work
+    that makes the table)."""
+    path = Path(path)
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(
+            f"expected an output path ending in .parquet or .csv, got {str(path)!r}; "
+            f"e.g. {path.with_suffix('.parquet')}"
+        )
+    return path
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a records DataFrame as ``.parquet`` or ``.csv`` (by suffix), checking its columns."""
-    path = Path(path)
+    path = table_path(path)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"records need columns {list(COLUMNS)}; missing {missing}")
@@ -142,10 +154,8 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         df.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        df.to_parquet(path, index=False, schema=SCHEMA)
     else:
-        raise ValueError(f"expected an output path ending in .parquet or .csv, got {str(path)!r}")
+        df.to_parquet(path, index=False, schema=SCHEMA)
     return path
 
 
