@@ -64,7 +64,7 @@ def load_model(path: str, adapter: str | None = None):
         from peft import PeftModel
 
         untie_embeddings(model, json.loads((Path(adapter) / "adapter_config.json").read_text())["target_modules"])
-        model = PeftModel.from_pretrained(model, adapter)  # type: ignore[assignment]
+        return PeftModel.from_pretrained(model, adapter)
     return model
 
 
