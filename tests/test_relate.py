@@ -264,9 +264,11 @@ def test_planted_relation_is_recovered_and_numbers_match_a_plain_permutation_tes
         "block",
         "outcome",
         "rho",
+        "rho_tested",
         "p",
         "q",
         "partial_rho",
+        "partial_rho_tested",
         "partial_p",
         "partial_q",
         "n_runs",
@@ -486,6 +488,9 @@ def test_partial_rho_is_the_correlation_of_residual_ranks(design):
     a = np.column_stack([np.ones_like(rz), rz])
     ex, ey = (r - a @ np.linalg.lstsq(a, r, rcond=None)[0] for r in (rx, ry))
     assert row.partial_p == pytest.approx(_reference_p(ex, ey, perms, more), abs=1e-12)
+    # what that p tests: the residuals' correlation among runs of one CPT (centred in each group)
+    centred = [pd.Series(e).sub(pd.Series(e).groupby(codes).transform("mean")) for e in (ex, ey)]
+    assert row.partial_rho_tested == pytest.approx(np.corrcoef(*centred)[0, 1], abs=1e-10)
 
 
 def test_permutations_stay_within_cpt_groups_and_that_changes_p():
@@ -524,6 +529,8 @@ def test_permutations_stay_within_cpt_groups_and_that_changes_p():
     le, ge = np.sum(within <= obs + 1e-9), np.sum(within >= obs - 1e-9)
     assert row["rho"] == pytest.approx(obs, abs=1e-12)
     assert row["p"] == pytest.approx(min(1.0, 2 * min(le, ge) / 216), abs=1e-12)
+    centred = [pd.Series(r).sub(pd.Series(r).groupby(codes).transform("mean")) for r in (rx, ry)]
+    assert row["rho_tested"] == pytest.approx(np.corrcoef(*centred)[0, 1], abs=1e-12)
     across = _pearson_null(rx, ry, np.array(list(itertools.permutations(range(9)))))  # all 9! orderings
     across = min(1.0, 2 * min(np.sum(across <= obs + 1e-9), np.sum(across >= obs - 1e-9)) / len(across))
     assert across < 0.01 < 0.2 < row["p"]
@@ -534,7 +541,32 @@ def test_permutations_stay_within_cpt_groups_and_that_changes_p():
         (xg,), lambda a: stats.spearmanr(a, yg).statistic, permutation_type="pairings", n_resamples=np.inf
     ).pvalue
     assert row["p_method"] == "cpt-groups exact" and row["p"] == pytest.approx(ref, abs=1e-12)
+    assert row["rho_tested"] == pytest.approx(stats.spearmanr(xg, yg).statistic, abs=1e-12)
     assert row["n_groups"] == 3 and row["n_runs"] == 9
+
+
+def test_a_within_cpt_relation_is_reported_where_the_pooled_rho_hides_it():
+    """Between CPTs x and y rise together, inside each CPT they fall: pooled rho is near 0 while the within-CPT test
+    finds the fall; rho_tested is the number that test is about, with the sign of the relation it found."""
+    codes = np.repeat(np.arange(4), 6)
+    within = np.tile(np.arange(6.0), 4)
+    x = codes * 6.0 + within
+    y = codes * 0.3 - within * 0.7 + np.random.default_rng(3).normal(0, 0.3, size=24)
+    runs = [f"r{i}" for i in range(24)]
+    feats = pd.DataFrame(
+        {"run": runs, "feature": "final_drift", "phase": "sft", "layer": 0, "block": "attn", "value": x}
+    )
+    outcomes = pd.DataFrame({"retention_drop": y}, index=pd.Index(runs, name="run"))
+    design = pd.DataFrame(
+        {"study": "s", "method": "lora", "cpt_group": [f"g{c}" for c in codes], "total_drift": np.nan}, index=runs
+    )
+    row = correlate(feats, outcomes, design).iloc[0]
+    assert row["p_method"] == "within-cpt perm"
+    assert row["rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12) and abs(row["rho"]) < 0.1
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    centred = [pd.Series(r).sub(pd.Series(r).groupby(codes).transform("mean")) for r in (rx, ry)]
+    assert row["rho_tested"] == pytest.approx(np.corrcoef(*centred)[0, 1], abs=1e-12) and row["rho_tested"] < -0.8
+    assert row["p"] < 0.01
 
 
 def test_cpt_features_are_tested_between_groups(design):
@@ -552,7 +584,7 @@ def test_cpt_features_are_tested_between_groups(design):
         null = _pearson_null(xg, yg, np.array(list(itertools.permutations(range(7)))))  # all 7! orderings
         obs = stats.spearmanr(xg, yg).statistic
         ref = min(1.0, 2 * min(np.sum(null <= obs + 1e-9), np.sum(null >= obs - 1e-9)) / len(null))
-        assert row.p == pytest.approx(ref, abs=1e-12)
+        assert row.p == pytest.approx(ref, abs=1e-12) and row.rho_tested == pytest.approx(obs, abs=1e-12)
         assert row.n_eff == pytest.approx(_n_eff_reference(x, y, groups), rel=1e-10)
 
 

@@ -62,6 +62,12 @@ values (frozen ones excluded):
   and the ~2600 tests of a 30-layer model no cell could pass Benjamini-Hochberg); whether a row is refined depends on
   its first p alone, so its p stays valid. ``p_method`` names the scheme: ``within-cpt`` / ``cpt-groups`` / ``runs``
   (every group one run), ``exact`` or ``perm``.
+- ``rho_tested``, ``partial_rho_tested``: the statistic each p tests, which is not always ``rho``. Within CPT
+  groups it is the within-CPT correlation: the ranks (for the partial: the residuals) centred in each CPT group
+  before correlating. Permuting inside groups leaves the groups' means where they are, so the pooled rho moves with
+  this one alone and both give the same p -- but where the relation between CPTs opposes the one inside them, a
+  pooled rho near 0 can carry a tiny p, and only the within-CPT value says what was found. Between CPT groups it is
+  the rho of the groups' means; over runs (every group one run) it equals ``rho``.
 - ``n_runs`` (runs in the correlation), ``n_groups`` (CPT groups among them, the honest lower bound of the
   number of independent units) and ``n_eff``: n / (1 + (m0 - 1) icc_x icc_y), the design effect of a
   correlation under clustering (Scott & Holt 1982), with m0 = (n - sum_g n_g^2 / n) / (G - 1) and each icc the
@@ -221,7 +227,8 @@ def write_outputs(
     result: RelateResult, out_dir: str | os.PathLike, alpha: float = 0.05, figures: bool = True
 ) -> list[Path]:
     """``relate.csv``, ``features.parquet`` (the inputs, to recompute the table without the run folders) and,
-    with ``figures``, heatmaps of rho and of the partial rho per (feature, phase, outcome) under ``out_dir``."""
+    with ``figures``, heatmaps of rho and of the partial rho as tested (``rho_tested``, ``partial_rho_tested``) per
+    (feature, phase, outcome) under ``out_dir``."""
     from layerprobe.plot.effects import heatmap_rho
 
     out = Path(out_dir)
@@ -234,7 +241,7 @@ def write_outputs(
     t = result.table
     for feature, phase, outcome in t[["feature", "phase", "outcome"]].drop_duplicates().itertuples(index=False):
         sub = t[(t["feature"] == feature) & (t["phase"] == phase) & (t["outcome"] == outcome)]
-        for value, prefix in (("rho", "rho"), ("partial_rho", "partial")):
+        for value, prefix in (("rho_tested", "rho"), ("partial_rho_tested", "partial")):
             if sub[value].notna().any():
                 paths.append(
                     heatmap_rho(

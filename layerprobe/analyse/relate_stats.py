@@ -199,10 +199,16 @@ def _scheme(x: np.ndarray, y: np.ndarray, codes: np.ndarray, config: RelateConfi
     return _varies_within(x, y, codes)
 
 
+def _within_unit(u: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Rows of ``u`` minus their mean in each group, scaled to unit norm (NaN where nothing varies within groups)."""
+    return _centered_unit(u - _means(u, codes)[:, codes])
+
+
 def _group_test(
     x: np.ndarray, y: np.ndarray, codes: np.ndarray, z: np.ndarray | None, config: RelateConfig, refine_to: int
-) -> tuple[np.ndarray, str]:
-    """p of rho (z None) or of the partial rho given z, over the group means, permuting the groups' outcomes."""
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(statistic, p, method) of rho (z None) or of the partial rho given z over the group means, permuting the
+    groups' outcomes."""
     xg, yg = _means(x, codes), _means(y[None, :], codes)[0]
     g = len(yg)
     rx, ry = _ranks(xg), _ranks(yg)
@@ -213,9 +219,9 @@ def _group_test(
         xu, yu = _residual_unit(rx, rz), _residual_unit(ry[None, :], rz)[0]
     obs = np.clip(xu @ yu, -1.0, 1.0) if np.isfinite(yu).all() else np.full(len(xu), np.nan)
     if z is None and g <= EXACT_MAX_RUNS:
-        return exact_spearman_p(obs, rx, ry), "exact"
+        return obs, exact_spearman_p(obs, rx, ry), "exact"
     p, exact = permutation_p(xu, yu, obs, np.zeros(g, dtype=int), config, refine_to)
-    return p, "exact" if exact else "perm"
+    return obs, p, "exact" if exact else "perm"
 
 
 def _tests(
@@ -225,8 +231,10 @@ def _tests(
     k, n = x.shape
     out = {
         "rho": np.full(k, np.nan),
+        "rho_tested": np.full(k, np.nan),
         "p": np.full(k, np.nan),
         "partial_rho": np.full(k, np.nan),
+        "partial_rho_tested": np.full(k, np.nan),
         "partial_p": np.full(k, np.nan),
         "n_eff": np.full(k, np.nan),
         "p_method": np.full(k, "none", dtype=object),
@@ -240,15 +248,19 @@ def _tests(
     yu = _centered_unit(ry)
     if not np.isfinite(yu).all():  # a constant outcome: nothing can correlate with it
         return out
-    out["rho"] = rho = np.clip(_centered_unit(rx) @ yu, -1.0, 1.0)
+    out["rho"] = np.clip(_centered_unit(rx) @ yu, -1.0, 1.0)
     out["n_eff"] = effective_n(rx, ry, codes)
     within = _scheme(x, y, codes, config)
     level = "runs" if n_groups == n else "cpt-groups"
     if within.any():
-        out["p"][within], exact = permutation_p(_centered_unit(rx[within]), yu, rho[within], codes, config, refine_to)
+        # permuting y within groups leaves the groups' means fixed, so rho moves only with the within-group
+        # correlation: test (and report) that, the ranks centred in each CPT group
+        xw, yw = _within_unit(rx[within], codes), _within_unit(ry[None, :], codes)[0]
+        out["rho_tested"][within] = obs = np.clip(xw @ yw, -1.0, 1.0)
+        out["p"][within], exact = permutation_p(xw, yw, obs, codes, config, refine_to)
         out["p_method"][within] = f"within-cpt {'exact' if exact else 'perm'}"
     if (~within).any() and n_groups >= 3:
-        out["p"][~within], how = _group_test(x[~within], y, codes, None, config, refine_to)
+        out["rho_tested"][~within], out["p"][~within], how = _group_test(x[~within], y, codes, None, config, refine_to)
         out["p_method"][~within] = f"{level} {how}"
     # partial rho given the total SFT drift, over the runs that have one
     has = np.isfinite(z)
@@ -257,12 +269,15 @@ def _tests(
         rz = _ranks(zs)
         ex, ey = _residual_unit(_ranks(xs), rz), _residual_unit(_ranks(ys)[None, :], rz)[0]
         if np.isfinite(ey).all():
-            out["partial_rho"] = part = np.clip(ex @ ey, -1.0, 1.0)
+            out["partial_rho"] = np.clip(ex @ ey, -1.0, 1.0)
             within = _scheme(xs, ys, cs, config)
             if within.any():
-                out["partial_p"][within] = permutation_p(ex[within], ey, part[within], cs, config, refine_to)[0]
+                exw, eyw = _within_unit(ex[within], cs), _within_unit(ey[None, :], cs)[0]
+                out["partial_rho_tested"][within] = obs = np.clip(exw @ eyw, -1.0, 1.0)
+                out["partial_p"][within] = permutation_p(exw, eyw, obs, cs, config, refine_to)[0]
             if (~within).any() and cs.max() + 1 >= 4:
-                out["partial_p"][~within] = _group_test(xs[~within], ys, cs, zs, config, refine_to)[0]
+                stat, p, _ = _group_test(xs[~within], ys, cs, zs, config, refine_to)
+                out["partial_rho_tested"][~within], out["partial_p"][~within] = stat, p
     out["p_method"][~np.isfinite(out["p"])] = "none"
     return out
 
@@ -344,7 +359,10 @@ def _outcome_tests(
     patterns, which = np.unique(ok, axis=0, return_inverse=True)
     which = which.ravel()
     part = cells.to_frame(index=False)
-    res = {c: np.full(len(cells), np.nan) for c in ("rho", "p", "partial_rho", "partial_p", "n_eff", "n_groups")}
+    res = {
+        c: np.full(len(cells), np.nan)
+        for c in ("rho", "rho_tested", "p", "partial_rho", "partial_rho_tested", "partial_p", "n_eff", "n_groups")
+    }
     res["p_method"] = np.full(len(cells), "none", dtype=object)
     for k, mask in enumerate(patterns):
         idx = np.flatnonzero(which == k)

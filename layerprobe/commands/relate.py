@@ -112,10 +112,10 @@ def run(args) -> int:
     )
     for note in res.notes:
         print(note)
-    t = t.dropna(subset=["rho"])
+    t = t.dropna(subset=["rho_tested"])
     if len(t):
-        top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).head(args.top)
-        print(f"\nstrongest {len(top)} by |rho|:")
+        top = t.reindex(t["rho_tested"].abs().sort_values(ascending=False).index).head(args.top)
+        print(f"\nstrongest {len(top)} by |rho_tested| (the statistic each p tests):")
         print(top.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.no_figures:
         paths = write_outputs(res, out, cfg.alpha, figures=False)

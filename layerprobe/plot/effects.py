@@ -139,6 +139,14 @@ def _cells_heatmap(cells: pd.DataFrame, metric: str, out: Path) -> Path:
     return save_figure(fig, out / f"attribute_cells_{metric}.png", caption="Grey: block not evaluated.")
 
 
+_RHO_VALUES = {
+    "rho": "rho",
+    "partial_rho": "partial rho given the total SFT drift",
+    "rho_tested": "rho as tested",
+    "partial_rho_tested": "partial rho given the total SFT drift, as tested",
+}
+
+
 def heatmap_rho(
     table: pd.DataFrame,
     feature: str,
@@ -148,15 +156,16 @@ def heatmap_rho(
     alpha: float = 0.05,
     value: str = "rho",
 ) -> Path:
-    """Layer x block heatmap of Spearman's rho (``value="partial_rho"``: the partial rho given the total SFT drift)
-    for one (feature, phase, outcome), one panel per stratum of the table (``all``, ``method=lora``, ...); '*'
-    marks q < alpha (``q`` / ``partial_q``, Benjamini-Hochberg within the stratum). Layer -1 (row ``outside``) =
-    weights outside the decoder stack (embeddings, final norm, head)."""
+    """Layer x block heatmap of Spearman's rho (``value="partial_rho"``: the partial rho given the total SFT drift;
+    ``rho_tested`` / ``partial_rho_tested``: the statistic each p tests, see :mod:`layerprobe.analyse.relate`) for
+    one (feature, phase, outcome), one panel per stratum of the table (``all``, ``method=lora``, ...); '*' marks
+    q < alpha (``q`` / ``partial_q``, Benjamini-Hochberg within the stratum). Layer -1 (row ``outside``) = weights
+    outside the decoder stack (embeddings, final norm, head)."""
 
     theme()
-    if value not in ("rho", "partial_rho"):
-        raise ValueError(f"value must be 'rho' or 'partial_rho', got {value!r}")
-    q_col = "q" if value == "rho" else "partial_q"
+    if value not in _RHO_VALUES:
+        raise ValueError(f"value must be one of {', '.join(_RHO_VALUES)}, got {value!r}")
+    q_col = "partial_q" if value.startswith("partial") else "q"
     d = table[(table["feature"] == feature) & (table["phase"] == phase) & (table["outcome"] == outcome)]
     if d.empty:
         raise ValueError(f"no rows for feature {feature!r}, phase {phase!r}, outcome {outcome!r} in the table")
@@ -175,10 +184,16 @@ def heatmap_rho(
     )
     for i, (stratum, ax) in enumerate(zip(strata, axes[0])):
         _rho_panel(ax, d[d["stratum"] == stratum], stratum, layers, cols, value, alpha, i == 0, i == len(strata) - 1)
-    what = "partial rho given the total SFT drift" if value == "partial_rho" else "rho"
+    what = _RHO_VALUES[value]
     suptitle(fig, f"{feature} ({phase}) vs {outcome}: {what}", size=9)
+    tested = (
+        " (where p permutes within CPT groups: ranks centred in each group, the relation among runs of one CPT; "
+        "where it permutes whole groups: over the groups' means)"
+        if value.endswith("tested")
+        else ""
+    )
     caption = (
-        f"Spearman {what} per stratum of runs; * q < {alpha} (Benjamini-Hochberg within the stratum, "
+        f"Spearman {what} per stratum of runs{tested}; * q < {alpha} (Benjamini-Hochberg within the stratum, "
         "permutation p respecting shared CPTs); grey: undefined (constant over the runs, or frozen in all)."
     )
     return save_figure(fig, out_png, caption=caption)
@@ -188,7 +203,7 @@ def _rho_panel(
     ax, s: pd.DataFrame, stratum: str, layers: list, cols: list, value: str, alpha: float, first: bool, last: bool
 ) -> None:
     """One stratum's layer x block heatmap of ``value``, '*' where its q < alpha; the colour bar on the ``last``."""
-    q_col = "q" if value == "rho" else "partial_q"
+    q_col = "partial_q" if value.startswith("partial") else "q"
     grid = s.pivot_table(index="layer", columns="block", values=value, aggfunc="first", dropna=False)
     q = s.pivot_table(index="layer", columns="block", values=q_col, aggfunc="first", dropna=False)
     grid, q = grid.reindex(index=layers, columns=cols), q.reindex(index=layers, columns=cols)
@@ -209,7 +224,7 @@ def _rho_panel(
         annot_kws={"fontsize": 7},
         cbar=last,
         yticklabels=first,
-        cbar_kws={"label": "partial rho" if value == "partial_rho" else label("rho", short=True)},
+        cbar_kws={"label": "partial rho" if value.startswith("partial") else label("rho", short=True)},
     )
     ax.tick_params(axis="y", rotation=0)
     n, groups = int(s["n_runs"].max()), int(s["n_groups"].max()) if "n_groups" in s else 0

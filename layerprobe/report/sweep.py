@@ -135,9 +135,10 @@ def _read_relate_table(table_file: Path) -> tuple[pd.DataFrame, list[str]]:
 
 def _strongest(page: Page, table: pd.DataFrame, strata: pd.DataFrame) -> None:
     """The 5 strongest correlations by |rho| in each stratum, the strata in ``strata``'s order."""
-    t = table.dropna(subset=["rho"])
+    by = "rho_tested" if "rho_tested" in table else "rho"  # an older relate.csv has no rho_tested
+    t = table.dropna(subset=[by])
     if len(t):
-        top = t.reindex(t["rho"].abs().sort_values(ascending=False).index).groupby("stratum", sort=False).head(5)
+        top = t.reindex(t[by].abs().sort_values(ascending=False).index).groupby("stratum", sort=False).head(5)
         top = top.sort_values(
             "stratum", key=lambda s: s.map({v: i for i, v in enumerate(strata["stratum"])}), kind="stable"
         )
@@ -151,8 +152,10 @@ def _strongest(page: Page, table: pd.DataFrame, strata: pd.DataFrame) -> None:
                 "block",
                 "outcome",
                 "rho",
+                "rho_tested",
                 "q",
                 "partial_rho",
+                "partial_rho_tested",
                 "partial_q",
                 "n_runs",
                 "n_frozen",
@@ -162,7 +165,8 @@ def _strongest(page: Page, table: pd.DataFrame, strata: pd.DataFrame) -> None:
             )
             if c in top
         ]
-        page.text("The strongest 5 by |rho| in each stratum.", "muted")
+        tested = " (the statistic each p tests: within CPT groups, or over their means)" if by != "rho" else ""
+        page.text(f"The strongest 5 by |{by}| in each stratum{tested}.", "muted")
         page.table(
             top[shown].reset_index(drop=True),
             digits=3,
