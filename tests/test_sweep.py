@@ -385,6 +385,17 @@ def test_two_processes_on_one_sweep_keep_each_others_cells(tmp_path):
     _write_state(sw, second)
     assert set(_read_state(tmp_path)["cells"]) == {"seed=1", "seed=2"}
     assert not list(tmp_path.glob("*.tmp"))
+    # the second process's worker then reaches seed=1, which the first finished meanwhile, and finds it done:
+    # the first's record of the work (its seconds become the cell's cell_seconds) stays
+    first["cells"]["seed=1"] = {"status": "finished", "ran": ["cpt", "merge", "sft", "eval"], "seconds": 700.0}
+    _write_state(sw, first)
+    second["cells"]["seed=1"] = {"status": "finished", "ran": [], "seconds": 5.0}
+    _write_state(sw, second)
+    assert _read_state(tmp_path)["cells"]["seed=1"]["seconds"] == 700.0
+    # a record that ran stages replaces an older one (a cell resumed after a failure)
+    second["cells"]["seed=2"] = {"status": "finished", "ran": ["eval"], "seconds": 40.0}
+    _write_state(sw, second)
+    assert _read_state(tmp_path)["cells"]["seed=2"]["seconds"] == 40.0
 
 
 @pytest.mark.parametrize(

@@ -277,6 +277,11 @@ def _read_state(out: Path) -> dict:
     return state
 
 
+def _ran(record: dict) -> bool:
+    """Whether a cell's record says this process ran some of its stages (not only found them done)."""
+    return record.get("status") == "finished" and bool(record.get("ran"))
+
+
 def _write_state(sweep: Sweep, state: dict) -> None:
     state["source"] = sweep.source
     state["overrides"] = sweep.overrides
@@ -284,6 +289,9 @@ def _write_state(sweep: Sweep, state: dict) -> None:
     # another process may run other cells of this sweep (--only): keep the cells and runs it wrote meanwhile
     disk = _read_state(sweep.out)
     state["cells"] = {**disk["cells"], **state["cells"]}
+    for name, theirs in disk["cells"].items():
+        if _ran(theirs) and not _ran(state["cells"][name]):  # a record of the work, not of finding it done
+            state["cells"][name] = theirs
     state["runs"] += [r for r in disk["runs"] if r not in state["runs"]]
     tmp = f.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False, default=str))
