@@ -134,7 +134,7 @@ def _read_relate_table(table_file: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _strongest(page: Page, table: pd.DataFrame, strata: pd.DataFrame) -> None:
-    """The 5 strongest correlations by |rho| in each stratum, the strata in ``strata``'s order."""
+    """The 5 strongest correlations by |rho_tested| (an older table: |rho|) in each stratum, in ``strata``'s order."""
     by = "rho_tested" if "rho_tested" in table else "rho"  # an older relate.csv has no rho_tested
     t = table.dropna(subset=[by])
     if len(t):
