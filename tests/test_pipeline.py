@@ -467,6 +467,11 @@ def test_train_record_writes_a_complete_run_folder(run):
     assert (machine["cores"], machine["torch"]) == (os.cpu_count(), torch.__version__)
     assert machine["cpu"]
     assert machine["threads_reason"]  # why this count (tests/test_threads.py checks the rule)
+    # the precision that ran: fp32 on any device, the test model (hidden 32) being too narrow for bf16 to pay
+    from layerprobe.train.models import bf16_supported
+
+    why = "hidden size 32 < 512, too small for bf16 to pay" if bf16_supported() else "no native bfloat16 on this device"
+    assert machine["precision"] == f"fp32 (auto: {why})"
 
 
 @pytest.mark.slow

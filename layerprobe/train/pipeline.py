@@ -240,7 +240,11 @@ def _summary(
         "base_seconds": base_seconds,
         "wall_seconds": wall_seconds,
         "figures": figures,
-        "machine": {**machine_info(), "threads_reason": ctx.threads_reason},
+        "machine": {
+            **machine_info(),
+            "threads_reason": ctx.threads_reason,
+            "precision": resolve_precision(ctx.cfg.precision, hidden_size(ctx.base))[1],  # bf16 varies with the CPU
+        },
     }
 
 
