@@ -401,7 +401,7 @@ def test_two_processes_on_one_sweep_keep_each_others_cells(tmp_path):
 @pytest.mark.parametrize(
     "path",
     sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").glob("*/sweep*.yaml"))
-    + ["experiments/study_a/controls_smollm2.yaml"],
+    + ["experiments/study_a/controls_smollm2.yaml", "experiments/study_a/modules_fp32.yaml"],
 )
 def test_every_committed_sweep_loads(path):
     sw = load_sweep(ROOT / path)
