@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ import yaml
 from test_sweep import TINY  # the toy world at its smallest: one cell trains and evaluates in seconds
 
 from layerprobe.cli import main
+from layerprobe.core import rundir
 from layerprobe.sweep import load_sweep, run_sweep
 from layerprobe.sweep.executors import ExecutorConfig, visible_gpus
 from layerprobe.sweep.plan import make_plan
@@ -99,6 +101,13 @@ def test_plan_trains_each_cpt_once_then_fans_out(tmp_path):
     assert plan.next(pending, set()) == CELLS[0]
     assert plan.next(pending[1:], {CELLS[0]}) == CELLS[2]  # the other group's trainer, not a waiting cell
     assert plan.next([CELLS[1], CELLS[3]], {CELLS[0], CELLS[2]}) is None
+    # a trainer whose CPT and merge are done releases its group while it goes on with SFT and evaluation
+    for stage in ("cpt", "merge"):
+        rundir.mark_done(sw.out / CELLS[2], stage, {"fingerprint": "f"})
+    assert plan.next([CELLS[1], CELLS[3]], {CELLS[0], CELLS[2]}) == CELLS[3]
+    assert plan.donors(CELLS[3], []) == [sw.out / CELLS[2], sw.out]
+    shutil.rmtree(sw.out / CELLS[2])  # and back to before that, to follow a trainer that fails
+    plan = make_plan(sw.cells, sw.out)
     plan.done(CELLS[2], ok=False)  # a failed trainer releases nobody: the next cell of its group trains the CPT
     assert plan.next([CELLS[1], CELLS[3]], {CELLS[0]}) == CELLS[3]
     plan.done(CELLS[0], ok=True)

@@ -29,9 +29,10 @@ from hard-linked copies of that cell's CPT and merge (the pipeline's ``reuse_fro
 
 Cells run where ``executor:`` (or ``layerprobe sweep --executor``) says: one after another in this process (the
 default), on N local worker processes, as Ray tasks or as Slurm jobs (:mod:`layerprobe.sweep.executors`). Every
-executor follows one plan (:mod:`layerprobe.sweep.plan`): the cells sharing a CPT wait for the one that trains it,
-then fan out; finished cells are skipped; a failed or killed cell is reported and the others go on; a cell whose
-folder another process holds (its lock) is skipped. ``results.csv`` is the same whichever executor ran the cells.
+executor follows one plan (:mod:`layerprobe.sweep.plan`): the cells sharing a CPT wait for the one that trains it
+to finish its merge, then fan out; finished cells are skipped; a failed or killed cell is reported and the others
+go on; a cell whose folder another process holds (its lock) is skipped. ``results.csv`` is the same whichever
+executor ran the cells.
 
 ``<out>/results.csv`` has one row per finished cell: the cell's columns (condition, group, grid labels, seed)
 and every number in its summary.json flattened (``cpt.cloze_acc``, ``sft.gozaru_rate``,

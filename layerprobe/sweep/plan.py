@@ -1,9 +1,10 @@
 """The plan every executor follows: which cells wait for which, so each CPT is trained once.
 
 Cells whose CPT and merge would get equal fingerprints form a group. The first cell of a group to run trains its
-CPT (and merge); the others wait until one cell of the group has finished, then fan out and start from hard-linked
-copies of that cell's CPT and merge (the pipeline's ``reuse_from``, with that cell's folder first). A group with a
-finished cell before the sweep starts has nothing to wait for. If the cell that trains a group's CPT fails, the next
+CPT (and merge); the others wait until one cell of the group has finished its merge (while it goes on with SFT and
+evaluation), then fan out and start from hard-linked copies of that cell's CPT and merge (the pipeline's
+``reuse_from``, with that cell's folder first). A group with a finished cell before the sweep starts has nothing to
+wait for. If the cell that trains a group's CPT fails, the next
 cell of the group takes its place (starting from the failed cell's CPT when that one finished).
 
 The group key is computed from the configs alone (no data loaded, no base model built): the config entries the
@@ -46,10 +47,16 @@ class Plan:
     donor: dict[str, Path] = field(default_factory=dict)  # group -> the folder of its first finished cell
 
     def ready(self, name: str, running: set[str]) -> bool:
-        """Whether ``name`` may start: its group has a finished CPT, or no cell of its group is running (then this
-        cell trains it)."""
+        """Whether ``name`` may start: its group has a finished CPT (a running cell of the group whose merge is done
+        releases it), or no cell of its group is running (then this cell trains it)."""
         g = self.group[name]
-        return g in self.donor or not any(self.group[r] == g for r in running)
+        if g in self.donor:
+            return True
+        mates = sorted(r for r in running if self.group[r] == g)
+        merged = [r for r in mates if "merge" in rundir.done_stages(self.out / r)]
+        if merged:
+            self.donor[g] = self.out / merged[0]
+        return g in self.donor or not mates
 
     def next(self, pending: list[str], running: set[str]) -> str | None:
         """The first pending cell (in sweep order) that may start, or None."""
