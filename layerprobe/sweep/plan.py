@@ -4,8 +4,8 @@ Cells whose CPT and merge would get equal fingerprints form a group. The first c
 CPT (and merge); the others wait until one cell of the group has finished its merge (while it goes on with SFT and
 evaluation), then fan out and start from hard-linked copies of that cell's CPT and merge (the pipeline's
 ``reuse_from``, with that cell's folder first). A group with a finished cell before the sweep starts has nothing to
-wait for. If the cell that trains a group's CPT fails, the next
-cell of the group takes its place (starting from the failed cell's CPT when that one finished).
+wait for. If the cell that trains a group's CPT fails before its merge is done, the next cell of the group takes its
+place (starting from the failed cell's CPT when that one finished).
 
 The group key is computed from the configs alone (no data loaded, no base model built): the config entries the
 CPT fingerprint reads (:func:`layerprobe.train.fingerprint.stage_inputs`), with the ``model``, ``data`` and ``toy``
@@ -48,15 +48,15 @@ class Plan:
 
     def ready(self, name: str, running: set[str]) -> bool:
         """Whether ``name`` may start: its group has a finished CPT (a running cell of the group whose merge is done
-        releases it), or no cell of its group is running (then this cell trains it)."""
+        becomes its donor), or no cell of its group is running (then this cell trains it)."""
         g = self.group[name]
-        if g in self.donor:
-            return True
-        mates = sorted(r for r in running if self.group[r] == g)
-        merged = [r for r in mates if "merge" in rundir.done_stages(self.out / r)]
-        if merged:
-            self.donor[g] = self.out / merged[0]
-        return g in self.donor or not mates
+        if g not in self.donor:
+            mates = sorted(r for r in running if self.group[r] == g)
+            merged = next((r for r in mates if "merge" in rundir.done_stages(self.out / r)), None)
+            if merged is None:
+                return not mates
+            self.donor[g] = self.out / merged
+        return True
 
     def next(self, pending: list[str], running: set[str]) -> str | None:
         """The first pending cell (in sweep order) that may start, or None."""

@@ -278,7 +278,7 @@ def _read_state(out: Path) -> dict:
 
 
 def _ran(record: dict) -> bool:
-    """Whether a cell's record says this process ran some of its stages (not only found them done)."""
+    """Whether a cell's record says its process ran some of its stages (not only found them all done)."""
     return record.get("status") == "finished" and bool(record.get("ran"))
 
 

@@ -181,11 +181,12 @@ def _run(
     inputs = stage_inputs(cfg, data, rundir.content_hash(base))
     fingerprints = chain(inputs)
     log(f"data       {data.description}")
-    log(f"precision  {resolve_precision(cfg.precision, hidden_size(base))[1]}")
+    precision = resolve_precision(cfg.precision, hidden_size(base))[1]
+    log(f"precision  {precision}")
     log(f"threads    {threads} ({threads_reason})")
 
     with rundir.locked(run_dir):
-        ctx = RunContext(cfg, run_dir, base, data, progress, log, threads_reason)
+        ctx = RunContext(cfg, run_dir, base, data, progress, log, threads_reason, precision)
         infos, ran, resumed = _run_stages(ctx, fingerprints, inputs, overwrite, only, list(reuse_from))
         if "eval" not in infos:
             return {"run": run_dir.name, "config_hash": cfg.hash(), "stages": infos}
@@ -240,11 +241,7 @@ def _summary(
         "base_seconds": base_seconds,
         "wall_seconds": wall_seconds,
         "figures": figures,
-        "machine": {
-            **machine_info(),
-            "threads_reason": ctx.threads_reason,
-            "precision": resolve_precision(ctx.cfg.precision, hidden_size(ctx.base))[1],  # bf16 varies with the CPU
-        },
+        "machine": {**machine_info(), "threads_reason": ctx.threads_reason, "precision": ctx.precision},
     }
 
 

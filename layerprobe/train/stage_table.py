@@ -52,6 +52,7 @@ class RunContext:
     progress: bool = False
     log: Callable[[str], None] = print
     threads_reason: str = ""  # why torch uses the threads it does (threads.choose_threads), for summary.json
+    precision: str = ""  # which precision trains and why (models.resolve_precision), for summary.json
 
 
 @dataclass(frozen=True)
